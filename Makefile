@@ -1,0 +1,38 @@
+# Everything a fresh machine needs goes through `make install`:
+# the venv at .venv, the package (editable) and its C extension.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN_SECONDS ?= 60
+
+.PHONY: install run test bench lint clean distclean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py shm/_atomic.c
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -c "import shm._atomic"
+	touch $(STAMP)
+
+# The main job: every scenario's correct policies, on all CPUs, about a minute in all.
+run: install
+	$(BIN)/mmtorture run --all --duration $(RUN_SECONDS)
+
+test: install
+	$(BIN)/python -m pytest -n auto -q
+
+bench: install
+	mkdir -p bench
+	$(BIN)/mmtorture bench primitives --json bench/primitives.json
+
+lint: install
+	$(BIN)/ruff check shm policies stress tests
+
+clean: install
+	$(BIN)/mmtorture clean
+
+distclean:
+	rm -rf $(VENV) build *.egg-info shm/*.so

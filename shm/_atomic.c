@@ -1,0 +1,407 @@
+/*
+ * shm._atomic: the only C in mmtorture.
+ *
+ * A Memory object is bound to a writable buffer (an mmap of a POSIX shared
+ * memory segment, or a bytearray in tests) and performs sequentially
+ * consistent atomic operations on 32- and 64-bit words at byte offsets, plus
+ * shared futex wait/wake and cpu_relax.  Every method is METH_FASTCALL and
+ * allocates nothing but its result.  Values are signed (as atomic_t and
+ * atomic64_t are); an argument may also be given as the unsigned
+ * representation of the same bits.  A bad or misaligned offset raises, it
+ * never crashes the process.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;
+    Py_ssize_t len;
+} MemoryObject;
+
+static int
+check_offset(MemoryObject *self, PyObject *arg, Py_ssize_t size, Py_ssize_t *out)
+{
+    if (self->base == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Memory is released");
+        return -1;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return -1;
+    if (off < 0 || off > self->len - size) {
+        PyErr_Format(PyExc_IndexError, "offset %zd out of range for a %zd-byte word in %zd bytes",
+                     off, size, self->len);
+        return -1;
+    }
+    if (off % size) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not %zd-byte aligned", off, size);
+        return -1;
+    }
+    if (((uintptr_t)(self->base + off)) % size) {
+        PyErr_Format(PyExc_ValueError, "address of offset %zd is not %zd-byte aligned", off, size);
+        return -1;
+    }
+    *out = off;
+    return 0;
+}
+
+static int
+get_value64(PyObject *arg, int64_t *out)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(arg);
+        if (u == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        *out = (int64_t)u;
+        return 0;
+    }
+    if (overflow < 0) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 64 bits");
+        return -1;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int
+get_value32(PyObject *arg, int32_t *out)
+{
+    int64_t v;
+    if (get_value64(arg, &v) < 0)
+        return -1;
+    if (v < INT32_MIN || v > (int64_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+        return -1;
+    }
+    *out = (int32_t)(uint32_t)v;
+    return 0;
+}
+
+static int
+check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want, nargs);
+        return -1;
+    }
+    return 0;
+}
+
+#define W32(off) ((int32_t *)(self->base + (off)))
+#define W64(off) ((int64_t *)(self->base + (off)))
+
+static PyObject *
+mem_load32(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    if (check_nargs("load32", nargs, 1) < 0 || check_offset(self, args[0], 4, &off) < 0)
+        return NULL;
+    return PyLong_FromLong(__atomic_load_n(W32(off), __ATOMIC_SEQ_CST));
+}
+
+static PyObject *
+mem_load64(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    if (check_nargs("load64", nargs, 1) < 0 || check_offset(self, args[0], 8, &off) < 0)
+        return NULL;
+    return PyLong_FromLongLong(__atomic_load_n(W64(off), __ATOMIC_SEQ_CST));
+}
+
+static PyObject *
+mem_store32(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int32_t v;
+    if (check_nargs("store32", nargs, 2) < 0 || check_offset(self, args[0], 4, &off) < 0 ||
+        get_value32(args[1], &v) < 0)
+        return NULL;
+    __atomic_store_n(W32(off), v, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mem_store64(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int64_t v;
+    if (check_nargs("store64", nargs, 2) < 0 || check_offset(self, args[0], 8, &off) < 0 ||
+        get_value64(args[1], &v) < 0)
+        return NULL;
+    __atomic_store_n(W64(off), v, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+/* Read-modify-write operations returning the old value. */
+#define RMW(name, bits, builtin)                                                        \
+    static PyObject *mem_##name##bits(MemoryObject *self, PyObject *const *args,        \
+                                      Py_ssize_t nargs)                                 \
+    {                                                                                   \
+        Py_ssize_t off;                                                                 \
+        int##bits##_t v;                                                                \
+        if (check_nargs(#name #bits, nargs, 2) < 0 ||                                   \
+            check_offset(self, args[0], bits / 8, &off) < 0 ||                          \
+            get_value##bits(args[1], &v) < 0)                                           \
+            return NULL;                                                                \
+        return PyLong_FromLongLong(builtin(W##bits(off), v, __ATOMIC_SEQ_CST));         \
+    }
+
+RMW(xchg, 32, __atomic_exchange_n)
+RMW(xchg, 64, __atomic_exchange_n)
+RMW(fetch_add, 32, __atomic_fetch_add)
+RMW(fetch_add, 64, __atomic_fetch_add)
+RMW(fetch_sub, 32, __atomic_fetch_sub)
+RMW(fetch_sub, 64, __atomic_fetch_sub)
+RMW(fetch_and, 32, __atomic_fetch_and)
+RMW(fetch_and, 64, __atomic_fetch_and)
+RMW(fetch_or, 32, __atomic_fetch_or)
+RMW(fetch_or, 64, __atomic_fetch_or)
+RMW(fetch_xor, 32, __atomic_fetch_xor)
+RMW(fetch_xor, 64, __atomic_fetch_xor)
+
+/* cmpxchg(off, old, new) -> the value found (== old on success), as the kernel's. */
+#define CMPXCHG(bits)                                                                   \
+    static PyObject *mem_cmpxchg##bits(MemoryObject *self, PyObject *const *args,       \
+                                       Py_ssize_t nargs)                                \
+    {                                                                                   \
+        Py_ssize_t off;                                                                 \
+        int##bits##_t expected, desired;                                                \
+        if (check_nargs("cmpxchg" #bits, nargs, 3) < 0 ||                               \
+            check_offset(self, args[0], bits / 8, &off) < 0 ||                          \
+            get_value##bits(args[1], &expected) < 0 ||                                  \
+            get_value##bits(args[2], &desired) < 0)                                     \
+            return NULL;                                                                \
+        __atomic_compare_exchange_n(W##bits(off), &expected, desired, 0,                \
+                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                \
+        return PyLong_FromLongLong(expected);                                           \
+    }
+
+CMPXCHG(32)
+CMPXCHG(64)
+
+/*
+ * futex_wait(off, expected, timeout=None) -> bool
+ * Sleeps (GIL released) while the 32-bit word at off equals expected, on a
+ * shared futex so that other processes mapping the segment can wake it.
+ * False on timeout; True otherwise (woken, value already changed, or a
+ * signal whose Python handler did not raise: callers re-check and loop).
+ */
+static PyObject *
+mem_futex_wait(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int32_t expected;
+    struct timespec ts, *tsp = NULL;
+    if (nargs < 2 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "futex_wait() takes 2 or 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (check_offset(self, args[0], 4, &off) < 0 || get_value32(args[1], &expected) < 0)
+        return NULL;
+    if (nargs == 3 && args[2] != Py_None) {
+        double t = PyFloat_AsDouble(args[2]);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (!(t >= 0.0)) {
+            PyErr_SetString(PyExc_ValueError, "timeout must be a non-negative number");
+            return NULL;
+        }
+        if (t > 1e9)
+            t = 1e9;
+        ts.tv_sec = (time_t)t;
+        ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+        tsp = &ts;
+    }
+    long rc;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    rc = syscall(SYS_futex, W32(off), FUTEX_WAIT, expected, tsp, NULL, 0);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (rc == 0)
+        Py_RETURN_TRUE;
+    switch (err) {
+    case ETIMEDOUT:
+        Py_RETURN_FALSE;
+    case EAGAIN:
+        Py_RETURN_TRUE;
+    case EINTR:
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+        Py_RETURN_TRUE;
+    default:
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+}
+
+/* futex_wake(off, n) -> number of waiters woken */
+static PyObject *
+mem_futex_wake(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    int32_t n;
+    if (check_nargs("futex_wake", nargs, 2) < 0 || check_offset(self, args[0], 4, &off) < 0 ||
+        get_value32(args[1], &n) < 0)
+        return NULL;
+    if (n < 0)
+        n = INT_MAX;
+    long rc = syscall(SYS_futex, W32(off), FUTEX_WAKE, n, NULL, NULL, 0);
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *
+mem_cpu_relax(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    (void)args;
+    (void)nargs;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mem_release(MemoryObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->base != NULL) {
+        self->base = NULL;
+        self->len = 0;
+        PyBuffer_Release(&self->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+mem_init(MemoryObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *buffer;
+    static char *kwlist[] = {"buffer", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Memory", kwlist, &buffer))
+        return -1;
+    if (self->base != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Memory is already bound");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    self->base = self->view.buf;
+    self->len = self->view.len;
+    return 0;
+}
+
+static void
+mem_dealloc(MemoryObject *self)
+{
+    if (self->base != NULL)
+        PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+mem_len(MemoryObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->len);
+}
+
+static PyObject *
+mem_repr(MemoryObject *self)
+{
+    return PyUnicode_FromFormat("<shm.Memory %zd bytes at %p>", self->len, self->base);
+}
+
+#define FAST(name, doc) {#name, (PyCFunction)(void (*)(void))mem_##name, METH_FASTCALL, doc}
+
+static PyMethodDef mem_methods[] = {
+    FAST(load32, "load32(off) -> int: atomic load of a 32-bit word"),
+    FAST(load64, "load64(off) -> int: atomic load of a 64-bit word"),
+    FAST(store32, "store32(off, v): atomic store of a 32-bit word"),
+    FAST(store64, "store64(off, v): atomic store of a 64-bit word"),
+    FAST(xchg32, "xchg32(off, v) -> old"),
+    FAST(xchg64, "xchg64(off, v) -> old"),
+    FAST(cmpxchg32, "cmpxchg32(off, old, new) -> value found (== old on success)"),
+    FAST(cmpxchg64, "cmpxchg64(off, old, new) -> value found (== old on success)"),
+    FAST(fetch_add32, "fetch_add32(off, v) -> old"),
+    FAST(fetch_add64, "fetch_add64(off, v) -> old"),
+    FAST(fetch_sub32, "fetch_sub32(off, v) -> old"),
+    FAST(fetch_sub64, "fetch_sub64(off, v) -> old"),
+    FAST(fetch_and32, "fetch_and32(off, v) -> old"),
+    FAST(fetch_and64, "fetch_and64(off, v) -> old"),
+    FAST(fetch_or32, "fetch_or32(off, v) -> old"),
+    FAST(fetch_or64, "fetch_or64(off, v) -> old"),
+    FAST(fetch_xor32, "fetch_xor32(off, v) -> old"),
+    FAST(fetch_xor64, "fetch_xor64(off, v) -> old"),
+    FAST(futex_wait, "futex_wait(off, expected, timeout=None) -> False on timeout"),
+    FAST(futex_wake, "futex_wake(off, n) -> number woken (n < 0: all)"),
+    {"cpu_relax", (PyCFunction)(void (*)(void))mem_cpu_relax, METH_FASTCALL,
+     "cpu_relax(): the pause instruction of a spin loop"},
+    {"release", (PyCFunction)mem_release, METH_NOARGS,
+     "release(): give the buffer back; further operations raise"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef mem_getset[] = {
+    {"nbytes", (getter)mem_len, NULL, "size of the bound buffer in bytes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MemoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shm.Memory",
+    .tp_basicsize = sizeof(MemoryObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Memory(buffer): sequentially consistent atomics and futexes on a writable buffer",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)mem_init,
+    .tp_dealloc = (destructor)mem_dealloc,
+    .tp_methods = mem_methods,
+    .tp_getset = mem_getset,
+    .tp_repr = (reprfunc)mem_repr,
+};
+
+static PyMethodDef module_methods[] = {
+    {"cpu_relax", (PyCFunction)(void (*)(void))mem_cpu_relax, METH_FASTCALL,
+     "cpu_relax(): the pause instruction of a spin loop"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef atomic_module = {
+    PyModuleDef_HEAD_INIT, "shm._atomic", "Sequentially consistent atomics and futexes", -1,
+    module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__atomic(void)
+{
+    if (PyType_Ready(&MemoryType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&atomic_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&MemoryType);
+    if (PyModule_AddObject(m, "Memory", (PyObject *)&MemoryType) < 0) {
+        Py_DECREF(&MemoryType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

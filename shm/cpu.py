@@ -1,0 +1,140 @@
+"""A CPU: the per-process context every primitive runs on (the kernel's `current`).
+
+The worker process *is* the CPU.  Counters only this CPU changes (preempt
+count, RCU nesting, locks held) are plain Python attributes; what other
+processes must see (irqs disabled, the current operation, the heartbeat, the
+lock being waited on, the trace ring) is in shared memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import TYPE_CHECKING, Any
+
+from shm.events import ARG_MASK, EV, KIND_INDEX, SEQ_MASK, TRACE_MASK
+from shm.sched import OsScheduler, Scheduler
+
+if TYPE_CHECKING:
+    from shm.machine import Machine
+
+_EV_FINDING = EV["finding"]
+_EV_OP_BEGIN = EV["op-begin"]
+_EV_OP_END = EV["op-end"]
+
+
+class Cpu:
+    def __init__(
+        self,
+        machine: Machine,
+        cpu_id: int,
+        sched: Scheduler | None = None,
+        seed: int = 0,
+    ):
+        if not 0 <= cpu_id < machine.nslots:
+            raise ValueError(f"cpu {cpu_id} out of range (machine has {machine.nslots} slots)")
+        self.machine = machine
+        self.mem = machine.mem
+        self.id = cpu_id
+        self.me = cpu_id + 1
+        self.rng = random.Random(seed)
+        self.preempt_count = 0
+        self.rcu_nesting = 0
+        self.irqs_disabled = 0
+        self.held: list[int] = []
+        self.op = -1
+        self.steps = 0
+        self.ctx: Any = None
+        self._tseq = 0
+        self._tbase = machine.trace_off(cpu_id)
+        self._op_off = machine.cpu_off(cpu_id, "op")
+        self._hb_off = machine.cpu_off(cpu_id, "heartbeat")
+        self._irq_off = machine.cpu_off(cpu_id, "irqs_disabled")
+        self.waiting_off = machine.cpu_off(cpu_id, "waiting_on")
+        self.set_scheduler(sched or OsScheduler())
+
+    def set_scheduler(self, sched: Scheduler) -> None:
+        self.sched = sched
+        sched.attach(self)
+        self.window = functools.partial(sched.window, self)
+
+    def __repr__(self) -> str:
+        return f"<cpu {self.id}>"
+
+    # -- trace -----------------------------------------------------------
+    def trace(self, event: int, arg: int = 0) -> None:
+        s = self._tseq
+        self._tseq = s + 1
+        self.mem.store64(
+            self._tbase + ((s & TRACE_MASK) << 3),
+            ((s & SEQ_MASK) << 44) | (event << 36) | (arg & ARG_MASK),
+        )
+
+    # -- findings --------------------------------------------------------
+    def report(self, kind: str, message: str, **objects: Any) -> None:
+        """Record a finding with this CPU's trace; the run stops unless keep-going."""
+        self.trace(_EV_FINDING, KIND_INDEX[kind])
+        ring = self.machine.traces[self.id].copy()
+        self.machine.record_finding(kind, self.id, self.op, self.steps, message, objects, ring)
+
+    # -- context ---------------------------------------------------------
+    def in_atomic(self) -> bool:
+        return bool(self.preempt_count or self.rcu_nesting or self.irqs_disabled)
+
+    def might_sleep(self, what: str) -> None:
+        """The kernel's might_sleep(): sleeping in atomic context is a finding."""
+        if self.preempt_count or self.rcu_nesting or self.irqs_disabled:
+            self.report(
+                "invalid-context",
+                f"BUG: sleeping function called from invalid context: {what}",
+                preempt_count=self.preempt_count,
+                rcu_nesting=self.rcu_nesting,
+                irqs_disabled=self.irqs_disabled,
+                locks_held=[self.machine.describe(a) for a in self.held],
+            )
+
+    def preempt_disable(self) -> None:
+        self.preempt_count += 1
+
+    def preempt_enable(self) -> None:
+        if self.preempt_count <= 0:
+            self.report("lock-misuse", "preempt_enable() without preempt_disable()")
+            return
+        self.preempt_count -= 1
+
+    def local_irq_disable(self) -> None:
+        self.irqs_disabled += 1
+        if self.irqs_disabled == 1:
+            self.mem.store32(self._irq_off, 1)
+            self.trace(EV["irq-off"])
+
+    def local_irq_enable(self) -> None:
+        if self.irqs_disabled <= 0:
+            self.report("lock-misuse", "local_irq_enable() with irqs already enabled")
+            return
+        self.irqs_disabled -= 1
+        if self.irqs_disabled == 0:
+            self.mem.store32(self._irq_off, 0)
+            self.trace(EV["irq-on"])
+
+    # -- operations ------------------------------------------------------
+    def op_begin(self, op: int) -> None:
+        self.op = op
+        self.mem.store32(self._op_off, op)
+        self.trace(_EV_OP_BEGIN, op)
+
+    def op_end(self, done: int) -> None:
+        """End of an operation: nothing may be held on the way back to user space."""
+        self.trace(_EV_OP_END, self.op)
+        if self.held or self.preempt_count or self.rcu_nesting or self.irqs_disabled:
+            self.report(
+                "lock-misuse",
+                "returning to user space with locks held or in atomic context",
+                locks_held=[self.machine.describe(a) for a in self.held],
+                preempt_count=self.preempt_count,
+                rcu_nesting=self.rcu_nesting,
+                irqs_disabled=self.irqs_disabled,
+            )
+        self.mem.store64(self._hb_off, done)
+        self.mem.store32(self._op_off, -1)
+        self.op = -1

@@ -1,0 +1,277 @@
+"""The machine: one segment holding what every run has, whatever it runs.
+
+Control words (stop flag, start barrier, finding counters, wait_var hash
+buckets), per-CPU state (heartbeat, status, current operation, the lock a CPU
+is waiting on, counters), per-CPU trace rings, finding slots, RCU and SRCU
+state, and the page-frame pool.  Scenario state lives in further segments
+registered with `add_segment`; a machine-wide address names (segment, byte).
+
+CPU slots: 0..ncpus-1 are the worker CPUs, then the grace-period kthread,
+then the boot CPU (the runner itself, for setup and teardown).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from shm.events import KIND_INDEX, KINDS, TRACE_LEN, address, split_address
+from shm.layout import Layout, LayoutError, Region
+from shm.pool import Pool
+from shm.rcu import Rcu, Srcu
+from shm.segment import Segment
+
+MAX_CPUS = 64
+MAX_FINDINGS = 32
+WAKE_BUCKETS = 64
+
+CONTROL = np.dtype(
+    [
+        ("stop", "<i4"),
+        ("go", "<i4"),
+        ("ready", "<i4"),
+        ("nfindings", "<i4"),
+        ("keep_going", "<i4"),
+        ("nowait_fail_ppm", "<i4"),
+        ("seed", "<i8"),
+        ("kind_counts", "<i4", (16,)),
+        ("wake_var", "<i4", (WAKE_BUCKETS,)),
+    ]
+)
+
+CPU_STATUS = ("idle", "running", "done", "crashed", "killed")
+NSTATS = 64
+
+CPU_STATE = np.dtype(
+    [
+        ("pid", "<i4"),
+        ("status", "<i4"),
+        ("op", "<i4"),
+        ("irqs_disabled", "<i4"),
+        ("heartbeat", "<i8"),
+        ("waiting_on", "<i8"),
+        ("step", "<i8"),
+        ("stats", "<i8", (NSTATS,)),
+        ("pad", "<i8", (3,)),
+    ]
+)
+assert CPU_STATE.itemsize % 64 == 0
+
+FINDING = np.dtype(
+    [
+        ("valid", "<i4"),
+        ("kind", "<i4"),
+        ("cpu", "<i4"),
+        ("op", "<i4"),
+        ("step", "<i8"),
+        ("message", "S256"),
+        ("objects", "S760"),
+        ("trace", "<i8", (TRACE_LEN,)),
+    ]
+)
+
+
+def machine_layout(params: dict) -> Layout:
+    ncpus = int(params["ncpus"])
+    nslots = ncpus + 2
+    regions = [
+        Region("control", CONTROL),
+        Region("cpu", CPU_STATE, nslots),
+        Region("trace", np.dtype(("<i8", (TRACE_LEN,))), nslots),
+        Region("finding", FINDING, MAX_FINDINGS),
+    ]
+    regions += Rcu.regions(nslots)
+    regions += Srcu.regions(nslots, int(params.get("srcu_domains", 1)))
+    regions += Pool.regions(int(params["pool_pages"]), int(params["page_size"]))
+    return Layout("machine", regions, params)
+
+
+class Machine:
+    """The machine segment, attached in one process, with its subsystems."""
+
+    def __init__(self, seg: Segment):
+        self.seg = seg
+        self.params = seg.layout.params
+        self.ncpus = int(self.params["ncpus"])
+        if not 1 <= self.ncpus <= MAX_CPUS - 2:
+            raise LayoutError(f"ncpus must be between 1 and {MAX_CPUS - 2}")
+        self.nslots = self.ncpus + 2
+        self.gp_cpu = self.ncpus
+        self.boot_cpu = self.ncpus + 1
+        self.mem = seg.mem
+        self.segments: list[Segment] = [seg]
+        self.mems = [seg.mem]
+        lo = seg.layout.offset
+        self.stop_off = lo("control", 0, "stop")
+        self.go_off = lo("control", 0, "go")
+        self.ready_off = lo("control", 0, "ready")
+        self.nfindings_off = lo("control", 0, "nfindings")
+        self.kind_counts_off = lo("control", 0, "kind_counts")
+        self.wake_var_off = lo("control", 0, "wake_var")
+        self.control = seg.view("control")
+        self.cpus = seg.view("cpu")
+        self.traces = seg.view("trace")
+        self.finding_slots = seg.view("finding")
+        self.cpu_stride = seg.layout.stride("cpu")
+        self.rcu = Rcu(self)
+        self.srcu = [Srcu(self, i) for i in range(int(self.params.get("srcu_domains", 1)))]
+        self.pool = Pool(self)
+
+    @classmethod
+    def create(
+        cls,
+        run_id: str,
+        ncpus: int,
+        pool_pages: int = 256,
+        page_size: int = 64,
+        srcu_domains: int = 1,
+        keep_going: bool = False,
+        seed: int = 0,
+        nowait_fail_rate: float = 0.0,
+    ) -> Machine:
+        if not 1 <= ncpus <= MAX_CPUS - 2:
+            raise ValueError(f"cpus must be between 1 and {MAX_CPUS - 2}")
+        params = {
+            "ncpus": ncpus,
+            "pool_pages": pool_pages,
+            "page_size": page_size,
+            "srcu_domains": srcu_domains,
+        }
+        seg = Segment.create(machine_layout(params), run_id, 0)
+        m = cls(seg)
+        m.control["keep_going"] = int(keep_going)
+        m.control["seed"] = seed
+        m.control["nowait_fail_ppm"] = int(round(nowait_fail_rate * 1_000_000))
+        m.cpus["op"] = -1
+        m.pool.init_free_list()
+        return m
+
+    @classmethod
+    def attach(cls, name: str) -> Machine:
+        h = Segment.read_header(name)
+        if h["layout"] != "machine":
+            raise LayoutError(f"segment {name} holds layout {h['layout']!r}, not a machine")
+        return cls(Segment.attach(name, machine_layout(h["params"])))
+
+    def add_segment(self, seg: Segment) -> int:
+        self.segments.append(seg)
+        self.mems.append(seg.mem)
+        return len(self.segments) - 1
+
+    # -- addresses -------------------------------------------------------
+    def describe(self, addr: int) -> str:
+        seg, off = split_address(addr)
+        if seg >= len(self.segments):
+            return f"{addr:#x}"
+        s = self.segments[seg]
+        return f"{s.layout.name}:{s.layout.describe(off)}"
+
+    def address(self, seg: Segment, off: int) -> int:
+        return address(self.segments.index(seg), off)
+
+    # -- per-CPU ---------------------------------------------------------
+    def cpu_off(self, cpu: int, field: str) -> int:
+        return self.seg.layout.offset("cpu", cpu, field)
+
+    def trace_off(self, cpu: int) -> int:
+        return self.seg.layout.offset("trace", cpu)
+
+    # -- run control -----------------------------------------------------
+    @property
+    def keep_going(self) -> bool:
+        return bool(self.mem.load32(self.seg.layout.offset("control", 0, "keep_going")))
+
+    @property
+    def nowait_fail_ppm(self) -> int:
+        return self.mem.load32(self.seg.layout.offset("control", 0, "nowait_fail_ppm"))
+
+    def stop_requested(self) -> bool:
+        return self.mem.load32(self.stop_off) != 0
+
+    def request_stop(self) -> None:
+        if self.mem.cmpxchg32(self.stop_off, 0, 1) == 0:
+            self.mem.futex_wake(self.stop_off, -1)
+
+    def wake_bucket(self, addr: int) -> int:
+        return self.wake_var_off + 4 * ((addr * 0x9E3779B1 >> 7) % WAKE_BUCKETS)
+
+    # -- findings --------------------------------------------------------
+    def record_finding(
+        self,
+        kind: str,
+        cpu: int,
+        op: int,
+        step: int,
+        message: str,
+        objects: dict | None = None,
+        trace=None,
+    ) -> None:
+        k = KIND_INDEX[kind]
+        self.mem.fetch_add32(self.kind_counts_off + 4 * k, 1)
+        n = self.mem.fetch_add32(self.nfindings_off, 1)
+        if n < MAX_FINDINGS:
+            slot = self.finding_slots[n : n + 1]
+            slot["kind"] = k
+            slot["cpu"] = cpu
+            slot["op"] = op
+            slot["step"] = step
+            slot["message"] = message.encode(errors="replace")[:255]
+            slot["objects"] = _json_clip(objects or {}, 759)
+            if trace is not None:
+                slot["trace"][0] = trace
+            self.mem.store32(self.seg.layout.offset("finding", n, "valid"), 1)
+        if not self.keep_going or kind == "deadlock":
+            self.request_stop()
+
+    def finding_count(self) -> int:
+        return self.mem.load32(self.nfindings_off)
+
+    def kind_counts(self) -> dict[str, int]:
+        counts = self.control["kind_counts"][0]
+        return {k: int(counts[i]) for i, k in enumerate(KINDS)}
+
+    def findings(self) -> list[dict]:
+        out = []
+        n = min(self.finding_count(), MAX_FINDINGS)
+        for i in range(n):
+            s = self.finding_slots[i]
+            if not s["valid"]:
+                continue
+            try:
+                objects = json.loads(bytes(s["objects"]).decode(errors="replace") or "{}")
+            except json.JSONDecodeError:
+                objects = {"raw": bytes(s["objects"]).decode(errors="replace")}
+            out.append(
+                {
+                    "kind": KINDS[int(s["kind"])],
+                    "cpu": int(s["cpu"]),
+                    "op": int(s["op"]),
+                    "step": int(s["step"]),
+                    "message": bytes(s["message"]).decode(errors="replace"),
+                    "objects": objects,
+                    "trace": [int(w) for w in s["trace"]],
+                }
+            )
+        return out
+
+    def close(self) -> None:
+        self.control = self.cpus = self.traces = self.finding_slots = None
+        self.pool.close()
+        self.rcu.close()
+        for s in self.srcu:
+            s.close()
+        for seg in self.segments:
+            seg.close()
+
+    def unlink(self) -> None:
+        for seg in self.segments:
+            if seg.owner:
+                seg.unlink()
+
+
+def _json_clip(objects: dict, limit: int) -> bytes:
+    data = json.dumps(objects, default=str, separators=(",", ":")).encode()
+    if len(data) <= limit:
+        return data
+    return json.dumps({"truncated": data[: limit - 40].decode(errors="ignore")}).encode()[:limit]

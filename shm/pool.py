@@ -1,0 +1,346 @@
+"""The page-frame pool: a struct page array and the pages' contents.
+
+This is the KASAN of the model.  A reference to a page is packed as
+``gen << PFN_BITS | pfn``; allocation bumps the page's generation, free
+poisons its contents.  The checked accessors compare the reference with the
+page: touching a free page, or one whose generation changed since the
+reference was taken, is a use-after-free finding; freeing a free page (or
+freeing through a stale reference) is a double-free.
+
+Allocation takes gfp flags: GFP_KERNEL may sleep (an invalid-context finding
+in atomic context); GFP_NOWAIT never sleeps and fails at the machine's chosen
+rate (fault injection), so callers must handle None.  The free list is a
+Treiber stack with a tagged head (LIFO: a freed page is the next one handed
+out, which is what makes stale references bite).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shm.events import EV
+from shm.layout import Region
+from shm.locks import SPINLOCK, Spinlock
+from shm.refcount import Refcount
+
+if TYPE_CHECKING:
+    from shm.cpu import Cpu
+    from shm.machine import Machine
+
+PFN_BITS = 24
+PFN_MASK = (1 << PFN_BITS) - 1
+GEN_MASK = (1 << 31) - 1
+
+GFP_NOWAIT = 0
+GFP_ATOMIC = 0
+GFP_KERNEL = 1
+
+PAGE_FREE = 0
+PAGE_ALLOCATED = 1
+PAGE_FREEING = 2
+PAGE_STATES = {PAGE_FREE: "free", PAGE_ALLOCATED: "allocated", PAGE_FREEING: "being freed"}
+
+POISON_BYTE = 0x6B
+POISON64 = int.from_bytes(bytes([POISON_BYTE]) * 8, "little", signed=True)
+
+PAGE = np.dtype(
+    [
+        ("state", "<i4"),
+        ("flags", "<i4"),
+        ("_refcount", "<i4"),
+        ("_mapcount", "<i4"),
+        ("gen", "<i4"),
+        ("owner", "<i4"),
+        ("alloc_cpu", "<i4"),
+        ("free_cpu", "<i4"),
+        ("lru_next", "<i4"),
+        ("lru_prev", "<i4"),
+        ("rcu_next", "<i4"),
+        ("rcu_func", "<i4"),
+        ("ptl", SPINLOCK),
+        ("free_owner", "<i4"),
+        ("private", "<i8", (4,)),
+        ("pad", "<i8", (5,)),
+    ]
+)
+assert PAGE.itemsize == 128
+
+POOL_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("freed", "<i4"), ("waiters", "<i4")])
+
+_SITES: dict[int, str] = {}
+
+
+def alloc_site(name: str) -> int:
+    """Name an allocation site once, at import; leak reports name it."""
+    sid = zlib.crc32(name.encode()) & 0x7FFFFFFF
+    known = _SITES.get(sid)
+    if known and known != name:
+        raise ValueError(f"allocation site {name!r} collides with {known!r}")
+    _SITES[sid] = name
+    return sid
+
+
+def site_name(sid: int) -> str:
+    return _SITES.get(int(sid), f"site#{int(sid)}")
+
+
+def pfn_of(ref: int) -> int:
+    return ref & PFN_MASK
+
+
+def gen_of(ref: int) -> int:
+    return ref >> PFN_BITS
+
+
+_EV_ALLOC = EV["alloc"]
+_EV_FREE = EV["free"]
+SITE_UNKNOWN = alloc_site("unknown")
+
+
+class Pool:
+    @staticmethod
+    def regions(npages: int, page_size: int) -> list[Region]:
+        if page_size % 8 or page_size < 8:
+            raise ValueError("page_size must be a positive multiple of 8")
+        if not 1 <= npages <= PFN_MASK:
+            raise ValueError(f"pool_pages must be between 1 and {PFN_MASK}")
+        return [
+            Region("pool", POOL_STATE),
+            Region("page", PAGE, npages),
+            Region("page_data", np.dtype(("u1", (page_size,))), npages),
+        ]
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self.mem = machine.mem
+        seg = machine.seg
+        lay = seg.layout
+        self.npages = lay.regions["page"].count
+        self.page_size = lay.regions["page_data"].dtype.itemsize
+        self.pages = seg.view("page")
+        self.data = seg.view("page_data")
+        self.head_off = lay.offset("pool", 0, "free_head")
+        self.nfree_off = lay.offset("pool", 0, "nfree")
+        self.freed_off = lay.offset("pool", 0, "freed")
+        self.waiters_off = lay.offset("pool", 0, "waiters")
+        self.page0 = lay.offset("page")
+        self.data0 = lay.offset("page_data")
+        self._f = {name: PAGE.fields[name][1] for name in PAGE.names}
+
+    def close(self) -> None:
+        self.pages = self.data = None
+
+    def init_free_list(self) -> None:
+        """All pages free, linked in pfn order (pfn 0 handed out first)."""
+        n = self.npages
+        self.pages["state"] = PAGE_FREE
+        self.pages["lru_next"] = np.arange(1, n + 1, dtype=np.int32)
+        self.pages["lru_next"][-1] = -1
+        self.pages["owner"] = SITE_UNKNOWN
+        self.data[:] = POISON_BYTE
+        self.mem.store32(self.nfree_off, n)
+        self.mem.store64(self.head_off, 1)
+
+    def field_off(self, pfn: int, field: str) -> int:
+        return self.page0 + pfn * 128 + self._f[field]
+
+    def data_off(self, pfn: int, index: int = 0) -> int:
+        return self.data0 + pfn * self.page_size + 8 * index
+
+    def refcount(self, pfn: int) -> Refcount:
+        """The page's _refcount as a refcount_t."""
+        return Refcount(self.machine, 0, self.field_off(pfn, "_refcount"))
+
+    def ptl(self, pfn: int) -> Spinlock:
+        return Spinlock(self.machine, 0, self.field_off(pfn, "ptl"))
+
+    def gen(self, pfn: int) -> int:
+        return self.mem.load32(self.field_off(pfn, "gen"))
+
+    def ref(self, pfn: int) -> int:
+        return (self.gen(pfn) << PFN_BITS) | pfn
+
+    def nr_free(self) -> int:
+        return self.mem.load32(self.nfree_off)
+
+    # -- allocation ------------------------------------------------------
+    def alloc_page(self, cpu: Cpu, gfp: int, site: int = SITE_UNKNOWN) -> int | None:
+        """alloc_page(): a reference to a page with _refcount 1, or None."""
+        mem = self.mem
+        if gfp & GFP_KERNEL:
+            cpu.might_sleep("alloc_page(GFP_KERNEL)")
+        else:
+            ppm = self.machine.nowait_fail_ppm
+            if ppm and cpu.rng.random() * 1_000_000 < ppm:
+                return None
+        waited = 0
+        while True:
+            h = mem.load64(self.head_off)
+            pfn = (h & 0xFFFFFFFF) - 1
+            if pfn < 0:
+                if not gfp & GFP_KERNEL or waited >= 40:
+                    if gfp & GFP_KERNEL:
+                        self._report_exhausted(cpu)
+                    return None
+                seq = mem.load32(self.freed_off)
+                mem.fetch_add32(self.waiters_off, 1)
+                if mem.load64(self.head_off) & 0xFFFFFFFF == 0:
+                    cpu.sched.block(cpu, mem, self.freed_off, seq, 0.05)
+                mem.fetch_sub32(self.waiters_off, 1)
+                waited += 1
+                continue
+            nxt = mem.load32(self.field_off(pfn, "lru_next"))
+            new = (((h >> 32) + 1) << 32) | (nxt + 1)
+            if mem.cmpxchg64(self.head_off, h, new) == h:
+                break
+        f = self.page0 + pfn * 128
+        fo = self._f
+        if mem.cmpxchg32(f + fo["state"], PAGE_FREE, PAGE_ALLOCATED) != PAGE_FREE:
+            cpu.report("invariant", f"page {pfn} on the free list is not free", pfn=pfn)
+        gen = (mem.fetch_add32(f + fo["gen"], 1) + 1) & GEN_MASK
+        mem.store32(f + fo["owner"], site)
+        mem.store32(f + fo["alloc_cpu"], cpu.id)
+        mem.store32(f + fo["_refcount"], 1)
+        mem.store32(f + fo["_mapcount"], -1)
+        mem.store32(f + fo["flags"], 0)
+        mem.fetch_sub32(self.nfree_off, 1)
+        cpu.trace(_EV_ALLOC, pfn)
+        return (gen << PFN_BITS) | pfn
+
+    def _report_exhausted(self, cpu: Cpu) -> None:
+        owners = self.owners()
+        top = sorted(owners.items(), key=lambda kv: -kv[1])[:4]
+        cpu.report(
+            "leak",
+            f"out of memory: all {self.npages} pages allocated; owners: "
+            + ", ".join(f"{n} x {s}" for s, n in top),
+            owners=dict(top),
+        )
+
+    def free_page(self, cpu: Cpu, ref: int, site: int = SITE_UNKNOWN) -> bool:
+        """__free_page() through a reference; a stale or repeated free is a double-free."""
+        mem = self.mem
+        pfn = ref & PFN_MASK
+        gen = ref >> PFN_BITS
+        f = self.page0 + pfn * 128
+        fo = self._f
+        now = mem.load32(f + fo["gen"])
+        if now != gen:
+            cpu.report(
+                "double-free",
+                f"free of page {pfn} through a stale reference (gen {gen}, page is gen {now})",
+                **self.describe(pfn, expected_gen=gen),
+            )
+            return False
+        old = mem.cmpxchg32(f + fo["state"], PAGE_ALLOCATED, PAGE_FREEING)
+        if old != PAGE_ALLOCATED:
+            cpu.report(
+                "double-free",
+                f"free of page {pfn} that is {PAGE_STATES.get(old, old)}",
+                **self.describe(pfn, expected_gen=gen),
+            )
+            return False
+        self.data[pfn] = POISON_BYTE
+        mem.store32(f + fo["free_cpu"], cpu.id)
+        mem.store32(f + fo["free_owner"], site)
+        mem.store32(f + fo["state"], PAGE_FREE)
+        while True:
+            h = mem.load64(self.head_off)
+            mem.store32(f + fo["lru_next"], (h & 0xFFFFFFFF) - 1)
+            if mem.cmpxchg64(self.head_off, h, (((h >> 32) + 1) << 32) | (pfn + 1)) == h:
+                break
+        mem.fetch_add32(self.nfree_off, 1)
+        cpu.trace(_EV_FREE, pfn)
+        if mem.load32(self.waiters_off):
+            mem.fetch_add32(self.freed_off, 1)
+            mem.futex_wake(self.freed_off, -1)
+        return True
+
+    def put_page(self, cpu: Cpu, ref: int, site: int = SITE_UNKNOWN) -> bool:
+        """put_page(): drop a reference; the last one frees.  True if freed."""
+        if not self.check(cpu, ref, "put_page"):
+            return False
+        if self.refcount(ref & PFN_MASK).dec_and_test(cpu):
+            return self.free_page(cpu, ref, site)
+        return False
+
+    # -- checked accessors -------------------------------------------------
+    def check(self, cpu: Cpu, ref: int, what: str = "access") -> bool:
+        """The page behind ref is allocated and still the same generation."""
+        mem = self.mem
+        pfn = ref & PFN_MASK
+        f = self.page0 + pfn * 128
+        if mem.load32(f) == PAGE_ALLOCATED and mem.load32(f + 16) == ref >> PFN_BITS:
+            return True
+        self._report_uaf(cpu, ref, what)
+        return False
+
+    def _report_uaf(self, cpu: Cpu, ref: int, what: str) -> None:
+        pfn = ref & PFN_MASK
+        gen = ref >> PFN_BITS
+        cpu.report(
+            "use-after-free",
+            f"{what}: page {pfn} gen {gen} is {PAGE_STATES.get(self.state(pfn), '?')}"
+            f" (now gen {self.gen(pfn)})",
+            **self.describe(pfn, expected_gen=gen),
+        )
+
+    def read(self, cpu: Cpu, ref: int, index: int, what: str = "read") -> int:
+        """A checked 64-bit load of the page's contents (checked after the load)."""
+        v = self.mem.load64(self.data_off(ref & PFN_MASK, index))
+        self.check(cpu, ref, what)
+        return v
+
+    def write(self, cpu: Cpu, ref: int, index: int, value: int, what: str = "write") -> None:
+        if self.check(cpu, ref, what):
+            self.mem.store64(self.data_off(ref & PFN_MASK, index), value)
+
+    def state(self, pfn: int) -> int:
+        return self.mem.load32(self.field_off(pfn, "state"))
+
+    def describe(self, pfn: int, expected_gen: int | None = None) -> dict:
+        p = self.pages[pfn]
+        d = {
+            "pfn": int(pfn),
+            "state": PAGE_STATES.get(int(p["state"]), int(p["state"])),
+            "gen": int(p["gen"]),
+            "alloc_site": site_name(p["owner"]),
+            "alloc_cpu": int(p["alloc_cpu"]),
+            "refcount": int(p["_refcount"]),
+        }
+        if int(p["state"]) != PAGE_ALLOCATED:
+            d["free_cpu"] = int(p["free_cpu"])
+            d["free_site"] = site_name(p["free_owner"])
+        if expected_gen is not None:
+            d["ref_gen"] = int(expected_gen)
+        return d
+
+    # -- sweeps ----------------------------------------------------------
+    def allocated(self) -> np.ndarray:
+        return np.flatnonzero(self.pages["state"] != PAGE_FREE)
+
+    def owners(self) -> dict[str, int]:
+        pfns = self.allocated()
+        out: dict[str, int] = {}
+        for sid, n in zip(*np.unique(self.pages["owner"][pfns], return_counts=True)):
+            out[site_name(sid)] = int(n)
+        return out
+
+    def leaks(self) -> list[dict]:
+        """Pages still allocated, grouped by allocation site (loom names the site too)."""
+        pfns = self.allocated()
+        groups: dict[int, list[int]] = {}
+        for pfn in pfns:
+            groups.setdefault(int(self.pages["owner"][pfn]), []).append(int(pfn))
+        return [
+            {
+                "site": site_name(sid),
+                "pages": len(ps),
+                "pfns": ps[:16],
+                "alloc_cpus": sorted({int(self.pages["alloc_cpu"][p]) for p in ps}),
+            }
+            for sid, ps in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        ]

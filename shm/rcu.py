@@ -1,0 +1,344 @@
+"""RCU and SRCU across processes.
+
+RCU follows liburcu's memb flavour (src/urcu.c): a grace-period counter with
+a phase bit, and per-CPU reader words.  rcu_read_lock() copies the counter
+into the CPU's word on the outermost entry; synchronize_rcu() flips the phase
+twice, each time waiting until no CPU is still in a read-side critical
+section begun in the old phase.  call_rcu() queues a *named* callback
+(closures cannot cross processes) on the CPU's queue; the grace-period kthread
+process runs one grace period per batch and then invokes the batch, like the
+kernel's RCU kthreads.
+
+SRCU follows the kernel's classic two-index scheme: srcu_read_lock() returns
+the index it counted on, synchronize_srcu() waits for readers of the inactive
+index, flips, then waits for the old index to drain
+(srcu_readers_active_idx_check: unlocks summed before locks).
+
+Both flavours implement the same small `RcuFlavor` interface, so a test or
+scenario written once runs for each.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
+
+from shm.events import EV
+from shm.layout import Region
+from shm.locks import MUTEX, WAIT_GP, WAIT_SHIFT, Mutex
+
+if TYPE_CHECKING:
+    from shm.cpu import Cpu
+    from shm.machine import Machine
+
+GP_COUNT = 1
+GP_PHASE = 1 << 32
+NEST_MASK = GP_PHASE - 1
+CBQ_LEN = 1024
+
+RCU_STATE = np.dtype(
+    [
+        ("gp_ctr", "<i8"),
+        ("gp_seq", "<i8"),
+        ("cb_wake", "<i4"),
+        ("cb_done", "<i4"),
+        ("kthread_sleeping", "<i4"),
+        ("kthread_stop", "<i4"),
+        ("callbacks_run", "<i8"),
+        ("gp_mutex", MUTEX),
+    ]
+)
+READER = np.dtype([("ctr", "<i8"), ("pad", "<i8", (7,))])
+CB_ENTRY = np.dtype([("cb", "<i4"), ("pad", "<i4"), ("arg", "<i8")])
+CBQ = np.dtype([("head", "<i8"), ("tail", "<i8"), ("pad", "<i8", (6,)), ("entries", CB_ENTRY, (CBQ_LEN,))])
+
+SRCU_STATE = np.dtype([("completed", "<i8"), ("gp_seq", "<i8"), ("mutex", MUTEX)])
+SRCU_CPU = np.dtype([("lock", "<i8", (2,)), ("unlock", "<i8", (2,)), ("pad", "<i8", (4,))])
+
+_EV_GP_BEGIN = EV["gp-begin"]
+_EV_GP_END = EV["gp-end"]
+_EV_CALL_RCU = EV["call-rcu"]
+_EV_CB = EV["rcu-callback"]
+_EV_SRCU_LOCK = EV["srcu-lock"]
+_EV_SRCU_UNLOCK = EV["srcu-unlock"]
+
+_CALLBACKS: dict[int, tuple[str, Callable[[Cpu, int], None]]] = {}
+
+
+def rcu_callback(name: str) -> Callable:
+    """Register fn(cpu, arg) under a name every process agrees on (kernel: an rcu_head's func)."""
+
+    def register(fn: Callable[[Cpu, int], None]) -> Callable[[Cpu, int], None]:
+        cb_id = zlib.crc32(name.encode()) & 0x7FFFFFFF
+        known = _CALLBACKS.get(cb_id)
+        if known and known[0] != name:
+            raise ValueError(f"rcu callback {name!r} collides with {known[0]!r}")
+        _CALLBACKS[cb_id] = (name, fn)
+        fn.rcu_id = cb_id  # type: ignore[attr-defined]
+        fn.rcu_name = name  # type: ignore[attr-defined]
+        return fn
+
+    return register
+
+
+def callback_name(cb_id: int) -> str:
+    entry = _CALLBACKS.get(cb_id)
+    return entry[0] if entry else f"#{cb_id}"
+
+
+def invoke_callback(cpu: Cpu, cb_id: int, arg: int) -> None:
+    entry = _CALLBACKS.get(cb_id)
+    if entry is None:
+        raise LookupError(f"rcu callback #{cb_id} is not registered in this process")
+    entry[1](cpu, arg)
+
+
+class RcuFlavor(Protocol):
+    """The operations every RCU flavour offers (liburcu's flavor.h, rcutorture's ops)."""
+
+    name: str
+
+    def read_lock(self, cpu: Cpu) -> Any: ...
+
+    def read_unlock(self, cpu: Cpu, token: Any = None) -> None: ...
+
+    def synchronize(self, cpu: Cpu) -> None: ...
+
+    def gp_seq(self) -> int: ...
+
+
+class Rcu:
+    """RCU in the memb flavour, with call_rcu, rcu_barrier and a grace-period kthread."""
+
+    name = "rcu"
+
+    @staticmethod
+    def regions(nslots: int) -> list[Region]:
+        return [Region("rcu", RCU_STATE), Region("rcu_reader", READER, nslots), Region("rcu_cbq", CBQ, nslots)]
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self.mem = machine.mem
+        lay = machine.seg.layout
+        self.nslots = machine.nslots
+        self.gp_ctr_off = lay.offset("rcu", 0, "gp_ctr")
+        self.gp_seq_off = lay.offset("rcu", 0, "gp_seq")
+        self.cb_wake_off = lay.offset("rcu", 0, "cb_wake")
+        self.cb_done_off = lay.offset("rcu", 0, "cb_done")
+        self.sleeping_off = lay.offset("rcu", 0, "kthread_sleeping")
+        self.stop_off = lay.offset("rcu", 0, "kthread_stop")
+        self.cbs_run_off = lay.offset("rcu", 0, "callbacks_run")
+        self.reader_off = [lay.offset("rcu_reader", i) for i in range(self.nslots)]
+        self.head_off = [lay.offset("rcu_cbq", i, "head") for i in range(self.nslots)]
+        self.tail_off = [lay.offset("rcu_cbq", i, "tail") for i in range(self.nslots)]
+        self.entries_off = [lay.offset("rcu_cbq", i, "entries") for i in range(self.nslots)]
+        self.gp_mutex = Mutex(machine, 0, lay.offset("rcu", 0, "gp_mutex"))
+        if self.mem.load64(self.gp_ctr_off) == 0:
+            self.mem.cmpxchg64(self.gp_ctr_off, 0, GP_COUNT)
+
+    def close(self) -> None:
+        pass
+
+    # -- readers ---------------------------------------------------------
+    def read_lock(self, cpu: Cpu) -> None:
+        n = cpu.rcu_nesting
+        cpu.rcu_nesting = n + 1
+        if n == 0:
+            mem = self.mem
+            mem.store64(self.reader_off[cpu.id], mem.load64(self.gp_ctr_off))
+
+    def read_unlock(self, cpu: Cpu, token: Any = None) -> None:
+        n = cpu.rcu_nesting
+        if n <= 0:
+            cpu.report("lock-misuse", "rcu_read_unlock() without rcu_read_lock()")
+            return
+        cpu.rcu_nesting = n - 1
+        if n == 1:
+            self.mem.store64(self.reader_off[cpu.id], 0)
+
+    # -- updaters --------------------------------------------------------
+    def synchronize(self, cpu: Cpu) -> None:
+        """synchronize_rcu(): returns after every pre-existing reader has finished."""
+        cpu.might_sleep("synchronize_rcu")
+        self.gp_mutex._acquire(cpu)
+        seq = self.mem.load64(self.gp_seq_off)
+        cpu.trace(_EV_GP_BEGIN, seq)
+        for _ in range(2):
+            self.mem.fetch_xor64(self.gp_ctr_off, GP_PHASE)
+            self._wait_for_readers(cpu)
+        self.mem.store64(self.gp_seq_off, seq + 1)
+        cpu.trace(_EV_GP_END, seq + 1)
+        self.gp_mutex.unlock(cpu)
+
+    def _wait_for_readers(self, cpu: Cpu) -> None:
+        mem = self.mem
+        gp = mem.load64(self.gp_ctr_off)
+        spin = cpu.sched.spin
+        for i, off in enumerate(self.reader_off):
+            if i == cpu.id and cpu.rcu_nesting:
+                continue  # already reported by might_sleep(); waiting would self-deadlock
+            c = mem.load64(off)
+            if not (c & NEST_MASK and (c ^ gp) & GP_PHASE):
+                continue
+            mem.store64(cpu.waiting_off, (WAIT_GP << WAIT_SHIFT) | i)
+            attempt = 0
+            while c & NEST_MASK and (c ^ gp) & GP_PHASE:
+                spin(cpu, attempt)
+                attempt += 1
+                c = mem.load64(off)
+            mem.store64(cpu.waiting_off, 0)
+
+    def gp_seq(self) -> int:
+        return self.mem.load64(self.gp_seq_off)
+
+    def call(self, cpu: Cpu, callback: Callable | int, arg: int) -> None:
+        """call_rcu(): callback(cpu, arg) runs in the kthread after a grace period."""
+        cb_id = callback if isinstance(callback, int) else callback.rcu_id
+        mem = self.mem
+        i = cpu.id
+        head = mem.load64(self.head_off[i])
+        attempt = 0
+        while head - mem.load64(self.tail_off[i]) >= CBQ_LEN:
+            self._wake_kthread(force=True)
+            cpu.sched.spin(cpu, attempt)
+            attempt += 1
+        e = self.entries_off[i] + (head % CBQ_LEN) * CB_ENTRY.itemsize
+        mem.store32(e, cb_id)
+        mem.store64(e + 8, arg)
+        mem.store64(self.head_off[i], head + 1)
+        cpu.trace(_EV_CALL_RCU, cb_id)
+        self._wake_kthread()
+
+    def _wake_kthread(self, force: bool = False) -> None:
+        mem = self.mem
+        if force or mem.load32(self.sleeping_off):
+            mem.store32(self.sleeping_off, 0)
+            mem.fetch_add32(self.cb_wake_off, 1)
+            mem.futex_wake(self.cb_wake_off, -1)
+
+    def pending(self) -> int:
+        mem = self.mem
+        return sum(mem.load64(h) - mem.load64(t) for h, t in zip(self.head_off, self.tail_off))
+
+    def barrier(self, cpu: Cpu) -> None:
+        """rcu_barrier(): every callback queued before the call has been invoked."""
+        cpu.might_sleep("rcu_barrier")
+        mem = self.mem
+        targets = [mem.load64(h) for h in self.head_off]
+        self._wake_kthread(force=True)
+        while True:
+            done = mem.load32(self.cb_done_off)
+            if all(mem.load64(t) >= want for t, want in zip(self.tail_off, targets)):
+                return
+            cpu.sched.block(cpu, mem, self.cb_done_off, done, 0.05)
+
+    # -- the grace-period kthread -----------------------------------------
+    def kthread(self, cpu: Cpu) -> None:
+        """Main loop of the grace-period process: batch, grace period, invoke."""
+        mem = self.mem
+        n = self.nslots
+        tails = [mem.load64(t) for t in self.tail_off]
+        while True:
+            heads = [mem.load64(h) for h in self.head_off]
+            if all(h == t for h, t in zip(heads, tails)):
+                if mem.load32(self.stop_off):
+                    return
+                seq = mem.load32(self.cb_wake_off)
+                mem.store32(self.sleeping_off, 1)
+                if any(mem.load64(self.head_off[i]) != tails[i] for i in range(n)):
+                    mem.store32(self.sleeping_off, 0)
+                    continue
+                cpu.sched.block(cpu, mem, self.cb_wake_off, seq, 0.1)
+                mem.store32(self.sleeping_off, 0)
+                continue
+            self.synchronize(cpu)
+            ran = 0
+            for i in range(n):
+                base = self.entries_off[i]
+                for k in range(tails[i], heads[i]):
+                    e = base + (k % CBQ_LEN) * CB_ENTRY.itemsize
+                    cb_id = mem.load32(e)
+                    arg = mem.load64(e + 8)
+                    cpu.trace(_EV_CB, cb_id)
+                    invoke_callback(cpu, cb_id, arg)
+                    ran += 1
+                    mem.store64(self.tail_off[i], k + 1)
+                tails[i] = heads[i]
+            mem.fetch_add64(self.cbs_run_off, ran)
+            mem.fetch_add32(self.cb_done_off, 1)
+            mem.futex_wake(self.cb_done_off, -1)
+
+    def stop_kthread(self) -> None:
+        self.mem.store32(self.stop_off, 1)
+        self._wake_kthread(force=True)
+
+
+class Srcu:
+    """An SRCU domain: sleepable readers counted per CPU on one of two indices."""
+
+    @staticmethod
+    def regions(nslots: int, domains: int) -> list[Region]:
+        return [Region("srcu", SRCU_STATE, domains), Region("srcu_cpu", SRCU_CPU, nslots * domains)]
+
+    def __init__(self, machine: Machine, domain: int):
+        self.machine = machine
+        self.mem = machine.mem
+        self.name = f"srcu{domain}"
+        lay = machine.seg.layout
+        n = machine.nslots
+        self.completed_off = lay.offset("srcu", domain, "completed")
+        self.gp_seq_off = lay.offset("srcu", domain, "gp_seq")
+        self.mutex = Mutex(machine, 0, lay.offset("srcu", domain, "mutex"))
+        self.lock_off = [lay.offset("srcu_cpu", domain * n + i, "lock") for i in range(n)]
+        self.unlock_off = [lay.offset("srcu_cpu", domain * n + i, "unlock") for i in range(n)]
+
+    def close(self) -> None:
+        pass
+
+    def read_lock(self, cpu: Cpu) -> int:
+        """srcu_read_lock(): the index counted on, to hand back to srcu_read_unlock()."""
+        idx = self.mem.load64(self.completed_off) & 1
+        self.mem.fetch_add64(self.lock_off[cpu.id] + 8 * idx, 1)
+        cpu.trace(_EV_SRCU_LOCK, idx)
+        return idx
+
+    def read_unlock(self, cpu: Cpu, token: Any = None) -> None:
+        if token not in (0, 1):
+            cpu.report("lock-misuse", f"srcu_read_unlock() with index {token!r}")
+            return
+        self.mem.fetch_add64(self.unlock_off[cpu.id] + 8 * token, 1)
+        cpu.trace(_EV_SRCU_UNLOCK, token)
+
+    def readers_active_idx(self, idx: int) -> bool:
+        mem = self.mem
+        unlocks = sum(mem.load64(o + 8 * idx) for o in self.unlock_off)
+        locks = sum(mem.load64(o + 8 * idx) for o in self.lock_off)
+        return locks != unlocks
+
+    def _wait_idx(self, cpu: Cpu, idx: int) -> None:
+        attempt = 0
+        while self.readers_active_idx(idx):
+            if attempt == 0:
+                cpu.mem.store64(cpu.waiting_off, (WAIT_GP << WAIT_SHIFT) | 0xFFFF)
+            cpu.sched.spin(cpu, attempt)
+            attempt += 1
+        if attempt:
+            cpu.mem.store64(cpu.waiting_off, 0)
+
+    def synchronize(self, cpu: Cpu) -> None:
+        """synchronize_srcu(): every reader that began before the call has finished."""
+        cpu.might_sleep("synchronize_srcu")
+        self.mutex._acquire(cpu)
+        seq = self.mem.load64(self.gp_seq_off)
+        cpu.trace(_EV_GP_BEGIN, seq)
+        self._wait_idx(cpu, 1 ^ (self.mem.load64(self.completed_off) & 1))
+        self.mem.fetch_add64(self.completed_off, 1)
+        self._wait_idx(cpu, 1 ^ (self.mem.load64(self.completed_off) & 1))
+        self.mem.store64(self.gp_seq_off, seq + 1)
+        cpu.trace(_EV_GP_END, seq + 1)
+        self.mutex.unlock(cpu)
+
+    def gp_seq(self) -> int:
+        return self.mem.load64(self.gp_seq_off)

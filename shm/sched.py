@@ -1,0 +1,63 @@
+"""The scheduling points of the machine, delegated to a scheduler object.
+
+Every place a CPU could be preempted (`cpu.window(name)`), spins, or sleeps
+on a futex goes through the CPU's scheduler, so a strategy (free-running,
+random delays, a controlled one-CPU-at-a-time token) can be swapped without
+touching the primitives.  Like shuttle's Scheduler trait, it is small.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Protocol
+
+from shm._atomic import cpu_relax
+
+if TYPE_CHECKING:
+    from shm._atomic import Memory
+    from shm.cpu import Cpu
+
+SPINS_BEFORE_YIELD = 64
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def attach(self, cpu: Cpu) -> None:
+        """Bind to the CPU this process is; called once before it runs."""
+
+    def window(self, cpu: Cpu, name: str) -> None:
+        """A preemption point in policy code."""
+
+    def spin(self, cpu: Cpu, attempt: int) -> None:
+        """One iteration of a spin loop (lock contention, waiting for a counter)."""
+
+    def block(self, cpu: Cpu, mem: Memory, off: int, expected: int, timeout: float | None) -> bool:
+        """Sleep while the 32-bit word at off equals expected; False on timeout."""
+
+    def op_boundary(self, cpu: Cpu) -> None:
+        """Between two operations of the CPU's program."""
+
+
+class OsScheduler:
+    """Real OS scheduling and nothing injected: the machine as it is."""
+
+    name = "os"
+
+    def attach(self, cpu: Cpu) -> None:
+        pass
+
+    def window(self, cpu: Cpu, name: str) -> None:
+        pass
+
+    def spin(self, cpu: Cpu, attempt: int) -> None:
+        if attempt < SPINS_BEFORE_YIELD:
+            cpu_relax()
+        else:
+            os.sched_yield()
+
+    def block(self, cpu: Cpu, mem: Memory, off: int, expected: int, timeout: float | None) -> bool:
+        return mem.futex_wait(off, expected, timeout)
+
+    def op_boundary(self, cpu: Cpu) -> None:
+        pass
