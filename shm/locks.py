@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from shm.cpu import Cpu
     from shm.machine import Machine
 
-SPINLOCK = np.dtype([("spin_owner", "<i4")])
-MUTEX = np.dtype([("mutex_owner", "<i4"), ("mutex_waiters", "<i4")])
+SPINLOCK = np.dtype([("spin_owner", "<i4")], align=True)
+MUTEX = np.dtype([("mutex_owner", "<i4"), ("mutex_waiters", "<i4")], align=True)
 RWSEM = np.dtype(
     [
         ("rwsem_count", "<i4"),
@@ -33,9 +33,10 @@ RWSEM = np.dtype(
         ("rwsem_readers", "<i8"),
         ("rwsem_waiters", "<i4"),
         ("rwsem_pad", "<i4"),
-    ]
+    ],
+    align=True,
 )
-SEQCOUNT = np.dtype([("sequence", "<i4")])
+SEQCOUNT = np.dtype([("sequence", "<i4")], align=True)
 
 LOCK_DTYPES = {SPINLOCK: "spinlock", MUTEX: "mutex", RWSEM: "rwsem"}
 

@@ -181,14 +181,14 @@ class Pool:
             h = mem.load64(self.head_off)
             pfn = (h & 0xFFFFFFFF) - 1
             if pfn < 0:
-                if not gfp & GFP_KERNEL or waited >= 40:
+                if not gfp & GFP_KERNEL or waited >= 25:
                     if gfp & GFP_KERNEL:
                         self._report_exhausted(cpu)
                     return None
                 seq = mem.load32(self.freed_off)
                 mem.fetch_add32(self.waiters_off, 1)
                 if mem.load64(self.head_off) & 0xFFFFFFFF == 0:
-                    cpu.sched.block(cpu, mem, self.freed_off, seq, 0.05)
+                    cpu.sched.block(cpu, mem, self.freed_off, seq, 0.02)
                 mem.fetch_sub32(self.waiters_off, 1)
                 waited += 1
                 continue

@@ -20,6 +20,8 @@ scenario written once runs for each.
 
 from __future__ import annotations
 
+import os
+import time
 import zlib
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -222,28 +224,36 @@ class Rcu:
         mem = self.mem
         return sum(mem.load64(h) - mem.load64(t) for h, t in zip(self.head_off, self.tail_off))
 
-    def barrier(self, cpu: Cpu) -> None:
-        """rcu_barrier(): every callback queued before the call has been invoked."""
+    def barrier(self, cpu: Cpu, timeout: float | None = None) -> bool:
+        """rcu_barrier(): every callback queued before the call has been invoked.
+
+        With a timeout (the harness's teardown, in case the kthread died),
+        False if that did not happen in time."""
         cpu.might_sleep("rcu_barrier")
         mem = self.mem
         targets = [mem.load64(h) for h in self.head_off]
         self._wake_kthread(force=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             done = mem.load32(self.cb_done_off)
             if all(mem.load64(t) >= want for t, want in zip(self.tail_off, targets)):
-                return
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
             cpu.sched.block(cpu, mem, self.cb_done_off, done, 0.05)
 
     # -- the grace-period kthread -----------------------------------------
-    def kthread(self, cpu: Cpu) -> None:
-        """Main loop of the grace-period process: batch, grace period, invoke."""
+    def kthread(self, cpu: Cpu, parent: int | None = None) -> None:
+        """Main loop of the grace-period process: batch, grace period, invoke.
+
+        Returns when asked to stop with nothing queued, or when its parent is gone."""
         mem = self.mem
         n = self.nslots
         tails = [mem.load64(t) for t in self.tail_off]
         while True:
             heads = [mem.load64(h) for h in self.head_off]
             if all(h == t for h, t in zip(heads, tails)):
-                if mem.load32(self.stop_off):
+                if mem.load32(self.stop_off) or (parent and os.getppid() != parent):
                     return
                 seq = mem.load32(self.cb_wake_off)
                 mem.store32(self.sleeping_off, 1)

@@ -1,0 +1,1 @@
+"""stress: the harness.  Runner, CPU loop, schedulers, watchdog, reports, CLI."""

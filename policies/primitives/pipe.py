@@ -1,0 +1,238 @@
+"""rcutorture's pipe, for every RCU flavour (kernel/rcu/rcutorture.c).
+
+Writers publish a new object and retire the old one: its pipe age becomes 1
+when it is unpublished and 2 once a grace period has elapsed, just before it
+is freed.  Readers dereference the current object inside a read-side
+critical section and read its age twice around a preemption window.  A
+reader that sees age 2 held the object across a whole grace period, so the
+grace period did not wait for it: the flavour is broken.  The histogram of
+ages is the stat line's "Pipe:", as in rcutorture; all but the first two
+buckets must stay zero.
+
+The scenario is written once against the flavour's operations; `rcu` and
+`srcu` are two instances of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from policies import register
+from policies.scenario import Needs, Operation, Policy, Region, Scenario, World, mutant
+from shm import GFP_KERNEL, Cpu, alloc_site, rcu_callback
+from shm.rcu import GP_PHASE
+
+PIPE_LEN = 4
+OBJ_SITE = alloc_site("pipe: rcu_torture object")
+MAGIC = 0x7070E
+
+
+@dataclass(frozen=True)
+class FlavorPolicy(Policy):
+    read_lock: Callable[[World], Any] | None = None
+    read_unlock: Callable[[World, Any], None] | None = None
+    synchronize: Callable[[World], None] | None = None
+    call: Callable[[World, Callable, int], None] | None = None
+    barrier: Callable[[World], None] | None = None
+
+
+@rcu_callback("pipe: age and free")
+def age_and_free(cpu: Cpu, ref: int) -> None:
+    pool = cpu.machine.pool
+    pool.write(cpu, ref, 0, 2, "pipe: ageing a retired object")
+    pool.free_page(cpu, ref, OBJ_SITE)
+
+
+class PipeScenario(Scenario):
+    needs = Needs(pool_pages=256)
+    counters = tuple(f"pipe{i}" for i in range(PIPE_LEN)) + ("retired",)
+
+    def __init__(self, name: str, doc: str, policies: tuple[FlavorPolicy, ...]):
+        self.name = name
+        self.doc = doc
+        self.policies = policies
+
+    def regions(self, ncpus: int) -> list[Region]:
+        return [Region("pipe", np.dtype([("current", "<i8"), ("pad", "<i8", (7,))]))]
+
+    def attach(self, w: World) -> None:
+        w.current_off = w.offset("pipe", 0, "current")
+
+    def _new(self, w: World) -> int | None:
+        ref = w.pool.alloc_page(w.cpu, GFP_KERNEL, OBJ_SITE)
+        if ref is not None:
+            w.pool.write(w.cpu, ref, 0, 0)
+            w.pool.write(w.cpu, ref, 1, MAGIC)
+        return ref
+
+    def setup(self, w: World) -> None:
+        w.mem.store64(w.current_off, self._new(w))
+
+    def operations(self, policy: FlavorPolicy) -> tuple[Operation, ...]:
+        read_lock, read_unlock = policy.read_lock, policy.read_unlock
+        synchronize, call, barrier = policy.synchronize, policy.call, policy.barrier
+
+        def read(w: World) -> None:
+            cpu, pool = w.cpu, w.pool
+            token = read_lock(w)
+            ref = w.mem.load64(w.current_off)
+            age = pool.read(cpu, ref, 0, "pipe reader")
+            cpu.window("reader:inside-the-critical-section")
+            age = max(age, pool.read(cpu, ref, 0, "pipe reader"))
+            read_unlock(w, token)
+            if 0 <= age < PIPE_LEN:
+                w.count(f"pipe{age}")
+            if age >= 2:
+                cpu.report(
+                    "use-after-free",
+                    f"rcu_torture pipe: reader saw age {age}: a grace period ended inside its"
+                    f" {w.scenario.name} read-side critical section",
+                    **pool.describe(ref & 0xFFFFFF, expected_gen=ref >> 24),
+                )
+
+        def retire(w: World) -> int | None:
+            new = self._new(w)
+            if new is None:
+                return None
+            old = w.mem.xchg64(w.current_off, new)
+            w.pool.write(w.cpu, old, 0, 1, "pipe: retiring")
+            w.count("retired")
+            return old
+
+        def replace_sync(w: World) -> None:
+            old = retire(w)
+            if old is None:
+                return
+            synchronize(w)
+            w.pool.write(w.cpu, old, 0, 2, "pipe: ageing a retired object")
+            w.cpu.window("writer:aged-before-free")
+            w.pool.free_page(w.cpu, old, OBJ_SITE)
+
+        def replace_async(w: World) -> None:
+            old = retire(w)
+            if old is not None:
+                call(w, age_and_free, old)
+
+        ops = [Operation("read", 16, read), Operation("replace_sync", 2, replace_sync)]
+        if call is not None:
+            ops.append(Operation("replace_async", 2, replace_async))
+        if barrier is not None:
+            ops.append(Operation("barrier", 1, lambda w: barrier(w)))
+        return tuple(ops)
+
+    def teardown(self, w: World) -> None:
+        ref = w.mem.xchg64(w.current_off, 0)
+        if ref:
+            w.pool.free_page(w.cpu, ref, OBJ_SITE)
+
+    def stat_text(self, counters: dict[str, int]) -> str:
+        return "Pipe: " + " ".join(str(counters.get(f"pipe{i}", 0)) for i in range(PIPE_LEN))
+
+
+# -- RCU -------------------------------------------------------------------
+
+def rcu_read_lock(w: World) -> None:
+    w.rcu.read_lock(w.cpu)
+
+
+def rcu_read_unlock(w: World, token: Any) -> None:
+    w.rcu.read_unlock(w.cpu)
+
+
+def synchronize_rcu(w: World) -> None:
+    w.rcu.synchronize(w.cpu)
+
+
+def call_rcu(w: World, fn: Callable, arg: int) -> None:
+    w.rcu.call(w.cpu, fn, arg)
+
+
+def rcu_barrier(w: World) -> None:
+    w.rcu.barrier(w.cpu)
+
+
+def synchronize_rcu_no_wait(w: World) -> None:
+    """DELIBERATELY BROKEN: flips the phase and ends the grace period without waiting.
+
+    rcutorture's rcu_busted_ops: the writer frees what readers still hold.
+    Must produce a use-after-free finding (pipe age 2, or a freed object)."""
+    w.cpu.might_sleep("synchronize_rcu")
+    w.rcu.mem.fetch_xor64(w.rcu.gp_ctr_off, GP_PHASE)
+    w.rcu.mem.fetch_add64(w.rcu.gp_seq_off, 1)
+
+
+rcu = FlavorPolicy(
+    "rcu",
+    doc="liburcu memb-style RCU: two phase flips per grace period, call_rcu via the kthread",
+    read_lock=rcu_read_lock,
+    read_unlock=rcu_read_unlock,
+    synchronize=synchronize_rcu,
+    call=call_rcu,
+    barrier=rcu_barrier,
+)
+register(
+    PipeScenario(
+        "rcu",
+        "rcutorture's pipe on RCU: no reader may see an object age past one grace period",
+        (
+            rcu,
+            # DELIBERATELY BROKEN below.
+            mutant(rcu, "no_wait_gp", "use-after-free",
+                   "kernel/rcu/rcutorture.c: rcu_busted_ops (a grace period that does not wait)",
+                   "synchronize_rcu that does not wait for readers",
+                   synchronize=synchronize_rcu_no_wait),
+        ),
+    )
+)
+
+
+# -- SRCU ------------------------------------------------------------------
+
+def srcu_read_lock(w: World) -> int:
+    return w.srcu[0].read_lock(w.cpu)
+
+
+def srcu_read_unlock(w: World, idx: int) -> None:
+    w.srcu[0].read_unlock(w.cpu, idx)
+
+
+def synchronize_srcu(w: World) -> None:
+    w.srcu[0].synchronize(w.cpu)
+
+
+def srcu_read_lock_uncounted(w: World) -> int:
+    """DELIBERATELY BROKEN: returns the index but does not count the reader on it.
+
+    synchronize_srcu() then sees no reader to wait for.  Must produce a
+    use-after-free finding."""
+    return w.srcu[0].mem.load64(w.srcu[0].completed_off) & 1
+
+
+def srcu_read_unlock_uncounted(w: World, idx: int) -> None:
+    """The unlock paired with the uncounted lock (counting only here would underflow)."""
+
+
+srcu = FlavorPolicy(
+    "srcu",
+    doc="classic two-index SRCU: readers may sleep; synchronize_srcu waits per index",
+    read_lock=srcu_read_lock,
+    read_unlock=srcu_read_unlock,
+    synchronize=synchronize_srcu,
+)
+register(
+    PipeScenario(
+        "srcu",
+        "rcutorture's pipe on SRCU (srcu_read_lock returns the index to unlock)",
+        (
+            srcu,
+            # DELIBERATELY BROKEN below.
+            mutant(srcu, "uncounted_read_lock", "use-after-free",
+                   "kernel/rcu/srcutree.c: __srcu_read_lock must count the reader on its index",
+                   "srcu_read_lock that does not count",
+                   read_lock=srcu_read_lock_uncounted, read_unlock=srcu_read_unlock_uncounted),
+        ),
+    )
+)

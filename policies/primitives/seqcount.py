@@ -1,0 +1,115 @@
+"""seqcount_t torture: writers update a multi-word record, readers must never see it torn.
+
+Writers are serialised by a spinlock and bracket their stores with
+write_seqcount_begin/end; every word of the record holds the same value.
+Readers copy the record between read_seqcount_begin and read_seqcount_retry
+and retry while a writer was active (include/linux/seqlock.h).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from policies import register
+from policies.scenario import Operation, Policy, Region, Scenario, World, mutant
+from shm import SEQCOUNT, SPINLOCK
+
+NWORDS = 4
+RECORD = np.dtype(
+    [("seq", SEQCOUNT), ("lock", SPINLOCK), ("words", "<i8", (NWORDS,)), ("pad", "<i8", (3,))],
+    align=True,
+)
+
+
+def read_record(w: World) -> list[int]:
+    mem, cpu = w.mem, w.cpu
+    out = []
+    for off in w.word_offs:
+        out.append(mem.load64(off))
+        cpu.window("seqcount reader:between-words")
+    return out
+
+
+def read_with_retry(w: World) -> tuple[list[int], int]:
+    """The read_seqcount_begin / read_seqcount_retry loop; returns the copy and the retries."""
+    retries = 0
+    while True:
+        s = w.seq.read_begin(w.cpu)
+        words = read_record(w)
+        if not w.seq.read_retry(w.cpu, s):
+            return words, retries
+        retries += 1
+
+
+def read_without_retry(w: World) -> tuple[list[int], int]:
+    """DELIBERATELY BROKEN: samples the sequence but never checks it again.
+
+    A reader racing a writer returns a record that is half old, half new.
+    Must produce an invariant finding."""
+    w.seq.read_begin(w.cpu)
+    return read_record(w), 0
+
+
+@dataclass(frozen=True)
+class SeqcountPolicy(Policy):
+    read_section: Callable[[World], tuple[list[int], int]] | None = None
+
+
+class SeqcountScenario(Scenario):
+    name = "seqcount"
+    doc = "seqcount_t: readers retry until they copy a record no writer touched"
+    counters = ("reads", "retries", "writes")
+
+    def regions(self, ncpus: int) -> list[Region]:
+        return [Region("record", RECORD)]
+
+    def attach(self, w: World) -> None:
+        w.seq = w.seqcount("record", 0, "seq")
+        w.lock = w.spinlock("record", 0, "lock")
+        base = w.offset("record", 0, "words")
+        w.word_offs = [base + 8 * i for i in range(NWORDS)]
+
+    def operations(self, policy: SeqcountPolicy) -> tuple[Operation, ...]:
+        read_section = policy.read_section
+
+        def read(w: World) -> None:
+            words, retries = read_section(w)
+            w.count("reads")
+            w.count("retries", retries)
+            if len(set(words)) != 1:
+                w.cpu.report("invariant", f"seqcount reader copied a torn record: {words}",
+                             record=words)
+
+        def write(w: World) -> None:
+            mem, cpu = w.mem, w.cpu
+            w.lock.lock(cpu)
+            w.seq.write_begin(cpu)
+            value = mem.load64(w.word_offs[0]) + 1
+            for off in w.word_offs:
+                mem.store64(off, value)
+                cpu.window("seqcount writer:between-words")
+            w.seq.write_end(cpu)
+            w.lock.unlock(cpu)
+            w.count("writes")
+
+        return (Operation("read", 6, read), Operation("write", 2, write))
+
+    def sweep(self, w: World) -> None:
+        rec = w.view("record")[0]
+        if len(set(int(x) for x in rec["words"])) != 1 or int(rec["seq"]["sequence"]) & 1:
+            w.cpu.report("invariant", "seqcount record inconsistent at the end")
+
+
+seqcount = SeqcountPolicy("seqcount", doc="read_seqcount_begin / read_seqcount_retry",
+                          read_section=read_with_retry)
+SeqcountScenario.policies = (
+    seqcount,
+    # DELIBERATELY BROKEN below.
+    mutant(seqcount, "no_retry", "invariant",
+           "include/linux/seqlock.h: a reader must retry when read_seqcount_retry() says so",
+           "reader that does not retry", read_section=read_without_retry),
+)
+register(SeqcountScenario())

@@ -1,0 +1,193 @@
+"""The one interface every mechanism presents to the harness.
+
+A `Scenario` declares its state (regions of a shared segment), its operations
+with weights, its quiescent checks, and its named policies.  A `Policy` is a
+small frozen dataclass of operations (kernel names); a mutant is a policy
+with a known bug that names the passage it reproduces and the finding kinds
+it must produce, and sits right below its correct twin, built with
+`dataclasses.replace`.  Like rcutorture's ops vectors: a missing operation
+is None, not a flag.
+
+The harness calls, in the runner (the boot CPU): setup, then after the CPUs
+have stopped: sweep, teardown.  In every process: attach.  On each CPU: the
+operations' `run(world)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from shm import (
+    Cpu,
+    Layout,
+    Machine,
+    Mutex,
+    PercpuRef,
+    Refcount,
+    Region,
+    Rwsem,
+    Segment,
+    Seqcount,
+    Spinlock,
+)
+from shm.events import KINDS
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named variant of a scenario.  Subclasses add the operations that vary."""
+
+    name: str
+    doc: str = ""
+    mutant: bool = False
+    expect: tuple[str, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.expect if k not in KINDS]
+        if bad:
+            raise ValueError(f"policy {self.name}: unknown finding kinds {bad}")
+        if self.mutant and not self.expect:
+            raise ValueError(f"mutant {self.name} must say which finding kind it produces")
+        if self.mutant and not self.source:
+            raise ValueError(f"mutant {self.name} must name the passage it reproduces")
+
+
+def mutant(correct: Policy, name: str, expect: tuple[str, ...] | str, source: str, doc: str,
+           **ops: Any) -> Policy:
+    """A deliberately broken twin of `correct`, differing only in `ops`."""
+    if isinstance(expect, str):
+        expect = (expect,)
+    return dataclasses.replace(correct, name=name, mutant=True, expect=expect, source=source,
+                               doc=doc, **ops)
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    weight: int
+    run: Callable[[World], Any]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a scenario needs of the machine."""
+
+    pool_pages: int = 256
+    page_size: int = 64
+    srcu_domains: int = 1
+
+
+class Scenario:
+    name: ClassVar[str] = ""
+    doc: ClassVar[str] = ""
+    policies: ClassVar[tuple[Policy, ...]] = ()
+    counters: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[Needs] = Needs()
+
+    def regions(self, ncpus: int) -> list[Region]:
+        return []
+
+    def layout(self, ncpus: int) -> Layout:
+        """The state segment's layout; its digest covers the scenario and the CPU count."""
+        return Layout(f"state:{self.name}", self.regions(ncpus), {"scenario": self.name, "ncpus": ncpus})
+
+    def operations(self, policy: Policy) -> tuple[Operation, ...]:
+        raise NotImplementedError
+
+    def setup(self, w: World) -> None:
+        """Initial state, built once by the boot CPU before the CPUs start."""
+
+    def attach(self, w: World) -> None:
+        """Per-process handles (locks, refcounts) onto the shared state."""
+
+    def sweep(self, w: World) -> None:
+        """Quiescent checks, all CPUs stopped; report through w.cpu.report."""
+
+    def teardown(self, w: World) -> None:
+        """Give back what the scenario holds, so that the leak sweep sees an empty pool."""
+
+    def stat_text(self, counters: dict[str, int]) -> str:
+        """Extra text for the periodic stat line."""
+        return ""
+
+    # -- registry helpers -------------------------------------------------
+    def policy(self, name: str | None) -> Policy:
+        if name is None:
+            return self.default_policy()
+        for p in self.policies:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.policies)
+        raise LookupError(f"unknown policy {name!r} for scenario {self.name} (known: {known})")
+
+    def default_policy(self) -> Policy:
+        for p in self.policies:
+            if not p.mutant:
+                return p
+        raise LookupError(f"scenario {self.name} has no correct policy")
+
+    def correct_policies(self) -> list[Policy]:
+        return [p for p in self.policies if not p.mutant]
+
+    def mutants(self) -> list[Policy]:
+        return [p for p in self.policies if p.mutant]
+
+
+@dataclass
+class World:
+    """What policy code sees in one process: this CPU, the machine, the scenario's state."""
+
+    machine: Machine
+    cpu: Cpu
+    scenario: Scenario
+    policy: Policy
+    seg: Segment | None
+    ncpus: int
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.seg_index = self.machine.segments.index(self.seg) if self.seg is not None else -1
+        self.mem = self.seg.mem if self.seg is not None else None
+        self.rcu = self.machine.rcu
+        self.srcu = self.machine.srcu
+        self.pool = self.machine.pool
+        self.counter_index = {n: i for i, n in enumerate(self.scenario.counters)}
+        self.counts = [0] * len(self.scenario.counters)
+        self.cpu.ctx = self
+
+    @property
+    def rng(self):
+        return self.cpu.rng
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[self.counter_index[name]] += n
+
+    def view(self, region: str):
+        return self.seg.view(region)
+
+    def offset(self, region: str, index: int = 0, field: str | None = None) -> int:
+        return self.seg.layout.offset(region, index, field)
+
+    def _handle(self, cls, region: str, index: int, field: str | None):
+        return cls(self.machine, self.seg_index, self.offset(region, index, field))
+
+    def spinlock(self, region: str, index: int = 0, field: str | None = None) -> Spinlock:
+        return self._handle(Spinlock, region, index, field)
+
+    def mutex(self, region: str, index: int = 0, field: str | None = None) -> Mutex:
+        return self._handle(Mutex, region, index, field)
+
+    def rwsem(self, region: str, index: int = 0, field: str | None = None) -> Rwsem:
+        return self._handle(Rwsem, region, index, field)
+
+    def seqcount(self, region: str, index: int = 0, field: str | None = None) -> Seqcount:
+        return self._handle(Seqcount, region, index, field)
+
+    def refcount(self, region: str, index: int = 0, field: str | None = None) -> Refcount:
+        return self._handle(Refcount, region, index, field)
+
+    def percpu_ref(self, region: str, index: int = 0, field: str | None = None) -> PercpuRef:
+        return self._handle(PercpuRef, region, index, field)

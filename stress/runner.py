@@ -1,0 +1,502 @@
+"""The runner: one scenario, one policy, N CPU processes, and every exit path clean.
+
+It creates the segments, sets the scenario up on the boot CPU, starts the
+grace-period kthread and the CPUs (an explicit multiprocess context; fork by
+default), opens the start barrier, and then watches: findings, dead workers,
+the watchdog, the clock, the operation budget, SIGINT and SIGTERM.  When the
+run ends the CPUs leave at an operation boundary; if they all did, the
+scenario's quiescent sweep, its teardown, rcu_barrier and the leak sweep
+run.  Whatever happened, the children are reaped, the segments unlinked and
+the JSON report written.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import multiprocess
+
+from policies import Policy, Scenario, World, get_scenario, load_module
+from shm import MAX_CPUS, Cpu, LayoutError, Machine, OsScheduler, Segment, new_run_id
+from shm.events import KINDS
+from stress.knobs import KnobError, echo, resolve_all
+from stress.report import (
+    EXIT_FINDINGS,
+    EXIT_HARNESS,
+    EXIT_OK,
+    EXIT_SIGNAL,
+    SCHEMA,
+    Finding,
+    collect_findings,
+    decode_trace,
+    end_line,
+    stat_line,
+    summary,
+    write_json,
+)
+from stress.watchdog import Watchdog
+from stress.worker import STAT_COUNTERS, STAT_OPS, STATUS, ProcessSpec, cpu_main, cpu_seed, gp_main
+
+STOP_GRACE_S = 3.0
+START_TIMEOUT_S = 60.0
+BARRIER_TIMEOUT_S = 20.0
+POLL_S = 0.05
+
+
+class TeardownStall(Exception):
+    """The boot CPU waited past its deadline during the quiescent phase."""
+
+
+class DeadlineScheduler(OsScheduler):
+    """The boot CPU's scheduler: a wait past the deadline is a finding, not a hang."""
+
+    name = "deadline"
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def _remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TeardownStall()
+        return left
+
+    def spin(self, cpu, attempt: int) -> None:
+        self._remaining()
+        super().spin(cpu, attempt)
+
+    def block(self, cpu, mem, off, expected, timeout):
+        left = self._remaining()
+        if left is not None:
+            timeout = left if timeout is None else min(timeout, left)
+        return mem.futex_wait(off, expected, timeout)
+
+
+class UsageError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+class HarnessError(Exception):
+    """The harness itself failed: exit code 3."""
+
+
+@dataclass
+class RunResult:
+    report: dict
+    findings: list[Finding]
+    exit_code: int
+
+    @property
+    def kinds(self) -> set[str]:
+        return {f.kind for f in self.findings}
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings and self.exit_code == EXIT_OK
+
+
+def check_json_path(path: str | None) -> None:
+    if path is None:
+        return
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(d):
+        raise UsageError(f"cannot write the JSON report {path!r}: directory {d!r} does not exist")
+    if not os.access(d, os.W_OK):
+        raise UsageError(f"cannot write the JSON report {path!r}: directory {d!r} is not writable")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write the JSON report {path!r}: it is a directory")
+
+
+def resolve(scenario: str, policy: str | None, policy_modules=()) -> tuple[Scenario, Policy]:
+    try:
+        for m in policy_modules:
+            load_module(m)
+        sc = get_scenario(scenario)
+        return sc, sc.policy(policy)
+    except LookupError as e:
+        raise UsageError(str(e).strip("'\"")) from None
+    except Exception as e:  # noqa: BLE001 - a user's module that fails to import
+        raise UsageError(f"cannot load policies: {type(e).__name__}: {e}") from None
+
+
+class Runner:
+    def __init__(
+        self,
+        scenario: str,
+        policy: str | None = None,
+        knobs: dict[str, Any] | None = None,
+        json_path: str | None = None,
+        out: TextIO | None = None,
+        policy_modules: tuple[str, ...] | list[str] = (),
+        quiet: bool = False,
+    ):
+        self.scenario, self.policy = resolve(scenario, policy, policy_modules)
+        try:
+            self.knobs = resolve_all(knobs or {})
+        except KnobError as e:
+            raise UsageError(str(e)) from None
+        if self.knobs["cpus"] > MAX_CPUS - 2:
+            raise UsageError(f"--cpus must be at most {MAX_CPUS - 2}, not {self.knobs['cpus']}")
+        if self.knobs["seed"] is None:
+            self.knobs["seed"] = time.time_ns() % 1_000_000_007
+        self.seed = self.knobs["seed"]
+        check_json_path(json_path)
+        self.json_path = json_path
+        self.out = out if out is not None else sys.stdout
+        self.quiet = quiet
+        self.policy_modules = list(policy_modules)
+        self.label = f"{self.scenario.name}/{self.policy.name}"
+        self.machine: Machine | None = None
+        self.procs: list = []
+        self.gp = None
+        self.signum = 0
+        self.notes: list[str] = []
+        self.error: str | None = None
+        self.stop_reason = ""
+        self.elapsed = 0.0
+        self.op_names: list[str] = [op.name for op in self.scenario.operations(self.policy)]
+        self.crash_reported: set[int] = set()
+
+    # -- output ----------------------------------------------------------
+    def say(self, line: str) -> None:
+        if self.quiet:
+            return
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+    # -- signals ---------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self.signum = self.signum or signum
+        if self.machine is not None:
+            self.machine.request_stop()
+
+    # -- the run ---------------------------------------------------------
+    def run(self) -> RunResult:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        report: dict = {}
+        findings: list[Finding] = []
+        try:
+            try:
+                self._run()
+            except (LayoutError, OSError, HarnessError, Exception) as e:  # noqa: BLE001
+                self.error = f"{type(e).__name__}: {e}"
+            finally:
+                self._reap()
+            findings, report = self._report()
+        finally:
+            self._cleanup()
+            for s, h in old.items():
+                signal.signal(s, h)
+        if self.json_path:
+            write_json(self.json_path, report)
+        if self.signum:
+            code = EXIT_SIGNAL.get(self.signum, 128 + self.signum)
+        elif self.error:
+            code = EXIT_HARNESS
+        elif findings:
+            code = EXIT_FINDINGS
+        else:
+            code = EXIT_OK
+        if not self.quiet:
+            self.say(summary(report))
+            self.say(end_line(code != EXIT_OK))
+        return RunResult(report, findings, code)
+
+    def _run(self) -> None:
+        k, sc, pol = self.knobs, self.scenario, self.policy
+        ncpus = k["cpus"]
+        run_id = new_run_id()
+        self.run_id = run_id
+        needs = sc.needs
+        m = self.machine = Machine.create(
+            run_id, ncpus, needs.pool_pages, needs.page_size, needs.srcu_domains,
+            k["keep_going"], self.seed, k["nowait_fail_rate"],
+        )
+        state = Segment.create(sc.layout(ncpus), run_id, 1)
+        m.add_segment(state)
+        self.boot_sched = DeadlineScheduler()
+        self.boot = Cpu(m, m.boot_cpu, self.boot_sched, seed=cpu_seed(self.seed, m.boot_cpu))
+        self.world = World(m, self.boot, sc, pol, state, ncpus)
+        sc.attach(self.world)
+        sc.setup(self.world)
+        self.say(f"{self.label} {echo(k)}" + (" MUTANT" if pol.mutant else ""))
+        spec = ProcessSpec(m.seg.name, state.name, sc.name, pol.name, self.seed, k["ops"],
+                           k["scheduler"], dict(k), self.policy_modules, os.getpid())
+        ctx = multiprocess.get_context(k["start_method"])
+        self.gp = ctx.Process(target=gp_main, args=(spec, m.gp_cpu), name="mmtorture-gp", daemon=True)
+        self.gp.start()
+        for i in range(ncpus):
+            p = ctx.Process(target=cpu_main, args=(spec, i), name=f"mmtorture-cpu{i}", daemon=True)
+            p.start()
+            self.procs.append(p)
+        self._wait_ready(ncpus)
+        m.mem.store32(m.go_off, 1)
+        m.mem.futex_wake(m.go_off, -1)
+        self._watch()
+        self._stop_cpus()
+        self._quiescent()
+
+    def _wait_ready(self, ncpus: int) -> None:
+        m = self.machine
+        t0 = time.monotonic()
+        while (ready := m.mem.load32(m.ready_off)) < ncpus:
+            if self.signum or m.stop_requested():
+                return
+            if any(p.exitcode is not None for p in self.procs) or self.gp.exitcode is not None:
+                self._check_dead()
+                return
+            if time.monotonic() - t0 > START_TIMEOUT_S:
+                raise HarnessError(f"only {ready} of {ncpus} CPUs started within {START_TIMEOUT_S}s")
+            m.mem.futex_wait(m.ready_off, ready, POLL_S)
+
+    def _ops_done(self) -> tuple[int, list[int]]:
+        stats = self.machine.cpus["stats"][: self.knobs["cpus"]]
+        return int(stats[:, 0].sum()), [int(x) for x in stats[:, 0]]
+
+    def _counters(self) -> dict[str, int]:
+        stats = self.machine.cpus["stats"][: self.knobs["cpus"]]
+        n = len(self.scenario.counters)
+        sums = stats[:, STAT_COUNTERS : STAT_COUNTERS + n].sum(axis=0)
+        return {name: int(sums[i]) for i, name in enumerate(self.scenario.counters)}
+
+    def _stat(self) -> str:
+        m = self.machine
+        ops, _ = self._ops_done()
+        counters = self._counters()
+        extra = {"gp": m.rcu.gp_seq(), "cbs": m.mem.load64(m.rcu.cbs_run_off),
+                 "free": f"{m.pool.nr_free()}/{m.pool.npages}"}
+        extra.update({k: v for k, v in counters.items() if not k.startswith("pipe")})
+        return stat_line(self.label, time.monotonic() - self.t_start, self.knobs["cpus"], ops,
+                         m.kind_counts(), extra, self.scenario.stat_text(counters))
+
+    def _make_bar(self):
+        want = self.knobs["progress"]
+        if self.quiet or want == "off":
+            return None
+        if want == "auto" and (not sys.stderr.isatty() or os.environ.get("CI")):
+            return None
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread: the runner never forks with threads
+        budget = self.knobs["ops"] * self.knobs["cpus"]
+        return tqdm(total=budget or round(self.knobs["duration"]), desc=self.label,
+                    unit="op" if budget else "s", file=sys.stderr, leave=False)
+
+    def _watch(self) -> None:
+        m, k = self.machine, self.knobs
+        self.t_start = start = time.monotonic()
+        watchdog = self.watchdog = Watchdog(m, k["stall_timeout"], self.op_names)
+        self.bar = self._make_bar()
+        next_stat = start + k["stat_interval"]
+        try:
+            while True:
+                now = time.monotonic()
+                if self.signum:
+                    self.stop_reason = "interrupted"
+                    break
+                if m.stop_requested():
+                    self.stop_reason = "finding"
+                    break
+                if self._check_dead():
+                    continue
+                if all(p.exitcode is not None for p in self.procs):
+                    self.stop_reason = "operation budget"
+                    break
+                if now - start >= k["duration"]:
+                    self.stop_reason = "duration"
+                    break
+                watchdog.check(now)
+                if now >= next_stat:
+                    self.say(self._stat())
+                    next_stat += k["stat_interval"]
+                if self.bar is not None:
+                    done = self._ops_done()[0] if k["ops"] else int(now - start)
+                    self.bar.update(done - self.bar.n)
+                m.mem.futex_wait(m.stop_off, 0, POLL_S)
+        finally:
+            self.elapsed = time.monotonic() - start
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    def _check_dead(self) -> bool:
+        """A worker that died without saying why is a cpu-crash finding.  True if one was found."""
+        m = self.machine
+        found = False
+        for i, p in enumerate([*self.procs, self.gp]):
+            cpu = i if i < len(self.procs) else m.gp_cpu
+            if p is None or p.exitcode is None or cpu in self.crash_reported:
+                continue
+            status = int(m.cpus["status"][cpu])
+            if status == STATUS["done"] and p.exitcode == 0:
+                continue
+            self.crash_reported.add(cpu)
+            if status == STATUS["crashed"]:
+                continue
+            how = f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+            op = int(m.cpus["op"][cpu])
+            name = "grace-period kthread" if cpu == m.gp_cpu else f"cpu {cpu}"
+            opname = self.op_names[op] if 0 <= op < len(self.op_names) else None
+            m.record_finding(
+                "cpu-crash", cpu, op, int(m.cpus["heartbeat"][cpu]),
+                f"{name} (pid {p.pid}) died: {how}" + (f" in {opname}" if opname else ""),
+                {"pid": p.pid, "exitcode": p.exitcode,
+                 "locks_held": self.watchdog.held_locks() if hasattr(self, "watchdog") else {}},
+                m.traces[cpu].copy(),
+            )
+            found = True
+        return found
+
+    def _stop_cpus(self) -> None:
+        m = self.machine
+        m.request_stop()
+        grace = 0.5 if m.finding_count() else STOP_GRACE_S
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        stuck = [i for i, p in enumerate(self.procs) if p.is_alive()]
+        if stuck and not m.finding_count() and not self.signum:
+            wd = self.watchdog
+            wd._fire(stuck[0], f"cpu {', '.join(map(str, stuck))} did not stop within "
+                     f"{grace}s of the stop request", stuck)
+        for i in stuck:
+            self.procs[i].kill()
+            self.procs[i].join(5)
+            self.crash_reported.add(i)
+        self._check_dead()
+
+    def _quiescent(self) -> None:
+        m = self.machine
+        statuses = [int(s) for s in m.cpus["status"][: self.knobs["cpus"]]]
+        if self.signum:
+            self.notes.append("quiescent sweeps skipped: interrupted")
+            return
+        if any(s != STATUS["done"] for s in statuses):
+            self.notes.append("quiescent sweeps skipped: not every CPU stopped at an operation boundary")
+            return
+        if self.gp.exitcode is not None:
+            self.notes.append("quiescent sweeps skipped: the grace-period kthread is gone")
+            return
+        m.control["stop"] = 0  # teardown findings are recorded, not a reason to skip the rest
+        phase = "sweep"
+        self.boot_sched.deadline = time.monotonic() + self.knobs["stall_timeout"]
+        try:
+            self.scenario.sweep(self.world)
+            phase = "teardown"
+            self.scenario.teardown(self.world)
+            phase = "rcu_barrier"
+            if not m.rcu.barrier(self.boot, timeout=BARRIER_TIMEOUT_S):
+                self.notes.append("rcu_barrier did not finish: leak sweep skipped")
+                return
+        except TeardownStall:
+            wait = int(m.cpus["waiting_on"][m.boot_cpu])
+            what = self.watchdog.describe_wait(wait) if wait else "nothing it published"
+            self.watchdog.fired = False
+            self.watchdog._fire(m.boot_cpu, f"{self.scenario.name} {phase} stalled for "
+                                f"{self.knobs['stall_timeout']}s waiting for {what}", [m.boot_cpu])
+            self.notes.append(f"leak sweep skipped: {phase} stalled")
+            return
+        finally:
+            self.boot_sched.deadline = None
+        for leak in m.pool.leaks():
+            self.boot.report(
+                "leak",
+                f"{leak['pages']} page(s) allocated at '{leak['site']}' never freed",
+                **leak,
+            )
+
+    def _reap(self) -> None:
+        """Every child ends and is joined, whatever happened before."""
+        m = self.machine
+        if m is not None:
+            m.request_stop()
+            if self.gp is not None and self.gp.exitcode is None:
+                m.rcu.stop_kthread()
+        for p in [*self.procs, self.gp]:
+            if p is None or p.pid is None:
+                continue
+            p.join(STOP_GRACE_S if p is self.gp else 0.5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        if m is not None and self.gp is not None and self.gp.pid is not None:
+            self._check_dead()
+
+    def _cleanup(self) -> None:
+        m = self.machine
+        if m is not None:
+            m.unlink()
+            m.close()
+
+    # -- report ----------------------------------------------------------
+    def _report(self) -> tuple[list[Finding], dict]:
+        m, k, pol = self.machine, self.knobs, self.policy
+        findings: list[Finding] = []
+        report: dict[str, Any] = {
+            "schema": SCHEMA,
+            "scenario": self.scenario.name,
+            "policy": pol.name,
+            "mutant": pol.mutant,
+            "expect": list(pol.expect),
+            "source": pol.source,
+            "seed": self.seed,
+            "cpus": k["cpus"],
+            "scheduler": k["scheduler"],
+            "knobs": {n: v for n, v in k.items()},
+            "ops": 0,
+            "duration_s": round(self.elapsed, 3),
+            "interrupted": bool(self.signum),
+            "signal": self.signum or None,
+            "stop_reason": self.stop_reason,
+            "findings": [],
+            "notes": self.notes,
+            "error": self.error,
+            "python": platform.python_version(),
+            "started_by": os.getpid(),
+        }
+        if m is None:
+            return findings, report
+        try:
+            ops, per_cpu = self._ops_done()
+            stats = m.cpus["stats"][: k["cpus"]]
+            op_counts = stats[:, STAT_OPS : STAT_OPS + len(self.op_names)].sum(axis=0)
+            findings = collect_findings(m, self.op_names, self.seed)
+            report.update(
+                ops=ops,
+                ops_per_cpu=per_cpu,
+                op_counts={n: int(c) for n, c in zip(self.op_names, op_counts)},
+                counters=self._counters(),
+                kinds={kk: v for kk, v in m.kind_counts().items() if v},
+                grace_periods=m.rcu.gp_seq(),
+                callbacks=int(m.mem.load64(m.rcu.cbs_run_off)),
+                findings=[f.to_json() for f in findings],
+                traces={
+                    f"cpu{i}": decode_trace(m, m.traces[i], self.op_names)[-16:]
+                    for i in range(m.nslots)
+                },
+            )
+            if pol.mutant:
+                report["caught"] = any(f.kind in pol.expect for f in findings)
+        except Exception as e:  # noqa: BLE001 - a report is written whatever happened
+            report["error"] = (report["error"] or "") + f" (report: {type(e).__name__}: {e})"
+        return findings, report
+
+
+def run(scenario: str, policy: str | None = None, *, json_path: str | None = None,
+        out: TextIO | None = None, quiet: bool = True, policy_modules=(), **knobs: Any) -> RunResult:
+    """Run one scenario/policy; knobs as in stress.knobs (cpus=, ops=, seed=, duration=...)."""
+    return Runner(scenario, policy, knobs, json_path, out, policy_modules, quiet).run()
+
+
+__all__ = ["HarnessError", "KINDS", "RunResult", "Runner", "UsageError", "run"]
