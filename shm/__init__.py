@@ -7,8 +7,18 @@ from shm._atomic import Memory, cpu_relax
 from shm.cpu import Cpu
 from shm.events import KINDS, address
 from shm.layout import Layout, LayoutError, Region
-from shm.locks import MUTEX, RWSEM, SEQCOUNT, SPINLOCK, Mutex, Rwsem, Seqcount, Spinlock
-from shm.locks import wait_var_event, wake_up_var
+from shm.locks import (
+    MUTEX,
+    RWSEM,
+    SEQCOUNT,
+    SPINLOCK,
+    Mutex,
+    Rwsem,
+    Seqcount,
+    Spinlock,
+    wait_var_event,
+    wake_up_var,
+)
 from shm.machine import MAX_CPUS, Machine
 from shm.pool import GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, Pool, alloc_site, gen_of, pfn_of
 from shm.rcu import Rcu, RcuFlavor, Srcu, rcu_callback

@@ -13,7 +13,8 @@ the watchdog a wait-for graph: a cycle is a deadlock, found as it forms.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class Handle:
         return f"<{type(self).__name__} {self.machine.describe(self.addr)}>"
 
     def name(self) -> str:
-        return self.machine.describe(self.addr).split(".spin_owner")[0].split(".mutex_owner")[0]
+        return self.machine.describe(self.addr)
 
     def _begin_wait(self, cpu: Cpu, what: int) -> None:
         cpu.mem.store64(cpu.waiting_off, (what << WAIT_SHIFT) | self.addr)

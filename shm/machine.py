@@ -22,6 +22,7 @@ from shm.pool import Pool
 from shm.rcu import Rcu, Srcu
 from shm.segment import Segment
 
+_LOCK_WORDS = {"spin_owner", "mutex_owner", "rwsem_count", "sequence", "refs", "pcref_flags"}
 MAX_CPUS = 64
 MAX_FINDINGS = 32
 WAKE_BUCKETS = 64
@@ -165,7 +166,9 @@ class Machine:
         if seg >= len(self.segments):
             return f"{addr:#x}"
         s = self.segments[seg]
-        return f"{s.layout.name}:{s.layout.describe(off)}"
+        name = f"{s.layout.name}:{s.layout.describe(off)}"
+        head, _, last = name.rpartition(".")
+        return head if last in _LOCK_WORDS else name
 
     def address(self, seg: Segment, off: int) -> int:
         return address(self.segments.index(seg), off)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 

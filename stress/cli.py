@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from stress.knobs import KNOBS
 from stress.report import EXIT_HARNESS, EXIT_OK, EXIT_USAGE, SUITE_SCHEMA, end_line, write_json
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("what", choices=["primitives"], help="which benchmark")
     bp.add_argument("--json", metavar="PATH", help="write the results here")
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
+    ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
+    ip.add_argument("segment", help="a machine segment name (see /dev/shm/mmtorture-*-0)")
     cp = sub.add_parser("clean", help="remove segments whose creator process is dead")
     cp.add_argument("--all", action="store_true", help="remove every mmtorture segment")
     return parser
@@ -170,6 +172,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from shm import LayoutError, Machine
+    from shm.machine import CPU_STATUS
+    from stress.watchdog import Watchdog
+
+    try:
+        m = Machine.attach(args.segment.removeprefix("/dev/shm/"))
+    except LayoutError as e:
+        raise UsageError(str(e)) from None
+    try:
+        wd = Watchdog(m, 1.0, [])
+        print(f"{args.segment}: {m.ncpus} CPUs, stop={int(m.stop_requested())}, "
+              f"findings={m.finding_count()}, free pages {m.pool.nr_free()}/{m.pool.npages}, "
+              f"grace periods {m.rcu.gp_seq()}")
+        for i in range(m.nslots):
+            c = m.cpus[i]
+            who = "gp" if i == m.gp_cpu else "boot" if i == m.boot_cpu else f"cpu{i}"
+            wait = wd.describe_wait(int(c["waiting_on"])) if c["waiting_on"] else "-"
+            status = CPU_STATUS[int(c["status"])] if 0 <= c["status"] < len(CPU_STATUS) else "?"
+            print(f"  {who:>5} pid {int(c['pid']):>7} {status:<8} op {int(c['op']):>3} "
+                  f"ops {int(c['heartbeat']):>9} irqs_off {int(c['irqs_disabled'])} waits {wait}")
+        for cpu, locks in wd.held_locks().items():
+            print(f"  {cpu} holds {', '.join(locks)}")
+    finally:
+        m.close()
+    return EXIT_OK
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from shm import clean_dead_segments
 
@@ -190,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "inspect":
+            return cmd_inspect(args)
         if args.command == "clean":
             return cmd_clean(args)
     except UsageError as e:

@@ -8,8 +8,9 @@ setting; rcutorture echoes its module parameters at start).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 class KnobError(ValueError):

@@ -15,7 +15,6 @@ from typing import Any
 
 from shm import KINDS, Machine
 from shm.events import EVENTS, decode, ordered
-from shm.pool import PFN_BITS, PFN_MASK
 from shm.rcu import callback_name
 
 SCHEMA = "mmtorture-report/1"
@@ -75,7 +74,7 @@ def decode_trace(machine: Machine, words, op_names: list[str]) -> list[str]:
         if name in ("op-begin", "op-end"):
             what = op_names[arg] if arg < len(op_names) else str(arg)
         elif name in ("lock", "unlock", "read-lock", "read-unlock", "block", "wake"):
-            what = machine.describe(arg).split(".spin_owner")[0].split(".mutex_owner")[0]
+            what = machine.describe(arg)
         elif name in ("alloc", "free"):
             what = f"pfn {arg}"
         elif name in ("call-rcu", "rcu-callback"):

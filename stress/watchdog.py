@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 from shm import Machine
+from shm.events import split_address
 from shm.locks import (
     ADDR_MASK,
     RWSEM_LOCKED,
@@ -29,7 +30,6 @@ from shm.locks import (
     WAIT_WRITE,
     lock_sites,
 )
-from shm.events import split_address
 
 CYCLE_CHECKS = 3
 
@@ -97,8 +97,7 @@ class Watchdog:
                 for i in range(64):
                     if mask >> i & 1:
                         out.setdefault(f"cpu{i}", []).append(f"rwsem(read) {name}")
-        return {k: [s.split(".spin_owner")[0].split(".mutex_owner")[0].split(".rwsem_count")[0]
-                    for s in v] for k, v in out.items()}
+        return out
 
     def cpu_state(self, i: int) -> dict:
         c = self.machine.cpus[i]

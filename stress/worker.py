@@ -86,7 +86,7 @@ def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
     try:
         sched = make_scheduler(spec.scheduler, cpu_seed(spec.seed, cpu_id), spec.knobs)
         w = open_world(spec, cpu_id, sched)
-        machine, cpu, mem = w.machine, w.cpu, w.machine.mem
+        machine, mem = w.machine, w.machine.mem
         mem.store32(machine.cpu_off(cpu_id, "pid"), os.getpid())
         _set_status(machine, cpu_id, "running")
         ops = w.scenario.operations(w.policy)

@@ -9,8 +9,8 @@ policy-chosen order, so a lock-order inversion shows up as a deadlock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -15,8 +15,9 @@ The scenario is written once against the flavour's operations; `rcu` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

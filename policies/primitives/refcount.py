@@ -10,8 +10,8 @@ and put it.  Writers replace a slot's object and drop the slot's reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -8,8 +8,8 @@ and retry while a writer was active (include/linux/seqlock.h).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

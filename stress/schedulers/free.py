@@ -12,6 +12,7 @@ import random
 import time
 
 from shm._atomic import cpu_relax
+
 from shm.sched import OsScheduler
 
 

@@ -1,0 +1,143 @@
+"""shm.Memory: the atomics, their bounds checks, and futexes across processes."""
+
+from __future__ import annotations
+
+import mmap
+
+import multiprocess
+import posix_ipc
+import pytest
+
+from shm import Memory, new_run_id
+from shm.segment import segment_name
+
+CTX = multiprocess.get_context("fork")
+
+
+def test_operations_return_old_values_signed():
+    mem = Memory(bytearray(64))
+    assert mem.fetch_add64(0, 5) == 0
+    assert mem.load64(0) == 5
+    assert mem.fetch_sub32(8, 1) == 0
+    assert mem.load32(8) == -1  # atomic_t is signed
+    assert mem.cmpxchg32(8, 0, 7) == -1  # failed: returns what it found
+    assert mem.cmpxchg32(8, -1, 7) == -1 and mem.load32(8) == 7
+    assert mem.xchg64(16, 0xFFFFFFFFFFFFFFFF) == 0 and mem.load64(16) == -1
+    assert mem.fetch_or32(24, 0b1010) == 0 and mem.fetch_and32(24, 0b0110) == 0b1010
+    assert mem.fetch_xor32(24, 0b0011) == 0b0010 and mem.load32(24) == 0b0001
+    mem.store32(28, 0xFFFFFFFF)
+    assert mem.load32(28) == -1
+    assert mem.nbytes == 64
+
+
+@pytest.mark.parametrize("off", [-1, 64, 61, 1 << 62])
+def test_out_of_range_offset_raises_index_error(off):
+    mem = Memory(bytearray(64))
+    with pytest.raises(IndexError):
+        mem.load32(off)
+
+
+def test_misaligned_offset_raises_value_error():
+    mem = Memory(bytearray(64))
+    with pytest.raises(ValueError):
+        mem.fetch_add64(4, 1)
+    with pytest.raises(ValueError):
+        mem.store32(2, 1)
+
+
+def test_value_too_wide_raises_overflow_error():
+    mem = Memory(bytearray(64))
+    with pytest.raises(OverflowError):
+        mem.store32(0, 1 << 32)
+    with pytest.raises(OverflowError):
+        mem.store64(0, 1 << 64)
+
+
+def test_read_only_buffer_is_refused_and_release_detaches():
+    with pytest.raises(BufferError):
+        Memory(bytes(64))
+    buf = bytearray(64)
+    mem = Memory(buf)
+    with pytest.raises(BufferError):
+        buf.extend(b"x")  # the buffer stays exported while the Memory lives
+    mem.release()
+    with pytest.raises(ValueError):
+        mem.load32(0)
+    buf.extend(b"x")
+
+
+def test_futex_wait_times_out_and_returns_at_once_on_mismatch():
+    mem = Memory(bytearray(64))
+    assert mem.futex_wait(0, 0, 0.001) is False
+    assert mem.futex_wait(0, 1, None) is True  # the word is 0, not 1: no sleep
+    assert mem.futex_wake(0, 1) == 0
+    with pytest.raises(ValueError):
+        mem.futex_wait(0, 0, -1.0)
+
+
+@pytest.fixture
+def shared():
+    name = "/" + segment_name(new_run_id(), 9)
+    seg = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=4096)
+    m = mmap.mmap(seg.fd, 4096)
+    seg.close_fd()
+    mem = Memory(m)
+    yield name, mem
+    mem.release()
+    m.close()
+    posix_ipc.unlink_shared_memory(name)
+
+
+def _attach(name):
+    seg = posix_ipc.SharedMemory(name)
+    m = mmap.mmap(seg.fd, 4096)
+    seg.close_fd()
+    return Memory(m)
+
+
+def _adder(name, n):
+    mem = _attach(name)
+    mem.fetch_add32(64, 1)
+    mem.futex_wake(64, 1)
+    while mem.load32(68) == 0:
+        mem.futex_wait(68, 0, None)
+    f = mem.fetch_add64
+    for _ in range(n):
+        f(0, 1)
+
+
+def test_two_processes_fetch_add_a_million_times_each(shared):
+    name, mem = shared
+    procs = [CTX.Process(target=_adder, args=(name, 1_000_000)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    while (ready := mem.load32(64)) < 2:
+        mem.futex_wait(64, ready, None)
+    mem.store32(68, 1)
+    mem.futex_wake(68, -1)
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert mem.load64(0) == 2_000_000
+
+
+def _waiter(name):
+    mem = _attach(name)
+    mem.store32(8, 1)  # about to sleep
+    mem.futex_wake(8, 1)
+    while mem.load32(0) == 0:
+        mem.futex_wait(0, 0, None)
+    mem.store32(4, mem.load32(0) + 100)
+
+
+def test_futex_wake_crosses_processes(shared):
+    name, mem = shared
+    p = CTX.Process(target=_waiter, args=(name,))
+    p.start()
+    while mem.load32(8) == 0:
+        mem.futex_wait(8, 0, None)
+    mem.store32(0, 7)
+    mem.futex_wake(0, 1)  # asleep: woken; not yet asleep: it sees 7 and does not sleep
+    p.join()
+    assert p.exitcode == 0
+    assert mem.load32(4) == 107

@@ -1,0 +1,104 @@
+"""The command line: exit codes, one-line errors, list, clean, python -m stress."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shm import Layout, Region, Segment, new_run_id
+from stress.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MMTORTURE_PROGRESS="off")
+    return subprocess.run([sys.executable, "-m", "stress", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "--scenario", "nosuch"], "unknown scenario 'nosuch' (known: context,"),
+        (["run", "-s", "spinlock", "-p", "nosuch"], "(known: spin_lock, busted, abba)"),
+        (["run", "-s", "spinlock", "--cpus", "-1"], "--cpus must be a positive integer"),
+        (["run", "-s", "spinlock", "--cpus", "abc"], "--cpus must be an integer"),
+        (["run", "-s", "spinlock", "--ops", "-5"], "--ops must be a non-negative integer"),
+        (["run", "-s", "spinlock", "--duration", "nan"], "--duration must be a finite"),
+        (["run", "-s", "spinlock", "--json", "/nonexistent/dir/r.json"], "does not exist"),
+        (["run", "-s", "spinlock", "--cpus", "99"], "--cpus must be at most 62"),
+        (["run"], "give either --scenario NAME or --all"),
+        (["run", "-s", "spinlock", "--start-method", "vfork"], "must be one of fork, spawn"),
+        (["frobnicate"], "invalid choice"),
+        (["run", "-s", "x", "--policy-module", "/no/such/file.py"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, args, needle):
+    if args[0] == "frobnicate":
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+    else:
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert "Traceback" not in err[0]
+
+
+def test_bad_environment_knob_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("MMTORTURE_CPUS", "lots")
+    assert main(["run", "-s", "spinlock", "--ops", "1"]) == 2
+    assert "MMTORTURE_CPUS must be an integer" in capsys.readouterr().err
+
+
+def test_inspect_of_a_segment_with_another_layout_is_exit_2(capsys):
+    seg = Segment.create(Layout("not-a-machine", [Region("a", "<i8", 2)]), new_run_id(), 0)
+    try:
+        assert main(["inspect", seg.name]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "holds layout 'not-a-machine', not a machine" in line
+    finally:
+        seg.unlink()
+        seg.close()
+    assert main(["inspect", "mmtorture-1-dead-0"]) == 2
+    assert "no shared-memory segment" in capsys.readouterr().err
+
+
+def test_run_exit_codes_and_report_through_python_m(tmp_path):
+    report = tmp_path / "r.json"
+    ok = cli("run", "-s", "seqcount", "--cpus", "2", "--ops", "500", "--seed", "3", "--json",
+             str(report))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1] == "End of test: SUCCESS"
+    rep = json.loads(report.read_text())
+    for key in ("schema", "scenario", "policy", "seed", "cpus", "scheduler", "ops", "duration_s",
+                "findings", "interrupted"):
+        assert key in rep
+    assert rep["ops"] == 1000 and rep["seed"] == 3 and rep["interrupted"] is False
+    bad = cli("run", "-s", "seqcount", "-p", "no_retry", "--cpus", "2", "--ops", "5000",
+              "--seed", "0", "--window-rate", "0.1")
+    assert bad.returncode == 1
+    assert "!!!" in bad.stdout or "[invariant]" in bad.stdout
+    assert bad.stdout.strip().splitlines()[-1] == "End of test: FAILURE"
+
+
+def test_list_json_has_every_policy(capsys):
+    assert main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = {(r["scenario"], r["policy"]) for r in rows}
+    for s in ("spinlock", "rwsem", "mutex", "refcount", "rcu", "srcu", "seqcount", "percpu_ref",
+              "context"):
+        assert any(n[0] == s for n in names), s
+    for r in rows:
+        assert set(r) >= {"scenario", "policy", "mutant", "expect", "source"}
+        assert bool(r["expect"]) == r["mutant"]
+
+
+def test_clean_reports_what_it_removed(capsys):
+    assert main(["clean"]) == 0
+    assert "segment(s) removed" in capsys.readouterr().out

@@ -1,0 +1,76 @@
+"""Nothing is lost on any exit path: a killed CPU, SIGINT, SIGTERM, a stall."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import HARNESS_SCENARIOS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def start(tmp_path, policy, *extra):
+    fifo = str(tmp_path / "announce")
+    os.mkfifo(fifo)
+    report = str(tmp_path / "report.json")
+    env = dict(os.environ, MMTORTURE_TEST_FIFO=fifo, MMTORTURE_PROGRESS="off")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stress", "run", "--scenario", "harness_test", "--policy", policy,
+         "--policy-module", HARNESS_SCENARIOS, "--cpus", "2", "--duration", "120",
+         "--json", report, *extra],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    with open(fifo) as f:  # blocks until CPU 0 is where the policy says
+        pid = int(f.readline())
+    return proc, pid, report
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def gone(pid: int) -> bool:
+    """Reaped: not even a zombie is left."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_sigkill_of_a_cpu_holding_a_spinlock_is_a_cpu_crash(tmp_path):
+    proc, pid, report = start(tmp_path, "hold_spinlock")
+    os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 1, err
+    rep = json.load(open(report))
+    (f,) = [f for f in rep["findings"] if f["kind"] == "cpu-crash"]
+    assert f["cpu"] == 0 and "killed by signal 9" in f["message"]
+    assert any(e.split()[1] == "lock" and "state:harness_test:s[0].lock" in e for e in f["trace"])
+    assert f["objects"]["locks_held"] == {"cpu0": ["spinlock state:harness_test:s[0].lock"]}
+    assert "End of test: FAILURE" in out
+    assert gone(pid)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_runner_writes_an_interrupted_report(tmp_path, sig, code):
+    proc, pid, report = start(tmp_path, "announce")
+    proc.send_signal(sig)
+    rc, out, err = finish(proc)
+    assert rc == code, err
+    rep = json.load(open(report))
+    assert rep["interrupted"] is True and rep["schema"] == "mmtorture-report/1"
+    assert rep["ops"] > 0
+    assert gone(pid)
+
+
+def test_a_cpu_stuck_without_saying_why_is_a_stall(tmp_path):
+    proc, pid, report = start(tmp_path, "stall", "--stall-timeout", "1")
+    code, out, err = finish(proc)
+    assert code == 1, err
+    (f,) = json.load(open(report))["findings"]
+    assert f["kind"] == "deadlock" and "stalled" in f["message"] and f["cpu"] == 0
+    assert gone(pid)
