@@ -34,6 +34,7 @@ MAX_PERCPU = 64
 PCREF_ATOMIC = 1
 PCREF_DEAD = 2
 PERCPU_COUNT_BIAS = 1 << 40
+RELEASING, RELEASED = 1, 2
 
 PERCPU_REF = np.dtype(
     [
@@ -175,10 +176,13 @@ class PercpuRef(Handle):
             )
 
     def _release(self, cpu: Cpu) -> None:
-        if self.mem.xchg32(self.off + 4, 1):
+        """Run the release callback, then complete: a waiter must not see the ref released
+        while the callback still runs (dev_pagemap_percpu_release calls complete() last)."""
+        if self.mem.cmpxchg32(self.off + 4, 0, RELEASING):
             cpu.report("refcount", f"percpu ref {self.name()} released twice", object=self.name())
             return
         invoke_callback(cpu, self.mem.load32(self.off + 8), self.addr)
+        self.mem.store32(self.off + 4, RELEASED)
         wake_up_var(cpu, self.addr)
 
     def kill(self, cpu: Cpu) -> None:
@@ -208,7 +212,7 @@ class PercpuRef(Handle):
         wait_var_event(cpu, self.addr, self.released)
 
     def released(self) -> bool:
-        return self.mem.load32(self.off + 4) != 0
+        return self.mem.load32(self.off + 4) == RELEASED
 
     def is_dead(self) -> bool:
         return bool(self.mem.load32(self.off) & PCREF_DEAD)

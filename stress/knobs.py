@@ -143,4 +143,7 @@ def resolve_all(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo(values: dict[str, Any]) -> str:
-    return " ".join(f"{k.name}={values[k.name]}{k.unit}" for k in KNOBS if k.name in values)
+    def show(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k.name}={show(values[k.name])}{k.unit}" for k in KNOBS if k.name in values)

@@ -170,3 +170,28 @@ def test_lock_sites_are_found_by_dtype(machine):
 def test_regions_reject_bad_counts():
     with pytest.raises(ValueError):
         R("x", "<i4", -1)
+
+
+def test_percpu_ref_is_released_only_after_its_release_callback(machine):
+    """Regression: the killer must not see the ref released while the callback still runs
+    (found by `mmtorture run --all`: the late callback freed the killer's new object)."""
+    from shm import PercpuRef, rcu_callback
+    from shm.refcount import percpu_ref_switch_to_atomic_rcu
+
+    seen = machine.cpu_off(0, "step")
+
+    @rcu_callback("tests: percpu release")
+    def release(cpu, addr):
+        ref = PercpuRef.at(cpu.machine, addr)
+        cpu.machine.mem.store64(seen, 10 + int(ref.released()))
+
+    cpu = Cpu(machine, 0)
+    ref = PercpuRef(machine, 0, machine.seg.layout.offset("finding", 0))  # any 64-aligned scratch
+    ref.init(cpu, release)
+    ref.get(cpu)
+    ref.kill(cpu)
+    percpu_ref_switch_to_atomic_rcu(cpu, ref.addr)  # the grace period's callback, by hand
+    assert not ref.released() and ref.read() == 1
+    ref.put(cpu)
+    assert machine.mem.load64(seen) == 10  # not yet released inside the callback
+    assert ref.released() and machine.findings() == []

@@ -102,3 +102,14 @@ def test_list_json_has_every_policy(capsys):
 def test_clean_reports_what_it_removed(capsys):
     assert main(["clean"]) == 0
     assert "segment(s) removed" in capsys.readouterr().out
+
+
+def test_bench_primitives_writes_json_with_targets(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "primitives", "--quick", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "mmtorture-bench/1"
+    for key in ("fetch_add_ns", "fetch_add_contended_2proc_ns", "rcu_read_lock_unlock_ns",
+                "spin_lock_unlock_ns", "refcount_get_put_ns", "speedup_vs_atomics"):
+        assert key in doc["results"]
+    assert set(doc["verdict"]) == set(doc["targets"])

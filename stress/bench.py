@@ -1,0 +1,177 @@
+"""Benchmarks, JSON out.  Speed is measured here, never asserted in tests.
+
+`primitives`: the cost of the machine's hot paths from Python, and the same
+fetch_add through the PyPI package `atomics` for the ratio the design rests
+on.  Each figure is the best of several repeats (the least disturbed one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import multiprocess
+
+from shm import Cpu, Machine, new_run_id
+
+TARGETS = {
+    "fetch_add_ns": 150.0,
+    "rcu_read_lock_unlock_ns": 500.0,
+    "spin_lock_unlock_ns": 500.0,
+    "speedup_vs_atomics": 20.0,
+}
+
+
+def _best_ns(fn: Callable[[int], None], n: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter_ns()
+        fn(n)
+        best = min(best, (time.perf_counter_ns() - t) / n)
+    return best
+
+
+def _contender(name: str, off: int, n: int, ready_off: int, go_off: int) -> None:
+    m = Machine.attach(name)
+    mem = m.mem
+    mem.fetch_add32(ready_off, 1)
+    mem.futex_wake(ready_off, -1)
+    while not mem.load32(go_off):
+        mem.futex_wait(go_off, 0, None)
+    f = mem.fetch_add64
+    for _ in range(n):
+        f(off, 1)
+    m.close()
+
+
+def _contended(m: Machine, n: int, procs: int = 2) -> float:
+    """ns per fetch_add, per process, with `procs` processes hammering one word."""
+    ctx = multiprocess.get_context("fork")
+    off = m.cpu_off(0, "step")
+    ready = m.cpu_off(1, "status")
+    go = m.cpu_off(1, "op")
+    m.mem.store64(off, 0)
+    m.mem.store32(ready, 0)
+    m.mem.store32(go, 0)
+    ps = [ctx.Process(target=_contender, args=(m.seg.name, off, n, ready, go)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    while (r := m.mem.load32(ready)) < procs:
+        m.mem.futex_wait(ready, r, None)
+    t = time.perf_counter_ns()
+    m.mem.store32(go, 1)
+    m.mem.futex_wake(go, -1)
+    for p in ps:
+        p.join()
+    elapsed = time.perf_counter_ns() - t
+    assert m.mem.load64(off) == n * procs
+    return elapsed / n
+
+
+def _atomics_fetch_add_ns(n: int, repeats: int) -> float | None:
+    try:
+        import atomics
+    except ImportError:
+        return None
+    buf = bytearray(8)
+    with atomics.atomicview(buffer=buf, atype=atomics.INT) as a:
+        f = a.fetch_add
+
+        def loop(k: int) -> None:
+            for _ in range(k):
+                f(1)
+
+        return _best_ns(loop, n, repeats)
+
+
+def bench_primitives(json_path: str | None = None, quick: bool = False, out=sys.stdout) -> dict:
+    n = 50_000 if quick else 400_000
+    repeats = 3 if quick else 7
+    m = Machine.create(new_run_id(), ncpus=2, pool_pages=16)
+    try:
+        cpu = Cpu(m, 0)
+        mem = m.mem
+        off = m.cpu_off(0, "step")
+        f = mem.fetch_add64
+
+        def fetch_add(k: int) -> None:
+            for _ in range(k):
+                f(off, 1)
+
+        rl, ru = m.rcu.read_lock, m.rcu.read_unlock
+
+        def rcu(k: int) -> None:
+            for _ in range(k):
+                rl(cpu)
+                ru(cpu)
+
+        ptl = m.pool.ptl(0)
+        lock, unlock = ptl.lock, ptl.unlock
+
+        def spin(k: int) -> None:
+            for _ in range(k):
+                lock(cpu)
+                unlock(cpu)
+
+        ref = m.pool.refcount(1)
+        ref.set(1)
+        inc, dec = ref.inc, ref.dec_and_test
+
+        def refcount(k: int) -> None:
+            for _ in range(k):
+                inc(cpu)
+                dec(cpu)
+
+        def empty(k: int) -> None:
+            for _ in range(k):
+                pass
+
+        results = {
+            "loop_overhead_ns": _best_ns(empty, n, repeats),
+            "fetch_add_ns": _best_ns(fetch_add, n, repeats),
+            "fetch_add_contended_2proc_ns": min(_contended(m, n) for _ in range(max(1, repeats // 2))),
+            "rcu_read_lock_unlock_ns": _best_ns(rcu, n, repeats),
+            "spin_lock_unlock_ns": _best_ns(spin, n, repeats),
+            "refcount_get_put_ns": _best_ns(refcount, n, repeats),
+            "atomics_pypi_fetch_add_ns": _atomics_fetch_add_ns(max(n // 10, 10_000), repeats),
+        }
+    finally:
+        m.unlink()
+        m.close()
+    a = results["atomics_pypi_fetch_add_ns"]
+    results["speedup_vs_atomics"] = a / results["fetch_add_ns"] if a else None
+    verdict = {}
+    for key, target in TARGETS.items():
+        v = results.get(key)
+        if v is None:
+            verdict[key] = "not measured"
+        elif key.startswith("speedup"):
+            verdict[key] = "met" if v >= target else "MISSED"
+        else:
+            verdict[key] = "met" if v < target else "MISSED"
+    doc = {
+        "schema": "mmtorture-bench/1",
+        "bench": "primitives",
+        "iterations": n,
+        "repeats": repeats,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "results": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in results.items()},
+        "targets": TARGETS,
+        "verdict": verdict,
+    }
+    print(f"{'measure':<32} {'value':>10}  target", file=out)
+    for k, v in doc["results"].items():
+        t = TARGETS.get(k)
+        tt = "" if t is None else (f">= {t:g}x" if k.startswith("speedup") else f"< {t:g} ns")
+        print(f"{k:<32} {v if v is not None else '-':>10}  {tt} {verdict.get(k, '')}", file=out)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+    return doc
