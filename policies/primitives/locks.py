@@ -141,6 +141,7 @@ class _GuardedCounters(Scenario):
     """Shared state and checks of the lock scenarios."""
 
     lock_dtype: np.dtype = SPINLOCK
+    handle: type = Spinlock
 
     def regions(self, ncpus: int) -> list[Region]:
         return [
@@ -149,6 +150,7 @@ class _GuardedCounters(Scenario):
         ]
 
     def attach(self, w: World) -> None:
+        w.locks = [self.handle(w.machine, w.seg_index, w.offset("guarded", i, "lock")) for i in range(NLOCKS)]
         w.holder_off = [w.offset("guarded", i, "holder") for i in range(NLOCKS)]
         w.readers_off = [w.offset("guarded", i, "readers_in") for i in range(NLOCKS)]
         w.counter_off = [w.offset("guarded", i, "counter") for i in range(NLOCKS)]
@@ -206,10 +208,7 @@ class SpinlockScenario(ExclusiveLockScenario):
     name = "spinlock"
     doc = "spinlock_t mutual exclusion on plain counters (locktorture spin_lock)"
     lock_dtype = SPINLOCK
-
-    def attach(self, w: World) -> None:
-        super().attach(w)
-        w.locks = [w.spinlock("guarded", i, "lock") for i in range(NLOCKS)]
+    handle = Spinlock
 
 
 spin_lock = LockPolicy(
@@ -234,10 +233,7 @@ class MutexScenario(ExclusiveLockScenario):
     name = "mutex"
     doc = "struct mutex mutual exclusion on plain counters (locktorture mutex_lock)"
     lock_dtype = MUTEX
-
-    def attach(self, w: World) -> None:
-        super().attach(w)
-        w.locks = [w.mutex("guarded", i, "lock") for i in range(NLOCKS)]
+    handle = Mutex
 
 
 mutex_lock = LockPolicy(
@@ -259,10 +255,7 @@ class RwsemScenario(_GuardedCounters):
     name = "rwsem"
     doc = "rw_semaphore: readers see a and b equal, writers exclusive (locktorture rwsem_lock)"
     lock_dtype = RWSEM
-
-    def attach(self, w: World) -> None:
-        super().attach(w)
-        w.locks = [w.rwsem("guarded", i, "lock") for i in range(NLOCKS)]
+    handle = Rwsem
 
     def operations(self, policy: RwsemPolicy) -> tuple[Operation, ...]:
         down_read, up_read = policy.down_read, policy.up_read
