@@ -17,11 +17,6 @@ class KnobError(ValueError):
     """A knob given a value it cannot take."""
 
 
-def _positive_int(s: Any) -> int:
-    v = _int(s)
-    if v < 1:
-        raise KnobError(f"must be a positive integer, not {s!r}")
-    return v
 
 
 def _int(s: Any) -> int:
@@ -31,11 +26,18 @@ def _int(s: Any) -> int:
         raise KnobError(f"must be an integer, not {s!r}") from None
 
 
-def _nonneg_int(s: Any) -> int:
-    v = _int(s)
-    if v < 0:
-        raise KnobError(f"must be a non-negative integer, not {s!r}")
-    return v
+def _int_from(lo: int, what: str) -> Callable[[Any], int]:
+    def parse(s: Any) -> int:
+        v = _int(s)
+        if v < lo:
+            raise KnobError(f"must be a {what} integer, not {s!r}")
+        return v
+
+    return parse
+
+
+_positive_int = _int_from(1, "positive")
+_nonneg_int = _int_from(0, "non-negative")
 
 
 def _nonneg_float(s: Any) -> float:

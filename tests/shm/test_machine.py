@@ -185,8 +185,11 @@ def test_percpu_ref_is_released_only_after_its_release_callback(machine):
         ref = PercpuRef.at(cpu.machine, addr)
         cpu.machine.mem.store64(seen, 10 + int(ref.released()))
 
+    from shm import PERCPU_REF
+
+    seg = Segment.create(Layout("scratch", [Region("ref", PERCPU_REF)]), new_run_id(), 1)
     cpu = Cpu(machine, 0)
-    ref = PercpuRef(machine, 0, machine.seg.layout.offset("finding", 0))  # any 64-aligned scratch
+    ref = PercpuRef(machine, machine.add_segment(seg), seg.offset("ref"))
     ref.init(cpu, release)
     ref.get(cpu)
     ref.kill(cpu)
