@@ -27,6 +27,7 @@ test: install
 bench: install
 	mkdir -p bench
 	$(BIN)/mmtorture bench primitives --json bench/primitives.json
+	$(BIN)/mmtorture bench scheduler --json bench/scheduler.json
 
 lint: install
 	$(BIN)/ruff check shm policies stress tests

@@ -11,7 +11,7 @@ import importlib.util
 import os
 import sys
 
-from policies.scenario import Needs, Operation, Policy, Scenario, World, mutant
+from policies.scenario import Arg, Needs, Operation, Policy, Scenario, World, mutant
 
 _REGISTRY: dict[str, Scenario] = {}
 _BUILTIN = (
@@ -80,6 +80,6 @@ def load_module(spec: str) -> None:
 
 
 __all__ = [
-    "Needs", "Operation", "Policy", "Scenario", "World", "get_scenario", "load_module", "mutant",
+    "Arg", "Needs", "Operation", "Policy", "Scenario", "World", "get_scenario", "load_module", "mutant",
     "register", "scenarios",
 ]

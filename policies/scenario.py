@@ -10,7 +10,8 @@ is None, not a flag.
 
 The harness calls, in the runner (the boot CPU): setup, then after the CPUs
 have stopped: sweep, teardown.  In every process: attach.  On each CPU: the
-operations' `run(world)`.
+operations' `run(world, *args)`; the arguments are drawn by the harness (or
+come from a recorded program), never by the operation itself.
 """
 
 from __future__ import annotations
@@ -66,10 +67,28 @@ def mutant(correct: Policy, name: str, expect: tuple[str, ...] | str, source: st
 
 
 @dataclass(frozen=True)
+class Arg:
+    """One argument of an operation: an integer in range(bound) (a slot, a lock, an address)."""
+
+    name: str
+    bound: int
+
+    def __post_init__(self) -> None:
+        if self.bound < 1:
+            raise ValueError(f"argument {self.name} needs a bound of at least 1")
+
+
+@dataclass(frozen=True)
 class Operation:
+    """What a CPU can do: `run(world, *args)`, chosen by `weight`, with integer `args`.
+
+    Arguments are data so that a program (per CPU, a list of operations with
+    their arguments) can be generated, recorded, replayed and shrunk."""
+
     name: str
     weight: int
-    run: Callable[[World], Any]
+    run: Callable[..., Any]
+    args: tuple[Arg, ...] = ()
 
 
 @dataclass(frozen=True)

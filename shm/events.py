@@ -52,6 +52,7 @@ EVENTS = (
     "srcu-lock",
     "srcu-unlock",
     "refcount",
+    "switch",
 )
 EV = {name: i for i, name in enumerate(EVENTS)}
 

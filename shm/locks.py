@@ -121,10 +121,11 @@ class Spinlock(Handle):
         spin = cpu.sched.spin
         attempt = 0
         while True:
-            spin(cpu, attempt)
-            attempt += 1
-            if mem.load32(off) == 0 and mem.cmpxchg32(off, 0, me) == 0:
+            v = mem.load32(off)
+            if v == 0 and mem.cmpxchg32(off, 0, me) == 0:
                 break
+            spin(cpu, attempt, mem, off, v)
+            attempt += 1
         self._end_wait(cpu)
 
     def trylock(self, cpu: Cpu) -> bool:
@@ -362,7 +363,7 @@ class Seqcount(Handle):
         s = mem.load32(off)
         attempt = 0
         while s & 1:
-            cpu.sched.spin(cpu, attempt)
+            cpu.sched.spin(cpu, attempt, mem, off, s)
             attempt += 1
             s = mem.load32(off)
         return s

@@ -188,7 +188,7 @@ class Rcu:
             mem.store64(cpu.waiting_off, (WAIT_GP << WAIT_SHIFT) | i)
             attempt = 0
             while c & NEST_MASK and (c ^ gp) & GP_PHASE:
-                spin(cpu, attempt)
+                spin(cpu, attempt, mem, off, c, 64)
                 attempt += 1
                 c = mem.load64(off)
             mem.store64(cpu.waiting_off, 0)
@@ -203,9 +203,9 @@ class Rcu:
         i = cpu.id
         head = mem.load64(self.head_off[i])
         attempt = 0
-        while head - mem.load64(self.tail_off[i]) >= CBQ_LEN:
+        while (tail := mem.load64(self.tail_off[i])) <= head - CBQ_LEN:
             self._wake_kthread(force=True)
-            cpu.sched.spin(cpu, attempt)
+            cpu.sched.spin(cpu, attempt, mem, self.tail_off[i], tail, 64)
             attempt += 1
         e = self.entries_off[i] + (head % CBQ_LEN) * CB_ENTRY.itemsize
         mem.store32(e, cb_id)
@@ -247,7 +247,8 @@ class Rcu:
     def kthread(self, cpu: Cpu, parent: int | None = None) -> None:
         """Main loop of the grace-period process: batch, grace period, invoke.
 
-        Returns when asked to stop with nothing queued, or when its parent is gone."""
+        Returns when asked to stop with nothing queued (stop_kthread wakes it),
+        or when its parent is gone.  Its windows make it a scheduled CPU."""
         mem = self.mem
         n = self.nslots
         tails = [mem.load64(t) for t in self.tail_off]
@@ -258,12 +259,13 @@ class Rcu:
                     return
                 seq = mem.load32(self.cb_wake_off)
                 mem.store32(self.sleeping_off, 1)
-                if any(mem.load64(self.head_off[i]) != tails[i] for i in range(n)):
+                if mem.load32(self.stop_off) or any(mem.load64(self.head_off[i]) != tails[i] for i in range(n)):
                     mem.store32(self.sleeping_off, 0)
                     continue
-                cpu.sched.block(cpu, mem, self.cb_wake_off, seq, 0.1)
+                cpu.sched.block(cpu, mem, self.cb_wake_off, seq, None)
                 mem.store32(self.sleeping_off, 0)
                 continue
+            cpu.window("rcu_gp_kthread:gp-start")
             self.synchronize(cpu)
             ran = 0
             for i in range(n):
@@ -272,6 +274,7 @@ class Rcu:
                     e = base + (k % CBQ_LEN) * CB_ENTRY.itemsize
                     cb_id = mem.load32(e)
                     arg = mem.load64(e + 8)
+                    cpu.window("rcu_do_batch:invoke")
                     cpu.trace(_EV_CB, cb_id)
                     invoke_callback(cpu, cb_id, arg)
                     ran += 1

@@ -29,14 +29,25 @@ class Scheduler(Protocol):
     def window(self, cpu: Cpu, name: str) -> None:
         """A preemption point in policy code."""
 
-    def spin(self, cpu: Cpu, attempt: int) -> None:
-        """One iteration of a spin loop (lock contention, waiting for a counter)."""
+    def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
+             bits: int = 32) -> None:
+        """One iteration of a spin loop (lock contention, waiting for a counter).
+
+        When the loop waits for one word to change, it names it (`mem`, `off`,
+        the value `seen`, 32 or 64 `bits`): a controlled scheduler then runs
+        the CPU again only once the word differs, so a spin costs one switch."""
 
     def block(self, cpu: Cpu, mem: Memory, off: int, expected: int, timeout: float | None) -> bool:
         """Sleep while the 32-bit word at off equals expected; False on timeout."""
 
     def op_boundary(self, cpu: Cpu) -> None:
         """Between two operations of the CPU's program."""
+
+    def begin(self, cpu: Cpu) -> None:
+        """The CPU starts running its program (after the start barrier)."""
+
+    def exit(self, cpu: Cpu) -> None:
+        """The CPU has finished its program and leaves the machine."""
 
 
 class OsScheduler:
@@ -50,7 +61,8 @@ class OsScheduler:
     def window(self, cpu: Cpu, name: str) -> None:
         pass
 
-    def spin(self, cpu: Cpu, attempt: int) -> None:
+    def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
+             bits: int = 32) -> None:
         if attempt < SPINS_BEFORE_YIELD:
             cpu_relax()
         else:
@@ -60,4 +72,10 @@ class OsScheduler:
         return mem.futex_wait(off, expected, timeout)
 
     def op_boundary(self, cpu: Cpu) -> None:
+        pass
+
+    def begin(self, cpu: Cpu) -> None:
+        pass
+
+    def exit(self, cpu: Cpu) -> None:
         pass

@@ -2,7 +2,7 @@
 
 Segments are created through posix_ipc (not multiprocessing.shared_memory,
 whose resource tracker unlinks and warns at the wrong times).  A name is
-``mmtorture-<creator pid>-<run id>[-<xdist worker>]-<n>``, mode 0600.  The
+``mmtorture-<creator pid>-<run id>[-<xdist worker and test-run uid>]-<n>``, mode 0600.  The
 creating process unlinks what it created at exit; ``clean_dead_segments``
 removes segments whose creator is gone (a runner killed with SIGKILL).
 """
@@ -33,10 +33,16 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
+def worker_tag() -> str:
+    """The pytest-xdist worker id and test-run uid, when there are (names never collide)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    return re.sub(r"[^A-Za-z0-9]", "", worker + uid[:8])
+
+
 def segment_name(run_id: str, n: int, pid: int | None = None) -> str:
     pid = os.getpid() if pid is None else pid
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    worker = re.sub(r"[^A-Za-z0-9]", "", worker)
+    worker = worker_tag()
     mid = f"-{worker}" if worker else ""
     return f"{PREFIX}-{pid}-{run_id}{mid}-{n}"
 

@@ -175,3 +175,91 @@ def bench_primitives(json_path: str | None = None, quick: bool = False, out=sys.
             json.dump(doc, fh, indent=1)
             fh.write("\n")
     return doc
+
+
+SCHEDULER_TARGET_SWITCHES = 25_000.0
+
+
+def _pingpong_peer(name: str, off: int, n: int) -> None:
+    m = Machine.attach(name)
+    mem = m.mem
+    for i in range(n):
+        want = 2 * i + 1
+        while mem.load32(off) != want:
+            mem.futex_wait(off, want - 1, 1.0)
+        mem.store32(off, want + 1)
+        mem.futex_wake(off, 1)
+    m.close()
+
+
+def _futex_pingpong(n: int) -> float:
+    """Switches per second of a bare futex ping-pong between two Python processes (the floor)."""
+    m = Machine.create(new_run_id(), 1)
+    try:
+        off = m.wake_var_off
+        mem = m.mem
+        p = multiprocess.get_context("fork").Process(target=_pingpong_peer, args=(m.seg.name, off, n))
+        p.start()
+        t = time.perf_counter()
+        for i in range(n):
+            mem.store32(off, 2 * i + 1)
+            mem.futex_wake(off, 1)
+            want = 2 * i + 2
+            while mem.load32(off) != want:
+                mem.futex_wait(off, want - 1, 1.0)
+        dt = time.perf_counter() - t
+        p.join(5)
+        return 2 * n / dt
+    finally:
+        m.unlink()
+        m.close()
+
+
+def bench_scheduler(json_path: str | None = None, quick: bool = False, out=sys.stdout) -> dict:
+    """Controlled switches per second across processes, and every primitive scenario's ops/s
+    under the free and the controlled scheduler."""
+    from policies import scenarios
+    from stress.runner import run
+
+    ops = 4000 if quick else 40000
+    results: dict = {"pingpong_switches_per_s": round(_futex_pingpong(5000 if quick else 20000))}
+    for cpus in (2, 4):
+        r = run("seqcount", "seqcount", cpus=cpus, ops=ops // cpus * 2, seed=1, scheduler="random",
+                progress="off")
+        s = r.report["schedule"]
+        results[f"controlled_switches_per_s_{cpus}cpu"] = round(s["switches"] / r.report["duration_s"])
+        results[f"controlled_decisions_per_s_{cpus}cpu"] = round(s["steps"] / r.report["duration_s"])
+    per = {}
+    for sc in scenarios().values():
+        for pol in sc.correct_policies():
+            row = {}
+            for sched in ("free", "random", "pct"):
+                r = run(sc.name, pol.name, cpus=2, ops=ops // 2, seed=1, scheduler=sched, window_rate=0.0,
+                        progress="off")
+                row[f"{sched}_ops_per_s"] = round(r.report["ops"] / max(r.report["duration_s"], 1e-9))
+            per[f"{sc.name}/{pol.name}"] = row
+    results["scenarios"] = per
+    best = results["controlled_switches_per_s_2cpu"]
+    doc = {
+        "benchmark": "scheduler",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus_online": os.cpu_count(),
+        "results": results,
+        "targets": {"controlled_switches_per_s_2cpu": SCHEDULER_TARGET_SWITCHES},
+        "met": {"controlled_switches_per_s_2cpu": best >= SCHEDULER_TARGET_SWITCHES},
+        "ratio_to_pingpong": round(results["pingpong_switches_per_s"] / max(best, 1), 2),
+    }
+    print(f"futex ping-pong: {results['pingpong_switches_per_s']}/s switches", file=out)
+    for cpus in (2, 4):
+        print(f"controlled ({cpus} CPUs): {results[f'controlled_switches_per_s_{cpus}cpu']}/s switches, "
+              f"{results[f'controlled_decisions_per_s_{cpus}cpu']}/s decisions", file=out)
+    for name, row in per.items():
+        print(f"  {name:<28} " + "  ".join(f"{k.removesuffix('_ops_per_s')} {v:>8}/s" for k, v in row.items()),
+              file=out)
+    met = "met" if doc["met"]["controlled_switches_per_s_2cpu"] else "NOT met"
+    print(f"target >= {SCHEDULER_TARGET_SWITCHES:.0f} switches/s on 2 CPUs: {met}", file=out)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(doc, fh, indent=1)
+    return doc

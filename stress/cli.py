@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from stress.knobs import KNOBS
-from stress.report import EXIT_HARNESS, EXIT_OK, EXIT_USAGE, SUITE_SCHEMA, end_line, write_json
+from stress.report import EXIT_FINDINGS, EXIT_HARNESS, EXIT_OK, EXIT_USAGE, SUITE_SCHEMA, end_line, write_json
 from stress.runner import Runner, UsageError, check_json_path
 
 PROG = "mmtorture"
@@ -61,8 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     lp = sub.add_parser("list", help="scenarios and policies, correct and mutant")
     lp.add_argument("--json", action="store_true", help="machine-readable list")
     lp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
+    rp = sub.add_parser("replay", help="run a report's program and schedule again; same findings?")
+    rp.add_argument("report", help="a JSON report of a controlled run")
+    rp.add_argument("--times", type=_count, default=1, metavar="N", help="replay N times (default 1)")
+    rp.add_argument("--json", metavar="PATH", help="write the (last) replay's report here")
+    rp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
+    rp.add_argument("--quiet", "-q", action="store_true", help="only the verdict")
+    sp = sub.add_parser("shrink", help="reduce a failing report's program and schedule; write a new report")
+    sp.add_argument("report", help="a JSON report of a controlled run with a finding")
+    sp.add_argument("--json", metavar="PATH", help="where to write the shrunk report "
+                    "(default REPORT.shrunk.json)")
+    sp.add_argument("--kind", help="the finding kind to keep (default: the report's first finding's)")
+    sp.add_argument("--max-runs", type=_count, default=2000, metavar="N", help="replay budget (default 2000)")
+    sp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    hp = sub.add_parser("hunt", help="every mutant under pct, seed after seed, until caught")
+    hp.add_argument("--scenario", "-s", help="only this scenario's mutants")
+    hp.add_argument("--max-seeds", type=_count, default=500, metavar="N", help="seeds per mutant (default 500)")
+    hp.add_argument("--ops", type=_count, default=10, metavar="N", help="operations per CPU (default 10)")
+    hp.add_argument("--cpus", type=_count, default=2, metavar="N", help="CPUs (default 2)")
+    hp.add_argument("--pct-depth", type=_count, default=3, metavar="D", help="PCT depth (default 3)")
+    hp.add_argument("--json", metavar="PATH", help="write the table as JSON here")
+    hp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
     bp = sub.add_parser("bench", help="benchmarks (JSON output)")
-    bp.add_argument("what", choices=["primitives"], help="which benchmark")
+    bp.add_argument("what", choices=["primitives", "scheduler"], help="which benchmark")
     bp.add_argument("--json", metavar="PATH", help="write the results here")
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
     ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
@@ -70,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("clean", help="remove segments whose creator process is dead")
     cp.add_argument("--all", action="store_true", help="remove every mmtorture segment")
     return parser
+
+
+def _count(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {s!r}")
+    return v
+
+
+def _load_modules(mods: Sequence[str]) -> None:
+    from policies import load_module
+
+    for m in mods:
+        try:
+            load_module(m)
+        except LookupError as e:
+            raise UsageError(str(e)) from None
 
 
 def _knob_values(args: argparse.Namespace, soak: bool) -> dict:
@@ -131,13 +173,9 @@ def _run_suite(args: argparse.Namespace, knobs: dict) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from policies import load_module, scenarios
+    from policies import scenarios
 
-    for m in args.policy_module:
-        try:
-            load_module(m)
-        except LookupError as e:
-            raise UsageError(str(e)) from None
+    _load_modules(args.policy_module)
     rows = [
         {
             "scenario": s.name,
@@ -165,11 +203,91 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from stress.bench import bench_primitives
+    from stress.bench import bench_primitives, bench_scheduler
 
     check_json_path(args.json)
-    bench_primitives(args.json, quick=args.quick)
+    (bench_primitives if args.what == "primitives" else bench_scheduler)(args.json, quick=args.quick)
     return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from stress.replay import load_report, mismatch, replay
+
+    report = load_report(args.report)
+    check_json_path(args.json)
+    _load_modules(args.policy_module)
+    code = EXIT_OK
+    for i in range(1, args.times + 1):
+        last = i == args.times
+        r = replay(report, json_path=args.json if last else None, quiet=args.quiet or not last,
+                   policy_modules=args.policy_module)
+        if r.exit_code >= 128 or r.exit_code == EXIT_HARNESS:
+            return r.exit_code
+        if r.report.get("diverged"):
+            print(f"{PROG}: replay {i}/{args.times} diverged: {r.report['diverged']['message']}", file=sys.stderr)
+            return EXIT_USAGE
+        why = mismatch(report, r)
+        if why:
+            print(f"{PROG}: replay {i}/{args.times} diverged: {why}", file=sys.stderr)
+            return EXIT_USAGE
+        code = r.exit_code
+    n = len(report["findings"])
+    print(f"replay: reproduced {args.times}/{args.times}: "
+          + (f"{n} finding(s), first [{report['findings'][0]['kind']}]" if n else "no finding"))
+    return code
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    from stress.program import describe, from_json
+    from stress.replay import load_report
+    from stress.shrink import shrink
+
+    report = load_report(args.report)
+    out = args.json or (args.report.removesuffix(".json") + ".shrunk.json")
+    check_json_path(out)
+    _load_modules(args.policy_module)
+    say = None if args.quiet else (lambda s: print(f"shrink: {s}", flush=True))
+    res = shrink(report, kind=args.kind, max_runs=args.max_runs, json_path=out, say=say,
+                 policy_modules=args.policy_module)
+    print(res.summary())
+    from policies import get_scenario
+
+    sc = get_scenario(report["scenario"])
+    ops = sc.operations(sc.policy(report["policy"]))
+    for line in describe(from_json(res.after.program, ops), ops):
+        print(f"  {line}")
+    for cpu, devs in enumerate(res.after.deviations):
+        for op, point, target in devs:
+            print(f"  preempt: cpu{cpu} at operation {op} point {point} -> cpu{target}")
+    f = res.final.findings[0] if res.final.findings else None
+    if f is not None:
+        print("  " + f.headline())
+    print(f"written to {out}; replay with: {PROG} replay {out}")
+    return res.final.exit_code
+
+
+def cmd_hunt(args: argparse.Namespace) -> int:
+    from stress.hunt import HEADER, hunt
+
+    check_json_path(args.json)
+    _load_modules(args.policy_module)
+    if args.scenario:
+        from policies import get_scenario
+
+        try:
+            get_scenario(args.scenario)
+        except LookupError as e:
+            raise UsageError(str(e).strip("'\"")) from None
+    print(HEADER, flush=True)
+    rows = hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
+                depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module)
+    missed = [r for r in rows if r.caught is None]
+    print(f"hunt: {len(rows) - len(missed)}/{len(rows)} mutants caught under pct (depth {args.pct_depth}, "
+          f"{args.ops} ops per CPU, {args.cpus} CPUs)")
+    if args.json:
+        write_json(args.json, {"schema": "mmtorture-hunt/1", "rows": [r.to_json() for r in rows]})
+    print(end_line(bool(missed)))
+    return EXIT_FINDINGS if missed else EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -220,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "replay":
+            return cmd_replay(args)
+        if args.command == "shrink":
+            return cmd_shrink(args)
+        if args.command == "hunt":
+            return cmd_hunt(args)
         if args.command == "inspect":
             return cmd_inspect(args)
         if args.command == "clean":

@@ -17,8 +17,6 @@ class KnobError(ValueError):
     """A knob given a value it cannot take."""
 
 
-
-
 def _int(s: Any) -> int:
     try:
         return int(str(s), 0) if isinstance(s, str) else int(s)
@@ -119,7 +117,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("ops", _nonneg_int, 0, "operations per CPU, 0 for no limit", metavar="N"),
     Knob("seed", _int, None, "seed of every CPU's generator (default: from the clock)", metavar="N"),
     Knob("keep_going", bool, False, "count findings instead of stopping at the first", flag=True),
-    Knob("scheduler", _choice("free"), "free", "scheduling strategy", metavar="NAME"),
+    Knob("scheduler", _choice("free", "random", "pct"), "free",
+         "free (OS scheduling), or controlled: random or pct", metavar="NAME"),
+    Knob("pct_depth", _positive_int, 3, "pct: bug depth d (d-1 priority change points)", metavar="D"),
+    Knob("pct_steps", _nonneg_int, 0, "pct: steps k the change points are drawn from, 0 to estimate",
+         metavar="K"),
     Knob("window_rate", _rate, 0.05, "chance of a delay at each preemption window", metavar="P"),
     Knob("window_delay", _nonneg_float, 50.0, "longest injected delay at a window", unit="us",
          metavar="US"),
@@ -135,6 +137,9 @@ KNOB = {k.name: k for k in KNOBS}
 
 
 def resolve_all(given: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(KNOB))
+    if unknown:
+        raise KnobError(f"unknown knob(s) {', '.join(unknown)} (known: {', '.join(KNOB)})")
     out = {}
     for k in KNOBS:
         try:

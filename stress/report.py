@@ -83,6 +83,8 @@ def decode_trace(machine: Machine, words, op_names: list[str]) -> list[str]:
             what = KINDS[arg] if arg < len(KINDS) else str(arg)
         elif name in ("gp-begin", "gp-end"):
             what = f"gp {arg}"
+        elif name == "switch":
+            what = f"-> cpu {arg}"
         else:
             what = str(arg) if arg else ""
         out.append(f"#{seq} {name} {what}".rstrip())
@@ -149,6 +151,13 @@ def summary(report: dict) -> str:
         caught = report.get("caught")
         lines.append(f"  mutant, expected {' or '.join(report['expect'])}: "
                      + ("caught" if caught else "NOT caught"))
+    sched = report.get("schedule")
+    if sched:
+        lines.append(f"  schedule: {sched['strategy']}, {sched['steps']} decisions, {sched['switches']} switches, "
+                     f"{sched['preemptions']} preemption(s) recorded"
+                     + ("" if sched.get("complete", True) else " (TRUNCATED: not replayable)"))
+    if report.get("diverged"):
+        lines.append(f"  replay diverged: {report['diverged']['message']}")
     for f in report["findings"][:5]:
         lines.append("  " + Finding(**f).format().replace("\n", "\n  "))
     if n > 5:

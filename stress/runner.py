@@ -26,11 +26,13 @@ from policies import Policy, Scenario, World, get_scenario, load_module
 from shm import MAX_CPUS, Cpu, LayoutError, Machine, OsScheduler, Segment, new_run_id
 from shm.events import KINDS
 from stress.knobs import KnobError, echo, resolve_all
+from stress.program import ProgramError, from_json, generate_program, to_json
 from stress.report import (
     EXIT_FINDINGS,
     EXIT_HARNESS,
     EXIT_OK,
     EXIT_SIGNAL,
+    EXIT_USAGE,
     SCHEMA,
     Finding,
     collect_findings,
@@ -40,6 +42,7 @@ from stress.report import (
     summary,
     write_json,
 )
+from stress.schedulers import Replay, SchedState, is_controlled, make_strategy
 from stress.watchdog import Watchdog
 from stress.worker import STAT_COUNTERS, STAT_OPS, STATUS, ProcessSpec, cpu_main, cpu_seed, gp_main
 
@@ -47,6 +50,8 @@ STOP_GRACE_S = 3.0
 START_TIMEOUT_S = 60.0
 BARRIER_TIMEOUT_S = 20.0
 POLL_S = 0.05
+CONTROLLED_OPS = 2000
+AFTER_FINDING_DEADLINE_S = 1.0
 
 
 class TeardownStall(Exception):
@@ -93,6 +98,7 @@ class RunResult:
     report: dict
     findings: list[Finding]
     exit_code: int
+    report_path: str | None = None
 
     @property
     def kinds(self) -> set[str]:
@@ -137,7 +143,13 @@ class Runner:
         out: TextIO | None = None,
         policy_modules: tuple[str, ...] | list[str] = (),
         quiet: bool = False,
+        program: list | None = None,
+        schedule: dict | None = None,
+        strict: bool = True,
     ):
+        """`program` (JSON form, per CPU [name, arg, ...]) replaces the generator;
+        `schedule` (a report's "schedule") is followed instead of a strategy,
+        strictly (a misfit is a divergence, exit 2) or leniently (shrinking)."""
         self.scenario, self.policy = resolve(scenario, policy, policy_modules)
         try:
             self.knobs = resolve_all(knobs or {})
@@ -162,8 +174,27 @@ class Runner:
         self.error: str | None = None
         self.stop_reason = ""
         self.elapsed = 0.0
-        self.op_names: list[str] = [op.name for op in self.scenario.operations(self.policy)]
+        self.ops = self.scenario.operations(self.policy)
+        self.op_names: list[str] = [op.name for op in self.ops]
         self.crash_reported: set[int] = set()
+        self.sched: SchedState | None = None
+        self.strategy = None
+        self.divergence: dict | None = None
+        if schedule is not None:
+            self.knobs["scheduler"] = "replay"
+        self.sched_name = self.knobs["scheduler"]
+        self.controlled = is_controlled(self.sched_name)
+        ncpus = self.knobs["cpus"]
+        try:
+            self.program = None if program is None else from_json(program, self.ops, ncpus)
+            self.replay = None if schedule is None else Replay.from_schedule(schedule, ncpus + 1, strict)
+        except (ProgramError, ValueError, TypeError) as e:
+            raise UsageError(str(e)) from None
+        if self.controlled and self.program is None:
+            self.knobs["ops"] = self.knobs["ops"] or CONTROLLED_OPS
+            self.program = generate_program(self.ops, self.seed, ncpus, self.knobs["ops"])
+        if self.program is not None:
+            self.knobs["ops"] = max(len(p) for p in self.program)
 
     # -- output ----------------------------------------------------------
     def say(self, line: str) -> None:
@@ -202,6 +233,8 @@ class Runner:
             write_json(self.json_path, report)
         if self.signum:
             code = EXIT_SIGNAL.get(self.signum, 128 + self.signum)
+        elif self.divergence:
+            code = EXIT_USAGE
         elif self.error:
             code = EXIT_HARNESS
         elif findings:
@@ -211,7 +244,7 @@ class Runner:
         if not self.quiet:
             self.say(summary(report))
             self.say(end_line(code != EXIT_OK))
-        return RunResult(report, findings, code)
+        return RunResult(report, findings, code, self.json_path)
 
     def _run(self) -> None:
         k, sc, pol = self.knobs, self.scenario, self.policy
@@ -230,9 +263,17 @@ class Runner:
         self.world = World(m, self.boot, sc, pol, state, ncpus)
         sc.attach(self.world)
         sc.setup(self.world)
-        self.say(f"{self.label} {echo(k)}" + (" MUTANT" if pol.mutant else ""))
         spec = ProcessSpec(m.seg.name, state.name, sc.name, pol.name, self.seed, k["ops"],
-                           k["scheduler"], dict(k), self.policy_modules, os.getpid())
+                           self.sched_name, dict(k), self.policy_modules, os.getpid(),
+                           program=self.program, replay=self.replay)
+        if self.controlled:
+            self.sched = SchedState.create(run_id, 2, ncpus + 1)
+            self.strategy = make_strategy(self.sched_name, self.seed, ncpus + 1, k, self.replay)
+            self.strategy.init(self.sched)
+            spec.sched_segment = self.sched.seg.name
+        self.say(f"{self.label} {echo(k)}" + (" MUTANT" if pol.mutant else "")
+                 + (f" (replaying a schedule, {'strict' if self.replay.strict else 'lenient'})"
+                    if self.replay else ""))
         ctx = multiprocess.get_context(k["start_method"])
         self.gp = ctx.Process(target=gp_main, args=(spec, m.gp_cpu), name="mmtorture-gp", daemon=True)
         self.gp.start()
@@ -241,6 +282,8 @@ class Runner:
             p.start()
             self.procs.append(p)
         self._wait_ready(ncpus)
+        if self.sched is not None:
+            self.sched.start(self.strategy.first(self.sched))
         m.mem.store32(m.go_off, 1)
         m.mem.futex_wake(m.go_off, -1)
         self._watch()
@@ -261,8 +304,9 @@ class Runner:
             m.mem.futex_wait(m.ready_off, ready, POLL_S)
 
     def _ops_done(self) -> tuple[int, list[int]]:
-        stats = self.machine.cpus["stats"][: self.knobs["cpus"]]
-        return int(stats[:, 0].sum()), [int(x) for x in stats[:, 0]]
+        """Exact, even for a CPU killed mid-run: op_end stores the count in the heartbeat."""
+        beats = self.machine.cpus["heartbeat"][: self.knobs["cpus"]]
+        return int(beats.sum()), [int(x) for x in beats]
 
     def _counters(self) -> dict[str, int]:
         stats = self.machine.cpus["stats"][: self.knobs["cpus"]]
@@ -296,7 +340,11 @@ class Runner:
     def _watch(self) -> None:
         m, k = self.machine, self.knobs
         self.t_start = start = time.monotonic()
-        watchdog = self.watchdog = Watchdog(m, k["stall_timeout"], self.op_names)
+        progress = None
+        if self.sched is not None:
+            st = self.sched
+            progress = lambda: (st.mem.load64(st.step_off), st.mem.load32(st.token_off))  # noqa: E731
+        watchdog = self.watchdog = Watchdog(m, k["stall_timeout"], self.op_names, progress)
         self.bar = self._make_bar()
         next_stat = start + k["stat_interval"]
         try:
@@ -310,7 +358,8 @@ class Runner:
                     break
                 if self._check_dead():
                     continue
-                if all(p.exitcode is not None for p in self.procs):
+                statuses = m.cpus["status"][: k["cpus"]]
+                if all(p.exitcode is not None for p in self.procs) or (statuses == STATUS["done"]).all():
                     self.stop_reason = "operation budget"
                     break
                 if now - start >= k["duration"]:
@@ -361,12 +410,19 @@ class Runner:
     def _stop_cpus(self) -> None:
         m = self.machine
         m.request_stop()
-        grace = 0.5 if m.finding_count() else STOP_GRACE_S
+        wedged = self.sched is not None and self.sched.summary()["wedged"]
+        grace = 0.0 if wedged else 0.5 if m.finding_count() else STOP_GRACE_S
         deadline = time.monotonic() + grace
         for p in self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
+        if self.sched is not None and not wedged and any(p.is_alive() for p in self.procs):
+            self.sched.dissolve()  # a participant died holding the token: let the others leave
+            self.notes.append("the controlled schedule was dissolved to stop the CPUs")
+            deadline = time.monotonic() + 0.5
+            for p in self.procs:
+                p.join(max(0.0, deadline - time.monotonic()))
         stuck = [i for i, p in enumerate(self.procs) if p.is_alive()]
-        if stuck and not m.finding_count() and not self.signum:
+        if stuck and not m.finding_count() and not self.signum and not wedged:
             wd = self.watchdog
             wd._fire(stuck[0], f"cpu {', '.join(map(str, stuck))} did not stop within "
                      f"{grace}s of the stop request", stuck)
@@ -388,9 +444,17 @@ class Runner:
         if self.gp.exitcode is not None:
             self.notes.append("quiescent sweeps skipped: the grace-period kthread is gone")
             return
+        if self.stop_reason == "finding" and not self.knobs["keep_going"]:
+            self.notes.append("quiescent sweeps skipped: the run stopped at its first finding")
+            return
+        if self.sched is not None:
+            self.sched.dissolve()
         m.control["stop"] = 0  # teardown findings are recorded, not a reason to skip the rest
         phase = "sweep"
-        self.boot_sched.deadline = time.monotonic() + self.knobs["stall_timeout"]
+        after_finding = m.finding_count() > 0
+        limit = min(self.knobs["stall_timeout"], AFTER_FINDING_DEADLINE_S) if after_finding \
+            else self.knobs["stall_timeout"]
+        self.boot_sched.deadline = time.monotonic() + limit
         try:
             self.scenario.sweep(self.world)
             phase = "teardown"
@@ -402,9 +466,12 @@ class Runner:
         except TeardownStall:
             wait = int(m.cpus["waiting_on"][m.boot_cpu])
             what = self.watchdog.describe_wait(wait) if wait else "nothing it published"
+            message = f"{self.scenario.name} {phase} stalled for {limit:g}s waiting for {what}"
+            if after_finding:  # the state is already broken; the stall is a consequence, not news
+                self.notes.append(f"{message} (after the first finding); leak sweep skipped")
+                return
             self.watchdog.fired = False
-            self.watchdog._fire(m.boot_cpu, f"{self.scenario.name} {phase} stalled for "
-                                f"{self.knobs['stall_timeout']}s waiting for {what}", [m.boot_cpu])
+            self.watchdog._fire(m.boot_cpu, message, [m.boot_cpu])
             self.notes.append(f"leak sweep skipped: {phase} stalled")
             return
         finally:
@@ -421,6 +488,8 @@ class Runner:
         m = self.machine
         if m is not None:
             m.request_stop()
+            if self.sched is not None:
+                self.sched.dissolve()
             if self.gp is not None and self.gp.exitcode is None:
                 m.rcu.stop_kthread()
         for p in [*self.procs, self.gp]:
@@ -434,12 +503,41 @@ class Runner:
             self._check_dead()
 
     def _cleanup(self) -> None:
+        if self.sched is not None:
+            self.sched.seg.unlink()
+            self.sched.close()
         m = self.machine
         if m is not None:
             m.unlink()
             m.close()
 
     # -- report ----------------------------------------------------------
+    def _schedule(self) -> dict:
+        st = self.sched
+        summ = st.summary()
+        out = {"strategy": self.sched_name, "seed": self.seed, **self.strategy.describe()}
+        out.update({k: summ[k] for k in ("first", "steps", "switches", "complete")})
+        out["deviations"] = st.deviations()
+        out["preemptions"] = sum(len(d) for d in out["deviations"])
+        div = st.divergence()
+        if div is None and self.replay is not None and self.replay.strict and not self.signum:
+            want = self.replay.steps
+            if want is not None and want != summ["steps"] and not summ["wedged"]:
+                div = {"step": min(want, summ["steps"]), "cpu": -1, "op": -1, "point": -1, "target": -1,
+                       "message": f"the run made {summ['steps']} scheduling decisions, "
+                                  f"the schedule recorded {want}"}
+        if div is not None:
+            if "message" not in div:
+                who = "the grace-period kthread" if div["cpu"] == self.knobs["cpus"] else f"cpu {div['cpu']}"
+                if div.get("unreached"):
+                    div["message"] = (f"{who} never reached operation {div['op']} point {div['point']}, where "
+                                      f"the schedule switches to cpu {div['target']}")
+                else:
+                    div["message"] = (f"at step {div['step']}, {who} at operation {div['op']} point "
+                                      f"{div['point']} should switch to cpu {div['target']}, which cannot run there")
+            self.divergence = div
+        return out
+
     def _report(self) -> tuple[list[Finding], dict]:
         m, k, pol = self.machine, self.knobs, self.policy
         findings: list[Finding] = []
@@ -452,7 +550,7 @@ class Runner:
             "source": pol.source,
             "seed": self.seed,
             "cpus": k["cpus"],
-            "scheduler": k["scheduler"],
+            "scheduler": self.sched_name,
             "knobs": {n: v for n, v in k.items()},
             "ops": 0,
             "duration_s": round(self.elapsed, 3),
@@ -488,15 +586,28 @@ class Runner:
             )
             if pol.mutant:
                 report["caught"] = any(f.kind in pol.expect for f in findings)
+            if self.program is not None:
+                status = m.cpus["op"][: k["cpus"]]
+                report["program"] = to_json(
+                    [p[: n + (int(status[i]) >= 0)] for i, (p, n) in enumerate(zip(self.program, per_cpu))],
+                    self.ops)
+            if self.sched is not None:
+                report["schedule"] = self._schedule()
+                if self.divergence:
+                    report["diverged"] = self.divergence
         except Exception as e:  # noqa: BLE001 - a report is written whatever happened
             report["error"] = (report["error"] or "") + f" (report: {type(e).__name__}: {e})"
         return findings, report
 
 
 def run(scenario: str, policy: str | None = None, *, json_path: str | None = None,
-        out: TextIO | None = None, quiet: bool = True, policy_modules=(), **knobs: Any) -> RunResult:
-    """Run one scenario/policy; knobs as in stress.knobs (cpus=, ops=, seed=, duration=...)."""
-    return Runner(scenario, policy, knobs, json_path, out, policy_modules, quiet).run()
+        out: TextIO | None = None, quiet: bool = True, policy_modules=(), program: list | None = None,
+        schedule: dict | None = None, strict: bool = True, **knobs: Any) -> RunResult:
+    """Run one scenario/policy; knobs as in stress.knobs (cpus=, ops=, seed=, scheduler=...).
+
+    `program` and `schedule` as in Runner: a run that replays (program, schedule)."""
+    return Runner(scenario, policy, knobs, json_path, out, policy_modules, quiet, program, schedule,
+                  strict).run()
 
 
 __all__ = ["HarnessError", "KINDS", "RunResult", "Runner", "UsageError", "run"]

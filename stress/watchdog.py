@@ -10,11 +10,16 @@ Two detectors, run from the runner's loop:
   lock nobody will release).
 Both name the CPU, its operation, what it waits on, and the locks every CPU
 holds.
+
+Under the controlled scheduler only one CPU runs at a time: the scheduler
+itself finds deadlocks (every CPU blocked), and a stall is measured on the
+schedule's progress and blamed on the CPU holding the token.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from shm import Machine
 from shm.events import split_address
@@ -35,8 +40,12 @@ CYCLE_CHECKS = 3
 
 
 class Watchdog:
-    def __init__(self, machine: Machine, stall_timeout: float, op_names: list[str]):
+    def __init__(self, machine: Machine, stall_timeout: float, op_names: list[str],
+                 progress: Callable[[], tuple[int, int]] | None = None):
+        """`progress`, for a controlled run: (decisions so far, CPU holding the token)."""
         self.machine = machine
+        self.progress = progress
+        self.last_progress = (-1, time.monotonic())
         self.stall_timeout = stall_timeout
         self.op_names = op_names
         self.sites = lock_sites(machine)
@@ -136,6 +145,8 @@ class Watchdog:
         if self.fired:
             return False
         now = time.monotonic() if now is None else now
+        if self.progress is not None:
+            return self._check_controlled(now)
         cycle = self.find_cycle()
         if cycle:
             key = tuple(cycle)
@@ -170,6 +181,20 @@ class Watchdog:
                 )
                 return True
         return False
+
+    def _check_controlled(self, now: float) -> bool:
+        step, holder = self.progress()
+        last, since = self.last_progress
+        if step != last:
+            self.last_progress = (step, now)
+            return False
+        if now - since <= self.stall_timeout or not 0 <= holder < self.machine.nslots:
+            return False
+        st = self.cpu_state(holder) if holder < self.machine.ncpus else {"op": None, "waiting_on": None}
+        who = f"cpu {holder}" if holder < self.machine.ncpus else "the grace-period kthread"
+        self._fire(holder, f"{who} held the token for {now - since:.1f}s without reaching a scheduling "
+                   f"point, in {st['op']}", [holder] if holder < self.machine.ncpus else [])
+        return True
 
     def _fire(self, cpu: int, message: str, cpus: list[int]) -> None:
         self.fired = True

@@ -9,17 +9,17 @@ policy code becomes a cpu-crash finding carrying the CPU's trace.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import traceback
-from bisect import bisect
 from dataclasses import dataclass, field
-from itertools import accumulate
 
 from policies import World, get_scenario, load_module
 from shm import Cpu, Machine, Segment
 from shm.machine import NSTATS
-from stress.schedulers import make_scheduler
+from stress.program import Program, generate
+from stress.schedulers import Replay, make_scheduler
 
 STAT_OPS = 1
 STAT_COUNTERS = 32
@@ -39,13 +39,30 @@ class ProcessSpec:
     knobs: dict = field(default_factory=dict)
     policy_modules: list[str] = field(default_factory=list)
     parent: int = 0
+    sched_segment: str | None = None
+    program: Program | None = None
+    replay: Replay | None = None
+
+    def scheduler_for(self, machine: Machine, cpu_id: int):
+        return make_scheduler(self.scheduler, self.seed, self.knobs, cpu_seed(self.seed, cpu_id),
+                              self.sched_segment, machine.ncpus + 1, self.replay)
 
 
 def cpu_seed(seed: int, cpu: int) -> int:
     return (seed * 1_000_003 + cpu * 7919 + 1) & 0xFFFFFFFFFFFF
 
 
-def open_world(spec: ProcessSpec, cpu_id: int, sched=None) -> World:
+def die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG: the kernel kills this process when the runner dies, however it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if parent and os.getppid() != parent:
+        raise SystemExit(0)
+
+
+def open_world(spec: ProcessSpec, cpu_id: int, controlled: bool = False) -> World:
     """Attach the run's segments in this process and build its World for cpu_id."""
     for m in spec.policy_modules:
         load_module(m)
@@ -54,6 +71,7 @@ def open_world(spec: ProcessSpec, cpu_id: int, sched=None) -> World:
     machine = Machine.attach(spec.machine)
     state = Segment.attach(spec.state, scenario.layout(machine.ncpus))
     machine.add_segment(state)
+    sched = spec.scheduler_for(machine, cpu_id) if controlled or cpu_id < machine.ncpus else None
     cpu = Cpu(machine, cpu_id, sched, seed=cpu_seed(spec.seed, cpu_id))
     w = World(machine, cpu, scenario, policy, state, machine.ncpus)
     scenario.attach(w)
@@ -65,11 +83,16 @@ def _set_status(machine: Machine, cpu_id: int, status: str) -> None:
 
 
 def _crash(w: World | None, what: str, exc: BaseException) -> None:
+    """The exception becomes a finding; a crashed CPU then leaves the schedule like any other."""
     if w is None:
         return
     tb = "".join(traceback.format_exception(exc))
     w.cpu.report("cpu-crash", f"{what}: {type(exc).__name__}: {exc}"[:250], traceback=tb[-600:])
     _set_status(w.machine, w.cpu.id, "crashed")
+    try:
+        w.cpu.sched.exit(w.cpu)
+    except Exception:  # noqa: BLE001 - the scheduler's state may be what broke
+        pass
 
 
 def _flush(stats, done: int, opcounts: list[int], counts: list[int]) -> None:
@@ -82,10 +105,10 @@ def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
     """Entry point of a worker CPU process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(spec.parent)
     w = None
     try:
-        sched = make_scheduler(spec.scheduler, cpu_seed(spec.seed, cpu_id), spec.knobs)
-        w = open_world(spec, cpu_id, sched)
+        w = open_world(spec, cpu_id)
         machine, mem = w.machine, w.machine.mem
         mem.store32(machine.cpu_off(cpu_id, "pid"), os.getpid())
         _set_status(machine, cpu_id, "running")
@@ -96,10 +119,11 @@ def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
         mem.futex_wake(machine.ready_off, -1)
         while not mem.load32(machine.go_off) and not mem.load32(machine.stop_off):
             mem.futex_wait(machine.go_off, 0, 0.2)
-            if os.getppid() != spec.parent:
-                return
+        w.cpu.sched.begin(w.cpu)
         _run(w, ops, spec)
+        w.cpu.sched.exit(w.cpu)
         _set_status(machine, cpu_id, "done")
+        mem.futex_wake(machine.stop_off, -1)  # the runner watches this word: it sees the end at once
     except BaseException as e:  # noqa: BLE001 - every exception is a finding
         _crash(w, f"cpu {cpu_id} crashed", e)
         raise SystemExit(1) from None
@@ -108,27 +132,26 @@ def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
 def _run(w: World, ops, spec: ProcessSpec) -> None:
     cpu, machine = w.cpu, w.machine
     mem, stop_off = machine.mem, machine.stop_off
-    rng = cpu.rng
-    cum = list(accumulate(op.weight for op in ops))
-    total = cum[-1]
+    if spec.program is not None:
+        steps = iter(spec.program[cpu.id])
+        budget = len(spec.program[cpu.id])
+    else:
+        steps = generate(ops, spec.seed, cpu.id)
+        budget = spec.ops
     runs = [op.run for op in ops]
     opcounts = [0] * len(ops)
     stats = machine.cpus["stats"][cpu.id]
     boundary = cpu.sched.op_boundary
-    budget = spec.ops
-    parent = spec.parent
     done = 0
     while True:
         if not done & (FLUSH_EVERY - 1):
             _flush(stats, done, opcounts, w.counts)
-            if os.getppid() != parent:
-                break
         if mem.load32(stop_off) or (budget and done >= budget):
             break
-        k = bisect(cum, rng.random() * total)
+        k, args = next(steps)
         cpu.steps = done
         cpu.op_begin(k)
-        runs[k](w)
+        runs[k](w, *args)
         done += 1
         cpu.op_end(done)
         opcounts[k] += 1
@@ -137,15 +160,18 @@ def _run(w: World, ops, spec: ProcessSpec) -> None:
 
 
 def gp_main(spec: ProcessSpec, cpu_id: int) -> None:
-    """Entry point of the grace-period kthread process."""
+    """Entry point of the grace-period kthread process (a scheduled CPU under control)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(spec.parent)
     w = None
     try:
-        w = open_world(spec, cpu_id)
+        w = open_world(spec, cpu_id, controlled=spec.sched_segment is not None)
         w.machine.mem.store32(w.machine.cpu_off(cpu_id, "pid"), os.getpid())
         _set_status(w.machine, cpu_id, "running")
+        w.cpu.sched.begin(w.cpu)
         w.machine.rcu.kthread(w.cpu, parent=spec.parent)
+        w.cpu.sched.exit(w.cpu)
         _set_status(w.machine, cpu_id, "done")
     except BaseException as e:  # noqa: BLE001
         _crash(w, "grace-period kthread crashed", e)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from shm.segment import list_segments, parse_name
+from shm.segment import list_segments, parse_name, worker_tag
 
 HERE = os.path.dirname(__file__)
 FIXTURES = os.path.join(HERE, "fixtures")
@@ -14,7 +14,7 @@ HARNESS_SCENARIOS = os.path.join(FIXTURES, "harness_scenarios.py")
 
 
 def _ours() -> set[str]:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "").replace("-", "")
+    worker = worker_tag()
     return {n for n in list_segments() if parse_name(n)[2] == worker}
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies import register
-from policies.scenario import Needs, Operation, Policy, Region, Scenario, World, mutant
+from policies.scenario import Arg, Needs, Operation, Policy, Region, Scenario, World, mutant
 from shm import GFP_KERNEL, GFP_NOWAIT, alloc_site
 
 NSLOTS = 8
@@ -96,17 +96,17 @@ class ContextScenario(Scenario):
             w.pool.write(w.cpu, ref, 0, w.cpu.id)
             free_temporary(w, ref)
 
-        def keep(w: World) -> None:
+        def keep(w: World, i: int) -> None:
             ref = w.pool.alloc_page(w.cpu, GFP_KERNEL, KEPT_SITE)
             if ref is None:
                 return
-            old = w.mem.xchg64(w.slot_off[w.rng.randrange(NSLOTS)], ref)
+            old = w.mem.xchg64(w.slot_off[i], ref)
             drop_replaced(w, old)
 
         return (
             Operation("read_side", 2, read_side),
             Operation("temporary", 4, temporary),
-            Operation("keep", 4, keep),
+            Operation("keep", 4, keep, (Arg("slot", NSLOTS),)),
         )
 
     def teardown(self, w: World) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies import register
-from policies.scenario import Operation, Policy, Region, Scenario, World, mutant
+from policies.scenario import Arg, Operation, Policy, Region, Scenario, World, mutant
 from shm import MUTEX, RWSEM, SPINLOCK, Cpu, Mutex, Rwsem, Spinlock
 from shm.events import EV, SEQ_MASK, TRACE_MASK
 from shm.locks import RWSEM_LOCKED
@@ -38,12 +38,13 @@ def guarded(lock_dtype: np.dtype) -> np.dtype:
     )
 
 
-def ascending(rng, i: int, j: int) -> tuple[int, int]:
+def ascending(flip: int, i: int, j: int) -> tuple[int, int]:
     return (i, j) if i < j else (j, i)
 
 
-def either_order(rng, i: int, j: int) -> tuple[int, int]:
-    return (i, j) if rng.random() < 0.5 else (j, i)
+def either_order(flip: int, i: int, j: int) -> tuple[int, int]:
+    """DELIBERATELY BROKEN: the order of the two locks is the caller's whim (`flip`)."""
+    return (j, i) if flip else (i, j)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:
     or lock-misuse (an unlock finds another owner) finding."""
     mem, off = lock.mem, lock.off
     attempt = 0
-    while mem.load32(off):
-        cpu.sched.spin(cpu, attempt)
+    while v := mem.load32(off):
+        cpu.sched.spin(cpu, attempt, mem, off, v)
         attempt += 1
     cpu.window("busted_spin_lock:test-then-set")
     mem.store32(off, cpu.me)
@@ -98,7 +99,7 @@ def busted_down_write(sem: Rwsem, cpu: Cpu) -> None:
         c = mem.load32(off)
         if not c & RWSEM_LOCKED and mem.cmpxchg32(off, c, c | RWSEM_LOCKED) == c:
             break
-        cpu.sched.spin(cpu, attempt)
+        cpu.sched.spin(cpu, attempt, mem, off, c)
         attempt += 1
     mem.store32(off + 4, cpu.me)
     _mark_acquired(cpu, sem)
@@ -179,8 +180,7 @@ class ExclusiveLockScenario(_GuardedCounters):
     def operations(self, policy: LockPolicy) -> tuple[Operation, ...]:
         lock, unlock, order = policy.lock, policy.unlock, policy.pair_order
 
-        def increment(w: World) -> None:
-            i = w.rng.randrange(NLOCKS)
+        def increment(w: World, i: int) -> None:
             L = w.locks[i]
             lock(L, w.cpu)
             _enter(w, i)
@@ -188,9 +188,9 @@ class ExclusiveLockScenario(_GuardedCounters):
             _leave(w, i)
             unlock(L, w.cpu)
 
-        def increment_pair(w: World) -> None:
-            i, j = w.rng.sample(range(NLOCKS), 2)
-            first, second = order(w.rng, i, j)
+        def increment_pair(w: World, i: int, j: int, flip: int) -> None:
+            j += j >= i
+            first, second = order(flip, i, j)
             lock(w.locks[first], w.cpu)
             w.cpu.window("pair:between-the-two-locks")
             lock(w.locks[second], w.cpu)
@@ -201,7 +201,11 @@ class ExclusiveLockScenario(_GuardedCounters):
             unlock(w.locks[second], w.cpu)
             unlock(w.locks[first], w.cpu)
 
-        return (Operation("increment", 8, increment), Operation("increment_pair", 2, increment_pair))
+        which = Arg("lock", NLOCKS)
+        return (
+            Operation("increment", 8, increment, (which,)),
+            Operation("increment_pair", 2, increment_pair, (which, Arg("other", NLOCKS - 1), Arg("flip", 2))),
+        )
 
 
 class SpinlockScenario(ExclusiveLockScenario):
@@ -261,8 +265,7 @@ class RwsemScenario(_GuardedCounters):
         down_read, up_read = policy.down_read, policy.up_read
         down_write, up_write = policy.down_write, policy.up_write
 
-        def read(w: World) -> None:
-            i = w.rng.randrange(NLOCKS)
+        def read(w: World, i: int) -> None:
             L = w.locks[i]
             mem, cpu = w.mem, w.cpu
             down_read(L, cpu)
@@ -282,8 +285,7 @@ class RwsemScenario(_GuardedCounters):
             mem.fetch_sub32(w.readers_off[i], 1)
             up_read(L, cpu)
 
-        def write(w: World) -> None:
-            i = w.rng.randrange(NLOCKS)
+        def write(w: World, i: int) -> None:
             L = w.locks[i]
             mem, cpu = w.mem, w.cpu
             down_write(L, cpu)
@@ -299,7 +301,8 @@ class RwsemScenario(_GuardedCounters):
             _leave(w, i)
             up_write(L, cpu)
 
-        return (Operation("read", 6, read), Operation("write", 3, write))
+        which = Arg("lock", NLOCKS)
+        return (Operation("read", 6, read, (which,)), Operation("write", 3, write, (which,)))
 
     def sweep(self, w: World) -> None:
         super().sweep(w)

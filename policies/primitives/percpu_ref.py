@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies import register
-from policies.scenario import Needs, Operation, Policy, Region, Scenario, World, mutant
+from policies.scenario import Arg, Needs, Operation, Policy, Region, Scenario, World, mutant
 from shm import GFP_KERNEL, MUTEX, PERCPU_REF, Cpu, PercpuRef, alloc_site, rcu_callback
 from shm.refcount import PCREF_ATOMIC, PCREF_DEAD, PERCPU_COUNT_BIAS
 
@@ -78,9 +78,8 @@ class PercpuRefScenario(Scenario):
     def operations(self, policy: PercpuRefPolicy) -> tuple[Operation, ...]:
         kill = policy.percpu_ref_kill
 
-        def get_put(w: World) -> None:
+        def get_put(w: World, i: int) -> None:
             cpu = w.cpu
-            i = w.rng.randrange(NSLOTS)
             ref = w.refs[i]
             if not ref.tryget_live(cpu):
                 w.count("tryget_failed")
@@ -95,9 +94,8 @@ class PercpuRefScenario(Scenario):
                 cpu.report("use-after-free", f"percpu_ref holder of slot {i}: object already released")
             ref.put(cpu)
 
-        def kill_reinit(w: World) -> None:
+        def kill_reinit(w: World, i: int) -> None:
             cpu = w.cpu
-            i = w.rng.randrange(NSLOTS)
             if not w.kill_locks[i].trylock(cpu):
                 return
             ref = w.refs[i]
@@ -108,7 +106,8 @@ class PercpuRefScenario(Scenario):
             ref.reinit(cpu)
             w.kill_locks[i].unlock(cpu)
 
-        return (Operation("get_put", 12, get_put), Operation("kill_reinit", 1, kill_reinit))
+        slot = Arg("slot", NSLOTS)
+        return (Operation("get_put", 12, get_put, (slot,)), Operation("kill_reinit", 1, kill_reinit, (slot,)))
 
     def sweep(self, w: World) -> None:
         for i, ref in enumerate(w.refs):

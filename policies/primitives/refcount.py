@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies import register
-from policies.scenario import Needs, Operation, Policy, Region, Scenario, World, mutant
+from policies.scenario import Arg, Needs, Operation, Policy, Region, Scenario, World, mutant
 from shm import GFP_KERNEL, Cpu, Refcount, alloc_site, pfn_of, rcu_callback
 
 NSLOTS = 4
@@ -79,9 +79,8 @@ class RefcountScenario(Scenario):
             if dec_and_test(w.pool.refcount(pfn_of(ref)), w.cpu):
                 w.rcu.call(w.cpu, free_object, ref)
 
-        def get_put(w: World) -> None:
+        def get_put(w: World, i: int) -> None:
             cpu, pool = w.cpu, w.pool
-            i = w.rng.randrange(NSLOTS)
             w.rcu.read_lock(cpu)
             ref = w.mem.load64(w.slot_off[i])
             got = ref != 0 and inc_not_zero(pool.refcount(pfn_of(ref)), cpu)
@@ -95,8 +94,7 @@ class RefcountScenario(Scenario):
             pool.read(cpu, ref, 0, "refcount: use of the object")
             put(w, ref)
 
-        def replace(w: World) -> None:
-            i = w.rng.randrange(NSLOTS)
+        def replace(w: World, i: int) -> None:
             new = self._new_object(w, i)
             if not new:
                 return
@@ -105,7 +103,8 @@ class RefcountScenario(Scenario):
                 w.cpu.window("replace:before-dropping-the-slot-reference")
                 put(w, old)
 
-        return (Operation("get_put", 10, get_put), Operation("replace", 2, replace))
+        slot = Arg("slot", NSLOTS)
+        return (Operation("get_put", 10, get_put, (slot,)), Operation("replace", 2, replace, (slot,)))
 
     def sweep(self, w: World) -> None:
         for i in range(NSLOTS):

@@ -37,9 +37,10 @@ def kinds(m: Machine) -> list[str]:
 
 def test_segment_name_carries_pid_run_and_worker(monkeypatch):
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", "0123456789abcdef")
     name = segment_name("abc123", 2, pid=4242)
-    assert name == "mmtorture-4242-abc123-gw3-2"
-    assert parse_name(name) == (4242, "abc123", "gw3", 2)
+    assert name == "mmtorture-4242-abc123-gw301234567-2"
+    assert parse_name(name) == (4242, "abc123", "gw301234567", 2)
     assert parse_name("something-else") is None
 
 

@@ -1,0 +1,471 @@
+"""Controlled scheduling: exactly one CPU process runs at a time, and a strategy picks which.
+
+A token in shared memory names the running CPU; every other CPU (the
+grace-period kthread included) sleeps on its own futex word.  The running
+CPU gives the token away only at scheduling points: `cpu.window()`, a spin
+(it yields; when the spin names the word it waits on, it is not run again
+until that word changes), a futex wait (it blocks on the word), an operation
+boundary, and its exit.  At each point the CPU holding the token asks the
+strategy (random, pct, replay: one file each, like shuttle's scheduler/)
+which CPU runs next, stores the token, wakes that CPU's word and sleeps on
+its own: a switch is one futex handoff, never a poll.
+
+Every decision is data.  A decision is anchored at the deciding CPU's
+(operation index, point within that operation).  The schedule records only
+the decisions that differ from the default (the current CPU keeps running;
+when it cannot, the next runnable CPU in slot order), so a schedule is a
+short list of preemptions.  Shrinking removes them one by one, and they keep
+their meaning when other operations of the program are removed.
+
+Time is virtual: a wait with a timeout ends by timeout only when no CPU can
+run otherwise.  When every CPU is blocked the machine is deadlocked for
+certain, and the scheduler says so, naming what each CPU waits on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from shm import Segment
+from shm.events import EV
+from shm.layout import Layout, Region
+from shm.sched import OsScheduler
+
+if TYPE_CHECKING:
+    from shm._atomic import Memory
+
+    from shm.cpu import Cpu
+
+RUNNABLE, BLOCKED, YIELDED, EXITED = 0, 1, 2, 3
+CONTROLLED, DISSOLVED = 0, 1
+CAPACITY = 1 << 16
+LIVELOCK_DECISIONS = 200_000
+TURN_TIMEOUT_S = 1.0
+_EV_SWITCH = EV["switch"]
+
+CONTROL = np.dtype(
+    [
+        ("token", "<i4"),
+        ("mode", "<i4"),
+        ("wedged", "<i4"),
+        ("next_change", "<i4"),
+        ("first", "<i4"),
+        ("weak_run", "<i4"),
+        ("diverged", "<i4"),
+        ("div_slot", "<i4"),
+        ("div_op", "<i4"),
+        ("div_point", "<i4"),
+        ("div_target", "<i4"),
+        ("div_unreached", "<i4"),
+        ("step", "<i8"),
+        ("switches", "<i8"),
+        ("div_step", "<i8"),
+    ],
+    align=True,
+)
+SLOT = np.dtype(
+    [
+        ("turn", "<i4"),
+        ("state", "<i4"),
+        ("watch_seg", "<i4"),
+        ("watch_bits", "<i4"),
+        ("watch_off", "<i8"),
+        ("watch_val", "<i8"),
+        ("timed", "<i4"),
+        ("ndev", "<i4"),
+        ("consumed", "<i4"),
+        ("overflow", "<i4"),
+        ("prio", "<i8"),
+        ("points", "<i8"),
+    ],
+    align=True,
+)
+DEVIATION = np.dtype([("op", "<i4"), ("point", "<i4"), ("target", "<i4"), ("pad", "<i4")])
+
+
+def sched_layout(nparts: int, capacity: int = CAPACITY) -> Layout:
+    return Layout(
+        "sched",
+        [Region("control", CONTROL), Region("slot", SLOT, nparts), Region("dev", DEVIATION, nparts * capacity)],
+        {"nparts": nparts, "capacity": capacity},
+    )
+
+
+def splitmix64(x: int) -> int:
+    """One step of splitmix64: a stateless hash of (seed, step), the same in every process."""
+    z = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
+class SchedState:
+    """The scheduler's segment: the token, each participant's state, the recorded deviations."""
+
+    def __init__(self, seg: Segment):
+        self.seg = seg
+        self.mem = seg.mem
+        lay = seg.layout
+        self.nparts = int(lay.params["nparts"])
+        self.capacity = int(lay.params["capacity"])
+        self.control = seg.view("control")
+        self.slots = seg.view("slot")
+        self.devs = seg.view("dev")
+        c = lambda f: lay.offset("control", 0, f)  # noqa: E731
+        self.token_off, self.mode_off, self.wedged_off = c("token"), c("mode"), c("wedged")
+        self.next_change_off, self.weak_run_off = c("next_change"), c("weak_run")
+        self.step_off, self.switches_off = c("step"), c("switches")
+        self.diverged_off = c("diverged")
+        s = lambda i, f: lay.offset("slot", i, f)  # noqa: E731
+        n = range(self.nparts)
+        self.turn_off = [s(i, "turn") for i in n]
+        self.state_off = [s(i, "state") for i in n]
+        self.wseg_off = [s(i, "watch_seg") for i in n]
+        self.wbits_off = [s(i, "watch_bits") for i in n]
+        self.woff_off = [s(i, "watch_off") for i in n]
+        self.wval_off = [s(i, "watch_val") for i in n]
+        self.timed_off = [s(i, "timed") for i in n]
+        self.ndev_off = [s(i, "ndev") for i in n]
+        self.consumed_off = [s(i, "consumed") for i in n]
+        self.overflow_off = [s(i, "overflow") for i in n]
+        self.prio_off = [s(i, "prio") for i in n]
+        self.points_off = [s(i, "points") for i in n]
+        self.dev_off = [lay.offset("dev", i * self.capacity) for i in n]
+
+    @classmethod
+    def create(cls, run_id: str, n: int, nparts: int) -> SchedState:
+        return cls(Segment.create(sched_layout(nparts), run_id, n))
+
+    @classmethod
+    def attach(cls, name: str) -> SchedState:
+        h = Segment.read_header(name)
+        return cls(Segment.attach(name, sched_layout(int(h["params"]["nparts"]), int(h["params"]["capacity"]))))
+
+    def close(self) -> None:
+        self.control = self.slots = self.devs = None
+        self.seg.close()
+
+    # -- what the runner reads -------------------------------------------
+    def deviations(self) -> list[list[list[int]]]:
+        out = []
+        for i in range(self.nparts):
+            n = min(int(self.slots["ndev"][i]), self.capacity)
+            d = self.devs[i * self.capacity : i * self.capacity + n]
+            out.append([[int(a), int(b), int(c)] for a, b, c in zip(d["op"], d["point"], d["target"])])
+        return out
+
+    def divergence(self) -> dict | None:
+        c = self.control[0]
+        if not c["diverged"]:
+            return None
+        return {"step": int(c["div_step"]), "cpu": int(c["div_slot"]), "op": int(c["div_op"]),
+                "point": int(c["div_point"]), "target": int(c["div_target"]),
+                "unreached": bool(c["div_unreached"])}
+
+    def summary(self) -> dict:
+        c = self.control[0]
+        return {
+            "first": int(c["first"]),
+            "steps": int(c["step"]),
+            "switches": int(c["switches"]),
+            "complete": not bool(self.slots["overflow"].any()),
+            "wedged": bool(c["wedged"]),
+            "consumed": [int(x) for x in self.slots["consumed"]],
+            "points": [int(x) for x in self.slots["points"]],
+        }
+
+    def dissolve(self) -> None:
+        """Let every participant run freely (the run is over, or a participant died)."""
+        self.mem.store32(self.mode_off, DISSOLVED)
+        for off in self.turn_off:
+            self.mem.fetch_add32(off, 1)
+            self.mem.futex_wake(off, -1)
+
+    def start(self, first: int) -> None:
+        self.mem.store32(self.seg.layout.offset("control", 0, "first"), first)
+        self.mem.store32(self.token_off, first)
+        self.mem.fetch_add32(self.turn_off[first], 1)
+        self.mem.futex_wake(self.turn_off[first], 1)
+
+
+class Strategy(Protocol):
+    """Which CPU runs next (shuttle's Scheduler trait).  State shared across the
+    processes lives in the SchedState; whoever holds the token decides."""
+
+    name: str
+
+    def init(self, st: SchedState) -> None:
+        """In the runner, once, before any CPU runs."""
+
+    def first(self, st: SchedState) -> int:
+        """The CPU that runs first."""
+
+    def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int) -> int:
+        """One of cands; cur is the deciding CPU, default what runs without a preemption."""
+
+    def describe(self) -> dict:
+        """Parameters to record with the schedule."""
+
+
+@dataclass
+class Replay:
+    """A schedule to follow: the first CPU and, per slot, {(op, point): target}."""
+
+    first: int
+    deviations: list[dict[tuple[int, int], int]]
+    strict: bool = True
+    steps: int | None = None
+
+    @classmethod
+    def from_schedule(cls, schedule: dict, nparts: int, strict: bool = True) -> Replay:
+        devs = schedule.get("deviations") or []
+        if len(devs) > nparts:
+            raise ValueError(f"schedule has {len(devs)} CPUs, the run has {nparts}")
+        table: list[dict[tuple[int, int], int]] = [{} for _ in range(nparts)]
+        for i, lst in enumerate(devs):
+            for entry in lst:
+                op, point, target = (int(x) for x in entry)
+                if not 0 <= target < nparts:
+                    raise ValueError(f"schedule: cpu {i} switches to cpu {target}, the run has {nparts}")
+                table[i][(op, point)] = target
+        first = int(schedule.get("first", 0))
+        if not 0 <= first < nparts:
+            raise ValueError(f"schedule starts on cpu {first}, the run has {nparts}")
+        return cls(first, table, strict, schedule.get("steps") if strict else None)
+
+
+@dataclass
+class ControlledScheduler(OsScheduler):
+    """The per-process side of the controlled scheduler (shm's Scheduler protocol)."""
+
+    strategy: Strategy
+    segment: str
+    replay: Replay | None = None
+    name: str = "controlled"
+    free: bool = False
+    _seg_index: dict[int, int] = field(default_factory=dict)
+
+    def attach(self, cpu: Cpu) -> None:
+        self.cpu = cpu
+        self.st = st = SchedState.attach(self.segment)
+        self.mem = st.mem
+        self.me = cpu.id
+        if not 0 <= self.me < st.nparts:
+            raise ValueError(f"cpu {cpu.id} is not a participant of the controlled scheduler")
+        self.op = -1
+        self.point = 0
+        self.table = self.replay.deviations[self.me] if self.replay else None
+        self.consumed = 0
+        self.used: set[tuple[int, int]] = set()
+        self.ndev = 0
+        self.worker_slots = range(st.nparts - 1)
+
+    # -- the Scheduler protocol -------------------------------------------
+    def begin(self, cpu: Cpu) -> None:
+        self._wait_turn()
+
+    def window(self, cpu: Cpu, name: str) -> None:
+        if not self.free:
+            self._point(RUNNABLE)
+
+    def op_boundary(self, cpu: Cpu) -> None:
+        if not self.free:
+            self._point(RUNNABLE)
+
+    def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
+             bits: int = 32) -> None:
+        if self.free:
+            return super().spin(cpu, attempt)
+        if mem is None:
+            self._point(YIELDED)
+        else:
+            self._watch(mem, off, seen, bits, False)
+            self._point(BLOCKED)
+
+    def block(self, cpu: Cpu, mem: Memory, off: int, expected: int, timeout: float | None) -> bool:
+        if self.free:
+            return mem.futex_wait(off, expected, timeout)
+        self._watch(mem, off, expected, 32, timeout is not None)
+        self._point(BLOCKED)
+        return mem.load32(off) != expected
+
+    def exit(self, cpu: Cpu) -> None:
+        if not self.free:
+            self._point(EXITED)
+        self._check_consumed()
+
+    # -- machinery ---------------------------------------------------------
+    def _watch(self, mem: Memory, off: int, seen: int, bits: int, timed: bool) -> None:
+        st, m, me = self.st, self.mem, self.me
+        seg = self._seg_index.get(id(mem))
+        if seg is None:
+            seg = next(i for i, x in enumerate(self.cpu.machine.mems) if x is mem)
+            self._seg_index[id(mem)] = seg
+        m.store32(st.wseg_off[me], seg)
+        m.store32(st.wbits_off[me], bits)
+        m.store64(st.woff_off[me], off)
+        m.store64(st.wval_off[me], seen)
+        m.store32(st.timed_off[me], int(timed))
+
+    def _changed(self, i: int) -> bool:
+        st, m = self.st, self.mem
+        mem = self.cpu.machine.mems[m.load32(st.wseg_off[i])]
+        off = m.load64(st.woff_off[i])
+        load = mem.load64 if m.load32(st.wbits_off[i]) == 64 else mem.load32
+        return load(off) != m.load64(st.wval_off[i])
+
+    def _point(self, state: int) -> None:
+        st, m, me, cpu = self.st, self.mem, self.me, self.cpu
+        if cpu.steps != self.op:
+            self.op = cpu.steps
+            self.point = 0
+        op, point = self.op, self.point
+        self.point = point + 1
+        m.store32(st.state_off[me], state)
+        m.fetch_add64(st.points_off[me], 1)
+        strong: list[int] = []
+        weak: list[int] = []
+        timed: list[int] = []
+        blocked = False
+        live_workers = False
+        for i, off in enumerate(st.state_off):
+            s = m.load32(off)
+            if s == RUNNABLE:
+                strong.append(i)
+            elif s == BLOCKED:
+                if self._changed(i):
+                    strong.append(i)
+                else:
+                    blocked = True
+                    if m.load32(st.timed_off[i]):
+                        timed.append(i)
+            elif s == YIELDED:
+                weak.append(i)
+            if s != EXITED and i in self.worker_slots:
+                live_workers = True
+        if not live_workers:
+            st.dissolve()
+            self.free = True
+            return
+        if strong:
+            cands = strong
+            if m.load32(st.weak_run_off):
+                m.store32(st.weak_run_off, 0)
+        elif weak:
+            cands = weak
+            if m.fetch_add32(st.weak_run_off, 1) > LIVELOCK_DECISIONS:
+                return self._wedge(f"livelock: for {LIVELOCK_DECISIONS} decisions only spinning CPUs could run")
+        elif timed:
+            cands = timed
+        else:
+            assert blocked
+            return self._wedge("deadlock: every CPU is blocked")
+        if me in cands:
+            default = me
+        else:
+            default = next((c for c in cands if c > me), cands[0])
+        step = m.load64(st.step_off)
+        choice = self.strategy.choose(st, me, cands, default, step)
+        table = self.table
+        if table:
+            target = table.get((op, point))
+            if target is not None:
+                self.used.add((op, point))
+                self.consumed += 1
+                m.store32(st.consumed_off[me], self.consumed)
+                if target in cands:
+                    choice = target
+                else:
+                    if self.replay.strict:
+                        self._diverge(step, op, point, target)
+                    choice = next((c for c in cands if c > target), cands[0])
+        if choice != default:
+            self._record(op, point, choice)
+        m.store64(st.step_off, step + 1)
+        if choice == me:
+            m.store32(st.state_off[me], RUNNABLE)
+            return
+        m.fetch_add64(st.switches_off, 1)
+        cpu.trace(_EV_SWITCH, choice)
+        m.store32(st.token_off, choice)
+        m.fetch_add32(st.turn_off[choice], 1)
+        m.futex_wake(st.turn_off[choice], 1)
+        if state == EXITED:
+            return
+        self._wait_turn()
+        if not self.free:
+            m.store32(st.state_off[me], RUNNABLE)
+
+    def _wait_turn(self) -> None:
+        st, m, me = self.st, self.mem, self.me
+        turn = st.turn_off[me]
+        while True:
+            seq = m.load32(turn)
+            if m.load32(st.mode_off) != CONTROLLED:
+                self.free = True
+                return
+            if m.load32(st.token_off) == me:
+                return
+            m.futex_wait(turn, seq, TURN_TIMEOUT_S)
+
+    def _record(self, op: int, point: int, target: int) -> None:
+        st, m, me = self.st, self.mem, self.me
+        n = self.ndev
+        if n >= st.capacity:
+            m.store32(st.overflow_off[me], 1)
+            return
+        base = st.dev_off[me] + n * DEVIATION.itemsize
+        m.store32(base, op)
+        m.store32(base + 4, point)
+        m.store32(base + 8, target)
+        self.ndev = n + 1
+        m.store32(st.ndev_off[me], n + 1)
+
+    def _diverge(self, step: int, op: int, point: int, target: int, unreached: bool = False) -> None:
+        st, m = self.st, self.mem
+        lay = st.seg.layout
+        if m.cmpxchg32(st.diverged_off, 0, 1) == 0:
+            m.store64(lay.offset("control", 0, "div_step"), step)
+            for f, v in (("div_slot", self.me), ("div_op", op), ("div_point", point), ("div_target", target),
+                         ("div_unreached", int(unreached))):
+                m.store32(lay.offset("control", 0, f), v)
+            self.cpu.machine.request_stop()
+
+    def _check_consumed(self) -> None:
+        """A strict replay whose CPU leaves with preemptions it never reached has diverged."""
+        if not self.table or not self.replay.strict or self.consumed >= len(self.table):
+            return
+        op, point = min(set(self.table) - self.used)
+        self._diverge(self.mem.load64(self.st.step_off), op, point, self.table[(op, point)], unreached=True)
+
+    def _wedge(self, why: str) -> None:
+        """Nothing can run: report it once, then wait to be killed (or set free)."""
+        st, m, cpu = self.st, self.mem, self.cpu
+        if m.cmpxchg32(st.wedged_off, 0, 1) == 0:
+            from stress.watchdog import Watchdog
+
+            w = cpu.ctx
+            names = [o.name for o in w.scenario.operations(w.policy)] if w is not None else []
+            wd = Watchdog(cpu.machine, 0, names)
+            waits = []
+            for i in range(st.nparts):
+                state = m.load32(st.state_off[i])
+                who = "grace-period kthread" if i == st.nparts - 1 else f"cpu {i}"
+                if state == EXITED:
+                    continue
+                wait = int(cpu.machine.cpus["waiting_on"][i])
+                what = wd.describe_wait(wait) if wait else ("nothing (idle)" if i == st.nparts - 1 else
+                                                           "a word it did not name")
+                owners = wd.owners_of(wait) if wait else []
+                held = f" held by cpu {','.join(map(str, owners))}" if owners else ""
+                waits.append(f"{who} waits for {what}{held}")
+            cpu.report("deadlock", f"{why}: " + "; ".join(waits),
+                       cpus=[wd.cpu_state(i) for i in range(st.nparts - 1)], locks_held=wd.held_locks())
+            cpu.machine.request_stop()
+        turn = st.turn_off[self.me]
+        while m.load32(st.mode_off) == CONTROLLED:
+            m.futex_wait(turn, m.load32(turn), TURN_TIMEOUT_S)
+        self.free = True

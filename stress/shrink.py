@@ -1,0 +1,185 @@
+"""Shrinking a failing (program, schedule) to a smaller one that fails with the same kind.
+
+Operations and preemptions shrink together.  A preemption is anchored at
+(operation index, point within the operation) of the CPU that takes it, so
+removing operations of a CPU drops the preemptions inside them and renumbers
+the later ones; every candidate is replayed leniently (a preemption that no
+longer fits goes to the nearest runnable CPU), and a candidate that still
+fails is replaced by what it actually ran: the operations it executed and
+the preemptions it took.  Passes, until nothing changes (delta debugging,
+Zeller's ddmin, chunk sizes halving): remove operations, remove preemptions,
+lower arguments to 0.  The result is replayed strictly once and written as a
+new report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from stress.replay import replay
+from stress.runner import RunResult, UsageError
+
+Devs = list[list[list[int]]]
+
+
+@dataclass
+class Candidate:
+    program: list[list[list]]
+    first: int
+    deviations: Devs
+
+    @property
+    def ops(self) -> int:
+        return sum(len(p) for p in self.program)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(len(d) for d in self.deviations)
+
+    def schedule(self) -> dict:
+        return {"first": self.first, "deviations": self.deviations}
+
+    def without_ops(self, cpu: int, start: int, n: int) -> Candidate:
+        prog = [list(p) for p in self.program]
+        del prog[cpu][start : start + n]
+        devs = [list(d) for d in self.deviations]
+        if cpu < len(devs):
+            devs[cpu] = [[op - n if op >= start + n else op, pt, t] for op, pt, t in devs[cpu]
+                         if not start <= op < start + n]
+        return Candidate(prog, self.first, devs)
+
+    def without_devs(self, cpu: int, start: int, n: int) -> Candidate:
+        devs = [list(d) for d in self.deviations]
+        del devs[cpu][start : start + n]
+        return Candidate(self.program, self.first, devs)
+
+
+@dataclass
+class ShrinkResult:
+    kind: str
+    before: Candidate
+    after: Candidate
+    runs: int
+    seconds: float
+    final: RunResult
+    log: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        b, a = self.before, self.after
+        per = lambda c: "+".join(str(len(p)) for p in c.program)  # noqa: E731
+        return (f"shrunk [{self.kind}]: program {b.ops} ops ({per(b)}) -> {a.ops} ({per(a)}), "
+                f"preemptions {b.preemptions} -> {a.preemptions}, {self.runs} runs in {self.seconds:.1f}s")
+
+
+class Shrinker:
+    def __init__(self, report: dict, kind: str | None = None, max_runs: int = 2000,
+                 say: Callable[[str], None] | None = None, policy_modules=()):
+        self.report = report
+        kinds = [f["kind"] for f in report["findings"]]
+        if not kinds:
+            raise UsageError("the report has no finding to shrink")
+        if kind is not None and kind not in kinds:
+            raise UsageError(f"the report has no {kind} finding (it has: {', '.join(sorted(set(kinds)))})")
+        self.kind = kind or kinds[0]
+        self.max_runs = max_runs
+        self.runs = 0
+        self.say = say or (lambda s: None)
+        self.policy_modules = policy_modules
+
+    def _try(self, c: Candidate) -> Candidate | None:
+        """The candidate as it ran, if it still fails with the kind; else None."""
+        self.runs += 1
+        r = replay(self.report, strict=False, program=c.program, schedule=c.schedule(),
+                   policy_modules=self.policy_modules)
+        if r.exit_code not in (0, 1) or self.kind not in r.kinds:
+            return None
+        s = r.report["schedule"]
+        return Candidate(r.report["program"], s["first"], s["deviations"])
+
+    def _budget(self) -> bool:
+        return self.runs < self.max_runs
+
+    def _pass_ops(self, c: Candidate) -> Candidate:
+        for cpu in range(len(c.program)):
+            n = max(1, len(c.program[cpu]) // 2)
+            while n >= 1 and self._budget():
+                i = 0
+                while i < len(c.program[cpu]) and self._budget():
+                    got = self._try(c.without_ops(cpu, i, n))
+                    if got is not None and (got.ops, got.preemptions) < (c.ops, c.preemptions):
+                        c = got
+                    else:
+                        i += n
+                n //= 2
+        return c
+
+    def _pass_devs(self, c: Candidate) -> Candidate:
+        for cpu in range(len(c.deviations)):
+            n = max(1, len(c.deviations[cpu]) // 2)
+            while n >= 1 and self._budget():
+                i = 0
+                while i < len(c.deviations[cpu]) and self._budget():
+                    got = self._try(c.without_devs(cpu, i, n))
+                    if got is not None and (got.preemptions, got.ops) < (c.preemptions, c.ops):
+                        c = got
+                    else:
+                        i += n
+                n //= 2
+        return c
+
+    def _pass_args(self, c: Candidate) -> Candidate:
+        for cpu, steps in enumerate(c.program):
+            for i in range(len(steps)):
+                if not self._budget() or i >= len(c.program[cpu]):
+                    break
+                step = c.program[cpu][i]
+                if not any(step[1:]):
+                    continue
+                prog = [list(p) for p in c.program]
+                prog[cpu][i] = [step[0]] + [0] * (len(step) - 1)
+                got = self._try(Candidate(prog, c.first, c.deviations))
+                if got is not None and got.ops <= c.ops and got.preemptions <= c.preemptions:
+                    c = got
+        return c
+
+    def shrink(self) -> tuple[Candidate, Candidate]:
+        r = self.report
+        start = Candidate(r["program"], int(r["schedule"].get("first", 0)), r["schedule"]["deviations"])
+        c = self._try(start)
+        if c is None:
+            raise UsageError(f"the report's program and schedule do not fail with {self.kind} "
+                             f"when replayed: nothing to shrink")
+        self.say(f"start: {start.ops} ops, {start.preemptions} preemptions; as run: {c.ops} ops, "
+                 f"{c.preemptions} preemptions")
+        while self._budget():
+            before = (c.ops, c.preemptions, c.program)
+            c = self._pass_ops(c)
+            c = self._pass_devs(c)
+            c = self._pass_args(c)
+            self.say(f"pass: {c.ops} ops, {c.preemptions} preemptions ({self.runs} runs)")
+            if (c.ops, c.preemptions, c.program) == before:
+                break
+        return start, c
+
+
+def shrink(report: dict, *, kind: str | None = None, max_runs: int = 2000, json_path: str | None = None,
+           say: Callable[[str], None] | None = None, policy_modules=()) -> ShrinkResult:
+    """Shrink a report's failure; the smallest one is replayed strictly and written to json_path."""
+    t0 = time.monotonic()
+    s = Shrinker(report, kind, max_runs, say, policy_modules)
+    before, after = s.shrink()
+    final = replay(report, strict=True, program=after.program, schedule=after.schedule(),
+                   json_path=json_path, policy_modules=policy_modules)
+    s.runs += 1
+    if s.kind not in final.kinds:
+        raise UsageError("the shrunk program and schedule did not fail again when replayed strictly")
+    res = ShrinkResult(s.kind, before, after, s.runs, time.monotonic() - t0, final)
+    final.report["shrunk_from"] = {"ops": before.ops, "preemptions": before.preemptions,
+                                   "runs": s.runs, "seed": report.get("seed")}
+    if json_path:
+        from stress.report import write_json
+
+        write_json(json_path, final.report)
+    return res

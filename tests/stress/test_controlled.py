@@ -1,0 +1,190 @@
+"""The controlled scheduler: determinism, replay, divergence, shrinking, deadlock detection."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from stress.cli import main
+from stress.replay import mismatch, replay
+from stress.runner import run
+from stress.shrink import shrink
+
+
+def cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's own errors
+        return int(e.code)
+
+
+def _run(scenario, policy, **k):
+    k.setdefault("progress", "off")
+    return run(scenario, policy, cpus=2, **k)
+
+
+@pytest.mark.parametrize("scheduler", ["random", "pct"])
+@pytest.mark.parametrize("scenario,policy", [("rcu", "rcu"), ("refcount", "nonatomic_inc"),
+                                             ("percpu_ref", "percpu_ref")])
+def test_same_seed_gives_the_same_findings_and_schedule(scenario, policy, scheduler):
+    a = _run(scenario, policy, ops=200, seed=5, scheduler=scheduler)
+    b = _run(scenario, policy, ops=200, seed=5, scheduler=scheduler)
+    assert [f.to_json() | {"trace": None} for f in a.findings] == [f.to_json() | {"trace": None} for f in b.findings]
+    assert a.report["schedule"] == b.report["schedule"]
+    assert a.report["program"] == b.report["program"]
+    assert a.report["schedule"]["steps"] > 0
+
+
+def test_another_seed_gives_another_schedule():
+    a = _run("rcu", "rcu", ops=100, seed=1, scheduler="random")
+    b = _run("rcu", "rcu", ops=100, seed=2, scheduler="random")
+    assert a.report["schedule"]["deviations"] != b.report["schedule"]["deviations"]
+
+
+def test_the_grace_period_kthread_is_a_scheduled_cpu():
+    r = _run("rcu", "rcu", ops=100, seed=3, scheduler="random")
+    gp = r.report["cpus"]
+    assert r.report["grace_periods"] > 0
+    assert r.report["callbacks"] > 0
+    assert r.report["schedule"]["deviations"][gp], "the kthread takes scheduling decisions too"
+
+
+def test_pct_records_its_parameters_and_bound():
+    r = _run("rcu", "rcu", ops=50, seed=7, scheduler="pct", pct_depth=4, pct_steps=100)
+    s = r.report["schedule"]
+    assert s["strategy"] == "pct" and s["depth"] == 4 and s["k"] == 100
+    assert len(s["change_points"]) == 3
+    assert sorted(s["priorities"]) == [4, 5, 6]
+    assert s["bound"] == "1/(3*100^3)"
+
+
+def test_a_minimal_schedule_reproduces_a_race():
+    """busted_spin_lock: cpu0 passes the test, cpu1 takes the lock, cpu0 sets it too."""
+    program = [[["increment", 0]], [["increment", 0]]]
+    schedule = {"first": 0, "deviations": [[[0, 0, 1]], [[0, 1, 0]], []]}
+    r = _run("spinlock", "busted", program=program, schedule=schedule)
+    assert r.findings[0].kind == "invariant"
+    assert "mutual exclusion broken" in r.findings[0].message
+    assert r.report["schedule"]["deviations"] == schedule["deviations"]
+    assert "#1 switch -> cpu 1" in r.findings[0].trace
+
+
+def test_no_preemption_no_race():
+    program = [[["increment", 0]], [["increment", 0]]]
+    r = _run("spinlock", "busted", program=program, schedule={"first": 0, "deviations": [[], [], []]})
+    assert r.findings == []
+    assert r.report["schedule"]["switches"] >= 1
+
+
+def test_the_scheduler_names_a_deadlock_when_every_cpu_blocks():
+    program = [[["increment_pair", 0, 0, 1]], [["increment_pair", 0, 0, 0]]]
+    r = _run("mutex", "abba", program=program, schedule={"first": 0, "deviations": [[[0, 0, 1]], [], []]})
+    assert [f.kind for f in r.findings] == ["deadlock"]
+    msg = r.findings[0].message
+    assert msg.startswith("deadlock: every CPU is blocked")
+    assert "cpu 0 waits for mutex_lock" in msg and "held by cpu 1" in msg
+    assert r.exit_code == 1
+
+
+def _failing_report(tmp_path, scenario="refcount", policy="nonatomic_inc", ops=300):
+    path = tmp_path / "r.json"
+    r = _run(scenario, policy, ops=ops, seed=0, scheduler="random", json_path=str(path))
+    assert r.findings
+    return json.loads(path.read_text()), path
+
+
+def test_a_schedule_that_does_not_fit_is_divergent(tmp_path):
+    report, _ = _failing_report(tmp_path)
+    bad = copy.deepcopy(report)
+    bad["schedule"]["deviations"][0].insert(0, [0, 999, 1])
+    r = replay(bad)
+    assert r.exit_code == 2
+    assert "operation 0 point 999" in r.report["diverged"]["message"]
+    bad = copy.deepcopy(report)
+    bad["schedule"]["steps"] += 5
+    r = replay(bad)
+    assert r.exit_code == 2
+    assert "scheduling decisions" in r.report["diverged"]["message"]
+
+
+def test_a_replay_that_finds_something_else_is_a_mismatch(tmp_path):
+    report, _ = _failing_report(tmp_path)
+    r = replay(report)
+    assert mismatch(report, r) is None
+    other = copy.deepcopy(report)
+    other["findings"][0]["message"] = "something else"
+    assert "the report says" in mismatch(other, r)
+
+
+def test_shrink_reduces_50_operations_to_at_most_10(tmp_path):
+    report, path = _failing_report(tmp_path, "spinlock", "abba")
+    before = sum(len(p) for p in report["program"])
+    assert before >= 50
+    out = tmp_path / "small.json"
+    res = shrink(report, json_path=str(out))
+    assert res.kind == "deadlock"
+    assert res.after.ops <= 10
+    assert res.after.preemptions <= res.before.preemptions
+    small = json.loads(out.read_text())
+    assert small["findings"][0]["kind"] == "deadlock"
+    assert small["shrunk_from"]["ops"] == before
+    assert sum(len(p) for p in small["program"]) == res.after.ops
+    assert mismatch(small, replay(small)) is None, "the shrunk report replays strictly"
+    assert "->" in res.summary()
+
+
+def test_cli_replay_shrink_and_their_bad_input(tmp_path, capsys):
+    _, path = _failing_report(tmp_path, "seqcount", "no_retry")
+    assert main(["replay", str(path), "--times", "3", "-q"]) == 1
+    assert "reproduced 3/3" in capsys.readouterr().out
+    small = tmp_path / "s.json"
+    assert main(["shrink", str(path), "--json", str(small), "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "shrunk [invariant]" in out and f"mmtorture replay {small}" in out
+    free = tmp_path / "free.json"
+    _run("rcu", "rcu", ops=50, seed=0, json_path=str(free))
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    for argv, msg in [
+        (["replay", str(free)], "only controlled runs"),
+        (["replay", str(corrupt)], "is not a JSON report"),
+        (["replay", str(tmp_path / "missing.json")], "no such report"),
+        (["shrink", str(free)], "only controlled runs"),
+        (["replay", str(path), "--times", "0"], "positive integer"),
+    ]:
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    clean = tmp_path / "clean.json"
+    _run("rcu", "rcu", ops=50, seed=0, scheduler="pct", json_path=str(clean))
+    assert main(["shrink", str(clean)]) == 2
+    assert "no finding to shrink" in capsys.readouterr().err
+
+
+def test_bad_programs_are_one_line_errors(tmp_path, capsys):
+    report, path = _failing_report(tmp_path, "seqcount", "no_retry")
+    for mutate, msg in [
+        (lambda r: r["program"][0].append(["nope"]), "unknown operation 'nope'"),
+        (lambda r: r["program"][0].append(["read", 3]), "takes 0 argument"),
+        (lambda r: r["program"].append([]), "is for 3 CPUs"),
+        (lambda r: r["schedule"]["deviations"][0].append([0, 0, 9]), "switches to cpu 9"),
+    ]:
+        bad = copy.deepcopy(report)
+        mutate(bad)
+        p = tmp_path / "bad.json"
+        p.write_text(json.dumps(bad))
+        assert main(["replay", str(p)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_hunt_catches_mutants_under_pct(capsys, tmp_path):
+    out = tmp_path / "hunt.json"
+    assert main(["hunt", "--scenario", "context", "--max-seeds", "20", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3/3 mutants caught" in text and "context/double_free" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["mutant"] for r in rows} == {"sync_in_rcu", "double_free", "leak"}
+    assert all(r["caught"] in r["expected"].split(" or ") and r["seeds"] >= 1 for r in rows)
