@@ -32,7 +32,7 @@ class HuntRow:
         return asdict(self)
 
 
-def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: int = 500, ops: int = 10,
+def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: int = 1000, ops: int = 40,
              cpus: int = 2, first_seed: int = 0, depth: int = 3, policy_modules=()) -> HuntRow:
     t0 = time.monotonic()
     k = 0
@@ -52,7 +52,7 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
                    round(time.monotonic() - t0, 3))
 
 
-def hunt(*, scenario: str | None = None, max_seeds: int = 500, ops: int = 10, cpus: int = 2,
+def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
          depth: int = 3, say: Callable[[str], None] | None = None, policy_modules=()) -> list[HuntRow]:
     rows = []
     for sc in scenarios().values():
