@@ -101,33 +101,29 @@ class Shrinker:
     def _budget(self) -> bool:
         return self.runs < self.max_runs
 
-    def _pass_ops(self, c: Candidate) -> Candidate:
-        for cpu in range(len(c.program)):
-            n = max(1, len(c.program[cpu]) // 2)
+    def _ddmin(self, c: Candidate, lists: Callable[[Candidate], list[list]],
+               remove: Callable[[Candidate, int, int, int], Candidate],
+               size: Callable[[Candidate], tuple[int, int]]) -> Candidate:
+        """Remove chunks (halving in size) of each CPU's list while the failure stays."""
+        for cpu in range(len(lists(c))):
+            n = max(1, len(lists(c)[cpu]) // 2)
             while n >= 1 and self._budget():
                 i = 0
-                while i < len(c.program[cpu]) and self._budget():
-                    got = self._try(c.without_ops(cpu, i, n))
-                    if got is not None and (got.ops, got.preemptions) < (c.ops, c.preemptions):
+                while i < len(lists(c)[cpu]) and self._budget():
+                    got = self._try(remove(c, cpu, i, n))
+                    if got is not None and size(got) < size(c):
                         c = got
                     else:
                         i += n
                 n //= 2
         return c
 
+    def _pass_ops(self, c: Candidate) -> Candidate:
+        return self._ddmin(c, lambda x: x.program, Candidate.without_ops, lambda x: (x.ops, x.preemptions))
+
     def _pass_devs(self, c: Candidate) -> Candidate:
-        for cpu in range(len(c.deviations)):
-            n = max(1, len(c.deviations[cpu]) // 2)
-            while n >= 1 and self._budget():
-                i = 0
-                while i < len(c.deviations[cpu]) and self._budget():
-                    got = self._try(c.without_devs(cpu, i, n))
-                    if got is not None and (got.preemptions, got.ops) < (c.preemptions, c.ops):
-                        c = got
-                    else:
-                        i += n
-                n //= 2
-        return c
+        return self._ddmin(c, lambda x: x.deviations, Candidate.without_devs,
+                           lambda x: (x.preemptions, x.ops))
 
     def _pass_args(self, c: Candidate) -> Candidate:
         for cpu, steps in enumerate(c.program):

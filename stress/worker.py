@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from policies import World, get_scenario, load_module
@@ -101,17 +102,33 @@ def _flush(stats, done: int, opcounts: list[int], counts: list[int]) -> None:
     stats[STAT_COUNTERS : STAT_COUNTERS + len(counts)] = counts
 
 
-def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
-    """Entry point of a worker CPU process."""
+def _process(spec: ProcessSpec, cpu_id: int, what: str, controlled: bool,
+             run: Callable[[World], None]) -> None:
+    """What every process of a run does around its work: signals, attach, status, the
+    scheduler's begin and exit, and any exception turned into a cpu-crash finding."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(spec.parent)
     w = None
     try:
-        w = open_world(spec, cpu_id)
+        w = open_world(spec, cpu_id, controlled)
         machine, mem = w.machine, w.machine.mem
         mem.store32(machine.cpu_off(cpu_id, "pid"), os.getpid())
         _set_status(machine, cpu_id, "running")
+        run(w)
+        w.cpu.sched.exit(w.cpu)
+        _set_status(machine, cpu_id, "done")
+        mem.futex_wake(machine.stop_off, -1)  # the runner watches this word: it sees the end at once
+    except BaseException as e:  # noqa: BLE001 - every exception is a finding
+        _crash(w, f"{what} crashed", e)
+        raise SystemExit(1) from None
+
+
+def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
+    """Entry point of a worker CPU process."""
+
+    def run(w: World) -> None:
+        machine, mem = w.machine, w.machine.mem
         ops = w.scenario.operations(w.policy)
         if len(ops) > STAT_COUNTERS - STAT_OPS or len(w.counts) > NSTATS - STAT_COUNTERS:
             raise ValueError("too many operations or counters for the stat area")
@@ -121,12 +138,8 @@ def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
             mem.futex_wait(machine.go_off, 0, 0.2)
         w.cpu.sched.begin(w.cpu)
         _run(w, ops, spec)
-        w.cpu.sched.exit(w.cpu)
-        _set_status(machine, cpu_id, "done")
-        mem.futex_wake(machine.stop_off, -1)  # the runner watches this word: it sees the end at once
-    except BaseException as e:  # noqa: BLE001 - every exception is a finding
-        _crash(w, f"cpu {cpu_id} crashed", e)
-        raise SystemExit(1) from None
+
+    _process(spec, cpu_id, f"cpu {cpu_id}", False, run)
 
 
 def _run(w: World, ops, spec: ProcessSpec) -> None:
@@ -161,18 +174,9 @@ def _run(w: World, ops, spec: ProcessSpec) -> None:
 
 def gp_main(spec: ProcessSpec, cpu_id: int) -> None:
     """Entry point of the grace-period kthread process (a scheduled CPU under control)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    die_with_parent(spec.parent)
-    w = None
-    try:
-        w = open_world(spec, cpu_id, controlled=spec.sched_segment is not None)
-        w.machine.mem.store32(w.machine.cpu_off(cpu_id, "pid"), os.getpid())
-        _set_status(w.machine, cpu_id, "running")
+
+    def run(w: World) -> None:
         w.cpu.sched.begin(w.cpu)
         w.machine.rcu.kthread(w.cpu, parent=spec.parent)
-        w.cpu.sched.exit(w.cpu)
-        _set_status(w.machine, cpu_id, "done")
-    except BaseException as e:  # noqa: BLE001
-        _crash(w, "grace-period kthread crashed", e)
-        raise SystemExit(1) from None
+
+    _process(spec, cpu_id, "grace-period kthread", spec.sched_segment is not None, run)

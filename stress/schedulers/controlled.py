@@ -76,10 +76,8 @@ SLOT = np.dtype(
         ("watch_val", "<i8"),
         ("timed", "<i4"),
         ("ndev", "<i4"),
-        ("consumed", "<i4"),
         ("overflow", "<i4"),
         ("prio", "<i8"),
-        ("points", "<i8"),
     ],
     align=True,
 )
@@ -129,10 +127,8 @@ class SchedState:
         self.wval_off = [s(i, "watch_val") for i in n]
         self.timed_off = [s(i, "timed") for i in n]
         self.ndev_off = [s(i, "ndev") for i in n]
-        self.consumed_off = [s(i, "consumed") for i in n]
         self.overflow_off = [s(i, "overflow") for i in n]
         self.prio_off = [s(i, "prio") for i in n]
-        self.points_off = [s(i, "points") for i in n]
         self.dev_off = [lay.offset("dev", i * self.capacity) for i in n]
 
     @classmethod
@@ -173,8 +169,6 @@ class SchedState:
             "switches": int(c["switches"]),
             "complete": not bool(self.slots["overflow"].any()),
             "wedged": bool(c["wedged"]),
-            "consumed": [int(x) for x in self.slots["consumed"]],
-            "points": [int(x) for x in self.slots["points"]],
         }
 
     def dissolve(self) -> None:
@@ -258,7 +252,6 @@ class ControlledScheduler(OsScheduler):
         self.op = -1
         self.point = 0
         self.table = self.replay.deviations[self.me] if self.replay else None
-        self.consumed = 0
         self.used: set[tuple[int, int]] = set()
         self.ndev = 0
         self.worker_slots = range(st.nparts - 1)
@@ -325,7 +318,6 @@ class ControlledScheduler(OsScheduler):
         op, point = self.op, self.point
         self.point = point + 1
         m.store32(st.state_off[me], state)
-        m.fetch_add64(st.points_off[me], 1)
         strong: list[int] = []
         weak: list[int] = []
         timed: list[int] = []
@@ -374,8 +366,6 @@ class ControlledScheduler(OsScheduler):
             target = table.get((op, point))
             if target is not None:
                 self.used.add((op, point))
-                self.consumed += 1
-                m.store32(st.consumed_off[me], self.consumed)
                 if target in cands:
                     choice = target
                 else:
@@ -436,7 +426,7 @@ class ControlledScheduler(OsScheduler):
 
     def _check_consumed(self) -> None:
         """A strict replay whose CPU leaves with preemptions it never reached has diverged."""
-        if not self.table or not self.replay.strict or self.consumed >= len(self.table):
+        if not self.table or not self.replay.strict or len(self.used) >= len(self.table):
             return
         op, point = min(set(self.table) - self.used)
         self._diverge(self.mem.load64(self.st.step_off), op, point, self.table[(op, point)], unreached=True)

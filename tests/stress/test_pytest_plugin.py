@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 pytest_plugins = ["pytester"]
 
 TESTS = '''
@@ -45,7 +43,6 @@ def test_plugin_soak_runs_when_asked(pytester):
     res.assert_outcomes(passed=2)
 
 
-@pytest.mark.skipif(not pytest.importorskip("xdist"), reason="pytest-xdist")
 def test_plugin_under_xdist(pytester):
     _make(pytester, "random")
     res = pytester.runpytest_subprocess("-n", "2", "--mmtorture-seed", "4242", "--mmtorture-scheduler",
