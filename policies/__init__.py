@@ -21,6 +21,7 @@ _BUILTIN = (
     "policies.primitives.seqcount",
     "policies.primitives.percpu_ref",
     "policies.primitives.context",
+    "policies.vma_lookup",
 )
 _loaded = False
 

@@ -46,6 +46,7 @@ class Policy:
     mutant: bool = False
     expect: tuple[str, ...] = ()
     source: str = ""
+    twin: str = ""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.expect if k not in KINDS]
@@ -63,7 +64,7 @@ def mutant(correct: Policy, name: str, expect: tuple[str, ...] | str, source: st
     if isinstance(expect, str):
         expect = (expect,)
     return dataclasses.replace(correct, name=name, mutant=True, expect=expect, source=source,
-                               doc=doc, **ops)
+                               doc=doc, twin=correct.name, **ops)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,15 @@ class Scenario:
     def stat_text(self, counters: dict[str, int]) -> str:
         """Extra text for the periodic stat line."""
         return ""
+
+    def litmus(self, policy: Policy) -> list | None:
+        """A small program (per CPU, [operation, arg...]) in which `policy`'s bug is reachable.
+
+        Like a litmus test: the program is fixed and the controlled scheduler
+        searches its interleavings.  For a mutant whose race a generated
+        program reaches too rarely; its correct twin must pass the same
+        program under every schedule."""
+        return None
 
     # -- registry helpers -------------------------------------------------
     def policy(self, name: str | None) -> Policy:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from shm.events import ARG_MASK, EV, KIND_INDEX, SEQ_MASK, TRACE_MASK
+from shm.locks import WAIT_IPI, WAIT_SHIFT
 from shm.sched import OsScheduler, Scheduler
 
 if TYPE_CHECKING:
@@ -21,6 +23,11 @@ if TYPE_CHECKING:
 _EV_FINDING = EV["finding"]
 _EV_OP_BEGIN = EV["op-begin"]
 _EV_OP_END = EV["op-end"]
+_EV_IRQ_OFF = EV["irq-off"]
+_EV_IRQ_ON = EV["irq-on"]
+_EV_IPI = EV["ipi"]
+
+IRQS_ON, IRQS_OFF, IPI_DELIVERING = 0, 1, 2
 
 
 class Cpu:
@@ -51,6 +58,8 @@ class Cpu:
         self._hb_off = machine.cpu_off(cpu_id, "heartbeat")
         self._irq_off = machine.cpu_off(cpu_id, "irqs_disabled")
         self.waiting_off = machine.cpu_off(cpu_id, "waiting_on")
+        self.wait_ns_off = machine.cpu_off(cpu_id, "wait_ns")
+        self.wait_since = 0
         self.set_scheduler(sched or OsScheduler())
 
     def set_scheduler(self, sched: Scheduler) -> None:
@@ -103,10 +112,19 @@ class Cpu:
         self.preempt_count -= 1
 
     def local_irq_disable(self) -> None:
+        """Interrupts off: from here until local_irq_enable no IPI is taken on this CPU.
+
+        The per-CPU word doubles as the IPI handshake: 0 enabled, IRQS_OFF
+        disabled by this CPU, IPI_DELIVERING while another CPU runs an IPI
+        function on this CPU's behalf (so disabling waits for that to end)."""
         self.irqs_disabled += 1
         if self.irqs_disabled == 1:
-            self.mem.store32(self._irq_off, 1)
-            self.trace(EV["irq-off"])
+            mem, off = self.mem, self._irq_off
+            attempt = 0
+            while (v := mem.cmpxchg32(off, IRQS_ON, IRQS_OFF)) != IRQS_ON:
+                self.sched.spin(self, attempt, mem, off, v)
+                attempt += 1
+            self.trace(_EV_IRQ_OFF)
 
     def local_irq_enable(self) -> None:
         if self.irqs_disabled <= 0:
@@ -114,8 +132,42 @@ class Cpu:
             return
         self.irqs_disabled -= 1
         if self.irqs_disabled == 0:
-            self.mem.store32(self._irq_off, 0)
-            self.trace(EV["irq-on"])
+            self.mem.store32(self._irq_off, IRQS_ON)
+            self.trace(_EV_IRQ_ON)
+
+    def smp_call_function_many(self, targets: Iterable[int], func: Callable[[int, Any], None],
+                               arg: Any = None) -> None:
+        """smp_call_function_many(..., wait=true): func(target, arg) runs for every target CPU,
+        and this returns once each has acknowledged.
+
+        An IPI is taken only while the target has interrupts enabled: the
+        sender waits on the target's irq word (a CPU inside local_irq_disable
+        does not acknowledge), which is what fast GUP and the hardware walker
+        rely on.  The handler runs in the sender's process on the target's
+        shared state (its TLB), since a blocked process cannot run code; what
+        the handler may touch is the target's shared memory only."""
+        if self.irqs_disabled:
+            self.report("invalid-context", "smp_call_function_many() with irqs disabled (can deadlock)")
+        mem = self.mem
+        machine = self.machine
+        for t in targets:
+            if t == self.id:
+                func(t, arg)
+                continue
+            off = machine.cpu_off(t, "irqs_disabled")
+            attempt = 0
+            while (v := mem.cmpxchg32(off, IRQS_ON, IPI_DELIVERING)) != IRQS_ON:
+                if attempt == 0:
+                    mem.store64(self.waiting_off, (WAIT_IPI << WAIT_SHIFT) | t)
+                self.sched.spin(self, attempt, mem, off, v)
+                attempt += 1
+            if attempt:
+                mem.store64(self.waiting_off, 0)
+            try:
+                func(t, arg)
+            finally:
+                mem.store32(off, IRQS_ON)
+            self.trace(_EV_IPI, t)
 
     # -- operations ------------------------------------------------------
     def op_begin(self, op: int) -> None:

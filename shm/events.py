@@ -53,6 +53,8 @@ EVENTS = (
     "srcu-unlock",
     "refcount",
     "switch",
+    "ipi",
+    "tlb-flush",
 )
 EV = {name: i for i, name in enumerate(EVENTS)}
 

@@ -14,6 +14,7 @@ the watchdog a wait-for graph: a cycle is a deadlock, found as it forms.
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,7 +43,7 @@ SEQCOUNT = np.dtype([("sequence", "<i4")], align=True)
 LOCK_DTYPES = {SPINLOCK: "spinlock", MUTEX: "mutex", RWSEM: "rwsem"}
 
 # What a waiting CPU publishes: (what << 40) | address.
-WAIT_SPIN, WAIT_MUTEX, WAIT_READ, WAIT_WRITE, WAIT_VAR, WAIT_GP = 1, 2, 3, 4, 5, 6
+WAIT_SPIN, WAIT_MUTEX, WAIT_READ, WAIT_WRITE, WAIT_VAR, WAIT_GP, WAIT_IPI = 1, 2, 3, 4, 5, 6, 7
 WAIT_NAMES = {
     WAIT_SPIN: "spin_lock",
     WAIT_MUTEX: "mutex_lock",
@@ -50,6 +51,7 @@ WAIT_NAMES = {
     WAIT_WRITE: "down_write",
     WAIT_VAR: "wait_var_event",
     WAIT_GP: "grace period",
+    WAIT_IPI: "IPI acknowledgement",
 }
 WAIT_SHIFT = 40
 ADDR_MASK = (1 << WAIT_SHIFT) - 1
@@ -85,10 +87,12 @@ class Handle:
     def _begin_wait(self, cpu: Cpu, what: int) -> None:
         cpu.mem.store64(cpu.waiting_off, (what << WAIT_SHIFT) | self.addr)
         cpu.trace(_EV_BLOCK, self.addr)
+        cpu.wait_since = perf_counter_ns()
 
     @staticmethod
     def _end_wait(cpu: Cpu) -> None:
         cpu.mem.store64(cpu.waiting_off, 0)
+        cpu.mem.fetch_add64(cpu.wait_ns_off, perf_counter_ns() - cpu.wait_since)
 
     @staticmethod
     def _drop_held(cpu: Cpu, addr: int) -> None:

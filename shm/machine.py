@@ -54,7 +54,8 @@ CPU_STATE = np.dtype(
         ("waiting_on", "<i8"),
         ("step", "<i8"),
         ("stats", "<i8", (NSTATS,)),
-        ("pad", "<i8", (3,)),
+        ("wait_ns", "<i8"),
+        ("pad", "<i8", (2,)),
     ]
 )
 assert CPU_STATE.itemsize % 64 == 0

@@ -25,6 +25,7 @@ from shm.events import EV
 from shm.layout import Region
 from shm.locks import SPINLOCK, Spinlock
 from shm.refcount import Refcount
+from shm.slab import freelist_pop, freelist_push
 
 if TYPE_CHECKING:
     from shm.cpu import Cpu
@@ -147,6 +148,9 @@ class Pool:
     def field_off(self, pfn: int, field: str) -> int:
         return self.page0 + pfn * 128 + self._f[field]
 
+    def _next_off(self, pfn: int) -> int:
+        return self.page0 + pfn * 128 + self._f["lru_next"]
+
     def data_off(self, pfn: int, index: int = 0) -> int:
         return self.data0 + pfn * self.page_size + 8 * index
 
@@ -177,25 +181,17 @@ class Pool:
             if ppm and cpu.rng.random() * 1_000_000 < ppm:
                 return None
         waited = 0
-        while True:
-            h = mem.load64(self.head_off)
-            pfn = (h & 0xFFFFFFFF) - 1
-            if pfn < 0:
-                if not gfp & GFP_KERNEL or waited >= 25:
-                    if gfp & GFP_KERNEL:
-                        self._report_exhausted(cpu)
-                    return None
-                seq = mem.load32(self.freed_off)
-                mem.fetch_add32(self.waiters_off, 1)
-                if mem.load64(self.head_off) & 0xFFFFFFFF == 0:
-                    cpu.sched.block(cpu, mem, self.freed_off, seq, 0.02)
-                mem.fetch_sub32(self.waiters_off, 1)
-                waited += 1
-                continue
-            nxt = mem.load32(self.field_off(pfn, "lru_next"))
-            new = (((h >> 32) + 1) << 32) | (nxt + 1)
-            if mem.cmpxchg64(self.head_off, h, new) == h:
-                break
+        while (pfn := freelist_pop(mem, self.head_off, self._next_off)) < 0:
+            if not gfp & GFP_KERNEL or waited >= 25:
+                if gfp & GFP_KERNEL:
+                    self._report_exhausted(cpu)
+                return None
+            seq = mem.load32(self.freed_off)
+            mem.fetch_add32(self.waiters_off, 1)
+            if mem.load64(self.head_off) & 0xFFFFFFFF == 0:
+                cpu.sched.block(cpu, mem, self.freed_off, seq, 0.02)
+            mem.fetch_sub32(self.waiters_off, 1)
+            waited += 1
         f = self.page0 + pfn * 128
         fo = self._f
         if mem.cmpxchg32(f + fo["state"], PAGE_FREE, PAGE_ALLOCATED) != PAGE_FREE:
@@ -247,11 +243,7 @@ class Pool:
         mem.store32(f + fo["free_cpu"], cpu.id)
         mem.store32(f + fo["free_owner"], site)
         mem.store32(f + fo["state"], PAGE_FREE)
-        while True:
-            h = mem.load64(self.head_off)
-            mem.store32(f + fo["lru_next"], (h & 0xFFFFFFFF) - 1)
-            if mem.cmpxchg64(self.head_off, h, (((h >> 32) + 1) << 32) | (pfn + 1)) == h:
-                break
+        freelist_push(mem, self.head_off, self._next_off, pfn)
         mem.fetch_add32(self.nfree_off, 1)
         cpu.trace(_EV_FREE, pfn)
         if mem.load32(self.waiters_off):

@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--json", metavar="PATH", help="write the table as JSON here")
     hp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
     bp = sub.add_parser("bench", help="benchmarks (JSON output)")
-    bp.add_argument("what", choices=["primitives", "scheduler"], help="which benchmark")
+    bp.add_argument("what", choices=["primitives", "scheduler", "vma"], help="which benchmark")
     bp.add_argument("--json", metavar="PATH", help="write the results here")
+    bp.add_argument("--plot", metavar="PNG", help="vma: write the chart here")
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
     ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
     ip.add_argument("segment", help="a machine segment name (see /dev/shm/mmtorture-*-0)")
@@ -203,10 +204,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from stress.bench import bench_primitives, bench_scheduler
+    from stress.bench import bench_primitives, bench_scheduler, bench_vma
 
     check_json_path(args.json)
-    (bench_primitives if args.what == "primitives" else bench_scheduler)(args.json, quick=args.quick)
+    check_json_path(args.plot)
+    if args.plot and args.what != "vma":
+        raise UsageError("--plot is for `bench vma`")
+    if args.what == "vma":
+        bench_vma(args.json, quick=args.quick, plot=args.plot)
+    else:
+        (bench_primitives if args.what == "primitives" else bench_scheduler)(args.json, quick=args.quick)
     return EXIT_OK
 
 
@@ -282,8 +289,8 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     rows = hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
                 depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module)
     missed = [r for r in rows if r.caught is None]
-    print(f"hunt: {len(rows) - len(missed)}/{len(rows)} mutants caught under pct (depth {args.pct_depth}, "
-          f"{args.ops} ops per CPU, {args.cpus} CPUs)")
+    print(f"hunt: {len(rows) - len(missed)}/{len(rows)} mutants caught (pct depth {args.pct_depth} on generated "
+          f"programs of {args.ops} ops per CPU on {args.cpus} CPUs; random on litmus programs)")
     if args.json:
         write_json(args.json, {"schema": "mmtorture-hunt/1", "rows": [r.to_json() for r in rows]})
     print(end_line(bool(missed)))

@@ -27,6 +27,7 @@ from shm.locks import (
     ADDR_MASK,
     RWSEM_LOCKED,
     WAIT_GP,
+    WAIT_IPI,
     WAIT_MUTEX,
     WAIT_NAMES,
     WAIT_READ,
@@ -73,7 +74,7 @@ class Watchdog:
                 mask = self.machine.mems[seg].load64(off + 8)
                 out += [i for i in range(64) if mask >> i & 1]
             return out
-        if what == WAIT_GP and addr < self.machine.nslots:
+        if what in (WAIT_GP, WAIT_IPI) and addr < self.machine.nslots:
             return [addr]
         return []
 
@@ -85,6 +86,8 @@ class Watchdog:
         what, addr = wait >> WAIT_SHIFT, wait & ADDR_MASK
         if what == WAIT_GP:
             return f"a grace period (reader cpu {addr})" if addr < self.machine.nslots else "an SRCU grace period"
+        if what == WAIT_IPI:
+            return f"an IPI acknowledgement from cpu {addr} (its irqs are disabled)"
         return f"{WAIT_NAMES.get(what, what)} {self.machine.describe(addr)}"
 
     def held_locks(self) -> dict[str, list[str]]:

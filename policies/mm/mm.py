@@ -1,0 +1,241 @@
+"""mm_struct, and the model every mechanism shares: `MmModel`.
+
+`MmModel` is one process's handle on the modelled mm: its regions (mm_structs,
+the VMA cache, the index arrays, the TLBs, global counters) live in the
+scenario's segment; its page tables and pages live in the machine's page pool.
+A mechanism declares `mm_regions()` in its scenario, builds an `MmModel` in
+`attach`, and writes its policies against it.
+
+mm lifetime follows kernel/fork.c: mm_users counts the threads and the
+mmget() references of remote accessors (/proc/pid/mem, ptrace); the last
+mmput() runs exit_mmap(); mm_count keeps the struct itself.  mm 0 is the
+multi-threaded process whose threads the CPUs are; forked children are
+single-threaded and run under their task lock, one CPU at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from policies.mm.memory import ZERO_SITE, ZERO_STAMP, Memory
+from policies.mm.pgtable import Geometry, PageTables
+from policies.mm.tlb import TLB_ENTRY, TLB_SIZE, Tlb
+from policies.mm.vma import RESERVED, VM_DETACHED, VM_ZAPPED, VMA, VMA_INDEX, VmaTree
+from shm import GFP_KERNEL, MUTEX, RWSEM, SPINLOCK, Mutex, Refcount, Region, Rwsem, Spinlock
+from shm.events import address
+from shm.slab import KmemCache
+
+MM_FREE, MM_LIVE, MM_EXITED, MM_DEAD = 0, 1, 2, 3
+MM_STATES = ("free", "live", "exited", "dead")
+
+MM_STRUCT = np.dtype(
+    [
+        ("state", "<i4"),
+        ("gen", "<i4"),
+        ("mm_users", "<i4"),
+        ("mm_count", "<i4"),
+        ("nr_threads", "<i4"),
+        ("forking", "<i4"),
+        ("mm_lock_seq", "<i4"),
+        ("flags", "<i4"),
+        ("mmap_lock", RWSEM),
+        ("page_table_lock", SPINLOCK),
+        ("context_lock", SPINLOCK),
+        ("task_lock", MUTEX),
+        ("pgd", "<i8"),
+        ("index", "<i8"),
+        ("rss", "<i8"),
+        ("pgtable_bytes", "<i8"),
+        ("pgtable_list", "<i8"),
+    ],
+    align=True,
+)
+
+MM_STATS = np.dtype(
+    [
+        ("next_anon_vma", "<i4"),
+        ("zero_page", "<i4"),
+        ("zero_ref", "<i8"),
+        ("tlb_flushes", "<i8"),
+    ]
+)
+
+
+class MmModel(PageTables, VmaTree, Tlb, Memory):
+    """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables."""
+
+    @staticmethod
+    def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 64, index_slots: int = 48) -> list[Region]:
+        return [
+            Region("mm", MM_STRUCT, max_mms),
+            Region("mm_stats", MM_STATS),
+            Region("tlb", TLB_ENTRY, (ncpus + 2) * TLB_SIZE),
+            *KmemCache.regions("vma", VMA, vma_slots),
+            *KmemCache.regions("vma_index", VMA_INDEX, index_slots),
+        ]
+
+    def __init__(self, w, geometry: Geometry, typesafe_vmas: bool = False):
+        machine = w.machine
+        if w.pool.page_size < geometry.page_size_needed():
+            raise ValueError(f"geometry {geometry} needs pages of {geometry.page_size_needed()} bytes")
+        self.machine = machine
+        self.geometry = geometry
+        self.ncpus = w.ncpus
+        self.pool = w.pool
+        self.pmem = machine.mem
+        self.smem = w.mem
+        self.seg_index = w.seg_index
+        self.page_size = self.pool.page_size
+        self.pool_data0 = self.pool.data0
+        self.pmem_mm = w.mem
+        lay = w.seg.layout
+        self.mm_stride = lay.stride("mm")
+        self.mm0 = lay.offset("mm")
+        self.max_mms = lay.regions["mm"].count
+        self._mm_fields = {f: MM_STRUCT.fields[f][1] for f in MM_STRUCT.names}
+        self.pgd_field = self._mm_fields["pgd"]
+        self.page0 = self.pool.page0
+        self._stats = {f: lay.offset("mm_stats", 0, f) for f in MM_STATS.names}
+        self.tlb0 = lay.offset("tlb")
+        self.mms = w.seg.view("mm")
+        self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
+        self.index_cache = KmemCache(machine, w.seg_index, "vma_index")
+        self._locks: dict[tuple[str, int], object] = {}
+        self.zero_page = 0
+
+    # -- addresses and handles ---------------------------------------------------
+    def mm_off(self, mm: int, field: str) -> int:
+        return self.mm0 + mm * self.mm_stride + self._mm_fields[field]
+
+    def stats_off(self, name: str) -> int:
+        return self._stats[name]
+
+    def mm_id(self, mm: int) -> int:
+        return self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
+
+    def _lock(self, cls, field: str, mm: int):
+        key = (field, mm)
+        h = self._locks.get(key)
+        if h is None:
+            h = self._locks[key] = cls(self.machine, self.seg_index, self.mm_off(mm, field))
+        return h
+
+    def mmap_lock(self, mm: int) -> Rwsem:
+        return self._lock(Rwsem, "mmap_lock", mm)
+
+    def page_table_lock(self, mm: int) -> Spinlock:
+        return self._lock(Spinlock, "page_table_lock", mm)
+
+    def task_lock(self, mm: int) -> Mutex:
+        return self._lock(Mutex, "task_lock", mm)
+
+    def vma_refcount(self, vma: int) -> Refcount:
+        return Refcount(self.machine, self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
+
+    def vma_refcount_addr(self, vma: int) -> int:
+        return address(self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
+
+    def vma_lock(self, vma: int) -> Rwsem:
+        return Rwsem(self.machine, self.seg_index, self.vma_cache.off(vma, "vm_lock"))
+
+    def mm_state(self, mm: int) -> int:
+        return self.smem.load32(self.mm_off(mm, "state"))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.smem.fetch_add64(self._stats[name], n)
+
+    def attach(self) -> None:
+        self.zero_page = self.smem.load64(self._stats["zero_ref"])
+
+    # -- boot ---------------------------------------------------------------------
+    def setup(self, cpu, threads: int) -> None:
+        """The caches, the zero page and mm 0 with `threads` threads (the boot CPU)."""
+        self.vma_cache.init()
+        self.index_cache.init()
+        zero = self.pool.alloc_page(cpu, GFP_KERNEL, ZERO_SITE)
+        self.pmem.store64(self.pool.data_off(zero & 0xFFFFFF, 0), ZERO_STAMP)
+        self.smem.store64(self._stats["zero_ref"], zero)
+        self.zero_page = zero
+        self.mms["state"] = MM_FREE
+        mm = self.mm_alloc(cpu)
+        self.mm_set_live(mm)
+        self.smem.store32(self.mm_off(mm, "mm_users"), threads)
+        self.smem.store32(self.mm_off(mm, "nr_threads"), threads)
+
+    # -- lifetime -----------------------------------------------------------------
+    def mm_alloc(self, cpu) -> int:
+        """mm_alloc(): a free mm_struct with a pgd, one user and one count; -1 if none is free.
+
+        Nobody else sees it until mm_set_live()."""
+        for mm in range(self.max_mms):
+            off = self.mm_off(mm, "state")
+            if self.smem.load32(off) == MM_FREE and self.smem.cmpxchg32(off, MM_FREE, MM_DEAD) == MM_FREE:
+                break
+        else:
+            return -1
+        pgd = self.pgd_alloc(cpu)
+        if pgd is None:
+            self.smem.store32(off, MM_FREE)
+            return -1
+        s = self.smem
+        s.fetch_add32(self.mm_off(mm, "gen"), 1)
+        for f in ("forking", "mm_lock_seq", "flags"):
+            s.store32(self.mm_off(mm, f), 0)
+        for f in ("index", "rss", "pgtable_bytes", "pgtable_list"):
+            s.store64(self.mm_off(mm, f), 0)
+        s.store64(self.mm_off(mm, "pgd"), pgd)
+        s.store32(self.mm_off(mm, "mm_users"), 1)
+        s.store32(self.mm_off(mm, "nr_threads"), 1)
+        s.store32(self.mm_off(mm, "mm_count"), 1)
+        return mm
+
+    def mm_set_live(self, mm: int) -> None:
+        """The new mm's task starts running (wake_up_new_task): other CPUs may now use it."""
+        self.smem.store32(self.mm_off(mm, "state"), MM_LIVE)
+
+    def mmget_not_zero(self, cpu, mm: int) -> bool:
+        return Refcount(self.machine, self.seg_index, self.mm_off(mm, "mm_users")).inc_not_zero(cpu)
+
+    def mmput(self, cpu, mm: int, vma_free: Callable[[object, int], None]) -> None:
+        """mmput(): the last user runs exit_mmap() and drops the mm_count it held."""
+        if Refcount(self.machine, self.seg_index, self.mm_off(mm, "mm_users")).dec_and_test(cpu):
+            self.exit_mmap(cpu, mm, vma_free)
+            self.mmdrop(cpu, mm)
+
+    def mmdrop(self, cpu, mm: int) -> None:
+        if Refcount(self.machine, self.seg_index, self.mm_off(mm, "mm_count")).dec_and_test(cpu):
+            self.smem.store32(self.mm_off(mm, "state"), MM_FREE)
+
+    def exit_mmap(self, cpu, mm: int, vma_free: Callable[[object, int], None]) -> None:
+        """exit_mmap(): nobody uses the mm any more; tear down every VMA and table."""
+        self.smem.store32(self.mm_off(mm, "state"), MM_DEAD)
+        lock = self.mmap_lock(mm)
+        lock.down_write(cpu)
+        entries = self.index_entries(mm)
+        self.index_clear(cpu, mm)
+        gather: list[int] = []
+        for s, e, v in entries:
+            if v != RESERVED:
+                self.vma_set_flags(v, VM_DETACHED | VM_ZAPPED)
+            self.zap_page_range(cpu, mm, s, e, gather)
+        self.free_pgtables(cpu, mm, 0, self.geometry.pages)
+        self.tlb_finish_mmu(cpu, mm, 0, self.geometry.pages, gather)
+        for _, _, v in entries:
+            if v != RESERVED:
+                vma_free(cpu, v)
+        self.free_pgd(cpu, mm)
+        lock.up_write(cpu)
+
+    def free_zero_page(self, cpu) -> None:
+        ref = self.smem.xchg64(self._stats["zero_ref"], 0)
+        if ref:
+            self.pool.free_page(cpu, ref, ZERO_SITE)
+
+    def live_mms(self) -> list[int]:
+        return [mm for mm in range(self.max_mms) if self.mm_state(mm) in (MM_LIVE, MM_EXITED)]
+
+    def stats(self) -> dict[str, int]:
+        return {f: int(self.smem.load64(o)) if MM_STATS.fields[f][0].itemsize == 8 else int(self.smem.load32(o))
+                for f, o in self._stats.items()}

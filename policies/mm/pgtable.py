@@ -1,0 +1,204 @@
+"""Page tables: three levels (pgd, pmd, pte) of int64 entries in pool pages.
+
+An entry is ``ref << 8 | flags``: the pool reference (generation and pfn) of
+the table or page it points to, so that a walker holding an entry notices
+when the page behind it was freed or reused.  Each table is one pool page,
+its split ptl is the page's `ptl` (mm/memory.c: pte_lockptr), and the pmd
+level is protected by mm->page_table_lock (no split pmd locks).
+
+Upper levels are installed and cleared under page_table_lock; PTEs under the
+table's ptl.  Walkers that take no lock (the MMU, fast GUP) read entries with
+plain loads and rely on interrupts being off for the table to stay: a table
+is freed only after a TLB flush whose IPI every CPU acknowledged
+(mm/mmu_gather.c: tlb_remove_table_sync_one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shm import GFP_KERNEL, alloc_site
+from shm.pool import PFN_MASK
+
+_PRESENT, _WRITE, _DIRTY, _SPECIAL, _HUGE, _SWAP, _COW_SHARED = 1, 2, 4, 8, 16, 32, 64
+PTE_PRESENT = _PRESENT
+PTE_WRITE = _WRITE
+PTE_DIRTY = _DIRTY
+PTE_SPECIAL = _SPECIAL
+PTE_HUGE = _HUGE
+PTE_SWAP = _SWAP
+PTE_COW_SHARED = _COW_SHARED
+FLAG_BITS = 8
+FLAG_MASK = (1 << FLAG_BITS) - 1
+FLAG_NAMES = {_PRESENT: "present", _WRITE: "write", _DIRTY: "dirty", _SPECIAL: "special", _HUGE: "huge",
+              _SWAP: "swap", _COW_SHARED: "cow-shared"}
+
+PGD_SITE = alloc_site("mm: pgd_alloc")
+PMD_SITE = alloc_site("mm: pmd_alloc")
+PTE_SITE = alloc_site("mm: pte_alloc_one")
+
+
+def mk_pte(ref: int, flags: int) -> int:
+    return ref << FLAG_BITS | flags
+
+
+def pte_ref(entry: int) -> int:
+    return entry >> FLAG_BITS
+
+
+def pte_pfn(entry: int) -> int:
+    return (entry >> FLAG_BITS) & PFN_MASK
+
+
+def pte_present(entry: int) -> bool:
+    return bool(entry & _PRESENT)
+
+
+def pte_write(entry: int) -> bool:
+    return bool(entry & _WRITE)
+
+
+def describe_entry(entry: int) -> str:
+    if not entry:
+        return "none"
+    flags = "|".join(n for b, n in FLAG_NAMES.items() if entry & b)
+    return f"pfn {pte_pfn(entry)} gen {pte_ref(entry) >> 24} [{flags}]"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Entries per table at each level; small by default so that CPUs collide on tables."""
+
+    pgd: int = 4
+    pmd: int = 4
+    pte: int = 8
+
+    @property
+    def pages(self) -> int:
+        """Pages of virtual address space per mm."""
+        return self.pgd * self.pmd * self.pte
+
+    @property
+    def pmd_span(self) -> int:
+        return self.pmd * self.pte
+
+    def split(self, vpn: int) -> tuple[int, int, int]:
+        """pgd_index, pmd_index, pte_index of a virtual page number."""
+        return vpn // self.pmd_span, vpn // self.pte % self.pmd, vpn % self.pte
+
+    def page_size_needed(self) -> int:
+        return 8 * max(self.pgd, self.pmd, self.pte, 4)
+
+
+class PageTables:
+    """pgd/pmd/pte allocation, walking and freeing; a mixin of MmModel."""
+
+    def pgd_alloc(self, cpu) -> int | None:
+        ref = self.pool.alloc_page(cpu, GFP_KERNEL, PGD_SITE)
+        if ref is not None:
+            self._zero_table(ref)
+        return ref
+
+    def _zero_table(self, ref: int) -> None:
+        pfn = ref & PFN_MASK
+        self.pool.data[pfn][:] = 0
+
+    def table_off(self, table_ref: int, index: int) -> int:
+        return self.pool_data0 + (table_ref & PFN_MASK) * self.page_size + 8 * index
+
+    def read_entry(self, cpu, table_ref: int, index: int, what: str) -> int:
+        """A checked load of one entry: walking a freed table is a use-after-free."""
+        pfn = table_ref & PFN_MASK
+        pmem = self.pmem
+        v = pmem.load64(self.pool_data0 + pfn * self.page_size + 8 * index)
+        f = self.page0 + pfn * 128
+        if pmem.load32(f) != 1 or pmem.load32(f + 16) != table_ref >> 24:
+            self.pool._report_uaf(cpu, table_ref, what)
+            return 0
+        return v
+
+    def walk_pmd(self, cpu, mm: int, vpn: int, what: str) -> tuple[int, int]:
+        """(pmd table ref, pmd index) for vpn, or (0, 0) if no pmd table; no lock taken."""
+        g = self.geometry
+        pgd = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        if not pgd:
+            return 0, 0
+        e = self.read_entry(cpu, pgd, vpn // g.pmd_span, what)
+        if not e & _PRESENT:
+            return 0, 0
+        return e >> FLAG_BITS, vpn // g.pte % g.pmd
+
+    def walk_pte_table(self, cpu, mm: int, vpn: int, what: str) -> int:
+        """The PTE table covering vpn, read without locks (the MMU's walk, fast GUP's)."""
+        g = self.geometry
+        pgd = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        if not pgd:
+            return 0
+        e = self.read_entry(cpu, pgd, vpn // g.pmd_span, what)
+        if not e & _PRESENT:
+            return 0
+        e = self.read_entry(cpu, e >> FLAG_BITS, vpn // g.pte % g.pmd, what)
+        return e >> FLAG_BITS if e & _PRESENT else 0
+
+    def pte_alloc(self, cpu, mm: int, vpn: int) -> int:
+        """pmd_alloc + __pte_alloc: make sure the tables for vpn exist; the PTE table or 0 on OOM.
+
+        The new table is allocated before the lock (it may sleep) and freed
+        again if another CPU installed one first, as mm/memory.c does."""
+        table = self.walk_pte_table(cpu, mm, vpn, "pte_alloc: walk")
+        if table:
+            return table
+        g = self.geometry
+        pgd = self.smem.load64(self.mm_off(mm, "pgd"))
+        pmd = self._alloc_level(cpu, mm, pgd, vpn // g.pmd_span, PMD_SITE)
+        if not pmd:
+            return 0
+        return self._alloc_level(cpu, mm, pmd, vpn // g.pte % g.pmd, PTE_SITE)
+
+    def _alloc_level(self, cpu, mm: int, table: int, index: int, site: int) -> int:
+        e = self.read_entry(cpu, table, index, "pte_alloc: walk")
+        if e & _PRESENT:
+            return e >> FLAG_BITS
+        new = self.pool.alloc_page(cpu, GFP_KERNEL, site)
+        if new is None:
+            return 0
+        self._zero_table(new)
+        self.pool.mem.store64(self.pool.field_off(new & PFN_MASK, "private"), mm)
+        cpu.window("__pte_alloc:before-pmd_lock")
+        ptl = self.page_table_lock(mm)
+        ptl.lock(cpu)
+        off = self.table_off(table, index)
+        e = self.pmem.load64(off)
+        if not e & _PRESENT:
+            self.pmem.store64(off, mk_pte(new, _PRESENT))
+            self.pmem_mm.fetch_add64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
+            ptl.unlock(cpu)
+            return new
+        ptl.unlock(cpu)
+        self.pool.free_page(cpu, new, site)
+        return e >> FLAG_BITS
+
+    def pte_offset_map_lock(self, cpu, mm: int, vpn: int) -> tuple[int, object]:
+        """pte_offset_map_lock(): the PTE table and its ptl, locked; (0, None) if there is none.
+
+        After taking the ptl it checks that the pmd still points to the same
+        table (as since 6.5, when tables can be freed without mmap_lock)."""
+        while True:
+            pmd, i = self.walk_pmd(cpu, mm, vpn, "pte_offset_map_lock")
+            if not pmd:
+                return 0, None
+            off = self.table_off(pmd, i)
+            e = self.read_entry(cpu, pmd, i, "pte_offset_map_lock")
+            if not e & _PRESENT:
+                return 0, None
+            table = e >> FLAG_BITS
+            ptl = self.pool.ptl(table & PFN_MASK)
+            ptl.lock(cpu)
+            if self.pmem.load64(off) == e:
+                return table, ptl
+            ptl.unlock(cpu)
+
+    def free_pgd(self, cpu, mm: int) -> None:
+        pgd = self.pmem_mm.xchg64(self.mm_off(mm, "pgd"), 0)
+        if pgd:
+            self.pool.free_page(cpu, pgd, PGD_SITE)

@@ -1,0 +1,67 @@
+"""Per-CPU TLBs and flush IPIs.
+
+Each CPU has a small direct-mapped TLB in shared memory, tagged by mm (an
+ASID: the mm's slot and generation) and virtual page.  Only the CPU itself
+fills its TLB, from inside an interrupts-off section (a load instruction is
+atomic with respect to interrupts).  flush_tlb_mm_range() sends an IPI to
+every CPU (smp_call_function_many) whose handler drops the matching entries;
+a CPU with interrupts off acknowledges only when it enables them.  That is
+what makes it safe to free pages and page tables after the flush.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shm.events import EV
+
+TLB_SIZE = 16
+TLB_ENTRY = np.dtype([("tag", "<i8"), ("pte", "<i8")])
+_EV_FLUSH = EV["tlb-flush"]
+
+
+def tlb_tag(mmid: int, vpn: int) -> int:
+    return (mmid << 16 | vpn) + 1
+
+
+class Tlb:
+    """TLB lookup, fill and flush; a mixin of MmModel."""
+
+    def tlb_entry_off(self, cpu_id: int, vpn: int) -> int:
+        return self.tlb0 + (cpu_id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
+
+    def tlb_lookup(self, cpu, mmid: int, vpn: int) -> int:
+        off = self.tlb_entry_off(cpu.id, vpn)
+        mem = self.smem
+        if mem.load64(off) == tlb_tag(mmid, vpn):
+            return mem.load64(off + 8)
+        return 0
+
+    def tlb_fill(self, cpu, mmid: int, vpn: int, pte: int) -> None:
+        off = self.tlb_entry_off(cpu.id, vpn)
+        self.smem.store64(off + 8, pte)
+        self.smem.store64(off, tlb_tag(mmid, vpn))
+
+    def _flush_handler(self, target: int, arg: tuple[int, int, int]) -> None:
+        """The IPI handler, run for `target`: drop its entries of (mm, [start, end))."""
+        mmid, start, end = arg
+        mem = self.smem
+        if end - start >= TLB_SIZE:
+            vpns = range(start, start + TLB_SIZE)
+        else:
+            vpns = range(start, end)
+        base = self.tlb0 + target * TLB_SIZE * 16
+        lo, hi = tlb_tag(mmid, start), tlb_tag(mmid, end)
+        for v in vpns:
+            off = base + (v & (TLB_SIZE - 1)) * 16
+            if lo <= mem.load64(off) < hi:
+                mem.store64(off, 0)
+
+    def flush_tlb_mm_range(self, cpu, mm: int, start: int, end: int) -> None:
+        """flush_tlb_mm_range(): on return no CPU holds a translation of mm in [start, end)."""
+        cpu.trace(_EV_FLUSH, start)
+        self.smem.fetch_add64(self.stats_off("tlb_flushes"), 1)
+        cpu.smp_call_function_many(range(self.ncpus), self._flush_handler, (self.mm_id(mm), start, end))
+
+    def flush_tlb_mm(self, cpu, mm: int) -> None:
+        self.flush_tlb_mm_range(cpu, mm, 0, self.geometry.pages)

@@ -1,0 +1,191 @@
+"""VMAs and the VMA index: what the mmap_sem thread wants to look up without the big lock.
+
+A VMA lives in a kmem_cache (`vm_area_cachep`): checked like pages, and
+optionally SLAB_TYPESAFE_BY_RCU.  Each mm's index is a sorted array of
+(start, end, vma) published by one pointer: a writer (serialised by
+mmap_lock held for write) builds a copy, swaps the pointer atomically and
+frees the old array with call_rcu, so an RCU reader always walks a whole,
+consistent array.  This is the property the thread wants of the maple tree.
+
+An entry may be RESERVED: the maple tree's ZERO entry from the thread, "lookups
+see NULL, but attempts to allocate do not see it as free" (Wilcox, 2019-12-09),
+so an unmapped range is not handed out again before its TLB entries are gone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shm import REFCOUNT, RWSEM, SEQCOUNT, rcu_callback
+from shm.slab import SLOT_MASK
+
+MAX_VMAS = 16
+RESERVED = -1
+
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_BABY = 0x100
+VM_ZOMBIE = 0x200
+VM_DETACHED = 0x400
+VM_ZAPPED = 0x800
+VM_FLAG_NAMES = {VM_READ: "read", VM_WRITE: "write", VM_BABY: "BABY", VM_ZOMBIE: "ZOMBIE",
+                 VM_DETACHED: "detached", VM_ZAPPED: "zapped"}
+
+VMA = np.dtype(
+    [
+        ("vm_start", "<i4"),
+        ("vm_end", "<i4"),
+        ("vm_flags", "<i4"),
+        ("vm_mm", "<i4"),
+        ("anon_vma", "<i4"),
+        ("vm_lock_seq", "<i4"),
+        ("vm_refcnt", REFCOUNT),
+        ("vm_seq", SEQCOUNT),
+        ("vm_lock", RWSEM),
+    ],
+    align=True,
+)
+
+VMA_INDEX = np.dtype(
+    [
+        ("nr", "<i4"),
+        ("pad", "<i4"),
+        ("start", "<i4", (MAX_VMAS,)),
+        ("end", "<i4", (MAX_VMAS,)),
+        ("vma", "<i8", (MAX_VMAS,)),
+    ]
+)
+
+
+def vm_flags_text(flags: int) -> str:
+    return "|".join(n for b, n in VM_FLAG_NAMES.items() if flags & b) or "0"
+
+
+@rcu_callback("mm: free a VMA index array")
+def free_index_rcu(cpu, ref: int) -> None:
+    cpu.ctx.mm.index_cache.free(cpu, ref)
+
+
+class VmaTree:
+    """vm_area_alloc/free and the RCU-published index; a mixin of MmModel."""
+
+    # -- VMAs ------------------------------------------------------------------
+    def vma_off(self, vma: int, field: str) -> int:
+        return self.vma_cache.off(vma, field)
+
+    def vma_field(self, cpu, vma: int, field: str, what: str = "read") -> int:
+        return self.vma_cache.load32(cpu, vma, field, what)
+
+    def vm_area_alloc(self, cpu, mm: int, start: int, end: int, flags: int) -> int | None:
+        vma = self.vma_cache.alloc(cpu)
+        if vma is None:
+            return None
+        mem, o = self.smem, self.vma_cache.off
+        mem.store32(o(vma, "vm_start"), start)
+        mem.store32(o(vma, "vm_end"), end)
+        mem.store32(o(vma, "vm_flags"), flags)
+        mem.store32(o(vma, "vm_mm"), self.mm_id(mm))
+        mem.store32(o(vma, "anon_vma"), 0)
+        mem.store32(o(vma, "vm_lock_seq"), -1)
+        mem.store32(o(vma, "vm_refcnt"), 1)
+        mem.store32(o(vma, "vm_seq"), 0)
+        return vma
+
+    def vm_area_free(self, cpu, vma: int) -> None:
+        self.vma_cache.free(cpu, vma)
+
+    def vma_set_flags(self, vma: int, flags: int) -> None:
+        self.smem.fetch_or32(self.vma_cache.off(vma, "vm_flags"), flags)
+
+    def vma_clear_flags(self, vma: int, flags: int) -> None:
+        self.smem.fetch_and32(self.vma_cache.off(vma, "vm_flags"), ~flags)
+
+    def vma_describe(self, vma: int) -> dict:
+        if not vma or vma == RESERVED:
+            return {"vma": "none"}
+        slot = vma & SLOT_MASK
+        o = self.vma_cache.objects[slot]
+        return {"vma": f"[{int(o['vm_start'])}, {int(o['vm_end'])})", "vma_slot": int(slot),
+                "vm_flags": vm_flags_text(int(o["vm_flags"])), "vm_mm": int(o["vm_mm"]),
+                **{k: v for k, v in self.vma_cache.describe(vma).items() if k in ("gen", "ref_gen", "state")}}
+
+    # -- the index -------------------------------------------------------------
+    def find_vma(self, cpu, mm: int, vpn: int) -> int:
+        """mas_walk(): the VMA covering vpn, 0 if none (a RESERVED range is none).
+
+        The caller holds mmap_lock or is inside an RCU read-side section."""
+        mem = self.smem
+        idx = mem.load64(self.mm_off(mm, "index"))
+        if not idx:
+            return 0
+        c = self.index_cache
+        base = c.off(idx, "nr")
+        nr = mem.load32(base)
+        found = 0
+        for i in range(nr):
+            if mem.load32(base + 8 + 4 * i) <= vpn:
+                if vpn < mem.load32(base + 8 + 4 * MAX_VMAS + 4 * i):
+                    found = mem.load64(base + 8 + 8 * MAX_VMAS + 8 * i)
+                    break
+            else:
+                break
+        c.check(cpu, idx, "find_vma: walking the VMA index")
+        return 0 if found == RESERVED else found
+
+    def index_entries(self, mm: int) -> list[tuple[int, int, int]]:
+        """The current entries (start, end, vma); a writer's view, under mmap_lock for write."""
+        idx = self.smem.load64(self.mm_off(mm, "index"))
+        if not idx:
+            return []
+        o = self.index_cache.objects[idx & SLOT_MASK]
+        nr = int(o["nr"])
+        return [(int(o["start"][i]), int(o["end"][i]), int(o["vma"][i])) for i in range(nr)]
+
+    def index_publish(self, cpu, mm: int, entries: list[tuple[int, int, int]]) -> bool:
+        """Publish a new sorted array and retire the old one after a grace period.
+
+        False (nothing changed) when there is no room: mmap fails with ENOMEM."""
+        entries = sorted(entries)
+        if len(entries) > MAX_VMAS:
+            return False
+        new = self.index_cache.alloc(cpu)
+        if new is None:
+            self.machine.rcu.barrier(cpu)
+            new = self.index_cache.alloc(cpu)
+        if new is None:
+            cpu.report("leak", f"VMA index cache exhausted: {self.index_cache.count} arrays allocated even "
+                       "after rcu_barrier")
+            return False
+        slot = new & SLOT_MASK
+        o = self.index_cache.objects[slot : slot + 1]
+        o["nr"] = len(entries)
+        starts, ends, vmas = o["start"], o["end"], o["vma"]
+        starts[:] = ends[:] = vmas[:] = 0
+        for i, (s, e, v) in enumerate(entries):
+            starts[0, i], ends[0, i], vmas[0, i] = s, e, v
+        cpu.window("index_publish:before-swap")
+        old = self.smem.xchg64(self.mm_off(mm, "index"), new)
+        if old:
+            self.machine.rcu.call(cpu, free_index_rcu, old)
+        return True
+
+    def index_clear(self, cpu, mm: int) -> None:
+        """The mm is going away: unpublish its index, retired after a grace period."""
+        old = self.smem.xchg64(self.mm_off(mm, "index"), 0)
+        if old:
+            self.machine.rcu.call(cpu, free_index_rcu, old)
+
+    def get_unmapped_area(self, entries: list[tuple[int, int, int]], npages: int, hint: int) -> int:
+        """The first gap of npages at or after hint (then from 0); RESERVED ranges are not free. -1 if none."""
+        limit = self.geometry.pages
+        for start in (hint, 0):
+            at = start
+            for s, e, _ in sorted(entries):
+                if e <= at:
+                    continue
+                if s - at >= npages:
+                    return at
+                at = max(at, e)
+            if limit - at >= npages:
+                return at
+        return -1

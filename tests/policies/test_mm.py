@@ -1,0 +1,262 @@
+"""The mm model on one CPU, in this process: what it does, and each of its checks catching
+the corruption it exists for (every checker proven by a mutant it catches)."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies import World, get_scenario
+from policies.mm import VM_FAULT_OK, VM_FAULT_SIGSEGV, Vmf, sweep
+from policies.mm.pgtable import PTE_PRESENT, PTE_WRITE, mk_pte
+from policies.vma_lookup import dup_mmap
+from shm import GFP_KERNEL, Cpu, Machine, Segment, new_run_id
+from shm.cpu import IPI_DELIVERING, IRQS_OFF, IRQS_ON
+from shm.pool import PFN_MASK
+from shm.sched import OsScheduler
+
+
+@pytest.fixture(params=["mmap_lock"])
+def world(request):
+    sc = get_scenario("vma_lookup")
+    pol = sc.policy(request.param)
+    run = new_run_id()
+    m = Machine.create(run, ncpus=2, pool_pages=sc.needs.pool_pages, page_size=sc.needs.page_size,
+                       keep_going=True)
+    seg = Segment.create(sc.layout(2), run, 1)
+    m.add_segment(seg)
+    cpu = Cpu(m, 0)
+    w = World(m, cpu, sc, pol, seg, 2)
+    sc.attach(w)
+    sc.setup(w)
+    yield w
+    m.rcu.stop_kthread()
+    seg.unlink()
+    m.unlink()
+    m.close()
+
+
+def kinds(w: World) -> list[str]:
+    return [f["kind"] for f in w.machine.findings()]
+
+
+def drain_rcu(w: World) -> None:
+    """Run the queued call_rcu callbacks here (no kthread in this process)."""
+    rcu, mem = w.rcu, w.machine.mem
+    for i in range(w.machine.nslots):
+        for k in range(mem.load64(rcu.tail_off[i]), mem.load64(rcu.head_off[i])):
+            e = rcu.entries_off[i] + (k % 1024) * 16
+            from shm.rcu import invoke_callback
+            invoke_callback(w.cpu, mem.load32(e), mem.load64(e + 8))
+        mem.store64(rcu.tail_off[i], mem.load64(rcu.head_off[i]))
+
+
+def touch(w: World, vpn: int, write: bool = True) -> None:
+    m = w.mm
+    for _ in range(3):
+        if m.access(w.cpu, 0, vpn, write):
+            return
+        assert w.policy.fault(w, 0, vpn, write) == VM_FAULT_OK
+    raise AssertionError("access did not succeed after faults")
+
+
+def pte_at(w: World, vpn: int) -> int:
+    table = w.mm.walk_pte_table(w.cpu, 0, vpn, "test")
+    return w.mm.read_entry(w.cpu, table, vpn % w.mm.geometry.pte, "test") if table else 0
+
+
+def test_faults_map_pages_and_the_sweep_is_clean(world):
+    w = world
+    assert not w.mm.access(w.cpu, 0, 3, True)
+    touch(w, 3)
+    touch(w, 4, write=False)
+    assert w.mm.access(w.cpu, 0, 3, True) and w.mm.access(w.cpu, 0, 4, False)
+    assert w.mem.load64(w.mm.mm_off(0, "rss")) == 1
+    assert pte_at(w, 3) & PTE_WRITE
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    assert kinds(w) == []
+
+
+def test_a_write_to_the_zero_page_copies_on_write(world):
+    w = world
+    touch(w, 5, write=False)
+    zero = pte_at(w, 5)
+    touch(w, 5, write=True)
+    assert pte_at(w, 5) >> 8 != zero >> 8
+    assert w.mem.load64(w.mm.mm_off(0, "rss")) == 1
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    assert kinds(w) == []
+
+
+def test_munmap_frees_pages_and_tables_and_later_faults_get_sigsegv(world):
+    w = world
+    for v in range(0, 16):
+        touch(w, v)
+    tables = w.mem.load64(w.mm.mm_off(0, "pgtable_bytes"))
+    free = w.pool.nr_free()
+    w.policy.munmap(w, 0, 0, 16)
+    # 16 pages, the two PTE tables of [0, 16) and the pmd table of [0, 32): the gap reaches vpn 32
+    assert w.pool.nr_free() == free + 16 + 3
+    assert w.mem.load64(w.mm.mm_off(0, "pgtable_bytes")) == tables - 3 * w.pool.page_size
+    assert w.policy.fault(w, 0, 3, False) == VM_FAULT_SIGSEGV
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    assert kinds(w) == []
+
+
+def test_a_load_through_a_tlb_entry_whose_page_was_freed_is_stale_tlb(world):
+    w = world
+    touch(w, 3)
+    table = w.mm.walk_pte_table(w.cpu, 0, 3, "test")
+    off = w.mm.table_off(table, 3)
+    page = w.pool.mem.xchg64(off, 0) >> 8
+    w.pool.free_page(w.cpu, page)
+    assert w.mm.access(w.cpu, 0, 3, False)
+    assert kinds(w) == ["stale-tlb"]
+
+
+def test_a_tlb_entry_to_one_page_while_the_pte_maps_another_is_stale_tlb(world):
+    w = world
+    touch(w, 3)
+    other = w.pool.alloc_page(w.cpu, GFP_KERNEL)
+    table = w.mm.walk_pte_table(w.cpu, 0, 3, "test")
+    old = w.pool.mem.xchg64(w.mm.table_off(table, 3), mk_pte(other, PTE_PRESENT))
+    w.mm.access(w.cpu, 0, 3, False)
+    assert kinds(w) == ["stale-tlb"]
+    assert "two CPUs see different memory" in w.machine.findings()[0]["message"]
+    w.pool.mem.store64(w.mm.table_off(table, 3), old)
+
+
+def test_the_mmu_walking_a_freed_table_is_use_after_free(world):
+    w = world
+    touch(w, 3)
+    table = w.mm.walk_pte_table(w.cpu, 0, 3, "test")
+    w.pool.free_page(w.cpu, table)
+    w.mm.access(w.cpu, 0, 4, False)
+    assert "use-after-free" in kinds(w)
+
+
+def test_sweep_finds_a_pte_outside_every_vma(world):
+    w = world
+    touch(w, 9)
+    page = w.pool.alloc_page(w.cpu, GFP_KERNEL)
+    table = w.mm.pte_alloc(w.cpu, 0, 20)
+    w.pool.mem.store64(w.mm.table_off(table, 20 % 8), mk_pte(page, PTE_PRESENT | PTE_WRITE))
+    sweep(w.mm, w.cpu)
+    assert "invariant" in kinds(w)
+    assert any("lies in no VMA" in f["message"] for f in w.machine.findings())
+
+
+def test_sweep_finds_a_wrong_rss_counter(world):
+    w = world
+    touch(w, 3)
+    w.mem.fetch_add64(w.mm.mm_off(0, "rss"), 1)
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    assert kinds(w) == ["invariant"]
+
+
+def test_sweep_finds_a_page_nothing_refers_to(world):
+    w = world
+    w.pool.alloc_page(w.cpu, GFP_KERNEL)
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    assert kinds(w) == ["leak"]
+
+
+def test_sweep_finds_a_mapcount_that_disagrees_with_the_mappings(world):
+    w = world
+    touch(w, 3)
+    page = pte_at(w, 3) >> 8
+    w.pool.mem.fetch_add32(w.pool.field_off(page & PFN_MASK, "_mapcount"), 1)
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    assert kinds(w) == ["refcount"]
+
+
+def test_fork_shares_pages_write_protected_and_cow_keeps_the_child_snapshot(world):
+    w = world
+    touch(w, 3)
+    child = dup_mmap(w, 0)
+    assert child == 1
+    assert not pte_at(w, 3) & PTE_WRITE
+    page = pte_at(w, 3) >> 8
+    assert w.pool.pages["_mapcount"][page & PFN_MASK] == 1
+    touch(w, 3)
+    assert pte_at(w, 3) >> 8 != page
+    assert w.pool.pages["_mapcount"][page & PFN_MASK] == 0
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    assert kinds(w) == []
+
+
+def test_a_write_to_a_page_another_mm_shares_is_an_invariant(world):
+    w = world
+    touch(w, 3)
+    pte = pte_at(w, 3)
+    dup_mmap(w, 0)
+    w.mm.tlb_fill(w.cpu, w.mm.mm_id(0), 3, pte | PTE_WRITE)
+    assert w.mm.access(w.cpu, 0, 3, True)
+    assert kinds(w) == ["invariant"]
+    assert "COW page changed under another mm" in w.machine.findings()[0]["message"]
+
+
+def test_fork_copying_an_anon_page_into_a_vma_without_anon_vma_is_an_invariant(world):
+    w = world
+    touch(w, 3)
+    new = w.mm.mm_alloc(w.cpu)
+    vma = w.mm.vm_area_alloc(w.cpu, new, 0, 16, 3)
+    w.mm.copy_page_range(w.cpu, new, 0, vma, 0, 16)
+    assert kinds(w) == ["invariant"]
+    assert "without anon_vma" in w.machine.findings()[0]["message"]
+
+
+def test_installing_a_pte_for_a_zapped_vma_is_an_invariant(world):
+    w = world
+    from policies.mm import VM_ZAPPED
+    vma = w.mm.find_vma(w.cpu, 0, 3)
+    w.mm.vma_set_flags(vma, VM_ZAPPED)
+    w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 3, True))
+    assert kinds(w) == ["invariant"]
+    assert "after munmap zapped it" in w.machine.findings()[0]["message"]
+
+
+def test_freeing_a_table_that_still_maps_a_page_is_an_invariant(world):
+    w = world
+    touch(w, 3)
+    w.mm.free_pgtables(w.cpu, 0, 0, 8)
+    assert kinds(w) == ["invariant"]
+
+
+class EnableAfter(OsScheduler):
+    """A spin loop's scheduler that enables the target's interrupts after a few spins."""
+
+    def __init__(self, target: Cpu, after: int):
+        self.target, self.after, self.spins = target, after, 0
+
+    def spin(self, cpu, attempt, mem=None, off=0, seen=0, bits=32):
+        self.spins += 1
+        assert seen == IRQS_OFF
+        if self.spins == self.after:
+            self.target.local_irq_enable()
+
+
+def test_an_ipi_waits_until_the_target_enables_interrupts():
+    m = Machine.create(new_run_id(), ncpus=2, pool_pages=4)
+    try:
+        target = Cpu(m, 1)
+        target.local_irq_disable()
+        sender = Cpu(m, 0, EnableAfter(target, 3))
+        seen = []
+
+        def handler(t, arg):
+            seen.append((t, arg, m.mem.load32(m.cpu_off(t, "irqs_disabled"))))
+
+        sender.smp_call_function_many([0, 1], handler, "flush")
+        assert sender.sched.spins == 3
+        assert seen == [(0, "flush", IRQS_ON), (1, "flush", IPI_DELIVERING)]
+        assert m.mem.load32(m.cpu_off(1, "irqs_disabled")) == IRQS_ON
+    finally:
+        m.unlink()
+        m.close()
