@@ -28,6 +28,7 @@ bench: install
 	mkdir -p bench
 	$(BIN)/mmtorture bench primitives --json bench/primitives.json
 	$(BIN)/mmtorture bench scheduler --json bench/scheduler.json
+	$(BIN)/mmtorture bench vma --json bench/vma.json --plot bench/vma.png
 
 lint: install
 	$(BIN)/ruff check shm policies stress tests

@@ -440,23 +440,26 @@ def single_threaded_nr_threads(w: World, mm: int) -> bool:
 
 def _rcu_write_side(w: World, mm: int, start: int, end: int, fixed_new: bool, reserve: bool,
                     baby: bool) -> None:
+    """Steps 1-2 under mmap_lock for write (the new VMA, BABY while the old range is torn
+    down, or the RESERVED range; the old VMAs ZOMBIE), then the deferred steps without it."""
     m, cpu = w.mm, w.cpu
     lock = m.mmap_lock(mm)
     lock.down_write(cpu)
+    new = 0
+    if fixed_new:
+        new = m.vm_area_alloc(cpu, mm, start, end, VM_READ | VM_WRITE)
     entries = m.index_entries(mm)
-    r = split_range(w, mm, entries, start, end, new_vma_plain)
+    r = None if new is None else split_range(w, mm, entries, start, end, new_vma_plain)
     if r is None:
         lock.up_write(cpu)
+        if new:
+            m.vm_area_free(cpu, new)
         w.count("enomem")
         return
     kept, removed = r
-    new = 0
-    if fixed_new:
-        new = m.vm_area_alloc(cpu, mm, start, end, VM_READ | VM_WRITE | (VM_BABY if baby and removed else 0))
-        if new is None:
-            lock.up_write(cpu)
-            w.count("enomem")
-            return
+    if new:
+        if baby and removed:
+            m.vma_set_flags(new, VM_BABY)
         kept.append((start, end, new))
     elif reserve and removed:
         kept.append((start, end, RESERVED))
@@ -467,8 +470,12 @@ def _rcu_write_side(w: World, mm: int, start: int, end: int, fixed_new: bool, re
         m.vma_set_flags(v, VM_ZOMBIE | VM_DETACHED)
     if not m.index_publish(cpu, mm, kept):
         lock.up_write(cpu)
-        if new:
-            m.vm_area_free(cpu, new)
+        for v in removed:
+            m.vma_clear_flags(v, VM_ZOMBIE | VM_DETACHED)
+        old = {v for _, _, v in entries}
+        for _, _, v in kept:
+            if v > 0 and v not in old:
+                m.vm_area_free(cpu, v)
         w.count("enomem")
         return
     lock.up_write(cpu)
@@ -822,10 +829,6 @@ class VmaLookup(Scenario):
     def litmus(self, policy: Policy) -> list | None:
         return LITMUS.get(policy.name)
 
-    def stat_text(self, c: dict[str, int]) -> str:
-        return (f"faults: {c.get('faults', 0)} segv: {c.get('sigsegv', 0)} fallback: {c.get('fallbacks', 0)} "
-                f"mmap/munmap: {c.get('mmaps', 0)}/{c.get('munmaps', 0)} fork/exit: {c.get('forks', 0)}/"
-                f"{c.get('exits', 0)}")
 
 
 def _repeat(ops: list, n: int) -> list:

@@ -111,12 +111,14 @@ class Cpu:
             return
         self.preempt_count -= 1
 
-    def local_irq_disable(self) -> None:
+    def local_irq_disable(self, quiet: bool = False) -> None:
         """Interrupts off: from here until local_irq_enable no IPI is taken on this CPU.
 
         The per-CPU word doubles as the IPI handshake: 0 enabled, IRQS_OFF
         disabled by this CPU, IPI_DELIVERING while another CPU runs an IPI
-        function on this CPU's behalf (so disabling waits for that to end)."""
+        function on this CPU's behalf (so disabling waits for that to end).
+        `quiet` leaves it out of the trace (a user load's instruction-long
+        section, which would flood the ring)."""
         self.irqs_disabled += 1
         if self.irqs_disabled == 1:
             mem, off = self.mem, self._irq_off
@@ -124,16 +126,18 @@ class Cpu:
             while (v := mem.cmpxchg32(off, IRQS_ON, IRQS_OFF)) != IRQS_ON:
                 self.sched.spin(self, attempt, mem, off, v)
                 attempt += 1
-            self.trace(_EV_IRQ_OFF)
+            if not quiet:
+                self.trace(_EV_IRQ_OFF)
 
-    def local_irq_enable(self) -> None:
+    def local_irq_enable(self, quiet: bool = False) -> None:
         if self.irqs_disabled <= 0:
             self.report("lock-misuse", "local_irq_enable() with irqs already enabled")
             return
         self.irqs_disabled -= 1
         if self.irqs_disabled == 0:
             self.mem.store32(self._irq_off, IRQS_ON)
-            self.trace(_EV_IRQ_ON)
+            if not quiet:
+                self.trace(_EV_IRQ_ON)
 
     def smp_call_function_many(self, targets: Iterable[int], func: Callable[[int, Any], None],
                                arg: Any = None) -> None:

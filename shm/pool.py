@@ -130,6 +130,8 @@ class Pool:
         self.page0 = lay.offset("page")
         self.data0 = lay.offset("page_data")
         self._f = {name: PAGE.fields[name][1] for name in PAGE.names}
+        self._ptls: dict[int, Spinlock] = {}
+        self._refcounts: dict[int, Refcount] = {}
 
     def close(self) -> None:
         self.pages = self.data = None
@@ -156,10 +158,17 @@ class Pool:
 
     def refcount(self, pfn: int) -> Refcount:
         """The page's _refcount as a refcount_t."""
-        return Refcount(self.machine, 0, self.field_off(pfn, "_refcount"))
+        h = self._refcounts.get(pfn)
+        if h is None:
+            h = self._refcounts[pfn] = Refcount(self.machine, 0, self.field_off(pfn, "_refcount"))
+        return h
 
     def ptl(self, pfn: int) -> Spinlock:
-        return Spinlock(self.machine, 0, self.field_off(pfn, "ptl"))
+        """The page's split page-table lock (a handle made once per page and process)."""
+        h = self._ptls.get(pfn)
+        if h is None:
+            h = self._ptls[pfn] = Spinlock(self.machine, 0, self.field_off(pfn, "ptl"))
+        return h
 
     def gen(self, pfn: int) -> int:
         return self.mem.load32(self.field_off(pfn, "gen"))

@@ -31,13 +31,16 @@ from policies.mm.pgtable import (
     describe_entry,
     mk_pte,
 )
+from policies.mm.tlb import TLB_SIZE
 from policies.mm.vma import VM_ZAPPED
 from shm import GFP_KERNEL, GFP_NOWAIT, Refcount, alloc_site
-from shm.pool import PAGE_ALLOCATED, PFN_BITS, PFN_MASK
+from shm.pool import PAGE, PAGE_ALLOCATED, PFN_BITS, PFN_MASK
 
 ANON_SITE = alloc_site("mm: anonymous page")
 ZERO_SITE = alloc_site("mm: the zero page")
 ZERO_STAMP = 0x5A45524F
+_PRIVATE = PAGE.fields["private"][1]
+assert PAGE.fields["_mapcount"][1] == 12 and PAGE.fields["gen"][1] == 16
 
 VM_FAULT_OK = 0
 VM_FAULT_RETRY = 1
@@ -49,12 +52,12 @@ FAULT_RESULTS = ("ok", "retry", "sigsegv", "oom")
 class Vmf:
     """struct vm_fault: the VMA as the mechanism pinned it, and what to check before installing."""
 
-    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "start", "end", "anon")
+    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd")
 
     def __init__(self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None):
         self.mm, self.vma, self.vpn, self.write = mm, vma, vpn, write
         self.how, self.token, self.validate = how, token, validate
-        self.start = self.end = self.anon = -1
+        self.pmd: tuple[int, int] | None = None
 
 
 def stamp(anon: int, vpn: int) -> int:
@@ -69,10 +72,10 @@ class Memory:
         return self.pool.field_off(ref & PFN_MASK, field)
 
     def page_add_anon_rmap(self, ref: int, anon: int, vpn: int) -> None:
-        pmem, f = self.pmem, self.pool.page0 + (ref & PFN_MASK) * 128
-        pmem.store32(f + self.pool._f["_mapcount"], 0)
-        pmem.store64(f + self.pool._f["private"], anon)
-        pmem.store64(f + self.pool._f["private"] + 8, vpn)
+        pmem, f = self.pmem, self.page0 + (ref & PFN_MASK) * 128
+        pmem.store32(f + 12, 0)
+        pmem.store64(f + _PRIVATE, anon)
+        pmem.store64(f + _PRIVATE + 8, vpn)
 
     def page_dup_rmap(self, cpu, ref: int) -> None:
         """A second mapping of the page (fork): one more mapcount and one more reference."""
@@ -137,9 +140,10 @@ class Memory:
     # -- the fault handler ----------------------------------------------------------
     def handle_mm_fault(self, cpu, vmf: Vmf) -> int:
         """handle_mm_fault() for a private anonymous VMA: anonymous, zero page, or COW."""
-        table = self.pte_alloc(cpu, vmf.mm, vmf.vpn)
+        pmd, pi, table = self.pmd_pte_alloc(cpu, vmf.mm, vmf.vpn)
         if not table:
             return VM_FAULT_OOM
+        vmf.pmd = (pmd, pi)
         i = vmf.vpn % self.geometry.pte
         pte = self.read_entry(cpu, table, i, "handle_pte_fault")
         if not pte & PTE_PRESENT:
@@ -166,7 +170,7 @@ class Memory:
         elif page is not None:
             anon = self.smem.load32(self.vma_off(vmf.vma, "anon_vma"))
         cpu.window("do_anonymous_page:before-ptl")
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn)
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
         if not table:
             self._drop_new(cpu, page)
             return VM_FAULT_RETRY
@@ -194,7 +198,7 @@ class Memory:
 
     def do_wp_page(self, cpu, vmf: Vmf) -> int:
         """do_wp_page(): reuse an exclusive anon page, else copy it (wp_page_copy)."""
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn)
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
         if not table:
             return VM_FAULT_RETRY
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
@@ -227,7 +231,7 @@ class Memory:
             writes = self.pool.read(cpu, old, 1, "wp_page_copy: copying the old page")
             self.pmem.store64(self.pool.data_off(page & PFN_MASK, 1), writes)
         cpu.window("wp_page_copy:before-ptl")
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn)
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
         if not table:
             self._drop_new(cpu, page)
             return VM_FAULT_RETRY
@@ -419,28 +423,31 @@ class Memory:
 
         The whole translation and the access run with interrupts off, as one
         instruction does: no flush IPI lands in the middle."""
-        mmid = self.mm_id(mm)
-        cpu.local_irq_disable()
-        try:
-            pte = self.tlb_lookup(cpu, mmid, vpn)
-            via_tlb = bool(pte) and (not write or pte & PTE_WRITE)
-            if not via_tlb:
-                table = self.walk_pte_table(cpu, mm, vpn, "MMU page walk")
-                pte = self.read_entry(cpu, table, vpn % self.geometry.pte, "MMU page walk") if table else 0
-                if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
-                    return False
-                self.tlb_fill(cpu, mmid, vpn, pte)
-            self._load_store(cpu, mm, vpn, pte, write, via_tlb)
-            return True
-        finally:
-            cpu.local_irq_enable()
+        mmid = self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
+        cpu.local_irq_disable(True)
+        smem = self.smem
+        off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
+        tag = (mmid << 16 | vpn) + 1
+        pte = smem.load64(off + 8) if smem.load64(off) == tag else 0
+        via_tlb = bool(pte) and (not write or pte & PTE_WRITE)
+        if not via_tlb:
+            table = self.walk_pte_table(cpu, mm, vpn, "MMU page walk")
+            pte = self.read_entry(cpu, table, vpn % self.geometry.pte, "MMU page walk") if table else 0
+            if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
+                cpu.local_irq_enable(True)
+                return False
+            smem.store64(off + 8, pte)
+            smem.store64(off, tag)
+        self._load_store(cpu, mm, vpn, pte, write, via_tlb)
+        cpu.local_irq_enable(True)
+        return True
 
     def _load_store(self, cpu, mm: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
         pool, pmem = self.pool, self.pmem
         ref = pte >> FLAG_BITS
         pfn = ref & PFN_MASK
-        f = pool.page0 + pfn * 128
-        data = pool.data_off(pfn, 0)
+        f = self.page0 + pfn * 128
+        data = self.pool_data0 + pfn * self.page_size
         word = pmem.load64(data)
         alive = pmem.load32(f) == PAGE_ALLOCATED and pmem.load32(f + 16) == ref >> PFN_BITS
         want = ZERO_STAMP if pte & PTE_SPECIAL else None
@@ -503,7 +510,7 @@ class Memory:
 
     def follow_page(self, cpu, vmf: Vmf) -> int:
         """follow_page_pte(): under the ptl, take a reference to the mapped page; 0 if none."""
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn)
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
         if not table:
             return 0
         pte = self.pmem.load64(self.table_off(table, vmf.vpn % self.geometry.pte))

@@ -67,7 +67,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
     """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables."""
 
     @staticmethod
-    def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 64, index_slots: int = 48) -> list[Region]:
+    def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:
         return [
             Region("mm", MM_STRUCT, max_mms),
             Region("mm_stats", MM_STATS),
@@ -103,6 +103,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
         self.index_cache = KmemCache(machine, w.seg_index, "vma_index")
         self._locks: dict[tuple[str, int], object] = {}
+        self._mmap_locks: list[Rwsem | None] = [None] * self.max_mms
         self.zero_page = 0
 
     # -- addresses and handles ---------------------------------------------------
@@ -123,7 +124,10 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         return h
 
     def mmap_lock(self, mm: int) -> Rwsem:
-        return self._lock(Rwsem, "mmap_lock", mm)
+        h = self._mmap_locks[mm]
+        if h is None:
+            h = self._mmap_locks[mm] = self._lock(Rwsem, "mmap_lock", mm)
+        return h
 
     def page_table_lock(self, mm: int) -> Spinlock:
         return self._lock(Spinlock, "page_table_lock", mm)

@@ -15,7 +15,7 @@ is freed only after a TLB flush whose IPI every CPU acknowledged
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shm import GFP_KERNEL, alloc_site
 from shm.pool import PFN_MASK
@@ -72,15 +72,15 @@ class Geometry:
     pgd: int = 4
     pmd: int = 4
     pte: int = 8
+    pages: int = field(init=False)
+    pmd_span: int = field(init=False)
 
-    @property
-    def pages(self) -> int:
-        """Pages of virtual address space per mm."""
-        return self.pgd * self.pmd * self.pte
-
-    @property
-    def pmd_span(self) -> int:
-        return self.pmd * self.pte
+    def __post_init__(self) -> None:
+        for n in ("pgd", "pmd", "pte"):
+            if not 1 <= getattr(self, n) <= 512:
+                raise ValueError(f"geometry: {n} must be between 1 and 512 entries")
+        object.__setattr__(self, "pmd_span", self.pmd * self.pte)
+        object.__setattr__(self, "pages", self.pgd * self.pmd * self.pte)
 
     def split(self, vpn: int) -> tuple[int, int, int]:
         """pgd_index, pmd_index, pte_index of a virtual page number."""
@@ -141,19 +141,24 @@ class PageTables:
         return e >> FLAG_BITS if e & _PRESENT else 0
 
     def pte_alloc(self, cpu, mm: int, vpn: int) -> int:
-        """pmd_alloc + __pte_alloc: make sure the tables for vpn exist; the PTE table or 0 on OOM.
+        """pmd_alloc + __pte_alloc: make sure the tables for vpn exist; the PTE table or 0 on OOM."""
+        return self.pmd_pte_alloc(cpu, mm, vpn)[2]
 
-        The new table is allocated before the lock (it may sleep) and freed
+    def pmd_pte_alloc(self, cpu, mm: int, vpn: int) -> tuple[int, int, int]:
+        """(pmd table, pmd index, PTE table) for vpn, allocating what is missing; PTE table 0 on OOM.
+
+        A new table is allocated before the lock (it may sleep) and freed
         again if another CPU installed one first, as mm/memory.c does."""
-        table = self.walk_pte_table(cpu, mm, vpn, "pte_alloc: walk")
-        if table:
-            return table
         g = self.geometry
-        pgd = self.smem.load64(self.mm_off(mm, "pgd"))
-        pmd = self._alloc_level(cpu, mm, pgd, vpn // g.pmd_span, PMD_SITE)
+        pgd = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        e = self.read_entry(cpu, pgd, vpn // g.pmd_span, "pmd_alloc: walk")
+        pmd = e >> FLAG_BITS if e & _PRESENT else self._alloc_level(cpu, mm, pgd, vpn // g.pmd_span, PMD_SITE)
         if not pmd:
-            return 0
-        return self._alloc_level(cpu, mm, pmd, vpn // g.pte % g.pmd, PTE_SITE)
+            return 0, 0, 0
+        i = vpn // g.pte % g.pmd
+        e = self.read_entry(cpu, pmd, i, "pte_alloc: walk")
+        table = e >> FLAG_BITS if e & _PRESENT else self._alloc_level(cpu, mm, pmd, i, PTE_SITE)
+        return pmd, i, table
 
     def _alloc_level(self, cpu, mm: int, table: int, index: int, site: int) -> int:
         e = self.read_entry(cpu, table, index, "pte_alloc: walk")
@@ -178,24 +183,27 @@ class PageTables:
         self.pool.free_page(cpu, new, site)
         return e >> FLAG_BITS
 
-    def pte_offset_map_lock(self, cpu, mm: int, vpn: int) -> tuple[int, object]:
+    def pte_offset_map_lock(self, cpu, mm: int, vpn: int, pmd: tuple[int, int] | None = None) -> tuple[int, object]:
         """pte_offset_map_lock(): the PTE table and its ptl, locked; (0, None) if there is none.
 
-        After taking the ptl it checks that the pmd still points to the same
-        table (as since 6.5, when tables can be freed without mmap_lock)."""
+        `pmd` is the fault's vmf->pmd (table, index) when it has one.  After
+        taking the ptl it checks that the pmd still points to the same table
+        (as since 6.5, when tables can be freed without mmap_lock)."""
         while True:
-            pmd, i = self.walk_pmd(cpu, mm, vpn, "pte_offset_map_lock")
-            if not pmd:
-                return 0, None
-            off = self.table_off(pmd, i)
-            e = self.read_entry(cpu, pmd, i, "pte_offset_map_lock")
+            if pmd is None:
+                table, i = self.walk_pmd(cpu, mm, vpn, "pte_offset_map_lock")
+                if not table:
+                    return 0, None
+            else:
+                table, i = pmd
+            off = self.pool_data0 + (table & PFN_MASK) * self.page_size + 8 * i
+            e = self.read_entry(cpu, table, i, "pte_offset_map_lock")
             if not e & _PRESENT:
                 return 0, None
-            table = e >> FLAG_BITS
-            ptl = self.pool.ptl(table & PFN_MASK)
+            ptl = self.pool.ptl((e >> FLAG_BITS) & PFN_MASK)
             ptl.lock(cpu)
             if self.pmem.load64(off) == e:
-                return table, ptl
+                return e >> FLAG_BITS, ptl
             ptl.unlock(cpu)
 
     def free_pgd(self, cpu, mm: int) -> None:

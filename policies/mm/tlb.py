@@ -31,16 +31,16 @@ class Tlb:
         return self.tlb0 + (cpu_id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
 
     def tlb_lookup(self, cpu, mmid: int, vpn: int) -> int:
-        off = self.tlb_entry_off(cpu.id, vpn)
+        off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
         mem = self.smem
-        if mem.load64(off) == tlb_tag(mmid, vpn):
+        if mem.load64(off) == (mmid << 16 | vpn) + 1:
             return mem.load64(off + 8)
         return 0
 
     def tlb_fill(self, cpu, mmid: int, vpn: int, pte: int) -> None:
-        off = self.tlb_entry_off(cpu.id, vpn)
+        off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
         self.smem.store64(off + 8, pte)
-        self.smem.store64(off, tlb_tag(mmid, vpn))
+        self.smem.store64(off, (mmid << 16 | vpn) + 1)
 
     def _flush_handler(self, target: int, arg: tuple[int, int, int]) -> None:
         """The IPI handler, run for `target`: drop its entries of (mm, [start, end))."""
