@@ -187,6 +187,18 @@ def release_mmap_lock(w: World, vmf: Vmf) -> None:
     w.mm.mmap_lock(vmf.mm).up_read(w.cpu)
 
 
+def fault_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> int:
+    """do_user_addr_fault(): mmap_read_lock, find_vma, handle_mm_fault, mmap_read_unlock."""
+    cpu = w.cpu
+    lock = w.mm.mmap_lock(mm)
+    lock.down_read(cpu)
+    try:
+        vma = w.mm.find_vma(cpu, mm, vpn)
+        return w.mm.handle_mm_fault(cpu, Vmf(mm, vma, vpn, write, "mmap_lock")) if vma else VM_FAULT_SIGSEGV
+    finally:
+        lock.up_read(cpu)
+
+
 def vma_free_now(cpu, vma: int) -> None:
     cpu.ctx.mm.vm_area_free(cpu, vma)
 
@@ -288,7 +300,7 @@ mmap_lock = VmaPolicy(
     doc="the baseline: mmap_lock read for faults and GUP, write for mmap/munmap/fork",
     lookup=lookup_mmap_lock,
     release=release_mmap_lock,
-    fault=fault_generic,
+    fault=fault_mmap_lock,
     mmap=mmap_locked,
     munmap=munmap_locked,
     new_vma=new_vma_plain,
@@ -624,7 +636,7 @@ def _spf_fault(w: World, mm: int, vpn: int, write: bool, validate: bool) -> int:
     elif got:
         vma_put_spf(w, vma)
     w.count("fallbacks")
-    return handle_with(w, lookup_mmap_lock(w, mm, vpn, write))
+    return fault_mmap_lock(w, mm, vpn, write)
 
 
 def vma_put_spf(w: World, vma: int) -> None:
@@ -733,7 +745,7 @@ def _per_vma_fault(w: World, mm: int, vpn: int, write: bool, check: bool) -> int
             w.count("vma_locked")
             return ret
     w.count("fallbacks")
-    return handle_with(w, lookup_mmap_lock(w, mm, vpn, write))
+    return fault_mmap_lock(w, mm, vpn, write)
 
 
 def new_vma_locked(w: World, mm: int, start: int, end: int, flags: int) -> int | None:

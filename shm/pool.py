@@ -50,10 +50,10 @@ POISON64 = int.from_bytes(bytes([POISON_BYTE]) * 8, "little", signed=True)
 PAGE = np.dtype(
     [
         ("state", "<i4"),
+        ("gen", "<i4"),
         ("flags", "<i4"),
         ("_refcount", "<i4"),
         ("_mapcount", "<i4"),
-        ("gen", "<i4"),
         ("owner", "<i4"),
         ("alloc_cpu", "<i4"),
         ("free_cpu", "<i4"),
@@ -68,6 +68,7 @@ PAGE = np.dtype(
     ]
 )
 assert PAGE.itemsize == 128
+assert PAGE.fields["gen"][1] == 4  # state and gen are one 64-bit word: one load checks a reference
 
 POOL_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("freed", "<i4"), ("waiters", "<i4")])
 
@@ -274,7 +275,7 @@ class Pool:
         mem = self.mem
         pfn = ref & PFN_MASK
         f = self.page0 + pfn * 128
-        if mem.load32(f) == PAGE_ALLOCATED and mem.load32(f + 16) == ref >> PFN_BITS:
+        if mem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
             return True
         self._report_uaf(cpu, ref, what)
         return False

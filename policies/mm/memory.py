@@ -40,7 +40,7 @@ ANON_SITE = alloc_site("mm: anonymous page")
 ZERO_SITE = alloc_site("mm: the zero page")
 ZERO_STAMP = 0x5A45524F
 _PRIVATE = PAGE.fields["private"][1]
-assert PAGE.fields["_mapcount"][1] == 12 and PAGE.fields["gen"][1] == 16
+_MAPCOUNT = PAGE.fields["_mapcount"][1]
 
 VM_FAULT_OK = 0
 VM_FAULT_RETRY = 1
@@ -73,7 +73,7 @@ class Memory:
 
     def page_add_anon_rmap(self, ref: int, anon: int, vpn: int) -> None:
         pmem, f = self.pmem, self.page0 + (ref & PFN_MASK) * 128
-        pmem.store32(f + 12, 0)
+        pmem.store32(f + _MAPCOUNT, 0)
         pmem.store64(f + _PRIVATE, anon)
         pmem.store64(f + _PRIVATE + 8, vpn)
 
@@ -431,8 +431,7 @@ class Memory:
         pte = smem.load64(off + 8) if smem.load64(off) == tag else 0
         via_tlb = bool(pte) and (not write or pte & PTE_WRITE)
         if not via_tlb:
-            table = self.walk_pte_table(cpu, mm, vpn, "MMU page walk")
-            pte = self.read_entry(cpu, table, vpn % self.geometry.pte, "MMU page walk") if table else 0
+            pte = self.walk(cpu, mm, vpn, "MMU page walk")
             if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
                 cpu.local_irq_enable(True)
                 return False
@@ -449,7 +448,7 @@ class Memory:
         f = self.page0 + pfn * 128
         data = self.pool_data0 + pfn * self.page_size
         word = pmem.load64(data)
-        alive = pmem.load32(f) == PAGE_ALLOCATED and pmem.load32(f + 16) == ref >> PFN_BITS
+        alive = pmem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
         want = ZERO_STAMP if pte & PTE_SPECIAL else None
         if not alive or (word != want if want is not None else word & 0xFFFF != vpn):
             kind = "stale-tlb" if via_tlb else "use-after-free"
@@ -460,8 +459,7 @@ class Memory:
                        mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn, ref >> PFN_BITS))
             return
         if via_tlb:
-            table = self.walk_pte_table(cpu, mm, vpn, "MMU page walk")
-            cur = self.read_entry(cpu, table, vpn % self.geometry.pte, "MMU page walk") if table else 0
+            cur = self.walk(cpu, mm, vpn, "MMU page walk")
             if cur & PTE_PRESENT and cur >> FLAG_BITS != ref:
                 cpu.report("stale-tlb", f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} "
                            f"through a stale TLB entry to page {pfn} while the page table maps "
@@ -469,9 +467,9 @@ class Memory:
                            mm=mm, vpn=vpn, tlb=describe_entry(pte), pte=describe_entry(cur))
                 return
         if write:
-            if pmem.load32(f + 12) > 0 and not self.smem.load32(self.mm_off(mm, "forking")):
+            if pmem.load32(f + _MAPCOUNT) > 0 and not self.smem.load32(self.mm_off(mm, "forking")):
                 cpu.report("invariant", f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
-                           f"{pmem.load32(f + 12) + 1} mappings share: a COW page changed under another mm",
+                           f"{pmem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
                            mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn))
                 return
             pmem.fetch_add64(data + 8, 1)

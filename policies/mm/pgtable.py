@@ -112,7 +112,7 @@ class PageTables:
         pmem = self.pmem
         v = pmem.load64(self.pool_data0 + pfn * self.page_size + 8 * index)
         f = self.page0 + pfn * 128
-        if pmem.load32(f) != 1 or pmem.load32(f + 16) != table_ref >> 24:
+        if pmem.load64(f) != (table_ref >> 24) << 32 | 1:
             self.pool._report_uaf(cpu, table_ref, what)
             return 0
         return v
@@ -130,15 +130,29 @@ class PageTables:
 
     def walk_pte_table(self, cpu, mm: int, vpn: int, what: str) -> int:
         """The PTE table covering vpn, read without locks (the MMU's walk, fast GUP's)."""
-        g = self.geometry
-        pgd = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
-        if not pgd:
-            return 0
-        e = self.read_entry(cpu, pgd, vpn // g.pmd_span, what)
-        if not e & _PRESENT:
-            return 0
-        e = self.read_entry(cpu, e >> FLAG_BITS, vpn // g.pte % g.pmd, what)
+        e = self.walk(cpu, mm, vpn, what, 2)
         return e >> FLAG_BITS if e & _PRESENT else 0
+
+    def walk(self, cpu, mm: int, vpn: int, what: str, levels: int = 3) -> int:
+        """The entry `levels` deep on the way to vpn (3: the PTE), with no lock, checking each
+        table it reads as read_entry does; 0 where the walk stops."""
+        g = self.geometry
+        pmem = self.pmem
+        ref = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        data0, psize, page0 = self.pool_data0, self.page_size, self.page0
+        for index in (vpn // g.pmd_span, vpn // g.pte % g.pmd, vpn % g.pte)[:levels]:
+            if not ref:
+                return 0
+            pfn = ref & PFN_MASK
+            e = pmem.load64(data0 + pfn * psize + 8 * index)
+            f = page0 + pfn * 128
+            if pmem.load64(f) != (ref >> 24) << 32 | 1:
+                self.pool._report_uaf(cpu, ref, what)
+                return 0
+            if not e & _PRESENT:
+                return 0
+            ref = e >> FLAG_BITS
+        return e
 
     def pte_alloc(self, cpu, mm: int, vpn: int) -> int:
         """pmd_alloc + __pte_alloc: make sure the tables for vpn exist; the PTE table or 0 on OOM."""
