@@ -326,12 +326,15 @@ def vma_put(w: World, vma: int) -> None:
         wake_up_var(w.cpu, m.vma_refcount_addr(vma))
 
 
-def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
+def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool, map_pages: bool = False) -> Vmf | int | None:
     """Lookup under RCU, then a reference taken before rcu_read_unlock (Wilcox, 2019-12-03).
 
     A BABY VMA (MAP_FIXED not finished) makes the fault wait until its
     flush is done; a ZOMBIE one (being unmapped) is retried, as Glisse
-    proposed (2019-12-05)."""
+    proposed (2019-12-05).  With `map_pages`, a giant VMA is first faulted
+    through ->map_pages under RCU without a reference; when that must sleep
+    it returns VM_FAULT_RETRY and the fault takes the reference (an int
+    result is the fault's, done)."""
     m, cpu, rcu = w.mm, w.cpu, w.rcu
     for _ in range(FAULT_TRIES):
         rcu.read_lock(cpu)
@@ -340,6 +343,13 @@ def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
             rcu.read_unlock(cpu)
             return None
         flags = m.vma_field(cpu, vma, "vm_flags", "lookup")
+        if map_pages and not flags & (VM_BABY | VM_ZOMBIE) and _giant(w, vma):
+            ret = m.map_pages_nowait(cpu, Vmf(mm, vma, vpn, write, "rcu"))
+            if ret != VM_FAULT_RETRY:
+                rcu.read_unlock(cpu)
+                w.count("map_pages")
+                return ret
+            w.count("retries")
         cpu.window("lookup:before-refcount")
         got = not flags & VM_ZOMBIE and vma_get(w, vma)
         rcu.read_unlock(cpu)
@@ -357,32 +367,19 @@ def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
     return None
 
 
+def _giant(w: World, vma: int) -> bool:
+    m = w.mm
+    return (m.vma_field(w.cpu, vma, "vm_end") - m.vma_field(w.cpu, vma, "vm_start") >= GIANT
+            and w.mem.load32(m.vma_off(vma, "anon_vma")) != 0)
+
+
 def release_rcu_refcount(w: World, vmf: Vmf) -> None:
     vma_put(w, vmf.vma)
 
 
 def fault_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> int:
-    """A giant VMA is faulted through ->map_pages under RCU, without a reference (Wilcox,
-    2019-12-03); when that must sleep it returns VM_FAULT_RETRY and the fault takes the
-    refcount path."""
-    m, cpu, rcu = w.mm, w.cpu, w.rcu
-    rcu.read_lock(cpu)
-    vma = m.find_vma(cpu, mm, vpn)
-    if vma:
-        s, e = m.vma_field(cpu, vma, "vm_start"), m.vma_field(cpu, vma, "vm_end")
-        flags = m.vma_field(cpu, vma, "vm_flags")
-        if e - s >= GIANT and not flags & (VM_BABY | VM_ZOMBIE) and m.smem.load32(m.vma_off(vma, "anon_vma")):
-            ret = m.map_pages_nowait(cpu, Vmf(mm, vma, vpn, write, "rcu"))
-            rcu.read_unlock(cpu)
-            if ret != VM_FAULT_RETRY:
-                w.count("map_pages")
-                return ret
-            w.count("retries")
-        else:
-            rcu.read_unlock(cpu)
-    else:
-        rcu.read_unlock(cpu)
-    return handle_with(w, lookup_rcu_refcount(w, mm, vpn, write))
+    vmf = lookup_rcu_refcount(w, mm, vpn, write, map_pages=True)
+    return vmf if isinstance(vmf, int) else handle_with(w, vmf)
 
 
 def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserve: bool,

@@ -104,6 +104,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.index_cache = KmemCache(machine, w.seg_index, "vma_index")
         self._locks: dict[tuple[str, int], object] = {}
         self._mmap_locks: list[Rwsem | None] = [None] * self.max_mms
+        self._vma_refs: dict[int, Refcount] = {}
         self.zero_page = 0
 
     # -- addresses and handles ---------------------------------------------------
@@ -136,7 +137,11 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         return self._lock(Mutex, "task_lock", mm)
 
     def vma_refcount(self, vma: int) -> Refcount:
-        return Refcount(self.machine, self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
+        slot = vma & 0xFFFF
+        h = self._vma_refs.get(slot)
+        if h is None:
+            h = self._vma_refs[slot] = Refcount(self.machine, self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
+        return h
 
     def vma_refcount_addr(self, vma: int) -> int:
         return address(self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
