@@ -68,7 +68,8 @@ PAGE = np.dtype(
     ]
 )
 assert PAGE.itemsize == 128
-assert PAGE.fields["gen"][1] == 4  # state and gen are one 64-bit word: one load checks a reference
+assert PAGE.fields["state"][1] == 0 and PAGE.fields["gen"][1] == 4  # (state, gen) is one 64-bit word:
+# one load checks a reference, one cmpxchg allocates or frees the page with its generation
 
 POOL_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("freed", "<i4"), ("waiters", "<i4")])
 
@@ -204,9 +205,10 @@ class Pool:
             waited += 1
         f = self.page0 + pfn * 128
         fo = self._f
-        if mem.cmpxchg32(f + fo["state"], PAGE_FREE, PAGE_ALLOCATED) != PAGE_FREE:
+        word = mem.load64(f)
+        gen = ((word >> 32) + 1) & GEN_MASK
+        if word & 0xFFFFFFFF != PAGE_FREE or mem.cmpxchg64(f, word, gen << 32 | PAGE_ALLOCATED) != word:
             cpu.report("invariant", f"page {pfn} on the free list is not free", pfn=pfn)
-        gen = (mem.fetch_add32(f + fo["gen"], 1) + 1) & GEN_MASK
         mem.store32(f + fo["owner"], site)
         mem.store32(f + fo["alloc_cpu"], cpu.id)
         mem.store32(f + fo["_refcount"], 1)
@@ -233,26 +235,20 @@ class Pool:
         gen = ref >> PFN_BITS
         f = self.page0 + pfn * 128
         fo = self._f
-        now = mem.load32(f + fo["gen"])
-        if now != gen:
+        old = mem.cmpxchg64(f, gen << 32 | PAGE_ALLOCATED, gen << 32 | PAGE_FREEING)
+        if old != gen << 32 | PAGE_ALLOCATED:
+            now, state = old >> 32, old & 0xFFFFFFFF
             cpu.report(
                 "double-free",
-                f"free of page {pfn} through a stale reference (gen {gen}, page is gen {now})",
-                **self.describe(pfn, expected_gen=gen),
-            )
-            return False
-        old = mem.cmpxchg32(f + fo["state"], PAGE_ALLOCATED, PAGE_FREEING)
-        if old != PAGE_ALLOCATED:
-            cpu.report(
-                "double-free",
-                f"free of page {pfn} that is {PAGE_STATES.get(old, old)}",
+                f"free of page {pfn} through a stale reference (gen {gen}, page is gen {now})" if now != gen
+                else f"free of page {pfn} that is {PAGE_STATES.get(state, state)}",
                 **self.describe(pfn, expected_gen=gen),
             )
             return False
         self.data[pfn] = POISON_BYTE
         mem.store32(f + fo["free_cpu"], cpu.id)
         mem.store32(f + fo["free_owner"], site)
-        mem.store32(f + fo["state"], PAGE_FREE)
+        mem.store32(f, PAGE_FREE)
         freelist_push(mem, self.head_off, self._next_off, pfn)
         mem.fetch_add32(self.nfree_off, 1)
         cpu.trace(_EV_FREE, pfn)

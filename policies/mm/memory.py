@@ -144,8 +144,7 @@ class Memory:
         if not table:
             return VM_FAULT_OOM
         vmf.pmd = (pmd, pi)
-        i = vmf.vpn % self.geometry.pte
-        pte = self.read_entry(cpu, table, i, "handle_pte_fault")
+        pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "handle_pte_fault")
         if not pte & PTE_PRESENT:
             return self.do_anonymous_page(cpu, vmf)
         if vmf.write and not pte & PTE_WRITE:
@@ -156,8 +155,9 @@ class Memory:
         anon = self.anon_vma_prepare(cpu, vmf)
         page = self.pool.alloc_page(cpu, gfp, ANON_SITE)
         if page is not None:
-            self.pmem.store64(self.pool.data_off(page & PFN_MASK, 0), stamp(anon, vmf.vpn))
-            self.pmem.store64(self.pool.data_off(page & PFN_MASK, 1), 0)
+            data = self.pool_data0 + (page & PFN_MASK) * self.page_size
+            self.pmem.store64(data, stamp(anon, vmf.vpn))
+            self.pmem.store64(data + 8, 0)
         return page, anon
 
     def do_anonymous_page(self, cpu, vmf: Vmf, page: int | None = None) -> int:
@@ -187,8 +187,8 @@ class Memory:
             self.pmem.store64(off, mk_pte(self.zero_page, PTE_PRESENT | PTE_SPECIAL))
         else:
             self.page_add_anon_rmap(page, anon, vmf.vpn)
-            self.add_rss(vmf.mm, 1)
-            self.pmem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
+            self.smem.fetch_add64(self.mm0 + vmf.mm * self.mm_stride + self.rss_field, 1)
+            self.pmem.store64(off, page << FLAG_BITS | PTE_PRESENT | PTE_WRITE)
         ptl.unlock(cpu)
         return VM_FAULT_OK
 

@@ -96,6 +96,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.max_mms = lay.regions["mm"].count
         self._mm_fields = {f: MM_STRUCT.fields[f][1] for f in MM_STRUCT.names}
         self.pgd_field = self._mm_fields["pgd"]
+        self.rss_field = self._mm_fields["rss"]
         self.page0 = self.pool.page0
         self._stats = {f: lay.offset("mm_stats", 0, f) for f in MM_STATS.names}
         self.tlb0 = lay.offset("tlb")
