@@ -101,7 +101,7 @@ class Memory:
         lock.lock(cpu)
         anon = self.smem.load32(off)
         if not anon:
-            anon = self.smem.fetch_add32(self.stats_off("next_anon_vma"), 1) + 1
+            anon = self.smem.fetch_add32(self.global_off("next_anon_vma"), 1) + 1
             self.smem.store32(off, anon)
         lock.unlock(cpu)
         return anon

@@ -53,12 +53,11 @@ MM_STRUCT = np.dtype(
     align=True,
 )
 
-MM_STATS = np.dtype(
+MM_GLOBAL = np.dtype(
     [
         ("next_anon_vma", "<i4"),
-        ("zero_page", "<i4"),
+        ("pad", "<i4"),
         ("zero_ref", "<i8"),
-        ("tlb_flushes", "<i8"),
     ]
 )
 
@@ -70,7 +69,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
     def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:
         return [
             Region("mm", MM_STRUCT, max_mms),
-            Region("mm_stats", MM_STATS),
+            Region("mm_global", MM_GLOBAL),
             Region("tlb", TLB_ENTRY, (ncpus + 2) * TLB_SIZE),
             *KmemCache.regions("vma", VMA, vma_slots),
             *KmemCache.regions("vma_index", VMA_INDEX, index_slots),
@@ -98,7 +97,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.pgd_field = self._mm_fields["pgd"]
         self.rss_field = self._mm_fields["rss"]
         self.page0 = self.pool.page0
-        self._stats = {f: lay.offset("mm_stats", 0, f) for f in MM_STATS.names}
+        self._global = {f: lay.offset("mm_global", 0, f) for f in MM_GLOBAL.names}
         self.tlb0 = lay.offset("tlb")
         self.mms = w.seg.view("mm")
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
@@ -112,8 +111,8 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
     def mm_off(self, mm: int, field: str) -> int:
         return self.mm0 + mm * self.mm_stride + self._mm_fields[field]
 
-    def stats_off(self, name: str) -> int:
-        return self._stats[name]
+    def global_off(self, name: str) -> int:
+        return self._global[name]
 
     def mm_id(self, mm: int) -> int:
         return self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
@@ -153,11 +152,8 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
     def mm_state(self, mm: int) -> int:
         return self.smem.load32(self.mm_off(mm, "state"))
 
-    def count(self, name: str, n: int = 1) -> None:
-        self.smem.fetch_add64(self._stats[name], n)
-
     def attach(self) -> None:
-        self.zero_page = self.smem.load64(self._stats["zero_ref"])
+        self.zero_page = self.smem.load64(self._global["zero_ref"])
 
     # -- boot ---------------------------------------------------------------------
     def setup(self, cpu, threads: int) -> None:
@@ -166,7 +162,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.index_cache.init()
         zero = self.pool.alloc_page(cpu, GFP_KERNEL, ZERO_SITE)
         self.pmem.store64(self.pool.data_off(zero & 0xFFFFFF, 0), ZERO_STAMP)
-        self.smem.store64(self._stats["zero_ref"], zero)
+        self.smem.store64(self._global["zero_ref"], zero)
         self.zero_page = zero
         self.mms["state"] = MM_FREE
         mm = self.mm_alloc(cpu)
@@ -239,13 +235,9 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         lock.up_write(cpu)
 
     def free_zero_page(self, cpu) -> None:
-        ref = self.smem.xchg64(self._stats["zero_ref"], 0)
+        ref = self.smem.xchg64(self._global["zero_ref"], 0)
         if ref:
             self.pool.free_page(cpu, ref, ZERO_SITE)
 
     def live_mms(self) -> list[int]:
         return [mm for mm in range(self.max_mms) if self.mm_state(mm) in (MM_LIVE, MM_EXITED)]
-
-    def stats(self) -> dict[str, int]:
-        return {f: int(self.smem.load64(o)) if MM_STATS.fields[f][0].itemsize == 8 else int(self.smem.load32(o))
-                for f, o in self._stats.items()}

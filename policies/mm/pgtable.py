@@ -50,14 +50,6 @@ def pte_pfn(entry: int) -> int:
     return (entry >> FLAG_BITS) & PFN_MASK
 
 
-def pte_present(entry: int) -> bool:
-    return bool(entry & _PRESENT)
-
-
-def pte_write(entry: int) -> bool:
-    return bool(entry & _WRITE)
-
-
 def describe_entry(entry: int) -> str:
     if not entry:
         return "none"

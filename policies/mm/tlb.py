@@ -27,16 +27,6 @@ def tlb_tag(mmid: int, vpn: int) -> int:
 class Tlb:
     """TLB lookup, fill and flush; a mixin of MmModel."""
 
-    def tlb_entry_off(self, cpu_id: int, vpn: int) -> int:
-        return self.tlb0 + (cpu_id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
-
-    def tlb_lookup(self, cpu, mmid: int, vpn: int) -> int:
-        off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
-        mem = self.smem
-        if mem.load64(off) == (mmid << 16 | vpn) + 1:
-            return mem.load64(off + 8)
-        return 0
-
     def tlb_fill(self, cpu, mmid: int, vpn: int, pte: int) -> None:
         off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
         self.smem.store64(off + 8, pte)
@@ -60,7 +50,6 @@ class Tlb:
     def flush_tlb_mm_range(self, cpu, mm: int, start: int, end: int) -> None:
         """flush_tlb_mm_range(): on return no CPU holds a translation of mm in [start, end)."""
         cpu.trace(_EV_FLUSH, start)
-        self.smem.fetch_add64(self.stats_off("tlb_flushes"), 1)
         cpu.smp_call_function_many(range(self.ncpus), self._flush_handler, (self.mm_id(mm), start, end))
 
     def flush_tlb_mm(self, cpu, mm: int) -> None:
