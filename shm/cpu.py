@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from shm.events import ARG_MASK, EV, KIND_INDEX, SEQ_MASK, TRACE_MASK
 from shm.locks import WAIT_IPI, WAIT_SHIFT
+from shm.machine import CPU_OFFLINE
 from shm.sched import OsScheduler, Scheduler
 
 if TYPE_CHECKING:
@@ -158,6 +159,8 @@ class Cpu:
             if t == self.id:
                 func(t, arg)
                 continue
+            if mem.load32(machine.cpu_off(t, "status")) >= CPU_OFFLINE:
+                continue  # a crashed CPU is offline: it holds no TLB worth flushing and acks nothing
             off = machine.cpu_off(t, "irqs_disabled")
             attempt = 0
             while (v := mem.cmpxchg32(off, IRQS_ON, IPI_DELIVERING)) != IRQS_ON:

@@ -42,6 +42,7 @@ CONTROL = np.dtype(
 )
 
 CPU_STATUS = ("idle", "running", "done", "crashed", "killed")
+CPU_OFFLINE = CPU_STATUS.index("crashed")  # this and after: the CPU takes no IPI
 NSTATS = 64
 
 CPU_STATE = np.dtype(
@@ -55,7 +56,8 @@ CPU_STATE = np.dtype(
         ("step", "<i8"),
         ("stats", "<i8", (NSTATS,)),
         ("wait_ns", "<i8"),
-        ("pad", "<i8", (2,)),
+        ("run_ns", "<i8"),
+        ("pad", "<i8"),
     ]
 )
 assert CPU_STATE.itemsize % 64 == 0

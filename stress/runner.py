@@ -578,6 +578,7 @@ class Runner:
                 kinds={kk: v for kk, v in m.kind_counts().items() if v},
                 grace_periods=m.rcu.gp_seq(),
                 lock_wait_ms=[round(int(w) / 1e6, 3) for w in m.cpus["wait_ns"][: k["cpus"]]],
+                run_ms=[round(int(t) / 1e6, 3) for t in m.cpus["run_ns"][: k["cpus"]]],
                 callbacks=int(m.mem.load64(m.rcu.cbs_run_off)),
                 findings=[f.to_json() for f in findings],
                 traces={

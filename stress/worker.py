@@ -12,20 +12,21 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from policies import World, get_scenario, load_module
 from shm import Cpu, Machine, Segment
-from shm.machine import NSTATS
+from shm.machine import CPU_STATUS, NSTATS
 from stress.program import Program, generate
 from stress.schedulers import Replay, make_scheduler
 
 STAT_OPS = 1
 STAT_COUNTERS = 32
 FLUSH_EVERY = 64
-STATUS = {"idle": 0, "running": 1, "done": 2, "crashed": 3}
+STATUS = {name: i for i, name in enumerate(CPU_STATUS)}
 
 
 @dataclass
@@ -156,6 +157,7 @@ def _run(w: World, ops, spec: ProcessSpec) -> None:
     stats = machine.cpus["stats"][cpu.id]
     boundary = cpu.sched.op_boundary
     done = 0
+    t0 = time.perf_counter_ns()
     while True:
         if not done & (FLUSH_EVERY - 1):
             _flush(stats, done, opcounts, w.counts)
@@ -170,6 +172,7 @@ def _run(w: World, ops, spec: ProcessSpec) -> None:
         opcounts[k] += 1
         boundary(cpu)
     _flush(stats, done, opcounts, w.counts)
+    mem.store64(machine.cpu_off(cpu.id, "run_ns"), time.perf_counter_ns() - t0)
 
 
 def gp_main(spec: ProcessSpec, cpu_id: int) -> None:
