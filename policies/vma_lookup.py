@@ -141,12 +141,16 @@ def new_vma_plain(w: World, mm: int, start: int, end: int, flags: int) -> int | 
 
 
 def unmap_region(w: World, mm: int, start: int, end: int, removed, floor: int, ceiling: int) -> None:
-    """unmap_region(): zap [start, end), free the tables of the gap, flush, free the pages."""
+    """unmap_region(): zap [start, end), free the tables of the gap, flush, free the pages.
+
+    The VMAs are marked zapped once the zap has passed every table: a fault
+    that installs a PTE for them after that (under a ptl the zap released)
+    leaves a PTE behind, which the model reports."""
     m, cpu = w.mm, w.cpu
-    for v in removed:
-        m.vma_set_flags(v, VM_ZAPPED)
     gather: list[int] = []
     m.zap_page_range(cpu, mm, start, end, gather)
+    for v in removed:
+        m.vma_set_flags(v, VM_ZAPPED)
     policy: VmaPolicy = w.policy
     if policy.free_tables and floor < ceiling:
         m.free_pgtables(cpu, mm, max(floor, 0), min(ceiling, m.geometry.pages), policy.remove_tables)
@@ -399,9 +403,9 @@ def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserv
         w.rcu.synchronize(cpu)
         w.count("grace_periods")
     gather: list[int] = []
+    m.zap_page_range(cpu, mm, start, end, gather)
     for v in removed:
         m.vma_set_flags(v, VM_ZAPPED)
-    m.zap_page_range(cpu, mm, start, end, gather)
     for v in removed:
         m.vm_area_free(cpu, v)
     cpu.window("munmap:zapped-before-flush")

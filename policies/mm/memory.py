@@ -7,8 +7,8 @@ mechanism that must revalidate before installing a PTE (the speculative
 fault) gives the Vmf a `validate` callback that runs under the ptl.
 
 Online checks here are the model's WARN_ONs:
-  * a fault installs a PTE for a VMA that munmap has already zapped (the
-    PTE would outlive its VMA: Vlastimil, 2019-12-10, "a parallel fault
+  * a fault installs a PTE for a VMA that munmap has already zapped, every
+    table of it (the PTE would outlive its VMA: Vlastimil, 2019-12-10, "a parallel fault
     that started with the old VMA ... doesn't end up being the last to
     install the PTE for the VMA that's going away");
   * a fault installs a PTE outside its VMA, or for a VMA of another mm;

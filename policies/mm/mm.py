@@ -223,9 +223,9 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.index_clear(cpu, mm)
         gather: list[int] = []
         for s, e, v in entries:
+            self.zap_page_range(cpu, mm, s, e, gather)
             if v != RESERVED:
                 self.vma_set_flags(v, VM_DETACHED | VM_ZAPPED)
-            self.zap_page_range(cpu, mm, s, e, gather)
         self.free_pgtables(cpu, mm, 0, self.geometry.pages)
         self.tlb_finish_mmu(cpu, mm, 0, self.geometry.pages, gather)
         for _, _, v in entries:
