@@ -379,7 +379,7 @@ def vma_table(doc: dict) -> str:
     """The README's table: faults/s per CPU (1 CPU / 2 CPUs), lock wait share, GPs per munmap."""
     res = doc["results"]
     lines = ["| policy | (a) disjoint 1 / 2 CPUs | (b) giant 1 / 2 | (c) churn 1 / 2 | (c) vs mmap_lock "
-             "| lock wait (c, 2 CPUs) | GPs per munmap | munmap cycle µs |",
+             "| lock wait (c, 2 CPUs) | GPs per munmap | munmap beside faults, µs |",
              "|---|---|---|---|---|---|---|---|"]
     for p, r in res.items():
         cells = [f"{r[w]['1']['faults_per_s_per_cpu']:,} / {r[w]['2']['faults_per_s_per_cpu']:,}" for w in WORKLOADS]

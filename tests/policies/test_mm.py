@@ -260,3 +260,25 @@ def test_an_ipi_waits_until_the_target_enables_interrupts():
     finally:
         m.unlink()
         m.close()
+
+
+class NeverSpin(OsScheduler):
+    def spin(self, cpu, attempt, mem=None, off=0, seen=0, bits=32):
+        raise AssertionError("the sender waited for an offline CPU")
+
+
+def test_an_ipi_skips_a_crashed_cpu():
+    """A crashed CPU is offline: its irq word may say disabled forever, and nobody waits for it."""
+    from shm.machine import CPU_STATUS
+
+    m = Machine.create(new_run_id(), ncpus=2, pool_pages=4)
+    try:
+        dead = Cpu(m, 1)
+        dead.local_irq_disable()
+        m.mem.store32(m.cpu_off(1, "status"), CPU_STATUS.index("crashed"))
+        seen = []
+        Cpu(m, 0, NeverSpin()).smp_call_function_many([0, 1], lambda t, arg: seen.append(t))
+        assert seen == [0]
+    finally:
+        m.unlink()
+        m.close()
