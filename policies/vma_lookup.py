@@ -785,14 +785,22 @@ per_vma_lock = VmaPolicy(
 class VmaLookup(Scenario):
     name = "vma_lookup"
     doc = "splitting the mmap_sem: faults find and pin VMAs while mmap/munmap/fork change them"
-    needs = Needs(pool_pages=1024, page_size=64, srcu_domains=1)
     counters = ("accesses", "faults", "sigsegv", "retries", "fallbacks", "spf", "vma_locked", "vma_lock_miss",
                 "map_pages", "mmaps", "munmaps", "madvises", "forks", "exits", "gups", "gup_fast", "remote",
                 "nomm", "enomem", "oom", "grace_periods")
 
-    def __init__(self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = ()):
+    def __init__(self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = (),
+                 name: str = "vma_lookup"):
+        """`geometry` sizes the page tables (a user registers another instance under another
+        name for a larger address space); the setup, the litmus programs and the benchmark
+        place their VMAs in the first 128 pages."""
         self.geometry = geometry or Geometry()
+        if self.geometry.pages < 128:
+            raise ValueError(f"{name}: the geometry must map at least 128 pages, not {self.geometry.pages}")
+        self.name = name
         self.policies = policies
+        self.needs = Needs(pool_pages=4 * self.geometry.pages + 512, page_size=self.geometry.page_size_needed(),
+                           srcu_domains=1)
 
     def regions(self, ncpus: int) -> list[Region]:
         return MmModel.regions(ncpus, MAX_MMS)
