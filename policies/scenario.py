@@ -202,7 +202,7 @@ class World:
         return self.seg.layout.offset(region, index, field)
 
     def _handle(self, cls, region: str, index: int, field: str | None):
-        return cls(self.machine, self.seg_index, self.offset(region, index, field))
+        return self.machine.handle(cls, self.seg_index, self.offset(region, index, field))
 
     def spinlock(self, region: str, index: int = 0, field: str | None = None) -> Spinlock:
         return self._handle(Spinlock, region, index, field)

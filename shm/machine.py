@@ -105,6 +105,7 @@ class Machine:
         self.boot_cpu = self.ncpus + 1
         self.mem = seg.mem
         self.segments: list[Segment] = [seg]
+        self._handles: dict = {}
         self.mems = [seg.mem]
         lo = seg.layout.offset
         self.stop_off = lo("control", 0, "stop")
@@ -157,6 +158,15 @@ class Machine:
         if h["layout"] != "machine":
             raise LayoutError(f"segment {name} holds layout {h['layout']!r}, not a machine")
         return cls(Segment.attach(name, machine_layout(h["params"])))
+
+    def handle(self, cls, seg: int, off: int):
+        """The handle (Spinlock, Rwsem, Refcount...) of the word at (segment, offset), made once per
+        process: handles hold no state of their own, so one serves every caller."""
+        key = seg << 40 | off
+        h = self._handles.get(key)
+        if h is None or type(h) is not cls:
+            h = self._handles[key] = cls(self, seg, off)
+        return h
 
     def add_segment(self, seg: Segment) -> int:
         self.segments.append(seg)

@@ -132,8 +132,8 @@ class Pool:
         self.page0 = lay.offset("page")
         self.data0 = lay.offset("page_data")
         self._f = {name: PAGE.fields[name][1] for name in PAGE.names}
-        self._ptls: dict[int, Spinlock] = {}
-        self._refcounts: dict[int, Refcount] = {}
+        self._ptl_field = self._f["ptl"]
+        self._ptls: list[Spinlock | None] = [None] * self.npages
 
     def close(self) -> None:
         self.pages = self.data = None
@@ -160,16 +160,13 @@ class Pool:
 
     def refcount(self, pfn: int) -> Refcount:
         """The page's _refcount as a refcount_t."""
-        h = self._refcounts.get(pfn)
-        if h is None:
-            h = self._refcounts[pfn] = Refcount(self.machine, 0, self.field_off(pfn, "_refcount"))
-        return h
+        return self.machine.handle(Refcount, 0, self.field_off(pfn, "_refcount"))
 
     def ptl(self, pfn: int) -> Spinlock:
-        """The page's split page-table lock (a handle made once per page and process)."""
-        h = self._ptls.get(pfn)
+        """The page's split page-table lock (on every fault's path: resolved once per page)."""
+        h = self._ptls[pfn]
         if h is None:
-            h = self._ptls[pfn] = Spinlock(self.machine, 0, self.field_off(pfn, "ptl"))
+            h = self._ptls[pfn] = self.machine.handle(Spinlock, 0, self.page0 + pfn * 128 + self._ptl_field)
         return h
 
     def gen(self, pfn: int) -> int:

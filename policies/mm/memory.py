@@ -32,15 +32,18 @@ from policies.mm.pgtable import (
     mk_pte,
 )
 from policies.mm.tlb import TLB_SIZE
-from policies.mm.vma import VM_ZAPPED
-from shm import GFP_KERNEL, GFP_NOWAIT, Refcount, alloc_site
+from policies.mm.vma import VM_ZAPPED, VMA
+from shm import GFP_KERNEL, GFP_NOWAIT, alloc_site
 from shm.pool import PAGE, PAGE_ALLOCATED, PFN_BITS, PFN_MASK
+from shm.slab import SLOT_MASK
 
 ANON_SITE = alloc_site("mm: anonymous page")
 ZERO_SITE = alloc_site("mm: the zero page")
 ZERO_STAMP = 0x5A45524F
 _PRIVATE = PAGE.fields["private"][1]
 _MAPCOUNT = PAGE.fields["_mapcount"][1]
+_VM_START = VMA.fields["vm_start"][1]
+_VM_END, _VM_FLAGS, _VM_MM = (VMA.fields[f][1] - _VM_START for f in ("vm_end", "vm_flags", "vm_mm"))
 
 VM_FAULT_OK = 0
 VM_FAULT_RETRY = 1
@@ -114,10 +117,10 @@ class Memory:
         vma = vmf.vma
         c = self.vma_cache
         mem = self.smem
-        base = c.base + (vma & 0xFFFF) * c.stride
-        flags = mem.load32(base + c.fields["vm_flags"])
-        s, e = mem.load32(base + c.fields["vm_start"]), mem.load32(base + c.fields["vm_end"])
-        vm_mm = mem.load32(base + c.fields["vm_mm"])
+        base = c.base + (vma & SLOT_MASK) * c.stride + _VM_START
+        flags = mem.load32(base + _VM_FLAGS)
+        s, e = mem.load32(base), mem.load32(base + _VM_END)
+        vm_mm = mem.load32(base + _VM_MM)
         if not c.check(cpu, vma, "set_pte_at: the fault's VMA"):
             return False
         if flags & VM_ZAPPED:
@@ -382,13 +385,13 @@ class Memory:
         dst_anon = self.smem.load32(self.vma_off(dst_vma, "anon_vma"))
         while vpn < end:
             stop = min(end, (vpn // g.pte + 1) * g.pte)
-            src, sptl = self.pte_offset_map_lock(cpu, src_mm, vpn)
-            if src:
-                sptl.unlock(cpu)
-                dst = self.pte_alloc(cpu, dst_mm, vpn)
+            if self.walk_pte_table(cpu, src_mm, vpn, "copy_pte_range"):
+                dst = self.pte_alloc(cpu, dst_mm, vpn)  # pte_alloc_map_lock first, as copy_pte_range does
                 if not dst:
                     return False
                 src, sptl = self.pte_offset_map_lock(cpu, src_mm, vpn)
+            else:
+                src = 0
             if src:
                 dptl = self.pool.ptl(dst & PFN_MASK)
                 dptl.lock(cpu)
@@ -515,7 +518,7 @@ class Memory:
         ref = 0
         if pte & PTE_PRESENT and not pte & PTE_SPECIAL and (not vmf.write or pte & PTE_WRITE):
             ref = pte >> FLAG_BITS
-            Refcount.inc(self.pool.refcount(ref & PFN_MASK), cpu)
+            self.pool.refcount(ref & PFN_MASK).inc(cpu)
         ptl.unlock(cpu)
         return ref
 

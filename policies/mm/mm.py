@@ -100,11 +100,9 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self._global = {f: lay.offset("mm_global", 0, f) for f in MM_GLOBAL.names}
         self.tlb0 = lay.offset("tlb")
         self.mms = w.seg.view("mm")
+        self._mmap_locks: list[Rwsem | None] = [None] * self.max_mms
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
         self.index_cache = KmemCache(machine, w.seg_index, "vma_index")
-        self._locks: dict[tuple[str, int], object] = {}
-        self._mmap_locks: list[Rwsem | None] = [None] * self.max_mms
-        self._vma_refs: dict[int, Refcount] = {}
         self.zero_page = 0
 
     # -- addresses and handles ---------------------------------------------------
@@ -118,13 +116,10 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         return self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
 
     def _lock(self, cls, field: str, mm: int):
-        key = (field, mm)
-        h = self._locks.get(key)
-        if h is None:
-            h = self._locks[key] = cls(self.machine, self.seg_index, self.mm_off(mm, field))
-        return h
+        return self.machine.handle(cls, self.seg_index, self.mm_off(mm, field))
 
     def mmap_lock(self, mm: int) -> Rwsem:
+        """mm->mmap_lock (on every fault's path: resolved once per mm)."""
         h = self._mmap_locks[mm]
         if h is None:
             h = self._mmap_locks[mm] = self._lock(Rwsem, "mmap_lock", mm)
@@ -137,17 +132,13 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         return self._lock(Mutex, "task_lock", mm)
 
     def vma_refcount(self, vma: int) -> Refcount:
-        slot = vma & 0xFFFF
-        h = self._vma_refs.get(slot)
-        if h is None:
-            h = self._vma_refs[slot] = Refcount(self.machine, self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
-        return h
+        return self.machine.handle(Refcount, self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
 
     def vma_refcount_addr(self, vma: int) -> int:
         return address(self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
 
     def vma_lock(self, vma: int) -> Rwsem:
-        return Rwsem(self.machine, self.seg_index, self.vma_cache.off(vma, "vm_lock"))
+        return self.machine.handle(Rwsem, self.seg_index, self.vma_cache.off(vma, "vm_lock"))
 
     def mm_state(self, mm: int) -> int:
         return self.smem.load32(self.mm_off(mm, "state"))
@@ -202,16 +193,16 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.smem.store32(self.mm_off(mm, "state"), MM_LIVE)
 
     def mmget_not_zero(self, cpu, mm: int) -> bool:
-        return Refcount(self.machine, self.seg_index, self.mm_off(mm, "mm_users")).inc_not_zero(cpu)
+        return self._lock(Refcount, "mm_users", mm).inc_not_zero(cpu)
 
     def mmput(self, cpu, mm: int, vma_free: Callable[[object, int], None]) -> None:
         """mmput(): the last user runs exit_mmap() and drops the mm_count it held."""
-        if Refcount(self.machine, self.seg_index, self.mm_off(mm, "mm_users")).dec_and_test(cpu):
+        if self._lock(Refcount, "mm_users", mm).dec_and_test(cpu):
             self.exit_mmap(cpu, mm, vma_free)
             self.mmdrop(cpu, mm)
 
     def mmdrop(self, cpu, mm: int) -> None:
-        if Refcount(self.machine, self.seg_index, self.mm_off(mm, "mm_count")).dec_and_test(cpu):
+        if self._lock(Refcount, "mm_count", mm).dec_and_test(cpu):
             self.smem.store32(self.mm_off(mm, "state"), MM_FREE)
 
     def exit_mmap(self, cpu, mm: int, vma_free: Callable[[object, int], None]) -> None:

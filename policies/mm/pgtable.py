@@ -111,14 +111,10 @@ class PageTables:
 
     def walk_pmd(self, cpu, mm: int, vpn: int, what: str) -> tuple[int, int]:
         """(pmd table ref, pmd index) for vpn, or (0, 0) if no pmd table; no lock taken."""
-        g = self.geometry
-        pgd = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
-        if not pgd:
-            return 0, 0
-        e = self.read_entry(cpu, pgd, vpn // g.pmd_span, what)
+        e = self.walk(cpu, mm, vpn, what, 1)
         if not e & _PRESENT:
             return 0, 0
-        return e >> FLAG_BITS, vpn // g.pte % g.pmd
+        return e >> FLAG_BITS, vpn // self.geometry.pte % self.geometry.pmd
 
     def walk_pte_table(self, cpu, mm: int, vpn: int, what: str) -> int:
         """The PTE table covering vpn, read without locks (the MMU's walk, fast GUP's)."""
