@@ -46,7 +46,6 @@ from policies.mm import (
     VM_FAULT_SIGSEGV,
     VM_READ,
     VM_WRITE,
-    VM_ZAPPED,
     VM_ZOMBIE,
     Geometry,
     MmModel,
@@ -150,7 +149,7 @@ def unmap_region(w: World, mm: int, start: int, end: int, removed, floor: int, c
     gather: list[int] = []
     m.zap_page_range(cpu, mm, start, end, gather)
     for v in removed:
-        m.vma_set_flags(v, VM_ZAPPED)
+        m.vma_mark_zapped(v, start, end)
     policy: VmaPolicy = w.policy
     if policy.free_tables and floor < ceiling:
         m.free_pgtables(cpu, mm, max(floor, 0), min(ceiling, m.geometry.pages), policy.remove_tables)
@@ -405,7 +404,7 @@ def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserv
     gather: list[int] = []
     m.zap_page_range(cpu, mm, start, end, gather)
     for v in removed:
-        m.vma_set_flags(v, VM_ZAPPED)
+        m.vma_mark_zapped(v, start, end)
     for v in removed:
         m.vm_area_free(cpu, v)
     cpu.window("munmap:zapped-before-flush")

@@ -43,7 +43,8 @@ ZERO_STAMP = 0x5A45524F
 _PRIVATE = PAGE.fields["private"][1]
 _MAPCOUNT = PAGE.fields["_mapcount"][1]
 _VM_START = VMA.fields["vm_start"][1]
-_VM_END, _VM_FLAGS, _VM_MM = (VMA.fields[f][1] - _VM_START for f in ("vm_end", "vm_flags", "vm_mm"))
+_VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (VMA.fields[f][1] - _VM_START for f in (
+    "vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end"))
 
 VM_FAULT_OK = 0
 VM_FAULT_RETRY = 1
@@ -123,7 +124,7 @@ class Memory:
         vm_mm = mem.load32(base + _VM_MM)
         if not c.check(cpu, vma, "set_pte_at: the fault's VMA"):
             return False
-        if flags & VM_ZAPPED:
+        if flags & VM_ZAPPED and mem.load32(base + _ZAP_START) <= vmf.vpn < mem.load32(base + _ZAP_END):
             cpu.report("invariant", f"fault installs a PTE at {vmf.vpn} for VMA {self._vma_text(vma)} after "
                        "munmap zapped it: the PTE outlives its VMA (a parallel fault that started with the "
                        "old VMA ended up the last to install the PTE)", mm=vmf.mm, vpn=vmf.vpn,

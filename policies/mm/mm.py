@@ -22,7 +22,7 @@ import numpy as np
 from policies.mm.memory import ZERO_SITE, ZERO_STAMP, Memory
 from policies.mm.pgtable import Geometry, PageTables
 from policies.mm.tlb import TLB_ENTRY, TLB_SIZE, Tlb
-from policies.mm.vma import RESERVED, VM_DETACHED, VM_ZAPPED, VMA, VMA_INDEX, VmaTree
+from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX, VmaTree
 from shm import GFP_KERNEL, MUTEX, RWSEM, SPINLOCK, Mutex, Refcount, Region, Rwsem, Spinlock
 from shm.events import address
 from shm.slab import KmemCache
@@ -216,7 +216,8 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         for s, e, v in entries:
             self.zap_page_range(cpu, mm, s, e, gather)
             if v != RESERVED:
-                self.vma_set_flags(v, VM_DETACHED | VM_ZAPPED)
+                self.vma_set_flags(v, VM_DETACHED)
+                self.vma_mark_zapped(v, s, e)
         self.free_pgtables(cpu, mm, 0, self.geometry.pages)
         self.tlb_finish_mmu(cpu, mm, 0, self.geometry.pages, gather)
         for _, _, v in entries:

@@ -39,6 +39,8 @@ VMA = np.dtype(
         ("vm_mm", "<i4"),
         ("anon_vma", "<i4"),
         ("vm_lock_seq", "<i4"),
+        ("zap_start", "<i4"),
+        ("zap_end", "<i4"),
         ("vm_refcnt", REFCOUNT),
         ("vm_seq", SEQCOUNT),
         ("vm_lock", RWSEM),
@@ -89,6 +91,8 @@ class VmaTree:
         mem.store32(o(vma, "vm_lock_seq"), -1)
         mem.store32(o(vma, "vm_refcnt"), 1)
         mem.store32(o(vma, "vm_seq"), 0)
+        mem.store32(o(vma, "zap_start"), 0)
+        mem.store32(o(vma, "zap_end"), 0)
         return vma
 
     def vm_area_free(self, cpu, vma: int) -> None:
@@ -96,6 +100,14 @@ class VmaTree:
 
     def vma_set_flags(self, vma: int, flags: int) -> None:
         self.smem.fetch_or32(self.vma_cache.off(vma, "vm_flags"), flags)
+
+    def vma_mark_zapped(self, vma: int, start: int, end: int) -> None:
+        """The zap of [start, end) has passed every table: record which part of the VMA it
+        covered (split_range's remainders keep the rest mapped), then set VM_ZAPPED."""
+        mem, o = self.smem, self.vma_cache.off
+        mem.store32(o(vma, "zap_start"), max(start, mem.load32(o(vma, "vm_start"))))
+        mem.store32(o(vma, "zap_end"), min(end, mem.load32(o(vma, "vm_end"))))
+        self.vma_set_flags(vma, VM_ZAPPED)
 
     def vma_clear_flags(self, vma: int, flags: int) -> None:
         self.smem.fetch_and32(self.vma_cache.off(vma, "vm_flags"), ~flags)

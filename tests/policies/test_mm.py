@@ -214,12 +214,19 @@ def test_fork_copying_an_anon_page_into_a_vma_without_anon_vma_is_an_invariant(w
 
 def test_installing_a_pte_for_a_zapped_vma_is_an_invariant(world):
     w = world
-    from policies.mm import VM_ZAPPED
     vma = w.mm.find_vma(w.cpu, 0, 3)
-    w.mm.vma_set_flags(vma, VM_ZAPPED)
+    w.mm.vma_mark_zapped(vma, 0, 4)
     w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 3, True))
     assert kinds(w) == ["invariant"]
     assert "after munmap zapped it" in w.machine.findings()[0]["message"]
+
+
+def test_a_pte_in_the_part_of_a_zapped_vma_a_split_kept_is_not_an_invariant(world):
+    w = world
+    vma = w.mm.find_vma(w.cpu, 0, 8)
+    w.mm.vma_mark_zapped(vma, 0, 4)
+    w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 8, True))
+    assert kinds(w) == []
 
 
 def test_freeing_a_table_that_still_maps_a_page_is_an_invariant(world):
