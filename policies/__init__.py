@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 
 from policies.scenario import Arg, Needs, Operation, Policy, Scenario, World, mutant
+from shm.checks import Check, define_check
+from shm.layout import Region
 
 _REGISTRY: dict[str, Scenario] = {}
 _BUILTIN = (
@@ -26,12 +29,27 @@ _BUILTIN = (
 _loaded = False
 
 
+POLICY_MODULE_ENV = "MMTORTURE_POLICY_MODULE"
+
+
+def _origin(obj: object) -> tuple[str, str]:
+    cls = type(obj)
+    try:
+        return os.path.realpath(inspect.getfile(cls)), cls.__qualname__
+    except (TypeError, OSError):
+        return "", cls.__qualname__
+
+
 def register(scenario: Scenario) -> Scenario:
+    """Register a scenario by name.  The same module loaded twice (by name and by path)
+    registers once; another scenario under a taken name is an error."""
     if not scenario.name:
         raise ValueError(f"{type(scenario).__name__} has no name")
     known = _REGISTRY.get(scenario.name)
-    if known is not None and type(known) is not type(scenario):
-        raise ValueError(f"scenario {scenario.name!r} is already registered")
+    if known is not None and known is not scenario:
+        if _origin(known) == _origin(scenario):
+            return known
+        raise ValueError(f"scenario {scenario.name!r} is already registered (by {_origin(known)[0]})")
     _REGISTRY[scenario.name] = scenario
     return scenario
 
@@ -55,7 +73,18 @@ def get_scenario(name: str) -> Scenario:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise LookupError(f"unknown scenario {name!r} (known: {known})") from None
+        raise LookupError(f"unknown scenario {name!r} (known: {known}; a scenario of your own is loaded "
+                          f"with --policy-module FILE.py or {POLICY_MODULE_ENV})") from None
+
+
+def env_modules() -> list[str]:
+    """The policy modules named by MMTORTURE_POLICY_MODULE (several separated by os.pathsep)."""
+    return [m for m in os.environ.get(POLICY_MODULE_ENV, "").split(os.pathsep) if m]
+
+
+def module_spec(spec: str) -> str:
+    """How a report records a module: an absolute path for a file, the name for a module."""
+    return os.path.abspath(spec) if spec.endswith(".py") or os.sep in spec else spec
 
 
 def load_module(spec: str) -> None:
@@ -64,6 +93,9 @@ def load_module(spec: str) -> None:
         path = os.path.abspath(spec)
         if not os.path.exists(path):
             raise LookupError(f"policy module {spec!r} does not exist")
+        real = os.path.realpath(path)
+        if any(os.path.realpath(getattr(m, "__file__", None) or "") == real for m in list(sys.modules.values())):
+            return
         name = "mmtorture_user_" + os.path.splitext(os.path.basename(path))[0]
         if name in sys.modules:
             return
@@ -81,6 +113,7 @@ def load_module(spec: str) -> None:
 
 
 __all__ = [
-    "Arg", "Needs", "Operation", "Policy", "Scenario", "World", "get_scenario", "load_module", "mutant",
-    "register", "scenarios",
+    "POLICY_MODULE_ENV", "Arg", "Check", "Needs", "Operation", "Policy", "Region", "Scenario", "World",
+    "define_check", "env_modules", "get_scenario", "load_module", "module_spec", "mutant", "register",
+    "scenarios",
 ]

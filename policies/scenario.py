@@ -34,12 +34,19 @@ from shm import (
     Seqcount,
     Spinlock,
 )
-from shm.events import KINDS
+from shm.checks import Check, get_check
 
 
 @dataclass(frozen=True)
 class Policy:
-    """A named variant of a scenario.  Subclasses add the operations that vary."""
+    """A named variant of a scenario.  Subclasses add the operations that vary.
+
+    A mutant names the check it must trip first (`expect`, check ids; a
+    second one only where the bug shows either way, said in its docstring),
+    the passage it reproduces (`source`), and what shows that its correct
+    twin went through the racy path the mutant breaks (`witness`: a scenario
+    counter, `window:NAME` for a window where a preemption or delay landed,
+    or `op:NAME` for an operation that ran)."""
 
     name: str
     doc: str = ""
@@ -47,24 +54,29 @@ class Policy:
     expect: tuple[str, ...] = ()
     source: str = ""
     twin: str = ""
+    witness: str = ""
 
     def __post_init__(self) -> None:
-        bad = [k for k in self.expect if k not in KINDS]
-        if bad:
-            raise ValueError(f"policy {self.name}: unknown finding kinds {bad}")
+        for c in self.expect:
+            get_check(c)
         if self.mutant and not self.expect:
-            raise ValueError(f"mutant {self.name} must say which finding kind it produces")
+            raise ValueError(f"mutant {self.name} must say which check it trips")
         if self.mutant and not self.source:
             raise ValueError(f"mutant {self.name} must name the passage it reproduces")
+        if self.mutant and not self.witness:
+            raise ValueError(f"mutant {self.name} must say what shows its twin reached the race (witness)")
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return tuple(get_check(c) for c in self.expect)
 
 
-def mutant(correct: Policy, name: str, expect: tuple[str, ...] | str, source: str, doc: str,
-           **ops: Any) -> Policy:
+def mutant(correct: Policy, name: str, expect: tuple[Check, ...] | Check, source: str, doc: str,
+           witness: str, **ops: Any) -> Policy:
     """A deliberately broken twin of `correct`, differing only in `ops`."""
-    if isinstance(expect, str):
-        expect = (expect,)
-    return dataclasses.replace(correct, name=name, mutant=True, expect=expect, source=source,
-                               doc=doc, twin=correct.name, **ops)
+    checks = (expect,) if isinstance(expect, Check) else expect
+    return dataclasses.replace(correct, name=name, mutant=True, expect=tuple(c.id for c in checks),
+                               source=source, doc=doc, twin=correct.name, witness=witness, **ops)
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,7 @@ class Needs:
     pool_pages: int = 256
     page_size: int = 64
     srcu_domains: int = 1
+    nowait_fail_rate: float = 0.0  # when the knob is not given: this scenario injects failures
 
 
 class Scenario:

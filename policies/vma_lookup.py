@@ -50,10 +50,27 @@ from policies.mm import (
     Geometry,
     MmModel,
     Vmf,
+    broken,
     sweep,
+)
+from policies.mm.checks import (
+    ACCESS_FREED_PAGE,
+    BAD_PAGE_REFS,
+    BAD_PGTABLE_BYTES,
+    BAD_RSS,
+    COW_WRITE_SHARED,
+    FORK_NO_ANON_VMA,
+    FREE_MAPPED_TABLE,
+    PTE_AFTER_ZAP,
+    PTE_IN_NO_VMA,
+    PTE_OUTSIDE_VMA,
+    RMAP_UNDERFLOW,
+    STALE_TLB,
+    WALK_FREED_TABLE,
 )
 from policies.scenario import Arg, Needs, Operation, Policy, Region, Scenario, World, mutant
 from shm import rcu_callback, wait_var_event, wake_up_var
+from shm.checks import SLAB_UAF
 from shm.slab import SLOT_MASK
 
 MAX_MMS = 3
@@ -86,6 +103,7 @@ class VmaPolicy(Policy):
     dup_lock_vma: Callable[[World, int, int], None] | None = None
     vma_free: Callable[[object, int], None] | None = None
     typesafe_vmas: bool = False
+    model: type[MmModel] = MmModel
 
 
 # -- helpers every policy shares --------------------------------------------------
@@ -152,7 +170,7 @@ def unmap_region(w: World, mm: int, start: int, end: int, removed, floor: int, c
         m.vma_mark_zapped(v, start, end)
     policy: VmaPolicy = w.policy
     if policy.free_tables and floor < ceiling:
-        m.free_pgtables(cpu, mm, max(floor, 0), min(ceiling, m.geometry.pages), policy.remove_tables)
+        m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages), policy.remove_tables)
     m.tlb_finish_mmu(cpu, mm, start, end, gather)
 
 
@@ -360,6 +378,7 @@ def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool, map_pages: boo
             w.count("retries")
             continue
         if flags & VM_BABY:
+            w.count("baby_waits")
             off = m.vma_off(vma, "vm_flags")
             wait_var_event(cpu, m.vma_cache.address(vma, "vm_flags"),
                            lambda off=off: not w.mem.load32(off) & VM_BABY)
@@ -399,8 +418,10 @@ def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserv
         w.policy.put_base(w, v)
     cpu.window("munmap:after-refcount-wait")
     if not single_threaded(w, mm):
+        if w.mem.load32(m.mm_off(mm, "nr_threads")) <= 1:
+            w.count("remote_gp")
         w.rcu.synchronize(cpu)
-        w.count("grace_periods")
+        w.count("munmap_gps")
     gather: list[int] = []
     m.zap_page_range(cpu, mm, start, end, gather)
     for v in removed:
@@ -421,6 +442,7 @@ def vma_put_base(w: World, vma: int) -> None:
     m = w.mm
     ref = m.vma_refcount(vma)
     if not ref.dec_and_test(w.cpu):
+        w.count("refcount_waits")
         wait_var_event(w.cpu, m.vma_refcount_addr(vma), lambda: ref.read() == 0)
 
 
@@ -429,8 +451,10 @@ def vma_put_base_no_wait(w: World, vma: int) -> None:
 
     Skips step 3 of Wilcox's mmap() ("sleep until old VMAs have a zero
     refcount"): synchronize_rcu() only waits for readers still inside RCU,
-    not for a fault that took its reference and is sleeping.  Must produce
-    a use-after-free."""
+    not for a fault that took its reference and is sleeping.  The fault
+    then touches the freed VMA (slab.uaf), or, when it installs between
+    the zap and the free, leaves a PTE that outlives its VMA (Babka,
+    2019-12-10; mm.pte-after-zap)."""
     w.mm.vma_refcount(vma).dec_and_test(w.cpu)
 
 
@@ -568,8 +592,13 @@ def lookup_srcu_unlocked(w: World, mm: int, vpn: int, write: bool) -> Vmf | None
     Wilcox (2020-02-06): "at the beginning of a page fault call
     srcu_read_lock(&vma_srcu) ... at the end of the fault, call
     srcu_read_unlock".  Without it synchronize_srcu() does not wait for
-    the fault, and munmap frees the VMA under it.  Must produce a
-    use-after-free."""
+    the fault, and munmap tears the VMA down under it.  Where munmap
+    passes the fault decides how it shows: the fault touches the freed VMA
+    (slab.uaf), or the PTE it installs outlives its VMA (Babka, 2019-12-10:
+    "a parallel fault that started with the old VMA ... ends up being the
+    last to install the PTE"), seen at the install once the zap has passed
+    (mm.pte-after-zap) or when free_pgtables frees the table under it
+    (mm.free-mapped-table)."""
     w.rcu.read_lock(w.cpu)
     vma = w.mm.find_vma(w.cpu, mm, vpn)
     w.rcu.read_unlock(w.cpu)
@@ -581,14 +610,13 @@ def release_nothing(w: World, vmf: Vmf) -> None:
 
 
 def synchronize_vma_srcu(w: World, mm: int) -> None:
-    """munmap: after the VMA left the index, wait for every fault that could have found it."""
-    w.srcu[0].synchronize(w.cpu)
-    w.count("grace_periods")
-
-
-def srcu_vma_free(cpu, vma: int) -> None:
-    cpu.ctx.srcu[0].synchronize(cpu)
-    cpu.ctx.mm.vm_area_free(cpu, vma)
+    """munmap: after the VMA left the index, wait for every fault that could have found it;
+    one grace period covers every VMA of the munmap, which then frees them at once."""
+    srcu = w.srcu[0]
+    if srcu.readers_active_idx(0) or srcu.readers_active_idx(1):
+        w.count("srcu_waits")
+    srcu.synchronize(w.cpu)
+    w.count("munmap_gps")
 
 
 srcu = VmaPolicy(
@@ -603,7 +631,7 @@ srcu = VmaPolicy(
     after_unpublish=synchronize_vma_srcu,
     write_unlock=mmap_write_unlock_plain,
     dup_lock_vma=anon_vma_prepare_parent,
-    vma_free=srcu_vma_free,
+    vma_free=vma_free_now,
 )
 
 
@@ -611,7 +639,10 @@ srcu = VmaPolicy(
 
 def _spf_validate(w: World, seq: int):
     def validate(vmf: Vmf) -> bool:
-        return w.mem.load32(w.mm.vma_off(vmf.vma, "vm_seq")) == seq
+        if w.mem.load32(w.mm.vma_off(vmf.vma, "vm_seq")) == seq:
+            return True
+        w.count("spf_bail")
+        return False
     return validate
 
 
@@ -716,6 +747,7 @@ def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True) -> int:
     cpu.window("lock_vma_under_rcu:found")
     if not vma_start_read(w, mm, vma):
         rcu.read_unlock(cpu)
+        w.count("vma_lock_busy")
         return 0
     vma = m.vma_cache.ref(vma & SLOT_MASK)
     if check:
@@ -784,9 +816,10 @@ per_vma_lock = VmaPolicy(
 class VmaLookup(Scenario):
     name = "vma_lookup"
     doc = "splitting the mmap_sem: faults find and pin VMAs while mmap/munmap/fork change them"
-    counters = ("accesses", "faults", "sigsegv", "retries", "fallbacks", "spf", "vma_locked", "vma_lock_miss",
-                "map_pages", "mmaps", "munmaps", "madvises", "forks", "exits", "gups", "gup_fast", "remote",
-                "nomm", "enomem", "oom", "grace_periods")
+    counters = ("accesses", "faults", "sigsegv", "retries", "fallbacks", "spf", "spf_bail", "vma_locked",
+                "vma_lock_busy", "vma_lock_miss", "map_pages", "mmaps", "munmaps", "madvises", "forks", "exits",
+                "gups", "gup_fast", "remote", "nomm", "enomem", "oom", "munmap_gps", "remote_gp", "baby_waits",
+                "refcount_waits", "srcu_waits", *MmModel.COUNTERS)
 
     def __init__(self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = (),
                  name: str = "vma_lookup"):
@@ -805,7 +838,7 @@ class VmaLookup(Scenario):
         return MmModel.regions(ncpus, MAX_MMS)
 
     def attach(self, w: World) -> None:
-        w.mm = MmModel(w, self.geometry, w.policy.typesafe_vmas)
+        w.mm = w.policy.model(w, self.geometry, w.policy.typesafe_vmas)
         w.mm.attach()
 
     def setup(self, w: World) -> None:
@@ -874,6 +907,14 @@ LITMUS = {
     "typesafe_no_recheck": [
         _repeat([["access", 0, 4, 1]], 8),
         _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3)],
+    "zap_zero_page": [[["access", 0, 5, 0], ["madvise", 0, 4, 3]], [["access", 1, 9, 1]]],
+    "rss_batch_lost": [[["access", 0, 5, 1], ["munmap", 0, 4, 3]], [["access", 1, 9, 1]]],
+    "pgtable_bytes_kept": [[["access", 0, 5, 1], ["munmap", 0, 0, 15]], [["access", 1, 40, 1]]],
+    "gup_pin_leak": [[["access", 0, 5, 1], ["gup", 0, 5, 0]], [["access", 1, 9, 1]]],
+    "gup_unpins_twice": [[["access", 0, 5, 1], ["gup", 0, 5, 0], ["access", 0, 5, 0]], [["access", 1, 9, 1]]],
+    "cow_reuse_shared": [[["access", 0, 5, 1], ["fork", 0], ["access", 0, 5, 1]], [["access", 1, 9, 0]]],
+    "zap_skips_last_pte": [[["access", 0, 3, 1], ["munmap", 0, 0, 3]], [["access", 1, 9, 1]]],
+    "free_pgtables_past_neighbours": [[["access", 0, 5, 1], ["munmap", 0, 0, 3]], [["access", 1, 40, 1]]],
 }
 
 
@@ -1088,41 +1129,66 @@ def op_exit(w: World, task: int) -> None:
 
 register(VmaLookup(policies=(
     mmap_lock,
-    mutant(mmap_lock, "free_pgtables_no_ipi", "use-after-free",
-           "mm/mmu_gather.c: tlb_remove_table_sync_one; DESIGN.md: 'a CPU with irqs disabled does not "
-           "acknowledge, which is what makes fast GUP safe'",
-           "page tables freed before the flush IPI, while fast GUP walks them with irqs off",
+    mutant(mmap_lock, "free_pgtables_no_ipi", WALK_FREED_TABLE,
+           "mm/mmu_gather.c: tlb_remove_table_sync_one (a table is freed only after the IPI that fast GUP, "
+           "walking with interrupts off, holds back)",
+           "page tables freed before the flush IPI, while fast GUP walks them with irqs off", "ipi_waits",
            remove_tables=pte_free_without_ipi),
+    # The model's own functions, broken one at a time (policies/mm/broken.py), under the baseline.
+    mutant(mmap_lock, "zap_zero_page", RMAP_UNDERFLOW, "mm/memory.c vm_normal_page(): special mappings have no "
+           "struct page to unmap", "zap treats the zero page as a normal page", "zero_pages_zapped",
+           model=broken.IgnoresSpecialPtes),
+    mutant(mmap_lock, "rss_batch_lost", BAD_RSS, "kernel/fork.c check_mm(): 'BUG: Bad rss-counter state'",
+           "zap_pte_range's RSS batch is never added", "munmaps", model=broken.LosesRssBatch),
+    mutant(mmap_lock, "pgtable_bytes_kept", BAD_PGTABLE_BYTES,
+           "kernel/fork.c check_mm(): 'non-zero pgtables_bytes on freeing mm'",
+           "a freed page table is not subtracted from pgtable_bytes", "tables_freed", model=broken.KeepsPgtableBytes),
+    mutant(mmap_lock, "gup_pin_leak", BAD_PAGE_REFS, "mm/gup.c: every pin_user_pages() needs its unpin_user_page()",
+           "GUP never drops the reference it took", "gups", model=broken.LeaksGupPin),
+    mutant(mmap_lock, "gup_unpins_twice", ACCESS_FREED_PAGE,
+           "mm/gup.c: unpin_user_page() drops exactly the reference GUP took",
+           "GUP drops its reference twice: the page is freed while mapped", "gups", model=broken.UnpinsTwice),
+    mutant(mmap_lock, "cow_reuse_shared", COW_WRITE_SHARED,
+           "mm/memory.c do_wp_page() / wp_can_reuse_anon_folio(): reuse only an exclusive page",
+           "a write fault reuses a page fork shares", "cow_copies", model=broken.ReusesSharedPage),
+    mutant(mmap_lock, "zap_skips_last_pte", PTE_IN_NO_VMA,
+           "mm/memory.c zap_pte_range(): 'do { ... } while (pte++, addr += PAGE_SIZE, addr != end)'",
+           "zap stops one entry early", "munmaps", model=broken.SkipsLastPte),
+    mutant(mmap_lock, "free_pgtables_past_neighbours", FREE_MAPPED_TABLE,
+           "mm/memory.c free_pgd_range(): floor and ceiling keep the tables neighbouring VMAs use",
+           "free_pgtables ignores floor and ceiling", "shared_tables_kept", model=broken.FreesTablesPastNeighbours),
     rcu_vma_refcount,
-    mutant(rcu_vma_refcount, "munmap_no_refcount_wait", ("use-after-free", "invariant"),
+    mutant(rcu_vma_refcount, "munmap_no_refcount_wait", (SLAB_UAF, PTE_AFTER_ZAP),
            "Wilcox 2019-12-03: '3 sleep until old VMAs have a zero refcount'",
-           "munmap does not wait for the VMA refcount before freeing it", put_base=vma_put_base_no_wait),
-    mutant(rcu_vma_refcount, "reuse_before_flush", "stale-tlb",
+           "munmap does not wait for the VMA refcount before freeing it", "refcount_waits",
+           put_base=vma_put_base_no_wait),
+    mutant(rcu_vma_refcount, "reuse_before_flush", STALE_TLB,
            "Glisse 2019-12-09: 'any new mmap might install itself in the unmaped area but can not service "
            "fault until the munmap is fully done (ie all cache and TLB are flush)'",
            "no BABY flag for MAP_FIXED and no ZERO entry for munmap: the range is reused before the flush",
-           baby=False, reserve=False),
-    mutant(rcu_vma_refcount, "skip_gp_single_thread", "use-after-free",
+           "baby_waits", baby=False, reserve=False),
+    mutant(rcu_vma_refcount, "skip_gp_single_thread", SLAB_UAF,
            "Kirill 2019-12-13 / Wilcox 2019-12-13: 'Those users call mmget() which increases mm_users'",
            "synchronize_rcu skipped for a single-threaded process although a remote accessor holds mmget",
-           single_threaded=single_threaded_nr_threads),
+           "remote_gp", single_threaded=single_threaded_nr_threads),
     srcu,
-    mutant(srcu, "fault_without_srcu", ("use-after-free", "invariant"),
+    mutant(srcu, "fault_without_srcu", (SLAB_UAF, PTE_AFTER_ZAP, FREE_MAPPED_TABLE),
            "Wilcox 2020-02-06: 'at the beginning of a page fault call srcu_read_lock(&vma_srcu)'",
-           "the fault path skips srcu_read_lock", lookup=lookup_srcu_unlocked, release=release_nothing),
+           "the fault path skips srcu_read_lock", "srcu_waits", lookup=lookup_srcu_unlocked,
+           release=release_nothing),
     speculative,
-    mutant(speculative, "no_revalidate", ("invariant", "stale-tlb"),
+    mutant(speculative, "no_revalidate", PTE_AFTER_ZAP,
            "Babka 2019-12-10: 'a parallel fault that started with the old VMA ... doesn't end up being the "
            "last to install the PTE for the VMA that's going away'",
-           "the speculative fault installs the PTE without validating the VMA under the ptl",
+           "the speculative fault installs the PTE without validating the VMA under the ptl", "spf_bail",
            fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, False)),
     per_vma_lock,
-    mutant(per_vma_lock, "fork_without_vma_start_write", "invariant",
+    mutant(per_vma_lock, "fork_without_vma_start_write", FORK_NO_ANON_VMA,
            "fb49c455323f 'fork: lock VMAs of the parent process when forking' (the per-VMA lock's fork race)",
            "dup_mmap does not vma_start_write the parent's VMAs while faults run under the VMA lock",
-           dup_lock_vma=None),
-    mutant(per_vma_lock, "typesafe_no_recheck", ("invariant", "use-after-free"),
+           "vma_lock_busy", dup_lock_vma=None),
+    mutant(per_vma_lock, "typesafe_no_recheck", PTE_OUTSIDE_VMA,
            "mm/memory.c lock_vma_under_rcu (SLAB_TYPESAFE_BY_RCU): check vm_mm and the range after locking",
            "a reused VMA slot is used without checking vm_mm and the range after taking the lock",
-           fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, False)),
+           "vma_lock_miss", fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, False)),
 )))

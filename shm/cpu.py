@@ -8,11 +8,18 @@ lock being waited on, the trace ring) is in shared memory.
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from shm.checks import (
+    IPI_IRQS_OFF,
+    IRQ_IMBALANCE,
+    LOCK_HELD_AT_RETURN,
+    PREEMPT_IMBALANCE,
+    SLEEP_IN_ATOMIC,
+    Check,
+)
 from shm.events import ARG_MASK, EV, KIND_INDEX, SEQ_MASK, TRACE_MASK
 from shm.locks import WAIT_IPI, WAIT_SHIFT
 from shm.machine import CPU_OFFLINE
@@ -61,12 +68,27 @@ class Cpu:
         self.waiting_off = machine.cpu_off(cpu_id, "waiting_on")
         self.wait_ns_off = machine.cpu_off(cpu_id, "wait_ns")
         self.wait_since = 0
+        self._wstat = machine.window_stat_off(cpu_id)
+        self._window_off: dict[str, int] = {}
+        self._ipi_waits_off = machine.cpu_off(cpu_id, "ipi_waits")
+        self.lock_waits_off = machine.cpu_off(cpu_id, "lock_waits")
         self.set_scheduler(sched or OsScheduler())
 
     def set_scheduler(self, sched: Scheduler) -> None:
         self.sched = sched
         sched.attach(self)
-        self.window = functools.partial(sched.window, self)
+
+    def window(self, name: str) -> None:
+        """A place where the designer knows a preemption matters: the scheduler decides what
+        happens here.  Counted per CPU (reached, and preempted or delayed), so that a clean
+        run shows which races it went through."""
+        off = self._window_off.get(name)
+        if off is None:
+            off = self._window_off[name] = self._wstat + 16 * self.machine.window_slot(name)
+        mem = self.mem
+        mem.store64(off, mem.load64(off) + 1)
+        if self.sched.window(self, name):
+            mem.store64(off + 8, mem.load64(off + 8) + 1)
 
     def __repr__(self) -> str:
         return f"<cpu {self.id}>"
@@ -81,11 +103,11 @@ class Cpu:
         )
 
     # -- findings --------------------------------------------------------
-    def report(self, kind: str, message: str, **objects: Any) -> None:
-        """Record a finding with this CPU's trace; the run stops unless keep-going."""
-        self.trace(_EV_FINDING, KIND_INDEX[kind])
+    def report(self, check: Check, message: str, **objects: Any) -> None:
+        """Record a finding of `check` with this CPU's trace; the run stops unless keep-going."""
+        self.trace(_EV_FINDING, KIND_INDEX[check.kind])
         ring = self.machine.traces[self.id].copy()
-        self.machine.record_finding(kind, self.id, self.op, self.steps, message, objects, ring)
+        self.machine.record_finding(check, self.id, self.op, self.steps, message, objects, ring)
 
     # -- context ---------------------------------------------------------
     def in_atomic(self) -> bool:
@@ -95,7 +117,7 @@ class Cpu:
         """The kernel's might_sleep(): sleeping in atomic context is a finding."""
         if self.preempt_count or self.rcu_nesting or self.irqs_disabled:
             self.report(
-                "invalid-context",
+                SLEEP_IN_ATOMIC,
                 f"BUG: sleeping function called from invalid context: {what}",
                 preempt_count=self.preempt_count,
                 rcu_nesting=self.rcu_nesting,
@@ -108,7 +130,7 @@ class Cpu:
 
     def preempt_enable(self) -> None:
         if self.preempt_count <= 0:
-            self.report("lock-misuse", "preempt_enable() without preempt_disable()")
+            self.report(PREEMPT_IMBALANCE, "preempt_enable() without preempt_disable()")
             return
         self.preempt_count -= 1
 
@@ -132,7 +154,7 @@ class Cpu:
 
     def local_irq_enable(self, quiet: bool = False) -> None:
         if self.irqs_disabled <= 0:
-            self.report("lock-misuse", "local_irq_enable() with irqs already enabled")
+            self.report(IRQ_IMBALANCE, "local_irq_enable() with interrupts already enabled")
             return
         self.irqs_disabled -= 1
         if self.irqs_disabled == 0:
@@ -152,7 +174,7 @@ class Cpu:
         shared state (its TLB), since a blocked process cannot run code; what
         the handler may touch is the target's shared memory only."""
         if self.irqs_disabled:
-            self.report("invalid-context", "smp_call_function_many() with irqs disabled (can deadlock)")
+            self.report(IPI_IRQS_OFF, "smp_call_function_many() with interrupts disabled (can deadlock)")
         mem = self.mem
         machine = self.machine
         for t in targets:
@@ -170,6 +192,7 @@ class Cpu:
                 attempt += 1
             if attempt:
                 mem.store64(self.waiting_off, 0)
+                mem.fetch_add64(self._ipi_waits_off, 1)
             try:
                 func(t, arg)
             finally:
@@ -187,7 +210,7 @@ class Cpu:
         self.trace(_EV_OP_END, self.op)
         if self.held or self.preempt_count or self.rcu_nesting or self.irqs_disabled:
             self.report(
-                "lock-misuse",
+                LOCK_HELD_AT_RETURN,
                 "returning to user space with locks held or in atomic context",
                 locks_held=[self.machine.describe(a) for a in self.held],
                 preempt_count=self.preempt_count,

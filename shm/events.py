@@ -19,7 +19,9 @@ KINDS = (
     "lock-misuse",
     "deadlock",
     "cpu-crash",
+    "hang",
 )
+STOPS_THE_RUN = ("deadlock", "hang")  # stuck CPUs: the run ends even when it counts findings
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
 TRACE_LEN = 128

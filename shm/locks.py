@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shm.checks import LOCK_BAD_UNLOCK, LOCK_RECURSIVE, SEQCOUNT_CONCURRENT_WRITERS, SEQCOUNT_END_WITHOUT_BEGIN
 from shm.events import EV, SEQ_MASK, TRACE_MASK, address
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ SEQCOUNT = np.dtype([("sequence", "<i4")], align=True)
 LOCK_DTYPES = {SPINLOCK: "spinlock", MUTEX: "mutex", RWSEM: "rwsem"}
 
 # What a waiting CPU publishes: (what << 40) | address.
-WAIT_SPIN, WAIT_MUTEX, WAIT_READ, WAIT_WRITE, WAIT_VAR, WAIT_GP, WAIT_IPI = 1, 2, 3, 4, 5, 6, 7
+WAIT_SPIN, WAIT_MUTEX, WAIT_READ, WAIT_WRITE, WAIT_VAR, WAIT_GP, WAIT_IPI, WAIT_PAGE = 1, 2, 3, 4, 5, 6, 7, 8
 WAIT_NAMES = {
     WAIT_SPIN: "spin_lock",
     WAIT_MUTEX: "mutex_lock",
@@ -52,6 +53,7 @@ WAIT_NAMES = {
     WAIT_VAR: "wait_var_event",
     WAIT_GP: "grace period",
     WAIT_IPI: "IPI acknowledgement",
+    WAIT_PAGE: "a free page",
 }
 WAIT_SHIFT = 40
 ADDR_MASK = (1 << WAIT_SHIFT) - 1
@@ -93,6 +95,7 @@ class Handle:
     def _end_wait(cpu: Cpu) -> None:
         cpu.mem.store64(cpu.waiting_off, 0)
         cpu.mem.fetch_add64(cpu.wait_ns_off, perf_counter_ns() - cpu.wait_since)
+        cpu.mem.fetch_add64(cpu.lock_waits_off, 1)
 
     @staticmethod
     def _drop_held(cpu: Cpu, addr: int) -> None:
@@ -120,7 +123,7 @@ class Spinlock(Handle):
     def _lock_slow(self, cpu: Cpu) -> None:
         mem, off, me = self.mem, self.off, cpu.me
         if mem.load32(off) == me:
-            cpu.report("deadlock", f"recursive spin_lock of {self.name()} (AA deadlock)")
+            cpu.report(LOCK_RECURSIVE, f"recursive spin_lock of {self.name()} (AA deadlock)")
         self._begin_wait(cpu, WAIT_SPIN)
         spin = cpu.sched.spin
         attempt = 0
@@ -189,7 +192,7 @@ class Mutex(Handle):
     def _lock_slow(self, cpu: Cpu) -> None:
         mem, off, me = self.mem, self.off, cpu.me
         if mem.load32(off) == me:
-            cpu.report("deadlock", f"recursive mutex_lock of {self.name()} (AA deadlock)")
+            cpu.report(LOCK_RECURSIVE, f"recursive mutex_lock of {self.name()} (AA deadlock)")
         self._begin_wait(cpu, WAIT_MUTEX)
         mem.fetch_add32(off + 4, 1)
         block = cpu.sched.block
@@ -265,11 +268,10 @@ class Rwsem(Handle):
         mem, off = self.mem, self.off
         cpu.trace(_EV_RUNLOCK, self.addr)
         if not mem.fetch_and64(off + 8, ~(1 << cpu.id)) & (1 << cpu.id):
-            cpu.report("lock-misuse", f"up_read of {self.name()} not held for read by this CPU")
+            cpu.report(LOCK_BAD_UNLOCK, f"up_read of {self.name()} by cpu {cpu.id}, which does not hold it for read",
+                       lock=self.name())
+            return
         old = mem.fetch_sub32(off, 1)
-        if not old & RWSEM_READERS:
-            mem.fetch_add32(off, 1)
-            cpu.report("lock-misuse", f"up_read of {self.name()} with no readers (count {old:#x})")
         self._drop_held(cpu, self.addr)
         if not (old - 1) & RWSEM_READERS and mem.load32(off + 16):
             mem.futex_wake(off, -1)
@@ -287,7 +289,7 @@ class Rwsem(Handle):
     def _write_slow(self, cpu: Cpu) -> None:
         mem, off = self.mem, self.off
         if mem.load32(off + 4) == cpu.me:
-            cpu.report("deadlock", f"recursive down_write of {self.name()} (AA deadlock)")
+            cpu.report(LOCK_RECURSIVE, f"recursive down_write of {self.name()} (AA deadlock)")
         self._begin_wait(cpu, WAIT_WRITE)
         mem.fetch_add32(off + 16, 1)
         block = cpu.sched.block
@@ -319,10 +321,10 @@ class Rwsem(Handle):
         cpu.trace(_EV_UNLOCK, self.addr)
         prev = mem.xchg32(off + 4, 0)
         if prev != cpu.me:
+            mem.cmpxchg32(off + 4, 0, prev)
             _bad_unlock(cpu, "up_write", self, prev)
-        old = mem.fetch_and32(off, ~RWSEM_LOCKED)
-        if not old & RWSEM_LOCKED:
-            cpu.report("lock-misuse", f"up_write of {self.name()} not write-locked")
+            return
+        mem.fetch_and32(off, ~RWSEM_LOCKED)
         self._drop_held(cpu, self.addr)
         if mem.load32(off + 16):
             mem.futex_wake(off, -1)
@@ -356,11 +358,12 @@ class Seqcount(Handle):
 
     def write_begin(self, cpu: Cpu) -> None:
         if self.mem.fetch_add32(self.off, 1) & 1:
-            cpu.report("lock-misuse", f"write_seqcount_begin of {self.name()}: writers not serialised")
+            cpu.report(SEQCOUNT_CONCURRENT_WRITERS, f"write_seqcount_begin of {self.name()}: another writer is "
+                       "inside (writers not serialised)")
 
     def write_end(self, cpu: Cpu) -> None:
         if not self.mem.fetch_add32(self.off, 1) & 1:
-            cpu.report("lock-misuse", f"write_seqcount_end of {self.name()} without begin")
+            cpu.report(SEQCOUNT_END_WITHOUT_BEGIN, f"write_seqcount_end of {self.name()} without begin")
 
     def read_begin(self, cpu: Cpu) -> int:
         mem, off = self.mem, self.off
@@ -382,7 +385,7 @@ class Seqcount(Handle):
 def _bad_unlock(cpu: Cpu, what: str, lock: Handle, prev: int) -> None:
     holder = "nobody" if prev == 0 else f"cpu {prev - 1}"
     cpu.report(
-        "lock-misuse",
+        LOCK_BAD_UNLOCK,
         f"{what} of {lock.name()} by cpu {cpu.id}, but it was held by {holder}",
         lock=lock.name(),
         holder=prev - 1,

@@ -13,10 +13,12 @@ then the boot CPU (the runner itself, for setup and teardown).
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 
-from shm.events import KIND_INDEX, KINDS, TRACE_LEN, address, split_address
+from shm.checks import Check, check_by_code
+from shm.events import KIND_INDEX, KINDS, STOPS_THE_RUN, TRACE_LEN, address, split_address
 from shm.layout import Layout, LayoutError, Region
 from shm.pool import Pool
 from shm.rcu import Rcu, Srcu
@@ -24,8 +26,14 @@ from shm.segment import Segment
 
 _LOCK_WORDS = {"spin_owner", "mutex_owner", "rwsem_count", "sequence", "refs", "pcref_flags"}
 MAX_CPUS = 64
-MAX_FINDINGS = 32
+MAX_FINDINGS = 64
+SAMPLES_PER_CHECK = 4
+CHECK_SLOTS = 64
 WAKE_BUCKETS = 64
+RUN_INFO_BYTES = 1024
+MAX_WINDOWS = 128
+WINDOW_NAME_BYTES = 64
+OTHER_WINDOWS = "(windows past the table)"
 
 CONTROL = np.dtype(
     [
@@ -38,6 +46,11 @@ CONTROL = np.dtype(
         ("seed", "<i8"),
         ("kind_counts", "<i4", (16,)),
         ("wake_var", "<i4", (WAKE_BUCKETS,)),
+        ("check_code", "<i4", (CHECK_SLOTS,)),
+        ("check_count", "<i4", (CHECK_SLOTS,)),
+        ("first_seen", "<i4"),
+        ("after_first", "<i4"),
+        ("run_info", f"S{RUN_INFO_BYTES}"),
     ]
 )
 
@@ -57,7 +70,9 @@ CPU_STATE = np.dtype(
         ("stats", "<i8", (NSTATS,)),
         ("wait_ns", "<i8"),
         ("run_ns", "<i8"),
-        ("pad", "<i8"),
+        ("lock_waits", "<i8"),
+        ("ipi_waits", "<i8"),
+        ("pad", "<i8", (7,)),
     ]
 )
 assert CPU_STATE.itemsize % 64 == 0
@@ -65,7 +80,7 @@ assert CPU_STATE.itemsize % 64 == 0
 FINDING = np.dtype(
     [
         ("valid", "<i4"),
-        ("kind", "<i4"),
+        ("check", "<i4"),
         ("cpu", "<i4"),
         ("op", "<i4"),
         ("step", "<i8"),
@@ -84,6 +99,9 @@ def machine_layout(params: dict) -> Layout:
         Region("cpu", CPU_STATE, nslots),
         Region("trace", np.dtype(("<i8", (TRACE_LEN,))), nslots),
         Region("finding", FINDING, MAX_FINDINGS),
+        Region("window_key", np.dtype("<i4"), MAX_WINDOWS),
+        Region("window_name", np.dtype(f"S{WINDOW_NAME_BYTES}"), MAX_WINDOWS),
+        Region("window_stat", np.dtype(("<i8", (MAX_WINDOWS, 2))), nslots),
     ]
     regions += Rcu.regions(nslots)
     regions += Srcu.regions(nslots, int(params.get("srcu_domains", 1)))
@@ -113,12 +131,19 @@ class Machine:
         self.ready_off = lo("control", 0, "ready")
         self.nfindings_off = lo("control", 0, "nfindings")
         self.kind_counts_off = lo("control", 0, "kind_counts")
+        self.check_code_off = lo("control", 0, "check_code")
+        self.check_count_off = lo("control", 0, "check_count")
+        self.first_seen_off = lo("control", 0, "first_seen")
+        self.after_first_off = lo("control", 0, "after_first")
         self.wake_var_off = lo("control", 0, "wake_var")
         self.control = seg.view("control")
         self.cpus = seg.view("cpu")
         self.traces = seg.view("trace")
         self.finding_slots = seg.view("finding")
         self.cpu_stride = seg.layout.stride("cpu")
+        self.window_key_off = lo("window_key")
+        self.window_names = seg.view("window_name")
+        self.window_stats = seg.view("window_stat")
         self.rcu = Rcu(self)
         self.srcu = [Srcu(self, i) for i in range(int(self.params.get("srcu_domains", 1)))]
         self.pool = Pool(self)
@@ -193,6 +218,38 @@ class Machine:
     def trace_off(self, cpu: int) -> int:
         return self.seg.layout.offset("trace", cpu)
 
+    # -- windows -------------------------------------------------------------
+    def window_slot(self, name: str) -> int:
+        """The slot of a window name in the machine's table (claimed on first use, in any process)."""
+        key = zlib.crc32(name.encode()) & 0x7FFFFFFF or 1
+        mem = self.mem
+        for k in range(MAX_WINDOWS - 1):
+            i = (key + k) % (MAX_WINDOWS - 1)
+            off = self.window_key_off + 4 * i
+            have = mem.load32(off)
+            if have == 0:
+                have = mem.cmpxchg32(off, 0, key) or key
+                if have == key:
+                    self.window_names[i] = name.encode()[:WINDOW_NAME_BYTES]
+            if have == key:
+                return i
+        return MAX_WINDOWS - 1
+
+    def window_stat_off(self, cpu: int) -> int:
+        return self.seg.layout.offset("window_stat", cpu)
+
+    def windows(self) -> dict[str, dict[str, int]]:
+        """Per window: how often a CPU reached it, and how often a preemption or delay landed there."""
+        totals = self.window_stats.sum(axis=0)
+        out = {}
+        for i in range(MAX_WINDOWS):
+            hits, preempted = int(totals[i][0]), int(totals[i][1])
+            if not hits:
+                continue
+            name = OTHER_WINDOWS if i == MAX_WINDOWS - 1 else bytes(self.window_names[i]).decode(errors="replace")
+            out[name] = {"hits": hits, "preempted": preempted}
+        return dict(sorted(out.items()))
+
     # -- run control -----------------------------------------------------
     @property
     def keep_going(self) -> bool:
@@ -206,8 +263,11 @@ class Machine:
         return self.mem.load32(self.stop_off) != 0
 
     def request_stop(self) -> None:
+        """Ask every CPU to leave at its next operation boundary; a CPU waiting for memory
+        gives up (its allocation fails)."""
         if self.mem.cmpxchg32(self.stop_off, 0, 1) == 0:
             self.mem.futex_wake(self.stop_off, -1)
+            self.pool.wake_waiters()
 
     def wake_bucket(self, addr: int) -> int:
         return self.wake_var_off + 4 * ((addr * 0x9E3779B1 >> 7) % WAKE_BUCKETS)
@@ -215,7 +275,7 @@ class Machine:
     # -- findings --------------------------------------------------------
     def record_finding(
         self,
-        kind: str,
+        check: Check,
         cpu: int,
         op: int,
         step: int,
@@ -223,33 +283,71 @@ class Machine:
         objects: dict | None = None,
         trace=None,
     ) -> None:
-        k = KIND_INDEX[kind]
-        self.mem.fetch_add32(self.kind_counts_off + 4 * k, 1)
-        n = self.mem.fetch_add32(self.nfindings_off, 1)
-        if n < MAX_FINDINGS:
-            slot = self.finding_slots[n : n + 1]
-            slot["kind"] = k
-            slot["cpu"] = cpu
-            slot["op"] = op
-            slot["step"] = step
-            slot["message"] = message.encode(errors="replace")[:255]
-            slot["objects"] = _json_clip(objects or {}, 759)
-            if trace is not None:
-                slot["trace"][0] = trace
-            self.mem.store32(self.seg.layout.offset("finding", n, "valid"), 1)
-        if not self.keep_going or kind == "deadlock":
+        """Count the finding under its check and kind; keep it (the first few of each check,
+        up to MAX_FINDINGS in all) with its objects and trace; stop the run unless keep-going.
+
+        A run that stops at its first finding keeps that one only: what CPUs
+        report while they leave (a deadlocked CPU's lock cycle after its AA
+        report, a second holder's bad unlock) is its consequence, counted
+        in `after_first` and not kept, so that a replay sees the same."""
+        if not self.keep_going and self.mem.cmpxchg32(self.first_seen_off, 0, 1):
+            self.mem.fetch_add32(self.after_first_off, 1)
+            return
+        self.mem.fetch_add32(self.kind_counts_off + 4 * KIND_INDEX[check.kind], 1)
+        seen = self._count_check(check.code)
+        if seen < SAMPLES_PER_CHECK:
+            n = self.mem.fetch_add32(self.nfindings_off, 1)
+            if n < MAX_FINDINGS:
+                slot = self.finding_slots[n : n + 1]
+                slot["check"] = check.code
+                slot["cpu"] = cpu
+                slot["op"] = op
+                slot["step"] = step
+                slot["message"] = message.encode(errors="replace")[:255]
+                slot["objects"] = _json_clip(objects or {}, 759)
+                if trace is not None:
+                    slot["trace"][0] = trace
+                self.mem.store32(self.seg.layout.offset("finding", n, "valid"), 1)
+        if not self.keep_going or check.kind in STOPS_THE_RUN:
             self.request_stop()
 
+    def _count_check(self, code: int) -> int:
+        """Add one to the check's counter (an open-addressed table of codes); the count before."""
+        mem = self.mem
+        for k in range(CHECK_SLOTS):
+            i = (code + k) % CHECK_SLOTS
+            off = self.check_code_off + 4 * i
+            have = mem.load32(off)
+            if have == 0:
+                have = mem.cmpxchg32(off, 0, code) or code
+            if have == code:
+                return mem.fetch_add32(self.check_count_off + 4 * i, 1)
+        return SAMPLES_PER_CHECK  # the table is full: counted by kind only
+
     def finding_count(self) -> int:
-        return self.mem.load32(self.nfindings_off)
+        """Findings recorded so far (every one, whether its sample was kept or not)."""
+        return int(self.control["kind_counts"][0].sum())
+
+    def findings_after_first(self) -> int:
+        return self.mem.load32(self.after_first_off)
 
     def kind_counts(self) -> dict[str, int]:
         counts = self.control["kind_counts"][0]
         return {k: int(counts[i]) for i, k in enumerate(KINDS)}
 
+    def check_counts(self) -> dict[str, int]:
+        """Findings by check id, every one counted (the samples kept are fewer)."""
+        codes, counts = self.control["check_code"][0], self.control["check_count"][0]
+        out = {}
+        for code, n in zip(codes, counts):
+            if code and n:
+                c = check_by_code(int(code))
+                out[c.id if c else f"check#{int(code)}"] = int(n)
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def findings(self) -> list[dict]:
         out = []
-        n = min(self.finding_count(), MAX_FINDINGS)
+        n = min(self.mem.load32(self.nfindings_off), MAX_FINDINGS)
         for i in range(n):
             s = self.finding_slots[i]
             if not s["valid"]:
@@ -258,9 +356,11 @@ class Machine:
                 objects = json.loads(bytes(s["objects"]).decode(errors="replace") or "{}")
             except json.JSONDecodeError:
                 objects = {"raw": bytes(s["objects"]).decode(errors="replace")}
+            c = check_by_code(int(s["check"]))
             out.append(
                 {
-                    "kind": KINDS[int(s["kind"])],
+                    "check": c.id if c else f"check#{int(s['check'])}",
+                    "kind": c.kind if c else "invariant",
                     "cpu": int(s["cpu"]),
                     "op": int(s["op"]),
                     "step": int(s["step"]),
@@ -271,8 +371,19 @@ class Machine:
             )
         return out
 
+    # -- what the run is (for `inspect`) -----------------------------------
+    def set_run_info(self, info: dict) -> None:
+        self.control["run_info"] = json.dumps(info, separators=(",", ":")).encode()[:RUN_INFO_BYTES]
+
+    def run_info(self) -> dict:
+        try:
+            return json.loads(bytes(self.control["run_info"][0]).decode() or "{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+
     def close(self) -> None:
         self.control = self.cpus = self.traces = self.finding_slots = None
+        self.window_names = self.window_stats = None
         self.pool.close()
         self.rcu.close()
         for s in self.srcu:

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shm.checks import POOL_DOUBLE_FREE, POOL_UAF, Check
 from shm.events import EV
 from shm.layout import Region
-from shm.locks import SPINLOCK, Spinlock
+from shm.locks import SPINLOCK, WAIT_PAGE, WAIT_SHIFT, Spinlock
 from shm.refcount import Refcount
 from shm.slab import freelist_pop, freelist_push
 
@@ -188,24 +189,16 @@ class Pool:
             ppm = self.machine.nowait_fail_ppm
             if ppm and cpu.rng.random() * 1_000_000 < ppm:
                 return None
-        waited = 0
         while (pfn := freelist_pop(mem, self.head_off, self._next_off)) < 0:
-            if not gfp & GFP_KERNEL or waited >= 25:
-                if gfp & GFP_KERNEL:
-                    self._report_exhausted(cpu)
+            if not gfp & GFP_KERNEL or self.machine.stop_requested():
                 return None
-            seq = mem.load32(self.freed_off)
-            mem.fetch_add32(self.waiters_off, 1)
-            if mem.load64(self.head_off) & 0xFFFFFFFF == 0:
-                cpu.sched.block(cpu, mem, self.freed_off, seq, 0.02)
-            mem.fetch_sub32(self.waiters_off, 1)
-            waited += 1
+            self._wait_for_free_page(cpu)
         f = self.page0 + pfn * 128
         fo = self._f
         word = mem.load64(f)
         gen = ((word >> 32) + 1) & GEN_MASK
         if word & 0xFFFFFFFF != PAGE_FREE or mem.cmpxchg64(f, word, gen << 32 | PAGE_ALLOCATED) != word:
-            cpu.report("invariant", f"page {pfn} on the free list is not free", pfn=pfn)
+            raise RuntimeError(f"page pool corrupted: page {pfn} on the free list is not free")
         mem.store32(f + fo["owner"], site)
         mem.store32(f + fo["alloc_cpu"], cpu.id)
         mem.store32(f + fo["_refcount"], 1)
@@ -215,15 +208,30 @@ class Pool:
         cpu.trace(_EV_ALLOC, pfn)
         return (gen << PFN_BITS) | pfn
 
-    def _report_exhausted(self, cpu: Cpu) -> None:
-        owners = self.owners()
-        top = sorted(owners.items(), key=lambda kv: -kv[1])[:4]
-        cpu.report(
-            "leak",
-            f"out of memory: all {self.npages} pages allocated; owners: "
-            + ", ".join(f"{n} x {s}" for s, n in top),
-            owners=dict(top),
-        )
+    def _wait_for_free_page(self, cpu: Cpu) -> None:
+        """The pool is empty: sleep until a page is freed, as an allocation waits for reclaim.
+
+        Running out of memory is not a finding.  The grace-period kthread is
+        kicked first (RCU callbacks are where deferred frees happen); under the
+        controlled scheduler this is a blocking scheduling point, so the
+        others run, and only a machine where nothing can free a page is a
+        finding (every CPU blocked).  Free-running, a wait that never ends is
+        a watchdog stall that names it.  The run's stop request wakes it, and
+        the allocation then fails."""
+        mem = self.mem
+        seq = mem.load32(self.freed_off)
+        mem.fetch_add32(self.waiters_off, 1)
+        if mem.load64(self.head_off) & 0xFFFFFFFF == 0 and not self.machine.stop_requested():
+            self.machine.rcu.kick()
+            mem.store64(cpu.waiting_off, WAIT_PAGE << WAIT_SHIFT | self.npages)
+            cpu.sched.block(cpu, mem, self.freed_off, seq, None)
+            mem.store64(cpu.waiting_off, 0)
+        mem.fetch_sub32(self.waiters_off, 1)
+
+    def wake_waiters(self) -> None:
+        """Wake every CPU waiting for a free page (the run is stopping)."""
+        self.mem.fetch_add32(self.freed_off, 1)
+        self.mem.futex_wake(self.freed_off, -1)
 
     def free_page(self, cpu: Cpu, ref: int, site: int = SITE_UNKNOWN) -> bool:
         """__free_page() through a reference; a stale or repeated free is a double-free."""
@@ -236,7 +244,7 @@ class Pool:
         if old != gen << 32 | PAGE_ALLOCATED:
             now, state = old >> 32, old & 0xFFFFFFFF
             cpu.report(
-                "double-free",
+                POOL_DOUBLE_FREE,
                 f"free of page {pfn} through a stale reference (gen {gen}, page is gen {now})" if now != gen
                 else f"free of page {pfn} that is {PAGE_STATES.get(state, state)}",
                 **self.describe(pfn, expected_gen=gen),
@@ -250,8 +258,7 @@ class Pool:
         mem.fetch_add32(self.nfree_off, 1)
         cpu.trace(_EV_FREE, pfn)
         if mem.load32(self.waiters_off):
-            mem.fetch_add32(self.freed_off, 1)
-            mem.futex_wake(self.freed_off, -1)
+            self.wake_waiters()
         return True
 
     def put_page(self, cpu: Cpu, ref: int, site: int = SITE_UNKNOWN) -> bool:
@@ -263,21 +270,22 @@ class Pool:
         return False
 
     # -- checked accessors -------------------------------------------------
+    def alive(self, ref: int) -> bool:
+        """The page behind ref is allocated and still the same generation (no finding if not)."""
+        return self.mem.load64(self.page0 + (ref & PFN_MASK) * 128) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
+
     def check(self, cpu: Cpu, ref: int, what: str = "access") -> bool:
         """The page behind ref is allocated and still the same generation."""
-        mem = self.mem
-        pfn = ref & PFN_MASK
-        f = self.page0 + pfn * 128
-        if mem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
+        if self.alive(ref):
             return True
         self._report_uaf(cpu, ref, what)
         return False
 
-    def _report_uaf(self, cpu: Cpu, ref: int, what: str) -> None:
+    def _report_uaf(self, cpu: Cpu, ref: int, what: str, check: Check = POOL_UAF) -> None:
         pfn = ref & PFN_MASK
         gen = ref >> PFN_BITS
         cpu.report(
-            "use-after-free",
+            check,
             f"{what}: page {pfn} gen {gen} is {PAGE_STATES.get(self.state(pfn), '?')}"
             f" (now gen {self.gen(pfn)})",
             **self.describe(pfn, expected_gen=gen),

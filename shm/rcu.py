@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from shm.checks import RCU_UNLOCK_IMBALANCE, SRCU_BAD_INDEX
 from shm.events import EV
 from shm.layout import Region
 from shm.locks import MUTEX, WAIT_GP, WAIT_SHIFT, Mutex
@@ -155,7 +156,7 @@ class Rcu:
     def read_unlock(self, cpu: Cpu, token: Any = None) -> None:
         n = cpu.rcu_nesting
         if n <= 0:
-            cpu.report("lock-misuse", "rcu_read_unlock() without rcu_read_lock()")
+            cpu.report(RCU_UNLOCK_IMBALANCE, "rcu_read_unlock() without rcu_read_lock()")
             return
         cpu.rcu_nesting = n - 1
         if n == 1:
@@ -213,6 +214,10 @@ class Rcu:
         mem.store64(self.head_off[i], head + 1)
         cpu.trace(_EV_CALL_RCU, cb_id)
         self._wake_kthread()
+
+    def kick(self) -> None:
+        """Wake the grace-period kthread whether or not it said it sleeps (memory is short)."""
+        self._wake_kthread(force=True)
 
     def _wake_kthread(self, force: bool = False) -> None:
         mem = self.mem
@@ -320,7 +325,7 @@ class Srcu:
 
     def read_unlock(self, cpu: Cpu, token: Any = None) -> None:
         if token not in (0, 1):
-            cpu.report("lock-misuse", f"srcu_read_unlock() with index {token!r}")
+            cpu.report(SRCU_BAD_INDEX, f"srcu_read_unlock() with index {token!r}: not what srcu_read_lock() returned")
             return
         self.mem.fetch_add64(self.unlock_off[cpu.id] + 8 * token, 1)
         cpu.trace(_EV_SRCU_UNLOCK, token)

@@ -19,6 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shm.checks import (
+    PERCPU_REF_DOUBLE_KILL,
+    PERCPU_REF_GET_AFTER_RELEASE,
+    PERCPU_REF_REINIT_LIVE,
+    PERCPU_REF_UNDERFLOW,
+    REFCOUNT_INC_ON_ZERO,
+    REFCOUNT_UNDERFLOW,
+    Check,
+)
 from shm.events import EV, split_address
 from shm.locks import Handle, wait_var_event, wake_up_var
 from shm.rcu import invoke_callback, rcu_callback
@@ -62,14 +71,18 @@ class Refcount(Handle):
     def set(self, value: int) -> None:
         self.mem.store32(self.off, value)
 
-    def _saturate(self, cpu: Cpu, message: str, old: int) -> None:
+    def _saturate(self, cpu: Cpu, check: Check, message: str, old: int) -> None:
+        """Warn and saturate, so the object is leaked rather than freed twice; a counter that is
+        already saturated was reported when it saturated, as the kernel warns once."""
         self.mem.store32(self.off, REFCOUNT_SATURATED)
-        cpu.report("refcount", f"refcount_t: {message} ({self.name()})", object=self.name(), old=old)
+        if old > REFCOUNT_SATURATED // 2:
+            cpu.report(check, f"refcount_t: {message} ({self.name()})", object=self.name(), old=old)
 
     def inc(self, cpu: Cpu) -> None:
+        """refcount_inc(): the caller already holds a reference, so the count cannot be 0."""
         old = self.mem.fetch_add32(self.off, 1)
         if old <= 0:
-            self._saturate(cpu, "addition on 0; use-after-free" if old == 0 else "saturated", old)
+            self._saturate(cpu, REFCOUNT_INC_ON_ZERO, "addition on 0; use-after-free", old)
 
     def inc_not_zero(self, cpu: Cpu) -> bool:
         mem, off = self.mem, self.off
@@ -78,8 +91,7 @@ class Refcount(Handle):
             if old == 0:
                 return False
             if old < 0:
-                self._saturate(cpu, "saturated", old)
-                return True
+                return True  # saturated: reported when it saturated
             seen = mem.cmpxchg32(off, old, old + 1)
             if seen == old:
                 return True
@@ -90,13 +102,8 @@ class Refcount(Handle):
         if old == 1:
             return True
         if old <= 0:
-            self._saturate(cpu, "underflow; use-after-free", old)
+            self._saturate(cpu, REFCOUNT_UNDERFLOW, "underflow; use-after-free", old)
         return False
-
-    def dec(self, cpu: Cpu) -> None:
-        old = self.mem.fetch_sub32(self.off, 1)
-        if old <= 1:
-            self._saturate(cpu, "decrement hit 0; leaking memory" if old == 1 else "underflow", old)
 
 
 class PercpuRef(Handle):
@@ -125,7 +132,7 @@ class PercpuRef(Handle):
     def reinit(self, cpu: Cpu) -> None:
         """percpu_ref_reinit(): back to live per-CPU mode; only once it has been released."""
         if not self.released():
-            cpu.report("refcount", f"percpu_ref_reinit of {self.name()} before it was released",
+            cpu.report(PERCPU_REF_REINIT_LIVE, f"percpu_ref_reinit of {self.name()} before it was released",
                        count=self.read())
             return
         self.init(cpu, self.mem.load32(self.off + 8))
@@ -167,20 +174,18 @@ class PercpuRef(Handle):
         cpu.trace(_EV_REF, new & 0xFFFFFFFF)
         if new == 0:
             self._release(cpu)
-        elif new < 0 or (delta > 0 and old == 0):
-            cpu.report(
-                "refcount",
-                f"percpu ref {self.name()} {'underflow' if new < 0 else 'get after release'}"
-                f" (count {old} -> {new})",
-                object=self.name(),
-            )
+        elif new < 0:
+            cpu.report(PERCPU_REF_UNDERFLOW, f"percpu ref {self.name()} underflow (count {old} -> {new})",
+                       object=self.name())
+        elif delta > 0 and old == 0:
+            cpu.report(PERCPU_REF_GET_AFTER_RELEASE, f"percpu ref {self.name()}: get after release "
+                       f"(count {old} -> {new})", object=self.name())
 
     def _release(self, cpu: Cpu) -> None:
         """Run the release callback, then complete: a waiter must not see the ref released
         while the callback still runs (dev_pagemap_percpu_release calls complete() last)."""
         if self.mem.cmpxchg32(self.off + 4, 0, RELEASING):
-            cpu.report("refcount", f"percpu ref {self.name()} released twice", object=self.name())
-            return
+            return  # a second release follows a get after release, which was reported
         invoke_callback(cpu, self.mem.load32(self.off + 8), self.addr)
         self.mem.store32(self.off + 4, RELEASED)
         wake_up_var(cpu, self.addr)
@@ -188,7 +193,8 @@ class PercpuRef(Handle):
     def kill(self, cpu: Cpu) -> None:
         """percpu_ref_kill(): mark dead, switch to atomic mode, drop the initial reference."""
         if self.mem.fetch_or32(self.off, PCREF_DEAD) & PCREF_DEAD:
-            cpu.report("refcount", f"percpu_ref_kill() called more than once on {self.name()}")
+            cpu.report(PERCPU_REF_DOUBLE_KILL, f"percpu_ref_kill() called more than once on {self.name()}",
+                       object=self.name())
             return
         self.switch_to_atomic(cpu)
         self.put(cpu)

@@ -26,8 +26,8 @@ class Scheduler(Protocol):
     def attach(self, cpu: Cpu) -> None:
         """Bind to the CPU this process is; called once before it runs."""
 
-    def window(self, cpu: Cpu, name: str) -> None:
-        """A preemption point in policy code."""
+    def window(self, cpu: Cpu, name: str) -> bool:
+        """A preemption point in policy code; True if another CPU ran or a delay was injected."""
 
     def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
              bits: int = 32) -> None:
@@ -58,8 +58,8 @@ class OsScheduler:
     def attach(self, cpu: Cpu) -> None:
         pass
 
-    def window(self, cpu: Cpu, name: str) -> None:
-        pass
+    def window(self, cpu: Cpu, name: str) -> bool:
+        return False
 
     def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
              bits: int = 32) -> None:

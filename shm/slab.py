@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shm.checks import SLAB_DOUBLE_FREE, SLAB_UAF
 from shm.events import EV
 from shm.layout import Region
 
@@ -130,7 +131,7 @@ class KmemCache:
             return None
         mem, h = self.mem, self.hdr0 + slot * 32
         if mem.cmpxchg32(h, OBJ_FREE, OBJ_ALLOCATED) != OBJ_FREE:
-            cpu.report("invariant", f"{self.name} object {slot} on the free list is not free")
+            raise RuntimeError(f"kmem_cache {self.name} corrupted: object {slot} on the free list is not free")
         gen = (mem.fetch_add32(h + 4, 1) + 1) & 0x7FFFFFFF
         mem.store32(h + 12, cpu.id)
         mem.fetch_sub32(self.nfree_off, 1)
@@ -144,7 +145,7 @@ class KmemCache:
         h = self.hdr0 + slot * 32
         now = mem.load32(h + 4)
         if now != ref >> SLOT_BITS or mem.cmpxchg32(h, OBJ_ALLOCATED, OBJ_FREE) != OBJ_ALLOCATED:
-            cpu.report("double-free", f"kmem_cache_free({self.name}) of object {slot} gen {ref >> SLOT_BITS}"
+            cpu.report(SLAB_DOUBLE_FREE, f"kmem_cache_free({self.name}) of object {slot} gen {ref >> SLOT_BITS}"
                        f" that is {'free' if mem.load32(h) == OBJ_FREE else f'now gen {now}'}",
                        **self.describe(ref))
             return False
@@ -165,7 +166,7 @@ class KmemCache:
                 return True
         elif state == OBJ_ALLOCATED and mem.load32(h + 4) == ref >> SLOT_BITS:
             return True
-        cpu.report("use-after-free", f"{what}: {self.name} object {slot} gen {ref >> SLOT_BITS} is "
+        cpu.report(SLAB_UAF, f"{what}: {self.name} object {slot} gen {ref >> SLOT_BITS} is "
                    f"{'free' if state == OBJ_FREE else 'reallocated'} (now gen {mem.load32(h + 4)})",
                    **self.describe(ref))
         return False

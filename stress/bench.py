@@ -307,7 +307,7 @@ def _vma_run(policy: str, workload: str, cpus: int, cycles: int, seed: int = 0) 
         "ops_per_s": round(r.report["ops"] / dur),
         "lock_wait_ms": round(sum(r.report["lock_wait_ms"]), 1),
         "lock_wait_share": round(sum(r.report["lock_wait_ms"]) / 1000 / dur / cpus, 3),
-        "grace_periods_per_munmap": round(c["grace_periods"] / c["munmaps"], 2) if c["munmaps"] else 0.0,
+        "grace_periods_per_munmap": round(c["munmap_gps"] / c["munmaps"], 2) if c["munmaps"] else 0.0,
         "fallbacks": c["fallbacks"],
         "duration_s": round(dur, 3),
     }

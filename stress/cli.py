@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,12 +25,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+MODULE_HELP = ("import a module or .py file that registers scenarios (repeatable; also "
+               "MMTORTURE_POLICY_MODULE, several separated by ':')")
+
+
 def _add_knobs(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     for k in KNOBS:
-        d = (defaults or {}).get(k.name, k.default)
-        shown = d() if callable(d) else d
-        unit = f" {k.unit}" if k.unit else ""
-        helptext = f"{k.help} (default {shown}{unit}; env {k.env_var})"
+        if defaults and k.name in defaults:
+            shown = f"{defaults[k.name]}{' ' + k.unit if k.unit else ''}"
+        else:
+            shown = k.shown_default()
+        helptext = f"{k.help} (default {shown}; env {k.env_var})"
         if k.flag:
             p.add_argument(k.option, dest=k.name, action="store_true", default=None, help=helptext)
         else:
@@ -41,9 +47,13 @@ def _run_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     p.add_argument("--policy", "-p", help="policy name; default the scenario's first correct one")
     p.add_argument("--all", action="store_true",
                    help="every scenario's correct policies, the duration shared among them")
-    p.add_argument("--json", metavar="PATH", help="write the JSON report here")
-    p.add_argument("--policy-module", action="append", default=[], metavar="MOD",
-                   help="import a module or .py file that registers scenarios (repeatable)")
+    p.add_argument("--litmus", nargs="?", const="", metavar="MUTANT",
+                   help="run a litmus program (a mutant's small program in which its race is reachable; "
+                        "default: the policy's own, which must be a mutant) instead of a generated one")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the JSON report here (default: a failing run writes "
+                        "mmtorture-report-RUN.json in the working directory)")
+    p.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     p.add_argument("--quiet", "-q", action="store_true", help="only the summary's last line")
     _add_knobs(p, defaults)
 
@@ -55,34 +65,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _run_args(sub.add_parser("run", help="run a scenario/policy (or --all) and report findings"))
     _run_args(
-        sub.add_parser("soak", help="a long run that counts findings instead of stopping"),
+        sub.add_parser("soak", help="a long run that counts findings by check instead of stopping"),
         {"duration": 600.0, "keep_going": True},
     )
-    lp = sub.add_parser("list", help="scenarios and policies, correct and mutant")
+    lp = sub.add_parser("list", help="scenarios and policies, correct and mutant (or --checks)")
+    lp.add_argument("--checks", action="store_true",
+                    help="every check: its id, kind, meaning and the mutants that prove it")
     lp.add_argument("--json", action="store_true", help="machine-readable list")
-    lp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
+    lp.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     rp = sub.add_parser("replay", help="run a report's program and schedule again; same findings?")
     rp.add_argument("report", help="a JSON report of a controlled run")
     rp.add_argument("--times", type=_count, default=1, metavar="N", help="replay N times (default 1)")
     rp.add_argument("--json", metavar="PATH", help="write the (last) replay's report here")
-    rp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
+    rp.add_argument("--policy-module", action="append", default=[], metavar="MOD",
+                    help=MODULE_HELP + "; the report's own modules are loaded too")
     rp.add_argument("--quiet", "-q", action="store_true", help="only the verdict")
     sp = sub.add_parser("shrink", help="reduce a failing report's program and schedule; write a new report")
     sp.add_argument("report", help="a JSON report of a controlled run with a finding")
     sp.add_argument("--json", metavar="PATH", help="where to write the shrunk report "
                     "(default REPORT.shrunk.json)")
-    sp.add_argument("--kind", help="the finding kind to keep (default: the report's first finding's)")
+    sp.add_argument("--check", help="the check the shrunk run must still trip (default: the report's first "
+                    "finding's)")
     sp.add_argument("--max-runs", type=_count, default=2000, metavar="N", help="replay budget (default 2000)")
-    sp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
+    sp.add_argument("--policy-module", action="append", default=[], metavar="MOD",
+                    help=MODULE_HELP + "; the report's own modules are loaded too")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
-    hp = sub.add_parser("hunt", help="every mutant under pct, seed after seed, until caught")
+    hp = sub.add_parser("hunt", help="every mutant, seed after seed, until caught by the check it names")
     hp.add_argument("--scenario", "-s", help="only this scenario's mutants")
     hp.add_argument("--max-seeds", type=_count, default=1000, metavar="N", help="seeds per mutant (default 1000)")
     hp.add_argument("--ops", type=_count, default=40, metavar="N", help="operations per CPU (default 40)")
     hp.add_argument("--cpus", type=_count, default=2, metavar="N", help="CPUs (default 2)")
     hp.add_argument("--pct-depth", type=_count, default=3, metavar="D", help="PCT depth (default 3)")
     hp.add_argument("--json", metavar="PATH", help="write the table as JSON here")
-    hp.add_argument("--policy-module", action="append", default=[], metavar="MOD")
+    hp.add_argument("--reports", metavar="DIR", help="keep the report of each catch in this directory, "
+                    "to replay and shrink (the printed command reproduces each catch either way)")
+    hp.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     bp = sub.add_parser("bench", help="benchmarks (JSON output)")
     bp.add_argument("what", choices=["primitives", "scheduler", "vma"], help="which benchmark")
     bp.add_argument("--json", metavar="PATH", help="write the results here")
@@ -106,13 +123,10 @@ def _count(s: str) -> int:
 
 
 def _load_modules(mods: Sequence[str]) -> None:
-    from policies import load_module
+    from stress.runner import policy_modules_of
 
-    for m in mods:
-        try:
-            load_module(m)
-        except LookupError as e:
-            raise UsageError(str(e)) from None
+    for m in policy_modules_of(mods):
+        resolve_modules(m)
 
 
 def _knob_values(args: argparse.Namespace, soak: bool) -> dict:
@@ -123,45 +137,72 @@ def _knob_values(args: argparse.Namespace, soak: bool) -> dict:
     return given
 
 
+def _litmus(args: argparse.Namespace, knobs: dict) -> list | None:
+    """The litmus program --litmus names, with the knobs it needs (its CPUs, a controlled scheduler)."""
+    if args.litmus is None:
+        return None
+    from stress.runner import resolve
+
+    sc, pol = resolve(args.scenario, args.policy, args.policy_module)
+    name = args.litmus or pol.name
+    owner = sc.policy(name) if name != pol.name else pol
+    program = sc.litmus(owner)
+    if program is None:
+        have = [p.name for p in sc.policies if sc.litmus(p)]
+        raise UsageError(f"{sc.name}/{name} has no litmus program"
+                         + (f" (these have: {', '.join(have)})" if have else ""))
+    if knobs.get("cpus") not in (None, len(program)):
+        raise UsageError(f"the litmus program of {name} runs on {len(program)} CPUs, not {knobs['cpus']}")
+    knobs["cpus"] = len(program)
+    if knobs.setdefault("scheduler", "random") == "free":
+        raise UsageError("a litmus program runs under the controlled scheduler: --scheduler random or pct")
+    return program
+
+
 def cmd_run(args: argparse.Namespace, soak: bool = False) -> int:
     knobs = _knob_values(args, soak)
     if args.all == bool(args.scenario):
         raise UsageError("give either --scenario NAME or --all")
-    if args.all and args.policy:
-        raise UsageError("--policy goes with --scenario, not --all")
-    if not args.all:
-        r = Runner(args.scenario, args.policy, knobs, args.json, policy_modules=args.policy_module,
-                   quiet=args.quiet)
-        result = r.run()
-        if args.quiet:
-            print(end_line(result.exit_code != EXIT_OK))
-        return result.exit_code
-    return _run_suite(args, knobs)
+    if args.all and (args.policy or args.litmus is not None):
+        raise UsageError("--policy and --litmus go with --scenario, not --all")
+    if args.all:
+        return _run_suite(args, knobs)
+    program = _litmus(args, knobs)
+    r = Runner(args.scenario, args.policy, knobs, args.json, policy_modules=args.policy_module,
+               quiet=args.quiet, program=program, save_failing=os.getcwd())
+    result = r.run()
+    if args.quiet:
+        print(end_line(result.exit_code, result.report))
+    return result.exit_code
 
 
 def _run_suite(args: argparse.Namespace, knobs: dict) -> int:
-    from policies import load_module, scenarios
+    """Every correct policy of every scenario, one verdict for the suite."""
+    from policies import scenarios
+    from stress.report import duration_text
+    from stress.runner import policy_modules_of
 
     check_json_path(args.json)
-    for m in args.policy_module:
-        try:
-            load_module(m)
-        except LookupError as e:
-            raise UsageError(str(e)) from None
+    modules = policy_modules_of(args.policy_module)
+    for m in modules:
+        resolve_modules(m)
     pairs = [(s.name, p.name) for s in scenarios().values() for p in s.correct_policies()]
-    total = float(knobs.get("duration", 60.0))
-    share = max(total / len(pairs), 0.5)
+    total = float(knobs.get("duration") or 60.0)
+    share = round(max(total / len(pairs), 0.5), 3)
     reports, worst = [], EXIT_OK
     for name, pol in pairs:
         k = dict(knobs, duration=share, stat_interval=knobs.get("stat_interval", max(share / 2, 1)))
-        result = Runner(name, pol, k, None, policy_modules=args.policy_module, quiet=args.quiet).run()
+        result = Runner(name, pol, k, None, policy_modules=modules, quiet=args.quiet, verdict=False,
+                        save_failing=os.getcwd()).run()
         reports.append(result.report)
         worst = max(worst, result.exit_code) if result.exit_code < 128 else result.exit_code
         if result.exit_code >= 128:
             break
-    failed = [r for r in reports if r["findings"] or r.get("error")]
-    print(f"suite: {len(reports)} runs, {sum(r['ops'] for r in reports)} ops, "
-          f"{len(failed)} with findings" + (" (interrupted)" if worst >= 128 else ""))
+    failed = [f"{r['scenario']}/{r['policy']}" for r in reports if r["findings"] or r.get("harness_errors")]
+    print(f"suite: {len(reports)} of {len(pairs)} runs, {sum(r['ops'] for r in reports)} ops in "
+          f"{duration_text(sum(r['duration_s'] for r in reports))}, "
+          + (f"{len(failed)} failed: {', '.join(failed)}" if failed else "every run clean")
+          + (" (interrupted)" if worst >= 128 else ""))
     if args.json:
         write_json(args.json, {
             "schema": SUITE_SCHEMA,
@@ -169,22 +210,61 @@ def _run_suite(args: argparse.Namespace, knobs: dict) -> int:
             "findings": sum(len(r["findings"]) for r in reports),
             "interrupted": worst >= 128,
         })
-    print(end_line(worst != EXIT_OK))
+    print(end_line(worst))
     return worst
+
+
+def resolve_modules(spec: str) -> None:
+    from policies import load_module
+
+    try:
+        load_module(spec)
+    except LookupError as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a user's module that fails to import
+        raise UsageError(f"cannot load policies from {spec}: {type(e).__name__}: {e}") from None
+
+
+def check_table() -> list[dict]:
+    """Every check with the mutants that prove it (a mutant proves the checks it names)."""
+    from policies import scenarios
+    from shm.checks import all_checks
+
+    provers: dict[str, list[str]] = {}
+    for s in scenarios().values():
+        for p in s.mutants():
+            for c in p.expect:
+                provers.setdefault(c, []).append(f"{s.name}/{p.name}")
+    return [{"check": c.id, "kind": c.kind, "meaning": c.meaning, "mutants": provers.get(c.id, [])}
+            for c in all_checks()]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from policies import scenarios
 
     _load_modules(args.policy_module)
+    if args.checks:
+        table = check_table()
+        if args.json:
+            json.dump(table, sys.stdout, indent=1)
+            print()
+            return EXIT_OK
+        w = max(len(r["check"]) for r in table)
+        print(f"{'CHECK':<{w}}  {'KIND':<15}  MEANING / PROVED BY")
+        for r in table:
+            print(f"{r['check']:<{w}}  {r['kind']:<15}  {r['meaning']}")
+            print(f"{'':<{w}}  {'':<15}  proved by: {', '.join(r['mutants']) or 'NO MUTANT'}")
+        return EXIT_OK
     rows = [
         {
             "scenario": s.name,
             "policy": p.name,
             "mutant": p.mutant,
             "expect": list(p.expect),
+            "witness": p.witness or None,
             "source": p.source,
             "doc": p.doc,
+            "litmus": s.litmus(p) is not None,
         }
         for s in scenarios().values()
         for p in s.policies
@@ -195,7 +275,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     w1 = max(len(r["scenario"]) for r in rows)
     w2 = max(len(r["policy"]) for r in rows)
-    print(f"{'SCENARIO':<{w1}}  {'POLICY':<{w2}}  {'KIND':<7}  EXPECTS / WHAT")
+    print(f"{'SCENARIO':<{w1}}  {'POLICY':<{w2}}  {'KIND':<7}  CHECK IT TRIPS (THE PASSAGE) / WHAT IT IS")
     for r in rows:
         kind = "mutant" if r["mutant"] else "correct"
         what = " or ".join(r["expect"]) + f"  ({r['source']})" if r["mutant"] else r["doc"]
@@ -240,7 +320,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         code = r.exit_code
     n = len(report["findings"])
     print(f"replay: reproduced {args.times}/{args.times}: "
-          + (f"{n} finding(s), first [{report['findings'][0]['kind']}]" if n else "no finding"))
+          + (f"{n} finding(s), first [{report['findings'][0]['check']}]" if n else "no finding"))
     return code
 
 
@@ -254,7 +334,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     check_json_path(out)
     _load_modules(args.policy_module)
     say = None if args.quiet else (lambda s: print(f"shrink: {s}", flush=True))
-    res = shrink(report, kind=args.kind, max_runs=args.max_runs, json_path=out, say=say,
+    res = shrink(report, check=args.check, max_runs=args.max_runs, json_path=out, say=say,
                  policy_modules=args.policy_module)
     print(res.summary())
     from policies import get_scenario
@@ -278,6 +358,10 @@ def cmd_hunt(args: argparse.Namespace) -> int:
 
     check_json_path(args.json)
     _load_modules(args.policy_module)
+    if args.reports:
+        if not os.path.isdir(args.reports):
+            raise UsageError(f"--reports {args.reports!r} is not a directory")
+        check_json_path(os.path.join(args.reports, "x.json"))
     if args.scenario:
         from policies import get_scenario
 
@@ -287,14 +371,38 @@ def cmd_hunt(args: argparse.Namespace) -> int:
             raise UsageError(str(e).strip("'\"")) from None
     print(HEADER, flush=True)
     rows = hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
-                depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module)
+                depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module,
+                reports=args.reports)
     missed = [r for r in rows if r.caught is None]
-    print(f"hunt: {len(rows) - len(missed)}/{len(rows)} mutants caught (pct depth {args.pct_depth} on generated "
-          f"programs of {args.ops} ops per CPU on {args.cpus} CPUs; random on litmus programs)")
+    wrong = [r for r in rows if r.caught is not None and not r.right_check]
+    print(f"hunt: {len(rows) - len(missed) - len(wrong)}/{len(rows)} mutants caught by the check they name"
+          + (f"; {len(wrong)} by another check" if wrong else "")
+          + (f"; {len(missed)} not caught" if missed else "")
+          + f" (pct depth {args.pct_depth} on generated programs of {args.ops} ops per CPU on {args.cpus} CPUs; "
+          "random on litmus programs)")
     if args.json:
-        write_json(args.json, {"schema": "mmtorture-hunt/1", "rows": [r.to_json() for r in rows]})
-    print(end_line(bool(missed)))
-    return EXIT_FINDINGS if missed else EXIT_OK
+        write_json(args.json, {"schema": "mmtorture-hunt/2", "rows": [r.to_json() for r in rows]})
+    failed = bool(missed or wrong)
+    print(end_line(EXIT_FINDINGS if failed else EXIT_OK))
+    return EXIT_FINDINGS if failed else EXIT_OK
+
+
+def _attach_state(m, info: dict) -> list[str]:
+    """Attach the run's state segment so that locks and waits have their names; the operation
+    names.  Best effort: a scenario that cannot be loaded here leaves raw addresses."""
+    from policies import get_scenario, load_module
+    from shm import Segment
+
+    try:
+        for mod in info.get("policy_modules", []):
+            load_module(mod)
+        sc = get_scenario(info["scenario"])
+        pol = sc.policy(info["policy"])
+        base = m.seg.name.rsplit("-", 1)[0]
+        m.add_segment(Segment.attach(f"{base}-1", sc.layout(m.ncpus)))
+        return [op.name for op in sc.operations(pol)]
+    except Exception:  # noqa: BLE001 - inspect shows what it can
+        return []
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -307,17 +415,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except LayoutError as e:
         raise UsageError(str(e)) from None
     try:
-        wd = Watchdog(m, 1.0, [])
-        print(f"{args.segment}: {m.ncpus} CPUs, stop={int(m.stop_requested())}, "
-              f"findings={m.finding_count()}, free pages {m.pool.nr_free()}/{m.pool.npages}, "
-              f"grace periods {m.rcu.gp_seq()}")
+        info = m.run_info()
+        ops = _attach_state(m, info)
+        wd = Watchdog(m, 1.0, ops)
+        label = f"{info.get('scenario', '?')}/{info.get('policy', '?')} (runner pid {info.get('pid', '?')})"
+        print(f"{args.segment}: {label}, {m.ncpus} CPUs, {'stopping' if m.stop_requested() else 'running'}, "
+              f"{m.finding_count()} finding(s), {m.pool.nr_free()} of {m.pool.npages} pages free, "
+              f"{m.rcu.gp_seq()} grace periods")
         for i in range(m.nslots):
             c = m.cpus[i]
-            who = "gp" if i == m.gp_cpu else "boot" if i == m.boot_cpu else f"cpu{i}"
-            wait = wd.describe_wait(int(c["waiting_on"])) if c["waiting_on"] else "-"
+            who = "gp kthread" if i == m.gp_cpu else "boot" if i == m.boot_cpu else f"cpu {i}"
             status = CPU_STATUS[int(c["status"])] if 0 <= c["status"] < len(CPU_STATUS) else "?"
-            print(f"  {who:>5} pid {int(c['pid']):>7} {status:<8} op {int(c['op']):>3} "
-                  f"ops {int(c['heartbeat']):>9} irqs_off {int(c['irqs_disabled'])} waits {wait}")
+            op = int(c["op"])
+            opname = ops[op] if 0 <= op < len(ops) else ("-" if op < 0 else f"operation {op}")
+            wait = wd.describe_wait(int(c["waiting_on"])) if c["waiting_on"] else "-"
+            print(f"  {who:>10}  pid {int(c['pid']):>7}  {status:<8} in {opname:<16} "
+                  f"{int(c['heartbeat']):>9} ops  irqs {'off' if c['irqs_disabled'] else 'on '}  waits for {wait}")
         for cpu, locks in wd.held_locks().items():
             print(f"  {cpu} holds {', '.join(locks)}")
     finally:

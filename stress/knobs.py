@@ -86,6 +86,13 @@ class Knob:
     flag: bool = False
     metavar: str = ""
     env: str = field(default="")
+    default_text: str = ""  # how --help shows a default that is decided later
+
+    def shown_default(self) -> str:
+        if self.default_text:
+            return self.default_text
+        d = self.default() if callable(self.default) else self.default
+        return f"{d}{' ' + self.unit if self.unit else ''}"
 
     @property
     def env_var(self) -> str:
@@ -112,10 +119,13 @@ class Knob:
 
 
 KNOBS: tuple[Knob, ...] = (
-    Knob("cpus", _positive_int, _default_cpus, "worker CPU processes", metavar="N"),
-    Knob("duration", _positive_float, 10.0, "wall-clock limit of a run", unit="s", metavar="S"),
-    Knob("ops", _nonneg_int, 0, "operations per CPU, 0 for no limit", metavar="N"),
-    Knob("seed", _int, None, "seed of every CPU's generator (default: from the clock)", metavar="N"),
+    Knob("cpus", _positive_int, _default_cpus, "worker CPU processes", metavar="N",
+         default_text="the machine's cores, 2 to 8"),
+    Knob("duration", _positive_float, None, "wall-clock limit of a run", unit="s", metavar="S",
+         default_text="10 s, or none when --ops is given"),
+    Knob("ops", _nonneg_int, 0, "operations per CPU, 0 for no limit", metavar="N",
+         default_text="no limit free-running, 2000 under --scheduler random or pct"),
+    Knob("seed", _int, None, "seed of every CPU's generator", metavar="N", default_text="from the clock"),
     Knob("keep_going", bool, False, "count findings instead of stopping at the first", flag=True),
     Knob("scheduler", _choice("free", "random", "pct"), "free",
          "free (OS scheduling), or controlled: random or pct", metavar="NAME"),
@@ -128,7 +138,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("stat_interval", _positive_float, 5.0, "seconds between stat lines", unit="s", metavar="S"),
     Knob("stall_timeout", _positive_float, 10.0, "a CPU without progress this long is stuck",
          unit="s", metavar="S"),
-    Knob("nowait_fail_rate", _rate, 0.0, "chance that a GFP_NOWAIT allocation fails", metavar="P"),
+    Knob("nowait_fail_rate", _rate, None, "chance that a GFP_NOWAIT allocation fails", metavar="P",
+         default_text="the scenario's, 0 for most"),
     Knob("start_method", _choice("fork", "spawn", "forkserver"), "fork",
          "how CPU processes are started", metavar="M"),
     Knob("progress", _choice("auto", "on", "off"), "auto", "progress bar on stderr", metavar="WHEN"),
@@ -151,6 +162,7 @@ def resolve_all(given: dict[str, Any]) -> dict[str, Any]:
 
 def echo(values: dict[str, Any]) -> str:
     def show(v: Any) -> str:
-        return f"{v:g}" if isinstance(v, float) else str(v)
+        return f"{round(v, 3):g}" if isinstance(v, float) else "none" if v is None else str(v)
 
-    return " ".join(f"{k.name}={show(values[k.name])}{k.unit}" for k in KNOBS if k.name in values)
+    return " ".join(f"{k.name}={show(values[k.name])}{k.unit if values[k.name] is not None else ''}"
+                    for k in KNOBS if k.name in values)

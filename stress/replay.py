@@ -1,8 +1,9 @@
 """Replaying a report: the same scenario, policy, seed, program and schedule, the same findings.
 
-A report of a controlled run carries its program and its schedule; replaying
-it runs them again under the replay strategy.  A finding is the same when
-its kind, CPU, operation and message are; a schedule that no longer fits the
+A report of a controlled run carries its program and its schedule, and the
+policy modules it ran with; replaying it loads them and runs the program
+and schedule again under the replay strategy.  A finding is the same when
+its check, CPU, operation and message are; a schedule that no longer fits the
 code (a preemption at a point the run does not reach, a CPU that cannot run
 where the schedule says) is a divergence, and so is a replay that finds
 something else.
@@ -32,8 +33,11 @@ def load_report(path: str) -> dict:
         raise UsageError(f"cannot read {path}: {e}") from None
     except json.JSONDecodeError as e:
         raise UsageError(f"{path} is not a JSON report: {e.msg} at line {e.lineno}") from None
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+    if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("mmtorture-report/"):
         raise UsageError(f"{path} is not an mmtorture report (schema {SCHEMA})")
+    if report["schema"] != SCHEMA:
+        raise UsageError(f"{path} is a report of another version ({report['schema']}; this mmtorture reads "
+                         f"{SCHEMA}): run it again to replay it")
     for key in ("scenario", "policy", "knobs", "findings"):
         if key not in report:
             raise UsageError(f"{path} is a corrupt report: no {key!r}")
@@ -46,11 +50,11 @@ def load_report(path: str) -> dict:
 
 
 def signature(findings: Iterable[Finding | dict]) -> list[tuple]:
-    """What must be equal for a finding to be reproduced: kind, CPU, operation, message."""
+    """What must be equal for a finding to be reproduced: check, CPU, operation, message."""
     out = []
     for f in findings:
         d = f.to_json() if isinstance(f, Finding) else f
-        out.append((d["kind"], d["cpu"], d["op"], d["message"]))
+        out.append((d["check"], d["cpu"], d["op"], d["message"]))
     return sorted(out)
 
 
@@ -65,9 +69,10 @@ def replay(report: dict, *, strict: bool = True, json_path: str | None = None, q
            policy_modules=(), program: list | None = None, schedule: dict | None = None,
            **overrides: Any) -> RunResult:
     """Run a report's (program, schedule) again; program/schedule may be replaced (shrinking)."""
+    modules = [*report.get("policy_modules", []), *policy_modules]
     try:
         return run(report["scenario"], report["policy"], json_path=json_path, quiet=quiet,
-                   policy_modules=policy_modules,
+                   policy_modules=modules,
                    program=report["program"] if program is None else program,
                    schedule=report["schedule"] if schedule is None else schedule,
                    strict=strict, **replay_knobs(report, **overrides))

@@ -1,14 +1,17 @@
-"""What a run tells: findings with their traces, stat lines, the JSON report, a summary.
+"""What a run tells: findings with their checks and traces, stat lines, the JSON report, a summary.
 
 Stat lines follow rcutorture: short fixed keys, `!!!` when an error counter
 is non-zero, and a last line `End of test: SUCCESS` or `FAILURE` that a
-script can grep.
+script can grep (for a mutant it also says whether the expected check
+caught it).  A finding names the check that fired (`mmtorture list
+--checks`), its kind, who found it, the objects involved and the trace.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +20,7 @@ from shm import KINDS, Machine
 from shm.events import EVENTS, decode, ordered
 from shm.rcu import callback_name
 
-SCHEMA = "mmtorture-report/1"
+SCHEMA = "mmtorture-report/2"
 SUITE_SCHEMA = "mmtorture-suite/1"
 SHORT = {
     "use-after-free": "uaf",
@@ -30,16 +33,20 @@ SHORT = {
     "lock-misuse": "lock",
     "deadlock": "dead",
     "cpu-crash": "crash",
+    "hang": "hang",
 }
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_HARNESS = 0, 1, 2, 3
 EXIT_SIGNAL = {2: 130, 15: 143}
+SHOWN_FINDINGS = 5
 
 
 @dataclass
 class Finding:
+    check: str
     kind: str
     message: str
     cpu: int
+    where: str
     op: str | None
     seed: int
     step: int
@@ -50,20 +57,31 @@ class Finding:
         return asdict(self)
 
     def headline(self) -> str:
-        where = f"cpu {self.cpu}" + (f" in {self.op}" if self.op else "")
-        return f"[{self.kind}] {where}: {self.message}"
+        return f"[{self.check}] {self.where}" + (f" in {self.op}" if self.op else "") + f": {self.message}"
 
     def format(self, tail: int = 12) -> str:
-        lines = [self.headline(), f"    seed {self.seed}, operation #{self.step} of that CPU"]
+        lines = [self.headline()]
+        lines.append(f"    {self.kind}, seed {self.seed}"
+                     + (f", operation #{self.step} of {self.where}" if self.op else ""))
         for k, v in self.objects.items():
             if k != "traceback":
-                lines.append(f"    {k}: {v}")
+                lines.append(f"    {k}: {_show(v)}")
         if "traceback" in self.objects:
             lines += ["    " + s for s in str(self.objects["traceback"]).rstrip().splitlines()[-6:]]
         if self.trace:
-            lines.append(f"    last events of cpu {self.cpu}:")
+            lines.append(f"    last events of {self.where}:")
             lines += [f"      {e}" for e in self.trace[-tail:]]
         return "\n".join(lines)
+
+
+def _show(v: Any) -> str:
+    """An object of a finding as a person reads it: no Python reprs."""
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_show(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, list | tuple):
+        return "; ".join(_show(x) for x in v) if any(isinstance(x, dict | list) for x in v) \
+            else ", ".join(str(x) for x in v) or "none"
+    return str(v)
 
 
 def decode_trace(machine: Machine, words, op_names: list[str]) -> list[str]:
@@ -76,7 +94,7 @@ def decode_trace(machine: Machine, words, op_names: list[str]) -> list[str]:
         elif name in ("lock", "unlock", "read-lock", "read-unlock", "block", "wake"):
             what = machine.describe(arg)
         elif name in ("alloc", "free"):
-            what = f"pfn {arg}"
+            what = f"object {arg & 0xFFFF} of a slab cache" if arg >> 30 else f"pfn {arg}"
         elif name in ("call-rcu", "rcu-callback"):
             what = callback_name(arg)
         elif name == "finding":
@@ -91,15 +109,25 @@ def decode_trace(machine: Machine, words, op_names: list[str]) -> list[str]:
     return out
 
 
+def who(machine: Machine, cpu: int) -> str:
+    if cpu == machine.gp_cpu:
+        return "the grace-period kthread"
+    if cpu == machine.boot_cpu:
+        return "the quiescent checks"
+    return f"cpu {cpu}"
+
+
 def collect_findings(machine: Machine, op_names: list[str], seed: int) -> list[Finding]:
     out = []
     for f in machine.findings():
         op = op_names[f["op"]] if 0 <= f["op"] < len(op_names) else None
         out.append(
             Finding(
+                check=f["check"],
                 kind=f["kind"],
                 message=f["message"],
                 cpu=f["cpu"],
+                where=who(machine, f["cpu"]),
                 op=op,
                 seed=seed,
                 step=f["step"],
@@ -110,11 +138,91 @@ def collect_findings(machine: Machine, op_names: list[str], seed: int) -> list[F
     return out
 
 
+def evidence(report: dict) -> dict[str, int]:
+    """What a run shows it went through: its counters, `op:NAME` operations run, `window:NAME`
+    windows where a preemption or delay landed, and the machine's lock and IPI waits."""
+    out = dict(report.get("counters", {}))
+    out.update({f"op:{k}": v for k, v in report.get("op_counts", {}).items()})
+    out.update({f"window:{k}": v["preempted"] for k, v in report.get("windows", {}).items()})
+    out["lock_waits"] = sum(report.get("lock_waits", []))
+    out["ipi_waits"] = sum(report.get("ipi_waits", []))
+    return out
+
+
+def build_report(r, base: dict) -> tuple[list[Finding], dict]:
+    """The JSON report of a Runner `r` after its run (base: what is known whatever happened)."""
+    from stress.program import to_json
+    from stress.worker import STAT_OPS
+
+    k, pol, m = r.knobs, r.policy, r.machine
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "scenario": r.scenario.name,
+        "policy": pol.name,
+        "mutant": pol.mutant,
+        "expect": list(pol.expect),
+        "witness": pol.witness or None,
+        "source": pol.source,
+        "seed": r.seed,
+        "cpus": k["cpus"],
+        "scheduler": r.sched_name,
+        "knobs": dict(k),
+        "ops": 0,
+        "findings": [],
+        "python": platform.python_version(),
+        "started_by": os.getpid(),
+        **base,
+    }
+    if m is None:
+        return [], report
+    ops, per_cpu = r._ops_done()
+    stats = m.cpus["stats"][: k["cpus"]]
+    op_counts = stats[:, STAT_OPS : STAT_OPS + len(r.op_names)].sum(axis=0)
+    findings = collect_findings(m, r.op_names, r.seed)
+    cpus = m.cpus[: k["cpus"]]
+    report.update(
+        ops=ops,
+        ops_per_cpu=per_cpu,
+        op_counts={n: int(c) for n, c in zip(r.op_names, op_counts)},
+        counters=r._counters(),
+        kinds={kk: v for kk, v in m.kind_counts().items() if v},
+        checks=m.check_counts(),
+        findings_after_first=m.findings_after_first(),
+        findings=[f.to_json() for f in findings],
+        grace_periods={"rcu": m.rcu.gp_seq(), **{s.name: s.gp_seq() for s in m.srcu}},
+        callbacks=int(m.mem.load64(m.rcu.cbs_run_off)),
+        lock_wait_ms=[round(int(w) / 1e6, 3) for w in cpus["wait_ns"]],
+        lock_waits=[int(w) for w in cpus["lock_waits"]],
+        ipi_waits=[int(w) for w in cpus["ipi_waits"]],
+        run_ms=[round(int(t) / 1e6, 3) for t in cpus["run_ns"]],
+        windows=m.windows(),
+        traces={who(m, i): decode_trace(m, m.traces[i], r.op_names)[-16:] for i in range(m.nslots)},
+    )
+    report["evidence"] = evidence(report)
+    if pol.mutant:
+        first = findings[0].check if findings else None
+        report["caught"] = first in pol.expect
+        report["caught_by"] = first
+    if r.program is not None:
+        status = m.cpus["op"][: k["cpus"]]
+        report["program"] = to_json(
+            [p[: n + (int(status[i]) >= 0)] for i, (p, n) in enumerate(zip(r.program, per_cpu))], r.ops)
+    if r.sched is not None:
+        report["schedule"] = r._schedule()
+        if r.divergence:
+            report["diverged"] = r.divergence
+    return findings, report
+
+
 def stat_line(label: str, elapsed: float, cpus: int, ops: int, kinds: dict[str, int],
               extra: dict[str, Any], tail: str = "") -> str:
+    """rcutorture's stat line: what a person scans (the rest is in the JSON report)."""
     errors = sum(kinds.values())
     parts = [f"{label} t={elapsed:.0f}s cpus: {cpus} ops: {ops}"]
-    parts += [f"{SHORT[k]}: {kinds.get(k, 0)}" for k in KINDS]
+    if errors:
+        parts += [f"{SHORT[k]}: {n}" for k, n in kinds.items() if n]
+    else:
+        parts.append("errors: 0")
     parts += [f"{k}: {v}" for k, v in extra.items()]
     line = " ".join(parts) + (f" {tail}" if tail else "")
     return ("!!! " if errors else "") + line
@@ -137,20 +245,28 @@ def write_json(path: str, data: dict) -> None:
         raise
 
 
-def summary(report: dict) -> str:
-    label = f"{report['scenario']}/{report['policy']}"
+def duration_text(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.1f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
+def summary(report: dict, saved_to: str | None = None) -> str:
+    """The human summary: the verdict, the first findings, what was counted, how to reproduce."""
+    label = f"{report.get('scenario')}/{report.get('policy')}"
     lines = []
-    n = len(report["findings"])
+    kept = report.get("findings", [])
+    counts = report.get("checks", {})
+    total = sum(counts.values()) or len(kept)
     lines.append(
-        f"{label}: {report['ops']} ops on {report['cpus']} CPUs in {report['duration_s']:.1f}s, "
-        f"seed {report['seed']}, scheduler {report['scheduler']}: "
-        + ("no finding" if n == 0 else f"{n} finding{'s' if n != 1 else ''}")
+        f"{label}: {report.get('ops', 0)} ops on {report.get('cpus')} CPUs in "
+        f"{duration_text(report.get('duration_s', 0.0))}, seed {report.get('seed')}, "
+        f"scheduler {report.get('scheduler')}: "
+        + ("no finding" if total == 0 else f"{total} finding{'s' if total != 1 else ''}")
         + (" (interrupted)" if report.get("interrupted") else "")
     )
     if report.get("mutant"):
-        caught = report.get("caught")
-        lines.append(f"  mutant, expected {' or '.join(report['expect'])}: "
-                     + ("caught" if caught else "NOT caught"))
+        lines.append(f"  mutant, expected {' or '.join(report['expect'])}: " + mutant_verdict(report))
     sched = report.get("schedule")
     if sched:
         lines.append(f"  schedule: {sched['strategy']}, {sched['steps']} decisions, {sched['switches']} switches, "
@@ -158,16 +274,50 @@ def summary(report: dict) -> str:
                      + ("" if sched.get("complete", True) else " (TRUNCATED: not replayable)"))
     if report.get("diverged"):
         lines.append(f"  replay diverged: {report['diverged']['message']}")
-    for f in report["findings"][:5]:
+    for f in kept[:SHOWN_FINDINGS]:
         lines.append("  " + Finding(**f).format().replace("\n", "\n  "))
-    if n > 5:
-        lines.append(f"  ... {n - 5} more in the JSON report")
+    if total > min(len(kept), SHOWN_FINDINGS):
+        lines.append(f"  findings by check (every one counted; {len(kept)} kept in the JSON report, at most "
+                     "4 of each check): " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    if report.get("findings_after_first"):
+        lines.append(f"  {report['findings_after_first']} more finding(s) while the CPUs stopped, after the first: "
+                     "its consequences, not kept (--keep-going keeps counting)")
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
-    if report.get("error"):
-        lines.append(f"  harness error: {report['error']}")
+    for err in report.get("harness_errors", []):
+        lines.append(f"  HARNESS ERROR: {err}")
+    lines += reproduce_lines(report, saved_to)
     return "\n".join(lines)
 
 
-def end_line(failed: bool) -> str:
-    return "End of test: " + ("FAILURE" if failed else "SUCCESS")
+def reproduce_lines(report: dict, saved_to: str | None) -> list[str]:
+    """The commands that reproduce a failing run, as printed (each one works as printed)."""
+    path = report.get("report_path")
+    if not report.get("findings") or not path:
+        return []
+    out = [f"  report written to {path}" if saved_to else f"  report: {path}"]
+    if report.get("schedule") and report["schedule"].get("complete", True):
+        out.append(f"  replay: mmtorture replay {path}")
+        out.append(f"  shrink: mmtorture shrink {path}")
+    else:
+        mods = "".join(f" --policy-module {m}" for m in report.get("policy_modules", []))
+        out.append(f"  free-running runs cannot be replayed; search a replayable schedule with: mmtorture run -s "
+                   f"{report['scenario']} -p {report['policy']} --scheduler random --seed {report['seed']}{mods}")
+    return out
+
+
+def mutant_verdict(report: dict) -> str:
+    by = report.get("caught_by")
+    if by is None:
+        return "MUTANT NOT CAUGHT"
+    if by in report.get("expect", []):
+        return f"caught by {by}"
+    return f"caught by {by}, NOT THE EXPECTED CHECK"
+
+
+def end_line(code: int, report: dict | None = None) -> str:
+    """rcutorture's last line; a mutant's says whether its check caught it."""
+    line = "End of test: " + ("SUCCESS" if code == EXIT_OK else "FAILURE")
+    if report and report.get("mutant") and code in (EXIT_OK, EXIT_FINDINGS):
+        line += f" ({mutant_verdict(report)})"
+    return line

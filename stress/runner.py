@@ -8,12 +8,15 @@ run ends the CPUs leave at an operation boundary; if they all did, the
 scenario's quiescent sweep, its teardown, rcu_barrier and the leak sweep
 run.  Whatever happened, the children are reaped, the segments unlinked and
 the JSON report written.
+
+A verdict is never better than what happened: a harness error, a teardown
+that did not finish or a sweep that was skipped without a finding to
+explain it ends in exit 3, with one line saying what.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import sys
 import time
@@ -22,21 +25,20 @@ from typing import Any, TextIO
 
 import multiprocess
 
-from policies import Policy, Scenario, World, get_scenario, load_module
-from shm import MAX_CPUS, Cpu, LayoutError, Machine, OsScheduler, Segment, new_run_id
+from policies import Policy, Scenario, World, env_modules, get_scenario, load_module, module_spec
+from shm import MAX_CPUS, Cpu, Machine, OsScheduler, Segment, new_run_id
+from shm.checks import POOL_LEAK, WATCHDOG_STALL
 from shm.events import KINDS
 from stress.knobs import KnobError, echo, resolve_all
-from stress.program import ProgramError, from_json, generate_program, to_json
+from stress.program import ProgramError, from_json, generate_program
 from stress.report import (
     EXIT_FINDINGS,
     EXIT_HARNESS,
     EXIT_OK,
     EXIT_SIGNAL,
     EXIT_USAGE,
-    SCHEMA,
     Finding,
-    collect_findings,
-    decode_trace,
+    build_report,
     end_line,
     stat_line,
     summary,
@@ -44,18 +46,20 @@ from stress.report import (
 )
 from stress.schedulers import Replay, SchedState, is_controlled, make_strategy
 from stress.watchdog import Watchdog
-from stress.worker import STAT_COUNTERS, STAT_OPS, STATUS, ProcessSpec, cpu_main, cpu_seed, gp_main
+from stress.worker import STAT_COUNTERS, STATUS, ProcessSpec, cpu_main, cpu_seed, gp_main
 
 STOP_GRACE_S = 3.0
 START_TIMEOUT_S = 60.0
 BARRIER_TIMEOUT_S = 20.0
+SETUP_TIMEOUT_S = 20.0
 POLL_S = 0.05
 CONTROLLED_OPS = 2000
+DEFAULT_DURATION_S = 10.0
 AFTER_FINDING_DEADLINE_S = 1.0
 
 
 class TeardownStall(Exception):
-    """The boot CPU waited past its deadline during the quiescent phase."""
+    """The boot CPU waited past its deadline during setup or the quiescent phase."""
 
 
 class DeadlineScheduler(OsScheduler):
@@ -74,9 +78,9 @@ class DeadlineScheduler(OsScheduler):
             raise TeardownStall()
         return left
 
-    def spin(self, cpu, attempt: int) -> None:
+    def spin(self, cpu, attempt: int, mem=None, off: int = 0, seen: int = 0, bits: int = 32) -> None:
         self._remaining()
-        super().spin(cpu, attempt)
+        super().spin(cpu, attempt, mem, off, seen, bits)
 
     def block(self, cpu, mem, off, expected, timeout):
         left = self._remaining()
@@ -105,6 +109,14 @@ class RunResult:
         return {f.kind for f in self.findings}
 
     @property
+    def checks(self) -> set[str]:
+        return {f.check for f in self.findings}
+
+    @property
+    def first_check(self) -> str | None:
+        return self.findings[0].check if self.findings else None
+
+    @property
     def clean(self) -> bool:
         return not self.findings and self.exit_code == EXIT_OK
 
@@ -119,6 +131,16 @@ def check_json_path(path: str | None) -> None:
         raise UsageError(f"cannot write the JSON report {path!r}: directory {d!r} is not writable")
     if os.path.isdir(path):
         raise UsageError(f"cannot write the JSON report {path!r}: it is a directory")
+
+
+def policy_modules_of(given=()) -> list[str]:
+    """The modules a run loads: those given, then MMTORTURE_POLICY_MODULE's; as a report records them."""
+    out: list[str] = []
+    for m in [*given, *env_modules()]:
+        spec = module_spec(m)
+        if spec not in out:
+            out.append(spec)
+    return out
 
 
 def resolve(scenario: str, policy: str | None, policy_modules=()) -> tuple[Scenario, Policy]:
@@ -146,11 +168,17 @@ class Runner:
         program: list | None = None,
         schedule: dict | None = None,
         strict: bool = True,
+        save_failing: str | None = None,
+        verdict: bool = True,
     ):
         """`program` (JSON form, per CPU [name, arg, ...]) replaces the generator;
         `schedule` (a report's "schedule") is followed instead of a strategy,
-        strictly (a misfit is a divergence, exit 2) or leniently (shrinking)."""
-        self.scenario, self.policy = resolve(scenario, policy, policy_modules)
+        strictly (a misfit is a divergence, exit 2) or leniently (shrinking).
+        `save_failing`: a directory where a failing run without `json_path`
+        writes its report (the CLI: the working directory).  `verdict`: end
+        with the `End of test` line (a suite prints one for all its runs)."""
+        self.policy_modules = policy_modules_of(policy_modules)
+        self.scenario, self.policy = resolve(scenario, policy, self.policy_modules)
         try:
             self.knobs = resolve_all(knobs or {})
         except KnobError as e:
@@ -159,21 +187,25 @@ class Runner:
             raise UsageError(f"--cpus must be at most {MAX_CPUS - 2}, not {self.knobs['cpus']}")
         if self.knobs["seed"] is None:
             self.knobs["seed"] = time.time_ns() % 1_000_000_007
+        if self.knobs["nowait_fail_rate"] is None:
+            self.knobs["nowait_fail_rate"] = self.scenario.needs.nowait_fail_rate
         self.seed = self.knobs["seed"]
         check_json_path(json_path)
         self.json_path = json_path
+        self.save_failing = save_failing
+        self.show_verdict = verdict
         self.out = out if out is not None else sys.stdout
         self.quiet = quiet
-        self.policy_modules = list(policy_modules)
         self.label = f"{self.scenario.name}/{self.policy.name}"
         self.machine: Machine | None = None
         self.procs: list = []
         self.gp = None
         self.signum = 0
         self.notes: list[str] = []
-        self.error: str | None = None
+        self.errors: list[str] = []
         self.stop_reason = ""
         self.elapsed = 0.0
+        self.run_id = ""
         self.ops = self.scenario.operations(self.policy)
         self.op_names: list[str] = [op.name for op in self.ops]
         self.crash_reported: set[int] = set()
@@ -195,6 +227,8 @@ class Runner:
             self.program = generate_program(self.ops, self.seed, ncpus, self.knobs["ops"])
         if self.program is not None:
             self.knobs["ops"] = max(len(p) for p in self.program)
+        if self.knobs["duration"] is None and not self.knobs["ops"]:
+            self.knobs["duration"] = DEFAULT_DURATION_S
 
     # -- output ----------------------------------------------------------
     def say(self, line: str) -> None:
@@ -220,8 +254,8 @@ class Runner:
         try:
             try:
                 self._run()
-            except (LayoutError, OSError, HarnessError, Exception) as e:  # noqa: BLE001
-                self.error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - the harness failed: say so, exit 3
+                self.errors.append(f"{type(e).__name__}: {e}")
             finally:
                 self._reap()
             findings, report = self._report()
@@ -229,22 +263,27 @@ class Runner:
             self._cleanup()
             for s, h in old.items():
                 signal.signal(s, h)
-        if self.json_path:
-            write_json(self.json_path, report)
-        if self.signum:
-            code = EXIT_SIGNAL.get(self.signum, 128 + self.signum)
-        elif self.divergence:
-            code = EXIT_USAGE
-        elif self.error:
-            code = EXIT_HARNESS
-        elif findings:
-            code = EXIT_FINDINGS
-        else:
-            code = EXIT_OK
+        code = self._exit_code(findings)
+        path = self.json_path
+        if path is None and self.save_failing is not None and code != EXIT_OK and self.run_id:
+            path = os.path.join(self.save_failing, f"mmtorture-report-{self.run_id}.json")
+        if path:
+            report["report_path"] = os.path.abspath(path)
+            write_json(path, report)
         if not self.quiet:
-            self.say(summary(report))
-            self.say(end_line(code != EXIT_OK))
-        return RunResult(report, findings, code, self.json_path)
+            self.say(summary(report, path if path != self.json_path else None))
+            if self.show_verdict:
+                self.say(end_line(code, report))
+        return RunResult(report, findings, code, path)
+
+    def _exit_code(self, findings: list[Finding]) -> int:
+        if self.signum:
+            return EXIT_SIGNAL.get(self.signum, 128 + self.signum)
+        if self.divergence:
+            return EXIT_USAGE
+        if self.errors:
+            return EXIT_HARNESS
+        return EXIT_FINDINGS if findings else EXIT_OK
 
     def _run(self) -> None:
         k, sc, pol = self.knobs, self.scenario, self.policy
@@ -256,13 +295,23 @@ class Runner:
             run_id, ncpus, needs.pool_pages, needs.page_size, needs.srcu_domains,
             k["keep_going"], self.seed, k["nowait_fail_rate"],
         )
+        m.set_run_info({"scenario": sc.name, "policy": pol.name, "policy_modules": self.policy_modules,
+                        "pid": os.getpid()})
         state = Segment.create(sc.layout(ncpus), run_id, 1)
         m.add_segment(state)
         self.boot_sched = DeadlineScheduler()
         self.boot = Cpu(m, m.boot_cpu, self.boot_sched, seed=cpu_seed(self.seed, m.boot_cpu))
         self.world = World(m, self.boot, sc, pol, state, ncpus)
         sc.attach(self.world)
-        sc.setup(self.world)
+        self.boot_sched.deadline = time.monotonic() + SETUP_TIMEOUT_S
+        try:
+            sc.setup(self.world)
+        except TeardownStall:
+            raise HarnessError(f"{sc.name} setup waited more than {SETUP_TIMEOUT_S:g}s (for memory?)") from None
+        finally:
+            self.boot_sched.deadline = None
+        if m.finding_count():
+            raise HarnessError(f"{sc.name} setup reported a finding: {m.findings()[0]['message']}")
         spec = ProcessSpec(m.seg.name, state.name, sc.name, pol.name, self.seed, k["ops"],
                            self.sched_name, dict(k), self.policy_modules, os.getpid(),
                            program=self.program, replay=self.replay)
@@ -273,7 +322,7 @@ class Runner:
             spec.sched_segment = self.sched.seg.name
         self.say(f"{self.label} {echo(k)}" + (" MUTANT" if pol.mutant else "")
                  + (f" (replaying a schedule, {'strict' if self.replay.strict else 'lenient'})"
-                    if self.replay else ""))
+                    if self.replay else "") + f"; machine segment {m.seg.name} (mmtorture inspect)")
         ctx = multiprocess.get_context(k["start_method"])
         self.gp = ctx.Process(target=gp_main, args=(spec, m.gp_cpu), name="mmtorture-gp", daemon=True)
         self.gp.start()
@@ -300,7 +349,7 @@ class Runner:
                 self._check_dead()
                 return
             if time.monotonic() - t0 > START_TIMEOUT_S:
-                raise HarnessError(f"only {ready} of {ncpus} CPUs started within {START_TIMEOUT_S}s")
+                raise HarnessError(f"only {ready} of {ncpus} CPUs started within {START_TIMEOUT_S:g}s")
             m.mem.futex_wait(m.ready_off, ready, POLL_S)
 
     def _ops_done(self) -> tuple[int, list[int]]:
@@ -317,12 +366,9 @@ class Runner:
     def _stat(self) -> str:
         m = self.machine
         ops, _ = self._ops_done()
-        counters = self._counters()
-        extra = {"gp": m.rcu.gp_seq(), "cbs": m.mem.load64(m.rcu.cbs_run_off),
-                 "free": f"{m.pool.nr_free()}/{m.pool.npages}"}
-        extra.update({k: v for k, v in counters.items() if not k.startswith("pipe")})
+        extra = {"rcu_gp": m.rcu.gp_seq(), "free": f"{m.pool.nr_free()}/{m.pool.npages}"}
         return stat_line(self.label, time.monotonic() - self.t_start, self.knobs["cpus"], ops,
-                         m.kind_counts(), extra, self.scenario.stat_text(counters))
+                         m.kind_counts(), extra, self.scenario.stat_text(self._counters()))
 
     def _make_bar(self):
         want = self.knobs["progress"]
@@ -334,8 +380,10 @@ class Runner:
 
         tqdm.monitor_interval = 0  # no monitor thread: the runner never forks with threads
         budget = self.knobs["ops"] * self.knobs["cpus"]
-        return tqdm(total=budget or round(self.knobs["duration"]), desc=self.label,
-                    unit="op" if budget else "s", file=sys.stderr, leave=False)
+        if budget:
+            return tqdm(total=budget, desc=self.label, unit="op", file=sys.stderr, leave=False)
+        return tqdm(total=round(self.knobs["duration"]), desc=self.label, file=sys.stderr, leave=False,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s")
 
     def _watch(self) -> None:
         m, k = self.machine, self.knobs
@@ -347,6 +395,7 @@ class Runner:
         watchdog = self.watchdog = Watchdog(m, k["stall_timeout"], self.op_names, progress)
         self.bar = self._make_bar()
         next_stat = start + k["stat_interval"]
+        duration = k["duration"]
         try:
             while True:
                 now = time.monotonic()
@@ -354,7 +403,7 @@ class Runner:
                     self.stop_reason = "interrupted"
                     break
                 if m.stop_requested():
-                    self.stop_reason = "finding"
+                    self.stop_reason = "finding" if m.finding_count() else "stop requested"
                     break
                 if self._check_dead():
                     continue
@@ -362,7 +411,7 @@ class Runner:
                 if all(p.exitcode is not None for p in self.procs) or (statuses == STATUS["done"]).all():
                     self.stop_reason = "operation budget"
                     break
-                if now - start >= k["duration"]:
+                if duration is not None and now - start >= duration:
                     self.stop_reason = "duration"
                     break
                 watchdog.check(now)
@@ -381,6 +430,8 @@ class Runner:
 
     def _check_dead(self) -> bool:
         """A worker that died without saying why is a cpu-crash finding.  True if one was found."""
+        from shm.checks import CPU_CRASH
+
         m = self.machine
         found = False
         for i, p in enumerate([*self.procs, self.gp]):
@@ -398,7 +449,7 @@ class Runner:
             name = "grace-period kthread" if cpu == m.gp_cpu else f"cpu {cpu}"
             opname = self.op_names[op] if 0 <= op < len(self.op_names) else None
             m.record_finding(
-                "cpu-crash", cpu, op, int(m.cpus["heartbeat"][cpu]),
+                CPU_CRASH, cpu, op, int(m.cpus["heartbeat"][cpu]),
                 f"{name} (pid {p.pid}) died: {how}" + (f" in {opname}" if opname else ""),
                 {"pid": p.pid, "exitcode": p.exitcode,
                  "locks_held": self.watchdog.held_locks() if hasattr(self, "watchdog") else {}},
@@ -423,30 +474,32 @@ class Runner:
                 p.join(max(0.0, deadline - time.monotonic()))
         stuck = [i for i, p in enumerate(self.procs) if p.is_alive()]
         if stuck and not m.finding_count() and not self.signum and not wedged:
-            wd = self.watchdog
-            wd._fire(stuck[0], f"cpu {', '.join(map(str, stuck))} did not stop within "
-                     f"{grace}s of the stop request", stuck)
+            self.watchdog.fire(WATCHDOG_STALL, stuck[0], f"cpu {', '.join(map(str, stuck))} did not stop "
+                               f"within {grace:g}s of the stop request", stuck)
         for i in stuck:
             self.procs[i].kill()
             self.procs[i].join(5)
             self.crash_reported.add(i)
         self._check_dead()
 
+    def _skip_sweeps(self, why: str) -> None:
+        """The sweeps cannot run: a note when a finding explains it, else the harness failed."""
+        if self.machine.finding_count() or self.signum:
+            self.notes.append(f"quiescent sweeps skipped: {why}")
+        else:
+            self.errors.append(f"quiescent sweeps skipped: {why}")
+
     def _quiescent(self) -> None:
         m = self.machine
         statuses = [int(s) for s in m.cpus["status"][: self.knobs["cpus"]]]
         if self.signum:
-            self.notes.append("quiescent sweeps skipped: interrupted")
-            return
+            return self._skip_sweeps("interrupted")
         if any(s != STATUS["done"] for s in statuses):
-            self.notes.append("quiescent sweeps skipped: not every CPU stopped at an operation boundary")
-            return
+            return self._skip_sweeps("not every CPU stopped at an operation boundary")
         if self.gp.exitcode is not None:
-            self.notes.append("quiescent sweeps skipped: the grace-period kthread is gone")
-            return
+            return self._skip_sweeps("the grace-period kthread is gone")
         if self.stop_reason == "finding" and not self.knobs["keep_going"]:
-            self.notes.append("quiescent sweeps skipped: the run stopped at its first finding")
-            return
+            return self._skip_sweeps("the run stopped at its first finding")
         if self.sched is not None:
             self.sched.dissolve()
         m.control["stop"] = 0  # teardown findings are recorded, not a reason to skip the rest
@@ -461,27 +514,24 @@ class Runner:
             self.scenario.teardown(self.world)
             phase = "rcu_barrier"
             if not m.rcu.barrier(self.boot, timeout=BARRIER_TIMEOUT_S):
-                self.notes.append("rcu_barrier did not finish: leak sweep skipped")
-                return
+                return self._skip_sweeps(f"rcu_barrier did not finish within {BARRIER_TIMEOUT_S:g}s, so the leak "
+                                         "sweep did not run")
         except TeardownStall:
             wait = int(m.cpus["waiting_on"][m.boot_cpu])
             what = self.watchdog.describe_wait(wait) if wait else "nothing it published"
-            message = f"{self.scenario.name} {phase} stalled for {limit:g}s waiting for {what}"
+            message = f"the {self.scenario.name} {phase} stalled for {limit:g}s waiting for {what}"
             if after_finding:  # the state is already broken; the stall is a consequence, not news
                 self.notes.append(f"{message} (after the first finding); leak sweep skipped")
                 return
             self.watchdog.fired = False
-            self.watchdog._fire(m.boot_cpu, message, [m.boot_cpu])
+            self.watchdog.fire(WATCHDOG_STALL, m.boot_cpu, message, [])
             self.notes.append(f"leak sweep skipped: {phase} stalled")
             return
         finally:
             self.boot_sched.deadline = None
         for leak in m.pool.leaks():
-            self.boot.report(
-                "leak",
-                f"{leak['pages']} page(s) allocated at '{leak['site']}' never freed",
-                **leak,
-            )
+            self.boot.report(POOL_LEAK, f"{leak['pages']} page(s) allocated at '{leak['site']}' never freed",
+                             **leak)
 
     def _reap(self) -> None:
         """Every child ends and is joined, whatever happened before."""
@@ -539,66 +589,17 @@ class Runner:
         return out
 
     def _report(self) -> tuple[list[Finding], dict]:
-        m, k, pol = self.machine, self.knobs, self.policy
+        """The report, whatever happened; a failure while building it is the harness's (exit 3)."""
+        report = {"run_id": self.run_id, "stop_reason": self.stop_reason, "duration_s": round(self.elapsed, 3),
+                  "interrupted": bool(self.signum), "signal": self.signum or None, "notes": self.notes,
+                  "policy_modules": self.policy_modules}
         findings: list[Finding] = []
-        report: dict[str, Any] = {
-            "schema": SCHEMA,
-            "scenario": self.scenario.name,
-            "policy": pol.name,
-            "mutant": pol.mutant,
-            "expect": list(pol.expect),
-            "source": pol.source,
-            "seed": self.seed,
-            "cpus": k["cpus"],
-            "scheduler": self.sched_name,
-            "knobs": {n: v for n, v in k.items()},
-            "ops": 0,
-            "duration_s": round(self.elapsed, 3),
-            "interrupted": bool(self.signum),
-            "signal": self.signum or None,
-            "stop_reason": self.stop_reason,
-            "findings": [],
-            "notes": self.notes,
-            "error": self.error,
-            "python": platform.python_version(),
-            "started_by": os.getpid(),
-        }
-        if m is None:
-            return findings, report
         try:
-            ops, per_cpu = self._ops_done()
-            stats = m.cpus["stats"][: k["cpus"]]
-            op_counts = stats[:, STAT_OPS : STAT_OPS + len(self.op_names)].sum(axis=0)
-            findings = collect_findings(m, self.op_names, self.seed)
-            report.update(
-                ops=ops,
-                ops_per_cpu=per_cpu,
-                op_counts={n: int(c) for n, c in zip(self.op_names, op_counts)},
-                counters=self._counters(),
-                kinds={kk: v for kk, v in m.kind_counts().items() if v},
-                grace_periods=m.rcu.gp_seq(),
-                lock_wait_ms=[round(int(w) / 1e6, 3) for w in m.cpus["wait_ns"][: k["cpus"]]],
-                run_ms=[round(int(t) / 1e6, 3) for t in m.cpus["run_ns"][: k["cpus"]]],
-                callbacks=int(m.mem.load64(m.rcu.cbs_run_off)),
-                findings=[f.to_json() for f in findings],
-                traces={
-                    f"cpu{i}": decode_trace(m, m.traces[i], self.op_names)[-16:]
-                    for i in range(m.nslots)
-                },
-            )
-            if pol.mutant:
-                report["caught"] = any(f.kind in pol.expect for f in findings)
-            if self.program is not None:
-                status = m.cpus["op"][: k["cpus"]]
-                report["program"] = to_json(
-                    [p[: n + (int(status[i]) >= 0)] for i, (p, n) in enumerate(zip(self.program, per_cpu))],
-                    self.ops)
-            if self.sched is not None:
-                report["schedule"] = self._schedule()
-                if self.divergence:
-                    report["diverged"] = self.divergence
+            findings, report = build_report(self, report)
         except Exception as e:  # noqa: BLE001 - a report is written whatever happened
-            report["error"] = (report["error"] or "") + f" (report: {type(e).__name__}: {e})"
+            self.errors.append(f"building the report failed: {type(e).__name__}: {e}")
+        report["harness_errors"] = self.errors
+        report["error"] = "; ".join(self.errors) or None
         return findings, report
 
 

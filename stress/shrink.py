@@ -1,4 +1,4 @@
-"""Shrinking a failing (program, schedule) to a smaller one that fails with the same kind.
+"""Shrinking a failing (program, schedule) to a smaller one that trips the same check.
 
 Operations and preemptions shrink together.  A preemption is anchored at
 (operation index, point within the operation) of the CPU that takes it, so
@@ -58,7 +58,7 @@ class Candidate:
 
 @dataclass
 class ShrinkResult:
-    kind: str
+    check: str
     before: Candidate
     after: Candidate
     runs: int
@@ -69,31 +69,31 @@ class ShrinkResult:
     def summary(self) -> str:
         b, a = self.before, self.after
         per = lambda c: "+".join(str(len(p)) for p in c.program)  # noqa: E731
-        return (f"shrunk [{self.kind}]: program {b.ops} ops ({per(b)}) -> {a.ops} ({per(a)}), "
+        return (f"shrunk [{self.check}]: program {b.ops} ops ({per(b)}) -> {a.ops} ({per(a)}), "
                 f"preemptions {b.preemptions} -> {a.preemptions}, {self.runs} runs in {self.seconds:.1f}s")
 
 
 class Shrinker:
-    def __init__(self, report: dict, kind: str | None = None, max_runs: int = 2000,
+    def __init__(self, report: dict, check: str | None = None, max_runs: int = 2000,
                  say: Callable[[str], None] | None = None, policy_modules=()):
         self.report = report
-        kinds = [f["kind"] for f in report["findings"]]
-        if not kinds:
+        checks = [f["check"] for f in report["findings"]]
+        if not checks:
             raise UsageError("the report has no finding to shrink")
-        if kind is not None and kind not in kinds:
-            raise UsageError(f"the report has no {kind} finding (it has: {', '.join(sorted(set(kinds)))})")
-        self.kind = kind or kinds[0]
+        if check is not None and check not in checks:
+            raise UsageError(f"the report has no {check} finding (it has: {', '.join(sorted(set(checks)))})")
+        self.check = check or checks[0]
         self.max_runs = max_runs
         self.runs = 0
         self.say = say or (lambda s: None)
         self.policy_modules = policy_modules
 
     def _try(self, c: Candidate) -> Candidate | None:
-        """The candidate as it ran, if it still fails with the kind; else None."""
+        """The candidate as it ran, if it still trips the check; else None."""
         self.runs += 1
         r = replay(self.report, strict=False, program=c.program, schedule=c.schedule(),
                    policy_modules=self.policy_modules)
-        if r.exit_code not in (0, 1) or self.kind not in r.kinds:
+        if r.exit_code not in (0, 1) or self.check not in r.checks:
             return None
         s = r.report["schedule"]
         return Candidate(r.report["program"], s["first"], s["deviations"])
@@ -145,7 +145,7 @@ class Shrinker:
         start = Candidate(r["program"], int(r["schedule"].get("first", 0)), r["schedule"]["deviations"])
         c = self._try(start)
         if c is None:
-            raise UsageError(f"the report's program and schedule do not fail with {self.kind} "
+            raise UsageError(f"the report's program and schedule do not trip {self.check} "
                              f"when replayed: nothing to shrink")
         self.say(f"start: {start.ops} ops, {start.preemptions} preemptions; as run: {c.ops} ops, "
                  f"{c.preemptions} preemptions")
@@ -160,18 +160,18 @@ class Shrinker:
         return start, c
 
 
-def shrink(report: dict, *, kind: str | None = None, max_runs: int = 2000, json_path: str | None = None,
+def shrink(report: dict, *, check: str | None = None, max_runs: int = 2000, json_path: str | None = None,
            say: Callable[[str], None] | None = None, policy_modules=()) -> ShrinkResult:
     """Shrink a report's failure; the smallest one is replayed strictly and written to json_path."""
     t0 = time.monotonic()
-    s = Shrinker(report, kind, max_runs, say, policy_modules)
+    s = Shrinker(report, check, max_runs, say, policy_modules)
     before, after = s.shrink()
     final = replay(report, strict=True, program=after.program, schedule=after.schedule(),
                    json_path=json_path, policy_modules=policy_modules)
     s.runs += 1
-    if s.kind not in final.kinds:
+    if s.check not in final.checks:
         raise UsageError("the shrunk program and schedule did not fail again when replayed strictly")
-    res = ShrinkResult(s.kind, before, after, s.runs, time.monotonic() - t0, final)
+    res = ShrinkResult(s.check, before, after, s.runs, time.monotonic() - t0, final)
     final.report["shrunk_from"] = {"ops": before.ops, "preemptions": before.preemptions,
                                    "runs": s.runs, "seed": report.get("seed")}
     if json_path:

@@ -4,10 +4,10 @@ Two detectors, run from the runner's loop:
 - a wait-for graph built from what each CPU says it waits on and who owns
   that lock: a cycle that persists across checks is a deadlock, found as it
   forms (ABBA, AA, a grace period waiting on a reader that waits on the
-  updater);
+  updater): lock.deadlock-cycle;
 - per-CPU heartbeats: a running CPU whose operation count has not moved for
   `stall_timeout` seconds is stuck (a lost wakeup, a livelock, a spin on a
-  lock nobody will release).
+  lock nobody will release): watchdog.stall, the hung-task detector.
 Both name the CPU, its operation, what it waits on, and the locks every CPU
 holds.
 
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from shm import Machine
+from shm.checks import LOCK_DEADLOCK_CYCLE, WATCHDOG_STALL, Check
 from shm.events import split_address
 from shm.locks import (
     ADDR_MASK,
@@ -30,6 +31,7 @@ from shm.locks import (
     WAIT_IPI,
     WAIT_MUTEX,
     WAIT_NAMES,
+    WAIT_PAGE,
     WAIT_READ,
     WAIT_SHIFT,
     WAIT_SPIN,
@@ -88,7 +90,24 @@ class Watchdog:
             return f"a grace period (reader cpu {addr})" if addr < self.machine.nslots else "an SRCU grace period"
         if what == WAIT_IPI:
             return f"an IPI acknowledgement from cpu {addr} (its irqs are disabled)"
+        if what == WAIT_PAGE:
+            pool = self.machine.pool
+            owners = sorted(pool.owners().items(), key=lambda kv: -kv[1])[:4]
+            return (f"a free page ({pool.npages - pool.nr_free()} of {pool.npages} allocated: "
+                    + ", ".join(f"{n} x {site}" for site, n in owners) + ")")
         return f"{WAIT_NAMES.get(what, what)} {self.machine.describe(addr)}"
+
+    def describe_cpu(self, i: int) -> str:
+        """One line for a CPU: what it runs, what it waits for, its interrupts (for messages)."""
+        st = self.cpu_state(i)
+        who = "the grace-period kthread" if i == self.machine.gp_cpu else f"cpu {i}"
+        parts = [who + (f" in {st['op']}" if st["op"] else "")]
+        if st["waiting_on"]:
+            parts.append(f"waiting for {st['waiting_on']}")
+        if st["irqs_disabled"]:
+            parts.append("interrupts off")
+        parts.append(f"{st['ops_done']} operations done")
+        return ", ".join(parts)
 
     def held_locks(self) -> dict[str, list[str]]:
         """Every lock held, by CPU (what the lock words say)."""
@@ -163,7 +182,7 @@ class Watchdog:
                     f"{','.join(str(o) for o in self.owners_of(w))}"
                     for c, w in cycle
                 )
-                self._fire(cycle[0][0], f"deadlock: {chain}", [c for c, _ in cycle])
+                self.fire(LOCK_DEADLOCK_CYCLE, cycle[0][0], f"deadlock: {chain}", [c for c, _ in cycle])
                 return True
         else:
             self.cycle_seen, self.cycle_count = None, 0
@@ -176,10 +195,11 @@ class Watchdog:
                 continue
             if now - since > self.stall_timeout:
                 st = self.cpu_state(i)
-                self._fire(
+                self.fire(
+                    WATCHDOG_STALL,
                     i,
-                    f"cpu {i} stalled for {now - since:.1f}s in {st['op']}"
-                    + (f", waiting for {st['waiting_on']}" if st["waiting_on"] else ""),
+                    f"cpu {i} made no progress for {now - since:.1f}s in {st['op']}"
+                    + (f", waiting for {st['waiting_on']}" if st["waiting_on"] else ", waiting for nothing it named"),
                     [i],
                 )
                 return True
@@ -195,17 +215,18 @@ class Watchdog:
             return False
         st = self.cpu_state(holder) if holder < self.machine.ncpus else {"op": None, "waiting_on": None}
         who = f"cpu {holder}" if holder < self.machine.ncpus else "the grace-period kthread"
-        self._fire(holder, f"{who} held the token for {now - since:.1f}s without reaching a scheduling "
-                   f"point, in {st['op']}", [holder] if holder < self.machine.ncpus else [])
+        self.fire(WATCHDOG_STALL, holder, f"{who} ran for {now - since:.1f}s without reaching a scheduling "
+                  f"point, in {st['op']}", [holder] if holder < self.machine.ncpus else [])
         return True
 
-    def _fire(self, cpu: int, message: str, cpus: list[int]) -> None:
+    def fire(self, check: Check, cpu: int, message: str, cpus: list[int]) -> None:
+        """Record the finding with every named CPU's state and every lock held."""
         self.fired = True
         op = int(self.machine.cpus["op"][cpu])
         objects = {
-            "cpus": [self.cpu_state(i) for i in cpus],
+            "cpus": [self.describe_cpu(i) for i in cpus],
             "locks_held": self.held_locks(),
         }
         ring = self.machine.traces[cpu].copy()
-        self.machine.record_finding("deadlock", cpu, op, int(self.machine.cpus["heartbeat"][cpu]),
+        self.machine.record_finding(check, cpu, op, int(self.machine.cpus["heartbeat"][cpu]),
                                     message, objects, ring)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from policies import World, get_scenario, load_module
 from shm import Cpu, Machine, Segment
+from shm.checks import CPU_CRASH
 from shm.machine import CPU_STATUS, NSTATS
 from stress.program import Program, generate
 from stress.schedulers import Replay, make_scheduler
@@ -89,7 +90,7 @@ def _crash(w: World | None, what: str, exc: BaseException) -> None:
     if w is None:
         return
     tb = "".join(traceback.format_exception(exc))
-    w.cpu.report("cpu-crash", f"{what}: {type(exc).__name__}: {exc}"[:250], traceback=tb[-600:])
+    w.cpu.report(CPU_CRASH, f"{what}: {type(exc).__name__}: {exc}"[:250], traceback=tb[-600:])
     _set_status(w.machine, w.cpu.id, "crashed")
     try:
         w.cpu.sched.exit(w.cpu)

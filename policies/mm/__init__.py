@@ -5,7 +5,6 @@ A mechanism builds an `MmModel` in its scenario's `attach` and writes its
 policies against it; it does not copy it.
 """
 
-from policies.mm.checks import sweep
 from policies.mm.memory import (
     FAULT_RESULTS,
     VM_FAULT_OK,
@@ -16,6 +15,7 @@ from policies.mm.memory import (
 )
 from policies.mm.mm import MM_EXITED, MM_LIVE, MmModel
 from policies.mm.pgtable import Geometry
+from policies.mm.sweep import sweep
 from policies.mm.vma import (
     MAX_VMAS,
     RESERVED,

@@ -1,103 +1,54 @@
-"""The quiescent sweep of the mm model, at a stop-the-world point.
+"""The mm model's checks: what each one means (reported in memory.py, pgtable.py, sweep.py).
 
-Every present PTE lies in a live VMA of its mm; each mm's RSS and
-pgtable_bytes equal what its tables map and hold; each page's _mapcount and
-_refcount equal its mappings; every allocated page is a page table, a mapped
-page or the zero page (else it is owned by nothing: a leak); every VMA and
-index array in the caches belongs to a live mm.
+Online (the model's WARN_ONs, reported where they happen, in memory.py and
+pgtable.py): a walk that reaches a freed table, a PTE installed for a VMA
+munmap zapped or outside its VMA, fork copying an anon page into a VMA
+without anon_vma, free_pgtables freeing a table that still maps a page, a
+write to a page another mm shares, a load through a stale TLB entry or a PTE
+to a freed page, page_remove_rmap of a page that is not mapped.
+
+Quiescent (`sweep`): every present PTE lies in a live VMA of its mm; each
+mm's RSS and pgtable_bytes equal what its tables map and hold (check_mm's
+"Bad rss-counter state"); each page's _mapcount and _refcount equal its
+mappings; every allocated page is a page table, a mapped page or the zero
+page (else nothing owns it: a leak); every VMA and index array in the caches
+belongs to a live mm.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from shm.checks import define_check
 
-from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, describe_entry
-from policies.mm.vma import RESERVED
-from shm.pool import PFN_MASK
-from shm.slab import SLOT_MASK
-
-
-def _entries(model, ref: int, n: int) -> np.ndarray:
-    words = model.pool.data.view("<i8")
-    return words[ref & PFN_MASK, :n]
-
-
-def sweep(model, cpu) -> None:
-    """Report every broken invariant of the quiescent model through cpu.report (first few of each)."""
-    g = model.geometry
-    pool = model.pool
-    mapped: dict[int, int] = {}
-    owned: set[int] = set()
-    live_vmas: set[int] = set()
-    live_index: set[int] = set()
-    if model.zero_page:
-        owned.add(model.zero_page & PFN_MASK)
-    reported = 0
-    for mm in model.live_mms():
-        entries = model.index_entries(mm)
-        idx = int(model.smem.load64(model.mm_off(mm, "index")))
-        if idx:
-            live_index.add(idx & SLOT_MASK)
-        live_vmas.update(v & SLOT_MASK for _, _, v in entries if v != RESERVED)
-        covered = np.zeros(g.pages, dtype=bool)
-        for s, e, v in entries:
-            if v != RESERVED:
-                covered[s:e] = True
-        pgd = int(model.smem.load64(model.mm_off(mm, "pgd")))
-        if not pgd:
-            continue
-        owned.add(pgd & PFN_MASK)
-        rss = tables = 0
-        for gi, pe in enumerate(_entries(model, pgd, g.pgd)):
-            if not pe & PTE_PRESENT:
-                continue
-            pmd = int(pe) >> FLAG_BITS
-            owned.add(pmd & PFN_MASK)
-            tables += 1
-            for mi, me in enumerate(_entries(model, pmd, g.pmd)):
-                if not me & PTE_PRESENT:
-                    continue
-                table = int(me) >> FLAG_BITS
-                owned.add(table & PFN_MASK)
-                tables += 1
-                base = gi * g.pmd_span + mi * g.pte
-                for k, pte in enumerate(_entries(model, table, g.pte)):
-                    pte = int(pte)
-                    if not pte & PTE_PRESENT:
-                        continue
-                    vpn = base + k
-                    if not covered[vpn] and reported < 4:
-                        reported += 1
-                        cpu.report("invariant", f"mm {mm}: present PTE at vpn {vpn} lies in no VMA "
-                                   f"({describe_entry(pte)})", mm=mm, vpn=vpn)
-                    if pte & PTE_SPECIAL:
-                        continue
-                    pfn = (pte >> FLAG_BITS) & PFN_MASK
-                    mapped[pfn] = mapped.get(pfn, 0) + 1
-                    rss += 1
-        want_rss = int(model.smem.load64(model.mm_off(mm, "rss")))
-        if want_rss != rss:
-            cpu.report("invariant", f"mm {mm}: RSS counter says {want_rss}, the page tables map {rss} pages",
-                       mm=mm, rss=want_rss, mapped=rss)
-        bytes_ = int(model.smem.load64(model.mm_off(mm, "pgtable_bytes")))
-        if bytes_ != tables * model.page_size:
-            cpu.report("invariant", f"mm {mm}: pgtable_bytes is {bytes_}, the mm holds {tables} tables "
-                       f"({tables * model.page_size} bytes)", mm=mm)
-    pages = pool.pages
-    for pfn, n in sorted(mapped.items()):
-        owned.add(pfn)
-        mc, rc = int(pages["_mapcount"][pfn]) + 1, int(pages["_refcount"][pfn])
-        if mc != n or rc != n:
-            cpu.report("refcount", f"page {pfn}: mapped {n} times, but _mapcount+1 = {mc} and "
-                       f"_refcount = {rc}", **pool.describe(pfn))
-            break
-    for pfn in pool.allocated():
-        if int(pfn) not in owned:
-            cpu.report("leak", f"page {int(pfn)} is allocated but no page table, mapping or mm refers to it",
-                       **pool.describe(int(pfn)))
-            break
-    for cache, live in ((model.vma_cache, live_vmas), (model.index_cache, live_index)):
-        stray = [int(s) for s in cache.allocated() if int(s) not in live]
-        if stray:
-            cpu.report("leak", f"{len(stray)} {cache.name} object(s) allocated that no live mm refers to",
-                       slots=stray[:16])
+WALK_FREED_TABLE = define_check(
+    "mm.walk-freed-table", "use-after-free",
+    "a page-table walk (the MMU, fast GUP, a fault, zap) reads a table that was freed or reused")
+PTE_AFTER_ZAP = define_check(
+    "mm.pte-after-zap", "invariant",
+    "a fault installs a PTE for a VMA that munmap has already zapped: the PTE outlives its VMA")
+PTE_OUTSIDE_VMA = define_check(
+    "mm.pte-outside-vma", "invariant",
+    "a fault installs a PTE outside the VMA it holds, or through a VMA of another mm (a reused slot)")
+FORK_NO_ANON_VMA = define_check(
+    "mm.fork-no-anon-vma", "invariant",
+    "fork copies an anon page into a child VMA without anon_vma: the parent's VMA changed under dup_mmap")
+FREE_MAPPED_TABLE = define_check(
+    "mm.free-mapped-table", "invariant", "free_pgtables frees a page table that still maps a page")
+COW_WRITE_SHARED = define_check(
+    "mm.cow-write-shared", "invariant", "a CPU writes a page another mm still maps: copy-on-write broken")
+STALE_TLB = define_check(
+    "tlb.stale", "stale-tlb",
+    "a CPU loads or stores through a TLB entry that the page tables no longer back (the page was freed, "
+    "or the PTE now maps another page)")
+ACCESS_FREED_PAGE = define_check(
+    "mm.pte-maps-freed-page", "use-after-free",
+    "a CPU's load or store goes through a present PTE to a page that was freed or reused")
+RMAP_UNDERFLOW = define_check(
+    "mm.rmap-underflow", "refcount", "page_remove_rmap() of a page that is not mapped")
+PTE_IN_NO_VMA = define_check(
+    "mm.pte-in-no-vma", "invariant", "quiescent: a present PTE lies in no VMA of its mm")
+BAD_RSS = define_check(
+    "mm.rss", "invariant", "quiescent: an mm's RSS counter differs from the pages its tables map")
+BAD_PGTABLE_BYTES = define_check(
+    "mm.pgtable-bytes", "invariant", "quiescent: an mm's pgtable_bytes differs from the tables it holds")
+BAD_PAGE_REFS = define_check(
+    "mm.page-refs", "refcount", "quiescent: a page's _mapcount or _refcount differs from its mappings")

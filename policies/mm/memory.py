@@ -21,6 +21,16 @@ Online checks here are the model's WARN_ONs:
 
 from __future__ import annotations
 
+from policies.mm.checks import (
+    ACCESS_FREED_PAGE,
+    COW_WRITE_SHARED,
+    FORK_NO_ANON_VMA,
+    FREE_MAPPED_TABLE,
+    PTE_AFTER_ZAP,
+    PTE_OUTSIDE_VMA,
+    RMAP_UNDERFLOW,
+    STALE_TLB,
+)
 from policies.mm.pgtable import (
     FLAG_BITS,
     PMD_SITE,
@@ -88,11 +98,24 @@ class Memory:
 
     def page_remove_rmap(self, cpu, ref: int) -> None:
         if self.pmem.fetch_sub32(self._page_word(ref, "_mapcount"), 1) < 0:
-            cpu.report("refcount", f"page_remove_rmap: page {ref & PFN_MASK} was not mapped",
+            cpu.report(RMAP_UNDERFLOW, f"page_remove_rmap: page {ref & PFN_MASK} was not mapped",
                        **self.pool.describe(ref & PFN_MASK))
 
     def add_rss(self, mm: int, n: int) -> None:
         self.smem.fetch_add64(self.mm_off(mm, "rss"), n)
+
+    def add_mm_rss_vec(self, mm: int, n: int) -> None:
+        """add_mm_rss_vec(): what zap_pte_range and copy_pte_range counted, added at the end of a table."""
+        if n:
+            self.add_rss(mm, n)
+
+    def vm_normal_page(self, pte: int) -> int:
+        """vm_normal_page(): the page a present PTE maps, 0 for a special mapping (the zero page)."""
+        return 0 if pte & PTE_SPECIAL else pte >> FLAG_BITS
+
+    def wp_can_reuse_anon_folio(self, ref: int) -> bool:
+        """do_wp_page may write in place only to a page no other mapping shares."""
+        return self.pmem.load32(self._page_word(ref, "_mapcount")) == 0
 
     # -- anon_vma ----------------------------------------------------------------
     def anon_vma_prepare(self, cpu, vmf: Vmf) -> int:
@@ -125,13 +148,13 @@ class Memory:
         if not c.check(cpu, vma, "set_pte_at: the fault's VMA"):
             return False
         if flags & VM_ZAPPED and mem.load32(base + _ZAP_START) <= vmf.vpn < mem.load32(base + _ZAP_END):
-            cpu.report("invariant", f"fault installs a PTE at {vmf.vpn} for VMA {self._vma_text(vma)} after "
+            cpu.report(PTE_AFTER_ZAP, f"fault installs a PTE at {vmf.vpn} for VMA {self._vma_text(vma)} after "
                        "munmap zapped it: the PTE outlives its VMA (a parallel fault that started with the "
                        "old VMA ended up the last to install the PTE)", mm=vmf.mm, vpn=vmf.vpn,
                        **self.vma_describe(vma))
             return False
         if not s <= vmf.vpn < e or vm_mm != self.mm_id(vmf.mm):
-            cpu.report("invariant", f"fault installs a PTE at {vmf.vpn} of mm {vmf.mm} through VMA "
+            cpu.report(PTE_OUTSIDE_VMA, f"fault installs a PTE at {vmf.vpn} of mm {vmf.mm} through VMA "
                        f"[{s}, {e}) of mm id {vm_mm}: the VMA it holds is not the one that covers the "
                        "address (was the slot reused?)", mm=vmf.mm, vpn=vmf.vpn, **self.vma_describe(vma))
             return False
@@ -212,7 +235,7 @@ class Memory:
             return VM_FAULT_OK
         old = pte >> FLAG_BITS
         special = bool(pte & PTE_SPECIAL)
-        if not special and self.pmem.load32(self._page_word(old, "_mapcount")) == 0:
+        if not special and self.wp_can_reuse_anon_folio(old):
             if not self._may_install(cpu, vmf):
                 ptl.unlock(cpu)
                 return VM_FAULT_RETRY
@@ -221,6 +244,7 @@ class Memory:
             return VM_FAULT_OK
         if not special:
             self.pool.refcount(old & PFN_MASK).inc(cpu)
+            self.count("cow_copies")
         ptl.unlock(cpu)
         ret = self.wp_page_copy(cpu, vmf, old, pte, special)
         if not special:
@@ -282,7 +306,7 @@ class Memory:
     # -- zap, free_pgtables ---------------------------------------------------------
     def zap_page_range(self, cpu, mm: int, start: int, end: int, gather: list[int],
                        flush_each: bool = False) -> None:
-        """zap_pte_range() over [start, end): clear PTEs under each table's ptl, gather the pages.
+        """unmap_page_range() over [start, end): zap_pte_range() table by table.
 
         The pages are freed by tlb_finish_mmu() after the flush.  With
         flush_each the TLB is flushed before each ptl is dropped (the
@@ -294,25 +318,32 @@ class Memory:
             stop = min(end, (vpn // g.pte + 1) * g.pte)
             table, ptl = self.pte_offset_map_lock(cpu, mm, vpn)
             if table:
-                zapped = 0
-                for v in range(vpn, stop):
-                    off = self.table_off(table, v % g.pte)
-                    pte = self.pmem.load64(off)
-                    if not pte & PTE_PRESENT:
-                        continue
-                    self.pmem.store64(off, 0)
-                    zapped += 1
-                    if not pte & PTE_SPECIAL:
-                        ref = pte >> FLAG_BITS
-                        self.page_remove_rmap(cpu, ref)
-                        self.add_rss(mm, -1)
-                        gather.append(ref)
-                if flush_each and zapped:
+                if self.zap_pte_range(cpu, mm, table, vpn, stop, gather) and flush_each:
                     self.flush_tlb_mm_range(cpu, mm, vpn, stop)
                 ptl.unlock(cpu)
             vpn = stop
             if vpn < end:
                 cpu.window("zap_pte_range:next-table")
+
+    def zap_pte_range(self, cpu, mm: int, table: int, start: int, end: int, gather: list[int]) -> int:
+        """zap_pte_range(): under the table's ptl, clear [start, end) and gather the pages; how many PTEs."""
+        zapped = rss = 0
+        for v in range(start, end):
+            off = self.table_off(table, v % self.geometry.pte)
+            pte = self.pmem.load64(off)
+            if not pte & PTE_PRESENT:
+                continue
+            self.pmem.store64(off, 0)
+            zapped += 1
+            ref = self.vm_normal_page(pte)
+            if not ref:
+                self.count("zero_pages_zapped")
+                continue
+            self.page_remove_rmap(cpu, ref)
+            rss -= 1
+            gather.append(ref)
+        self.add_mm_rss_vec(mm, rss)
+        return zapped
 
     def tlb_finish_mmu(self, cpu, mm: int, start: int, end: int, gather: list[int],
                        flushed: bool = False) -> None:
@@ -322,8 +353,11 @@ class Memory:
         for ref in gather:
             self.pool.put_page(cpu, ref, ANON_SITE)
 
-    def free_pgtables(self, cpu, mm: int, floor: int, ceiling: int, remove_tables=None) -> None:
-        """free_pgtables(): free the tables whose whole span lies in [floor, ceiling).
+    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int,
+                      remove_tables=None) -> None:
+        """free_pgtables() of the unmapped [start, end): free the tables whose whole span lies in
+        [floor, ceiling), the gap between the neighbouring VMAs (free_pgd_range's limits: a
+        table a neighbour still uses stays).
 
         Each is unhooked under page_table_lock; then `remove_tables` frees them,
         by default tlb_remove_table_sync_one: the flush IPI first, which waits
@@ -343,6 +377,8 @@ class Memory:
             for mi in range(g.pmd):
                 lo = base + mi * g.pte
                 if lo < floor or lo + g.pte > ceiling:
+                    if lo < end and lo + g.pte > start:
+                        self.count("shared_tables_kept")
                     continue
                 lock.lock(cpu)
                 off = self.table_off(pmd, mi)
@@ -372,11 +408,16 @@ class Memory:
                 e = self.pmem.load64(self.table_off(table, k))
                 if e:
                     where = f"vpn {lo + k}" if lo >= 0 else f"pmd entry {k}"
-                    cpu.report("invariant", f"free_pgtables: freeing a table that still maps {where}: "
+                    cpu.report(FREE_MAPPED_TABLE, f"free_pgtables: freeing a table that still maps {where}: "
                                f"{describe_entry(e)}", mm=mm)
                     break
-            self.smem.fetch_sub64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
+            self.mm_dec_nr_ptes(mm)
+            self.count("tables_freed")
             self.pool.free_page(cpu, table, PTE_SITE if lo >= 0 else PMD_SITE)
+
+    def mm_dec_nr_ptes(self, mm: int) -> None:
+        """mm_dec_nr_ptes(): the mm holds one table less (pgtable_bytes, which check_mm verifies)."""
+        self.smem.fetch_sub64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
 
     # -- fork ------------------------------------------------------------------------
     def copy_page_range(self, cpu, dst_mm: int, src_mm: int, dst_vma: int, start: int, end: int) -> bool:
@@ -396,25 +437,27 @@ class Memory:
             if src:
                 dptl = self.pool.ptl(dst & PFN_MASK)
                 dptl.lock(cpu)
+                rss = 0
                 for v in range(vpn, stop):
                     soff = self.table_off(src, v % g.pte)
                     pte = self.pmem.load64(soff)
                     if not pte & PTE_PRESENT:
                         continue
-                    if not pte & PTE_SPECIAL:
-                        ref = pte >> FLAG_BITS
+                    ref = self.vm_normal_page(pte)
+                    if ref:
                         if not dst_anon:
-                            cpu.report("invariant", f"copy_present_pte: anon page {ref & PFN_MASK} (anon_vma "
+                            cpu.report(FORK_NO_ANON_VMA, f"copy_present_pte: anon page {ref & PFN_MASK} (anon_vma "
                                        f"{self.pmem.load64(self._page_word(ref, 'private'))}) copied into a child "
                                        f"VMA without anon_vma at vpn {v}: the parent's VMA changed under dup_mmap, "
                                        "so rmap cannot reach the child's mapping and the child sees a page the "
                                        "parent is changing", mm=dst_mm, vpn=v)
                         self.page_dup_rmap(cpu, ref)
-                        self.add_rss(dst_mm, 1)
+                        rss += 1
                         if pte & PTE_WRITE:
                             pte &= ~PTE_WRITE
                             self.pmem.store64(soff, pte)
                     self.pmem.store64(self.table_off(dst, v % g.pte), pte)
+                self.add_mm_rss_vec(dst_mm, rss)
                 dptl.unlock(cpu)
                 sptl.unlock(cpu)
             vpn = stop
@@ -455,9 +498,12 @@ class Memory:
         alive = pmem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
         want = ZERO_STAMP if pte & PTE_SPECIAL else None
         if not alive or (word != want if want is not None else word & 0xFFFF != vpn):
-            kind = "stale-tlb" if via_tlb else "use-after-free"
+            stale = via_tlb and self.walk(cpu, mm, vpn, "MMU page walk") >> FLAG_BITS != ref
             how = "a TLB entry" if via_tlb else "the page table"
-            cpu.report(kind, f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} through "
+            if via_tlb and not stale:
+                how = "a TLB entry the page table still backs (the page was freed while mapped)"
+            cpu.report(STALE_TLB if stale else ACCESS_FREED_PAGE,
+                       f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} through "
                        f"{how} to page {pfn} gen {ref >> PFN_BITS}, which is "
                        f"{'freed or reused' if not alive else 'another page now (stamp mismatch)'}",
                        mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn, ref >> PFN_BITS))
@@ -465,14 +511,14 @@ class Memory:
         if via_tlb:
             cur = self.walk(cpu, mm, vpn, "MMU page walk")
             if cur & PTE_PRESENT and cur >> FLAG_BITS != ref:
-                cpu.report("stale-tlb", f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} "
+                cpu.report(STALE_TLB, f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} "
                            f"through a stale TLB entry to page {pfn} while the page table maps "
                            f"{describe_entry(cur)}: two CPUs see different memory at one address",
                            mm=mm, vpn=vpn, tlb=describe_entry(pte), pte=describe_entry(cur))
                 return
         if write:
             if pmem.load32(f + _MAPCOUNT) > 0 and not self.smem.load32(self.mm_off(mm, "forking")):
-                cpu.report("invariant", f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
+                cpu.report(COW_WRITE_SHARED, f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
                            f"{pmem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
                            mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn))
                 return
@@ -528,4 +574,8 @@ class Memory:
         self.pool.read(cpu, ref, 0, what)
         cpu.window("gup:using-the-page")
         self.pool.read(cpu, ref, 0, what)
+        self.unpin_user_page(cpu, ref)
+
+    def unpin_user_page(self, cpu, ref: int) -> None:
+        """unpin_user_page(): drop the reference GUP took."""
         self.pool.put_page(cpu, ref, ANON_SITE)

@@ -63,7 +63,14 @@ MM_GLOBAL = np.dtype(
 
 
 class MmModel(PageTables, VmaTree, Tlb, Memory):
-    """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables."""
+    """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables.
+
+    A mechanism may run a variant of the model (a subclass overriding one of
+    its kernel functions: vm_normal_page, zap_pte_range, add_mm_rss_vec,
+    mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio,
+    free_pgtables): that is how a mutant of the model itself is written."""
+
+    COUNTERS = ("cow_copies", "zero_pages_zapped", "shared_tables_kept", "tables_freed")
 
     @staticmethod
     def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:
@@ -80,6 +87,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         if w.pool.page_size < geometry.page_size_needed():
             raise ValueError(f"geometry {geometry} needs pages of {geometry.page_size_needed()} bytes")
         self.machine = machine
+        self.count = w.count  # the scenario's counters (it declares the model's: MmModel.COUNTERS)
         self.geometry = geometry
         self.ncpus = w.ncpus
         self.pool = w.pool
@@ -218,7 +226,7 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
             if v != RESERVED:
                 self.vma_set_flags(v, VM_DETACHED)
                 self.vma_mark_zapped(v, s, e)
-        self.free_pgtables(cpu, mm, 0, self.geometry.pages)
+        self.free_pgtables(cpu, mm, 0, self.geometry.pages, 0, self.geometry.pages)
         self.tlb_finish_mmu(cpu, mm, 0, self.geometry.pages, gather)
         for _, _, v in entries:
             if v != RESERVED:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from policies.mm.checks import WALK_FREED_TABLE
 from shm import GFP_KERNEL, alloc_site
 from shm.pool import PFN_MASK
 
@@ -105,7 +106,7 @@ class PageTables:
         v = pmem.load64(self.pool_data0 + pfn * self.page_size + 8 * index)
         f = self.page0 + pfn * 128
         if pmem.load64(f) != (table_ref >> 24) << 32 | 1:
-            self.pool._report_uaf(cpu, table_ref, what)
+            self.pool._report_uaf(cpu, table_ref, what, WALK_FREED_TABLE)
             return 0
         return v
 
@@ -135,7 +136,7 @@ class PageTables:
             e = pmem.load64(data0 + pfn * psize + 8 * index)
             f = page0 + pfn * 128
             if pmem.load64(f) != (ref >> 24) << 32 | 1:
-                self.pool._report_uaf(cpu, ref, what)
+                self.pool._report_uaf(cpu, ref, what, WALK_FREED_TABLE)
                 return 0
             if not e & _PRESENT:
                 return 0

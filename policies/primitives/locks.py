@@ -4,7 +4,11 @@ CPUs increment plain (non-atomic) counters guarded by a lock: a load, a
 preemption window, a store.  Mutual exclusion is checked online (a holder
 word set on entry and cleared on exit) and at the end (each counter equals
 the sum of what the CPUs say they added).  Pairs of locks are taken in a
-policy-chosen order, so a lock-order inversion shows up as a deadlock.
+policy-chosen order, so a lock-order inversion shows up as a deadlock; a
+pair may name one lock twice, which double_rq_lock() takes once.  An
+increment may take its error path, which must release the lock once (the
+lock and context checks of the machine are proven here, as
+lib/locking-selftest.c proves lockdep's).
 """
 
 from __future__ import annotations
@@ -17,11 +21,20 @@ import numpy as np
 from policies import register
 from policies.scenario import Arg, Operation, Policy, Region, Scenario, World, mutant
 from shm import MUTEX, RWSEM, SPINLOCK, Cpu, Mutex, Rwsem, Spinlock
+from shm.checks import LOCK_BAD_UNLOCK, LOCK_DEADLOCK_CYCLE, LOCK_HELD_AT_RETURN, LOCK_RECURSIVE, define_check
 from shm.events import EV, SEQ_MASK, TRACE_MASK
 from shm.locks import RWSEM_LOCKED
 
 NLOCKS = 4
+ERROR_PATH = 4
 LOCKTORTURE = "kernel/locking/locktorture.c"
+
+EXCLUSION = define_check(
+    "locktorture.exclusion", "invariant",
+    "two CPUs inside one critical section: a lock let a second holder in, or a writer in with readers")
+LOST_UPDATE = define_check(
+    "locktorture.lost-update", "invariant",
+    "at the end, a counter a lock guards is not the sum of what the CPUs added (an update was lost)")
 
 
 def guarded(lock_dtype: np.dtype) -> np.dtype:
@@ -47,11 +60,65 @@ def either_order(flip: int, i: int, j: int) -> tuple[int, int]:
     return (j, i) if flip else (i, j)
 
 
+def double_lock(w: World, first: int, second: int) -> None:
+    """double_rq_lock(): take both locks, but one lock that is named twice only once."""
+    lock = w.policy.lock
+    if first == second:
+        w.count("same_lock")
+        lock(w.locks[first], w.cpu)
+        return
+    lock(w.locks[first], w.cpu)
+    w.cpu.window("pair:between-the-two-locks")
+    lock(w.locks[second], w.cpu)
+
+
+def double_lock_twice(w: World, first: int, second: int) -> None:
+    """DELIBERATELY BROKEN: takes both locks even when they are the same lock.
+
+    double_rq_lock() takes rq1 once when rq1 == rq2; without that test the
+    CPU spins on the lock it holds.  Must trip lock.recursive."""
+    lock = w.policy.lock
+    lock(w.locks[first], w.cpu)
+    w.cpu.window("pair:between-the-two-locks")
+    lock(w.locks[second], w.cpu)
+
+
+def unlock_on_error(w: World, i: int) -> None:
+    w.policy.unlock(w.locks[i], w.cpu)
+
+
+def keep_lock_on_error(w: World, i: int) -> None:
+    """DELIBERATELY BROKEN: the error path returns without releasing the lock.
+
+    Must trip lock.held-at-return (lockdep: "lock held when returning to
+    user space")."""
+
+
+def count_outside_the_lock_on_error(w: World, i: int) -> None:
+    """DELIBERATELY BROKEN: the error path drops the lock, then updates the counter it guards.
+
+    An update outside the lock races with a holder's load and store: one of
+    them is lost, which the sweep finds (locktorture.lost-update); no holder
+    ever overlaps another inside the section, so the online check is silent."""
+    w.policy.unlock(w.locks[i], w.cpu)
+    _add(w, i)
+
+
+def unlock_twice_on_error(w: World, i: int) -> None:
+    """DELIBERATELY BROKEN: the error path releases the lock, and so does the common exit.
+
+    Must trip lock.bad-unlock (the second unlock of a lock nobody holds)."""
+    w.policy.unlock(w.locks[i], w.cpu)
+    w.policy.unlock(w.locks[i], w.cpu)
+
+
 @dataclass(frozen=True)
 class LockPolicy(Policy):
     lock: Callable[[object, Cpu], None] | None = None
     unlock: Callable[[object, Cpu], None] | None = None
     pair_order: Callable = ascending
+    double_lock: Callable[[World, int, int], None] = double_lock
+    error_exit: Callable[[World, int], None] = unlock_on_error
 
 
 @dataclass(frozen=True)
@@ -74,8 +141,9 @@ def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:
     """DELIBERATELY BROKEN: test and set are two steps, a load then a store.
 
     Two CPUs that both see the lock free both take it (locktorture's
-    lock_busted_ops).  Must produce an invariant (two holders, lost update)
-    or lock-misuse (an unlock finds another owner) finding."""
+    lock_busted_ops).  Must trip locktorture.exclusion when the second
+    holder enters while the first is inside, or lock.bad-unlock when the
+    first has left already and its unlock finds the second owner's mark."""
     mem, off = lock.mem, lock.off
     attempt = 0
     while v := mem.load32(off):
@@ -91,7 +159,7 @@ def busted_down_write(sem: Rwsem, cpu: Cpu) -> None:
     """DELIBERATELY BROKEN: the writer sets the writer bit but does not wait for readers.
 
     New readers are held off, the ones already inside carry on and see a
-    half-done update.  Must produce an invariant finding."""
+    half-done update.  Must trip locktorture.exclusion."""
     cpu.might_sleep("down_write")
     mem, off = sem.mem, sem.off
     attempt = 0
@@ -109,7 +177,7 @@ def _enter(w: World, i: int) -> None:
     prev = w.mem.xchg32(w.holder_off[i], w.cpu.me)
     if prev:
         w.cpu.report(
-            "invariant",
+            EXCLUSION,
             f"mutual exclusion broken: cpu {w.cpu.id} entered the critical section of "
             f"{w.locks[i].name()} while cpu {prev - 1} was inside",
             lock=w.locks[i].name(),
@@ -121,7 +189,7 @@ def _leave(w: World, i: int) -> None:
     prev = w.mem.cmpxchg32(w.holder_off[i], w.cpu.me, 0)
     if prev != w.cpu.me:
         w.cpu.report(
-            "invariant",
+            EXCLUSION,
             f"mutual exclusion broken: cpu {prev - 1} is inside the critical section of "
             f"{w.locks[i].name()} that cpu {w.cpu.id} is leaving",
             lock=w.locks[i].name(),
@@ -167,44 +235,47 @@ class _GuardedCounters(Scenario):
         added = w.view("added").sum(axis=0)
         for i in np.flatnonzero(g["counter"] != added):
             w.cpu.report(
-                "invariant",
+                LOST_UPDATE,
                 f"lost update: counter {i} is {int(g['counter'][i])} but the CPUs added "
                 f"{int(added[i])}",
                 counter=int(i),
             )
-        for i in np.flatnonzero(g["holder"] != 0):
-            w.cpu.report("invariant", f"critical section {i} still has a holder at the end")
 
 
 class ExclusiveLockScenario(_GuardedCounters):
-    def operations(self, policy: LockPolicy) -> tuple[Operation, ...]:
-        lock, unlock, order = policy.lock, policy.unlock, policy.pair_order
+    counters = ("same_lock", "error_exits")
 
-        def increment(w: World, i: int) -> None:
+    def operations(self, policy: LockPolicy) -> tuple[Operation, ...]:
+        order, take_both, error_exit = policy.pair_order, policy.double_lock, policy.error_exit
+        lock, unlock = policy.lock, policy.unlock
+
+        def increment(w: World, i: int, error: int) -> None:
             L = w.locks[i]
             lock(L, w.cpu)
+            if error == 0:
+                w.count("error_exits")
+                error_exit(w, i)
+                return
             _enter(w, i)
             _add(w, i)
             _leave(w, i)
             unlock(L, w.cpu)
 
         def increment_pair(w: World, i: int, j: int, flip: int) -> None:
-            j += j >= i
             first, second = order(flip, i, j)
-            lock(w.locks[first], w.cpu)
-            w.cpu.window("pair:between-the-two-locks")
-            lock(w.locks[second], w.cpu)
-            for k in (first, second):
+            take_both(w, first, second)
+            for k in dict.fromkeys((first, second)):
                 _enter(w, k)
                 _add(w, k)
                 _leave(w, k)
-            unlock(w.locks[second], w.cpu)
+            if second != first:
+                unlock(w.locks[second], w.cpu)
             unlock(w.locks[first], w.cpu)
 
         which = Arg("lock", NLOCKS)
         return (
-            Operation("increment", 8, increment, (which,)),
-            Operation("increment_pair", 2, increment_pair, (which, Arg("other", NLOCKS - 1), Arg("flip", 2))),
+            Operation("increment", 8, increment, (which, Arg("error", ERROR_PATH))),
+            Operation("increment_pair", 2, increment_pair, (which, Arg("other", NLOCKS), Arg("flip", 2))),
         )
 
 
@@ -224,12 +295,27 @@ spin_lock = LockPolicy(
 SpinlockScenario.policies = (
     spin_lock,
     # DELIBERATELY BROKEN below.
-    mutant(spin_lock, "busted", ("invariant", "lock-misuse"),
+    mutant(spin_lock, "busted", (EXCLUSION, LOCK_BAD_UNLOCK),
            f"{LOCKTORTURE}: lock_busted_ops (acquire that is not atomic)",
-           "acquire as a load then a store", lock=busted_spin_lock),
-    mutant(spin_lock, "abba", "deadlock",
+           "acquire as a load then a store", "lock_waits", lock=busted_spin_lock),
+    mutant(spin_lock, "abba", LOCK_DEADLOCK_CYCLE,
            f"{LOCKTORTURE}: two locks taken in opposite orders (ABBA)",
-           "pairs of locks taken in either order", pair_order=either_order),
+           "pairs of locks taken in either order", "window:pair:between-the-two-locks",
+           pair_order=either_order),
+    mutant(spin_lock, "double_lock_same", LOCK_RECURSIVE,
+           "kernel/sched/core.c double_rq_lock(): 'if (rq1 == rq2) raw_spin_rq_lock(rq1)'",
+           "a pair naming one lock twice takes it twice", "same_lock", double_lock=double_lock_twice),
+    mutant(spin_lock, "error_keeps_lock", LOCK_HELD_AT_RETURN,
+           "lib/locking-selftest.c; lockdep: lock held when returning to user space",
+           "the error path returns with the lock held", "error_exits", error_exit=keep_lock_on_error),
+    mutant(spin_lock, "count_after_unlock", LOST_UPDATE,
+           f"{LOCKTORTURE}: lock_torture_writer's counter is updated only under the lock",
+           "the error path updates the guarded counter after dropping the lock", "error_exits",
+           error_exit=count_outside_the_lock_on_error),
+    mutant(spin_lock, "error_unlocks_twice", LOCK_BAD_UNLOCK,
+           "lib/locking-selftest.c: double unlock",
+           "the error path unlocks, then the common exit unlocks again", "error_exits",
+           error_exit=unlock_twice_on_error),
 )
 
 
@@ -249,9 +335,10 @@ mutex_lock = LockPolicy(
 MutexScenario.policies = (
     mutex_lock,
     # DELIBERATELY BROKEN below.
-    mutant(mutex_lock, "abba", "deadlock",
+    mutant(mutex_lock, "abba", LOCK_DEADLOCK_CYCLE,
            f"{LOCKTORTURE}: two mutexes taken in opposite orders (ABBA)",
-           "pairs of mutexes taken in either order", pair_order=either_order),
+           "pairs of mutexes taken in either order", "window:pair:between-the-two-locks",
+           pair_order=either_order),
 )
 
 
@@ -276,7 +363,7 @@ class RwsemScenario(_GuardedCounters):
             b = mem.load64(w.b_off[i])
             if writer or a != b:
                 cpu.report(
-                    "invariant",
+                    EXCLUSION,
                     f"reader of {L.name()} overlapped a writer"
                     + (f" (cpu {writer - 1} inside)" if writer else "")
                     + (f": saw a={a} b={b}" if a != b else ""),
@@ -292,7 +379,7 @@ class RwsemScenario(_GuardedCounters):
             _enter(w, i)
             readers = mem.load32(w.readers_off[i])
             if readers:
-                cpu.report("invariant", f"writer of {L.name()} inside with {readers} readers inside",
+                cpu.report(EXCLUSION, f"writer of {L.name()} inside with {readers} readers inside",
                            lock=L.name())
             mem.store64(w.a_off[i], mem.load64(w.a_off[i]) + 1)
             cpu.window("write:between-a-and-b")
@@ -308,7 +395,8 @@ class RwsemScenario(_GuardedCounters):
         super().sweep(w)
         g = w.view("guarded")
         for i in np.flatnonzero((g["a"] != g["b"]) | (g["a"] != g["counter"])):
-            w.cpu.report("invariant", f"rwsem record {i} inconsistent at the end")
+            w.cpu.report(LOST_UPDATE, f"rwsem record {i} inconsistent at the end: a={int(g['a'][i])} "
+                         f"b={int(g['b'][i])} counter={int(g['counter'][i])}")
 
 
 rwsem_lock = RwsemPolicy(
@@ -322,9 +410,9 @@ rwsem_lock = RwsemPolicy(
 RwsemScenario.policies = (
     rwsem_lock,
     # DELIBERATELY BROKEN below.
-    mutant(rwsem_lock, "busted", "invariant",
+    mutant(rwsem_lock, "busted", EXCLUSION,
            f"{LOCKTORTURE}: a writer that does not wait for the readers to drain",
-           "down_write sets the writer bit without waiting for readers",
+           "down_write sets the writer bit without waiting for readers", "lock_waits",
            down_write=busted_down_write),
 )
 

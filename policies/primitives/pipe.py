@@ -24,11 +24,23 @@ import numpy as np
 from policies import register
 from policies.scenario import Needs, Operation, Policy, Region, Scenario, World, mutant
 from shm import GFP_KERNEL, Cpu, alloc_site, rcu_callback
+from shm.checks import (
+    RCU_UNLOCK_IMBALANCE,
+    SCHED_LIVELOCK,
+    SRCU_BAD_INDEX,
+    WATCHDOG_STALL,
+    define_check,
+)
 from shm.rcu import GP_PHASE
 
 PIPE_LEN = 4
 OBJ_SITE = alloc_site("pipe: rcu_torture object")
 MAGIC = 0x7070E
+
+PIPE_AGE = define_check(
+    "rcu.pipe-age", "use-after-free",
+    "rcutorture's pipe: a reader saw an object aged by a whole grace period, so the grace period did not "
+    "wait for the reader")
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,18 @@ class FlavorPolicy(Policy):
     synchronize: Callable[[World], None] | None = None
     call: Callable[[World, Callable, int], None] | None = None
     barrier: Callable[[World], None] | None = None
+
+
+FREED = 1 << 20
+
+
+def pipe_age(pool, ref: int) -> int:
+    """The object's pipe age, as rcutorture reads it (a plain load); FREED once the object's
+    page was freed or reused, which only a grace period that did not wait can explain."""
+    age = pool.mem.load64(pool.data_off(ref & 0xFFFFFF, 0))
+    if not pool.alive(ref):
+        return FREED
+    return age
 
 
 @rcu_callback("pipe: age and free")
@@ -80,16 +104,17 @@ class PipeScenario(Scenario):
             cpu, pool = w.cpu, w.pool
             token = read_lock(w)
             ref = w.mem.load64(w.current_off)
-            age = pool.read(cpu, ref, 0, "pipe reader")
+            age = pipe_age(pool, ref)
             cpu.window("reader:inside-the-critical-section")
-            age = max(age, pool.read(cpu, ref, 0, "pipe reader"))
+            age = max(age, pipe_age(pool, ref))
             read_unlock(w, token)
             if 0 <= age < PIPE_LEN:
                 w.count(f"pipe{age}")
             if age >= 2:
+                seen = f"age {age}" if age < FREED else "it freed (and its page reused)"
                 cpu.report(
-                    "use-after-free",
-                    f"rcu_torture pipe: reader saw age {age}: a grace period ended inside its"
+                    PIPE_AGE,
+                    f"rcu_torture pipe: reader saw {seen}: a grace period ended inside its"
                     f" {w.scenario.name} read-side critical section",
                     **pool.describe(ref & 0xFFFFFF, expected_gen=ref >> 24),
                 )
@@ -155,11 +180,20 @@ def rcu_barrier(w: World) -> None:
     w.rcu.barrier(w.cpu)
 
 
+def rcu_read_unlock_twice(w: World, token: Any) -> None:
+    """DELIBERATELY BROKEN: an error path leaves the read-side section, then the common exit again.
+
+    Must trip rcu.unlock-imbalance."""
+    w.rcu.read_unlock(w.cpu)
+    w.rcu.read_unlock(w.cpu)
+
+
 def synchronize_rcu_no_wait(w: World) -> None:
     """DELIBERATELY BROKEN: flips the phase and ends the grace period without waiting.
 
     rcutorture's rcu_busted_ops: the writer frees what readers still hold.
-    Must produce a use-after-free finding (pipe age 2, or a freed object)."""
+    The reader sees the object aged by the grace period, or freed
+    (rcu.pipe-age)."""
     w.cpu.might_sleep("synchronize_rcu")
     w.rcu.mem.fetch_xor64(w.rcu.gp_ctr_off, GP_PHASE)
     w.rcu.mem.fetch_add64(w.rcu.gp_seq_off, 1)
@@ -181,10 +215,13 @@ register(
         (
             rcu,
             # DELIBERATELY BROKEN below.
-            mutant(rcu, "no_wait_gp", "use-after-free",
+            mutant(rcu, "no_wait_gp", PIPE_AGE,
                    "kernel/rcu/rcutorture.c: rcu_busted_ops (a grace period that does not wait)",
-                   "synchronize_rcu that does not wait for readers",
+                   "synchronize_rcu that does not wait for readers", "pipe1",
                    synchronize=synchronize_rcu_no_wait),
+            mutant(rcu, "unlock_twice", RCU_UNLOCK_IMBALANCE,
+                   "Documentation/RCU/checklist.rst: every rcu_read_lock() has exactly one rcu_read_unlock()",
+                   "an error path calls rcu_read_unlock() twice", "op:read", read_unlock=rcu_read_unlock_twice),
         ),
     )
 )
@@ -204,11 +241,28 @@ def synchronize_srcu(w: World) -> None:
     w.srcu[0].synchronize(w.cpu)
 
 
+def srcu_read_unlock_without_index(w: World, idx: int) -> None:
+    """DELIBERATELY BROKEN: the unlock is not given the index srcu_read_lock() returned.
+
+    Must trip srcu.bad-index."""
+    w.srcu[0].read_unlock(w.cpu, None)
+
+
+def srcu_read_unlock_other_index(w: World, idx: int) -> None:
+    """DELIBERATELY BROKEN: the unlock counts on the other index than the lock did.
+
+    Neither index ever drains, so synchronize_srcu() waits forever: under
+    the controlled scheduler only the spinning updater can run in the end
+    (sched.livelock); free-running, the watchdog sees it make no progress
+    (watchdog.stall)."""
+    w.srcu[0].read_unlock(w.cpu, 1 - idx)
+
+
 def srcu_read_lock_uncounted(w: World) -> int:
     """DELIBERATELY BROKEN: returns the index but does not count the reader on it.
 
-    synchronize_srcu() then sees no reader to wait for.  Must produce a
-    use-after-free finding."""
+    synchronize_srcu() then sees no reader to wait for: the reader sees the
+    object aged or freed (rcu.pipe-age)."""
     return w.srcu[0].mem.load64(w.srcu[0].completed_off) & 1
 
 
@@ -230,10 +284,16 @@ register(
         (
             srcu,
             # DELIBERATELY BROKEN below.
-            mutant(srcu, "uncounted_read_lock", "use-after-free",
+            mutant(srcu, "uncounted_read_lock", PIPE_AGE,
                    "kernel/rcu/srcutree.c: __srcu_read_lock must count the reader on its index",
-                   "srcu_read_lock that does not count",
+                   "srcu_read_lock that does not count", "pipe1",
                    read_lock=srcu_read_lock_uncounted, read_unlock=srcu_read_unlock_uncounted),
+            mutant(srcu, "unlock_without_index", SRCU_BAD_INDEX,
+                   "include/linux/srcu.h: srcu_read_unlock(ssp, idx) takes what srcu_read_lock(ssp) returned",
+                   "srcu_read_unlock without the index", "op:read", read_unlock=srcu_read_unlock_without_index),
+            mutant(srcu, "unlock_other_index", (SCHED_LIVELOCK, WATCHDOG_STALL),
+                   "include/linux/srcu.h: srcu_read_unlock(ssp, idx) takes what srcu_read_lock(ssp) returned",
+                   "srcu_read_unlock on the other index", "pipe1", read_unlock=srcu_read_unlock_other_index),
         ),
     )
 )

@@ -16,8 +16,11 @@ import numpy as np
 from policies import register
 from policies.scenario import Operation, Policy, Region, Scenario, World, mutant
 from shm import SEQCOUNT, SPINLOCK
+from shm.checks import SEQCOUNT_CONCURRENT_WRITERS, SEQCOUNT_END_WITHOUT_BEGIN, define_check
 
 NWORDS = 4
+TORN_READ = define_check(
+    "seqcount.torn-read", "invariant", "a seqcount reader returned a record a writer was halfway through")
 RECORD = np.dtype(
     [("seq", SEQCOUNT), ("lock", SPINLOCK), ("words", "<i8", (NWORDS,)), ("pad", "<i8", (3,))],
     align=True,
@@ -48,14 +51,53 @@ def read_without_retry(w: World) -> tuple[list[int], int]:
     """DELIBERATELY BROKEN: samples the sequence but never checks it again.
 
     A reader racing a writer returns a record that is half old, half new.
-    Must produce an invariant finding."""
+    Must trip seqcount.torn-read."""
     w.seq.read_begin(w.cpu)
     return read_record(w), 0
+
+
+def write_locked(w: World) -> None:
+    """Writers serialised by the record's spinlock, as seqcount_spinlock_t requires."""
+    w.lock.lock(w.cpu)
+    write_section(w)
+    w.lock.unlock(w.cpu)
+
+
+def write_unlocked(w: World) -> None:
+    """DELIBERATELY BROKEN: the writer does not take the lock that serialises writers.
+
+    Two writers inside at once make the sequence even while both write.
+    Must trip seqcount.concurrent-writers (lockdep's seqcount writer assertion)."""
+    write_section(w)
+
+
+def write_section(w: World, end=None) -> None:
+    mem, cpu = w.mem, w.cpu
+    w.seq.write_begin(cpu)
+    value = mem.load64(w.word_offs[0]) + 1
+    for off in w.word_offs:
+        mem.store64(off, value)
+        cpu.window("seqcount writer:between-words")
+    w.seq.write_end(cpu)
+    if end is not None:
+        end(w)
+    w.count("writes")
+
+
+def write_ended_twice(w: World) -> None:
+    """DELIBERATELY BROKEN: an error path closes the write section again.
+
+    Must trip seqcount.end-without-begin (and would leave the count odd, so
+    that every reader spins)."""
+    w.lock.lock(w.cpu)
+    write_section(w, end=lambda w: w.seq.write_end(w.cpu))
+    w.lock.unlock(w.cpu)
 
 
 @dataclass(frozen=True)
 class SeqcountPolicy(Policy):
     read_section: Callable[[World], tuple[list[int], int]] | None = None
+    write: Callable[[World], None] = write_locked
 
 
 class SeqcountScenario(Scenario):
@@ -80,27 +122,9 @@ class SeqcountScenario(Scenario):
             w.count("reads")
             w.count("retries", retries)
             if len(set(words)) != 1:
-                w.cpu.report("invariant", f"seqcount reader copied a torn record: {words}",
-                             record=words)
+                w.cpu.report(TORN_READ, f"seqcount reader copied a torn record: {words}", record=words)
 
-        def write(w: World) -> None:
-            mem, cpu = w.mem, w.cpu
-            w.lock.lock(cpu)
-            w.seq.write_begin(cpu)
-            value = mem.load64(w.word_offs[0]) + 1
-            for off in w.word_offs:
-                mem.store64(off, value)
-                cpu.window("seqcount writer:between-words")
-            w.seq.write_end(cpu)
-            w.lock.unlock(cpu)
-            w.count("writes")
-
-        return (Operation("read", 6, read), Operation("write", 2, write))
-
-    def sweep(self, w: World) -> None:
-        rec = w.view("record")[0]
-        if len(set(int(x) for x in rec["words"])) != 1 or int(rec["seq"]["sequence"]) & 1:
-            w.cpu.report("invariant", "seqcount record inconsistent at the end")
+        return (Operation("read", 6, read), Operation("write", 2, policy.write))
 
 
 seqcount = SeqcountPolicy("seqcount", doc="read_seqcount_begin / read_seqcount_retry",
@@ -108,8 +132,14 @@ seqcount = SeqcountPolicy("seqcount", doc="read_seqcount_begin / read_seqcount_r
 SeqcountScenario.policies = (
     seqcount,
     # DELIBERATELY BROKEN below.
-    mutant(seqcount, "no_retry", "invariant",
+    mutant(seqcount, "no_retry", TORN_READ,
            "include/linux/seqlock.h: a reader must retry when read_seqcount_retry() says so",
-           "reader that does not retry", read_section=read_without_retry),
+           "reader that does not retry", "retries", read_section=read_without_retry),
+    mutant(seqcount, "unserialised_writers", SEQCOUNT_CONCURRENT_WRITERS,
+           "include/linux/seqlock.h: seqcount_t writers must be serialised (seqcount_LOCKNAME_t)",
+           "the writer does not take the lock", "lock_waits", write=write_unlocked),
+    mutant(seqcount, "end_twice", SEQCOUNT_END_WITHOUT_BEGIN,
+           "include/linux/seqlock.h: write_seqcount_end() pairs with one write_seqcount_begin()",
+           "an error path ends the write section twice", "writes", write=write_ended_twice),
 )
 register(SeqcountScenario())

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from shm import Segment
+from shm.checks import LOCK_DEADLOCK_CYCLE, SCHED_ALL_BLOCKED, SCHED_LIVELOCK, Check
 from shm.events import EV
 from shm.layout import Layout, Region
 from shm.sched import OsScheduler
@@ -260,9 +261,8 @@ class ControlledScheduler(OsScheduler):
     def begin(self, cpu: Cpu) -> None:
         self._wait_turn()
 
-    def window(self, cpu: Cpu, name: str) -> None:
-        if not self.free:
-            self._point(RUNNABLE)
+    def window(self, cpu: Cpu, name: str) -> bool:
+        return not self.free and self._point(RUNNABLE)
 
     def op_boundary(self, cpu: Cpu) -> None:
         if not self.free:
@@ -310,7 +310,8 @@ class ControlledScheduler(OsScheduler):
         load = mem.load64 if m.load32(st.wbits_off[i]) == 64 else mem.load32
         return load(off) != m.load64(st.wval_off[i])
 
-    def _point(self, state: int) -> None:
+    def _point(self, state: int) -> bool:
+        """A scheduling decision; True if another participant ran before this one continues."""
         st, m, me, cpu = self.st, self.mem, self.me, self.cpu
         if cpu.steps != self.op:
             self.op = cpu.steps
@@ -341,7 +342,7 @@ class ControlledScheduler(OsScheduler):
         if not live_workers:
             st.dissolve()
             self.free = True
-            return
+            return False
         if strong:
             cands = strong
             if m.load32(st.weak_run_off):
@@ -349,12 +350,15 @@ class ControlledScheduler(OsScheduler):
         elif weak:
             cands = weak
             if m.fetch_add32(st.weak_run_off, 1) > LIVELOCK_DECISIONS:
-                return self._wedge(f"livelock: for {LIVELOCK_DECISIONS} decisions only spinning CPUs could run")
+                self._wedge(SCHED_LIVELOCK, f"livelock: for {LIVELOCK_DECISIONS:,} decisions only spinning CPUs "
+                            "could run")
+                return False
         elif timed:
             cands = timed
         else:
             assert blocked
-            return self._wedge("deadlock: every CPU is blocked")
+            self._wedge(SCHED_ALL_BLOCKED, "every CPU is blocked")
+            return False
         if me in cands:
             default = me
         else:
@@ -377,17 +381,18 @@ class ControlledScheduler(OsScheduler):
         m.store64(st.step_off, step + 1)
         if choice == me:
             m.store32(st.state_off[me], RUNNABLE)
-            return
+            return False
         m.fetch_add64(st.switches_off, 1)
         cpu.trace(_EV_SWITCH, choice)
         m.store32(st.token_off, choice)
         m.fetch_add32(st.turn_off[choice], 1)
         m.futex_wake(st.turn_off[choice], 1)
         if state == EXITED:
-            return
+            return True
         self._wait_turn()
         if not self.free:
             m.store32(st.state_off[me], RUNNABLE)
+        return True
 
     def _wait_turn(self) -> None:
         st, m, me = self.st, self.mem, self.me
@@ -431,8 +436,12 @@ class ControlledScheduler(OsScheduler):
         op, point = min(set(self.table) - self.used)
         self._diverge(self.mem.load64(self.st.step_off), op, point, self.table[(op, point)], unreached=True)
 
-    def _wedge(self, why: str) -> None:
-        """Nothing can run: report it once, then wait to be killed (or set free)."""
+    def _wedge(self, check: Check, why: str) -> None:
+        """Nothing can run: report it once, then wait to be killed (or set free).
+
+        Every CPU blocked with a cycle in the wait-for graph (CPUs waiting for
+        locks held by each other) is a lock deadlock; without one, something
+        nobody will do is awaited (a lost wakeup, memory nobody frees)."""
         st, m, cpu = self.st, self.mem, self.cpu
         if m.cmpxchg32(st.wedged_off, 0, 1) == 0:
             from stress.watchdog import Watchdog
@@ -440,10 +449,12 @@ class ControlledScheduler(OsScheduler):
             w = cpu.ctx
             names = [o.name for o in w.scenario.operations(w.policy)] if w is not None else []
             wd = Watchdog(cpu.machine, 0, names)
+            if check is SCHED_ALL_BLOCKED and wd.find_cycle():
+                check, why = LOCK_DEADLOCK_CYCLE, "deadlock: every CPU is blocked, waiting in a cycle"
             waits = []
             for i in range(st.nparts):
                 state = m.load32(st.state_off[i])
-                who = "grace-period kthread" if i == st.nparts - 1 else f"cpu {i}"
+                who = "the grace-period kthread" if i == st.nparts - 1 else f"cpu {i}"
                 if state == EXITED:
                     continue
                 wait = int(cpu.machine.cpus["waiting_on"][i])
@@ -452,8 +463,8 @@ class ControlledScheduler(OsScheduler):
                 owners = wd.owners_of(wait) if wait else []
                 held = f" held by cpu {','.join(map(str, owners))}" if owners else ""
                 waits.append(f"{who} waits for {what}{held}")
-            cpu.report("deadlock", f"{why}: " + "; ".join(waits),
-                       cpus=[wd.cpu_state(i) for i in range(st.nparts - 1)], locks_held=wd.held_locks())
+            cpu.report(check, f"{why}: " + "; ".join(waits), cpus=[wd.cpu_state(i) for i in range(st.nparts - 1)],
+                       locks_held=wd.held_locks())
             cpu.machine.request_stop()
         turn = st.turn_off[self.me]
         while m.load32(st.mode_off) == CONTROLLED:

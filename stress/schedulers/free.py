@@ -29,19 +29,20 @@ class FreeScheduler(OsScheduler):
     def attach(self, cpu) -> None:
         self.rng = random.Random((self.seed << 8) ^ (cpu.id + 0x5EED))
 
-    def window(self, cpu, name: str) -> None:
+    def window(self, cpu, name: str) -> bool:
         rng = self.rng
         if not self.rate or rng.random() >= self.rate:
-            return
+            return False
         self.delays += 1
         if rng.random() < 0.5:
             os.sched_yield()
-            return
+            return True
         delay = rng.random() * self.max_delay
         if delay > 100e-6:
             time.sleep(delay)
-            return
+            return True
         end = time.perf_counter() + delay
         while time.perf_counter() < end:
             cpu_relax()
+        return True
 

@@ -25,6 +25,6 @@ def test_a_speculative_race_shrinks_to_the_fault_and_the_munmap(mmtorture_run):
                                     program=litmus)).findings)
     small = shrink(r.report, max_runs=150)
     ops = [op[0] for p in small.after.program for op in p]
-    assert small.kind == "invariant" and "invariant" in small.final.kinds
+    assert small.check == "mm.pte-after-zap" and "mm.pte-after-zap" in small.final.checks
     assert len(ops) <= 3 < small.before.ops
     assert {"access", "munmap"} <= set(ops)

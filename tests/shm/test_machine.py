@@ -31,8 +31,8 @@ def machine():
     m.close()
 
 
-def kinds(m: Machine) -> list[str]:
-    return [f["kind"] for f in m.findings()]
+def checks(m: Machine) -> list[str]:
+    return [f["check"] for f in m.findings()]
 
 
 def test_segment_name_carries_pid_run_and_worker(monkeypatch):
@@ -88,15 +88,15 @@ def test_page_lifecycle_use_after_free_and_double_free(machine):
     pool.write(cpu, ref, 0, 42)
     assert pool.read(cpu, ref, 0) == 42
     assert pool.free_page(cpu, ref, SITE)
-    assert kinds(machine) == []
+    assert checks(machine) == []
     pool.read(cpu, ref, 0)
-    assert kinds(machine) == ["use-after-free"]
+    assert checks(machine) == ["pool.uaf"]
     assert not pool.free_page(cpu, ref, SITE)
-    assert kinds(machine)[-1] == "double-free"
+    assert checks(machine)[-1] == "pool.double-free"
     again = pool.alloc_page(cpu, GFP_KERNEL, SITE)  # LIFO: the same frame, a new generation
     assert again & 0xFFFFFF == ref & 0xFFFFFF and again != ref
     pool.check(cpu, ref, "stale reference")
-    assert kinds(machine)[-1] == "use-after-free"
+    assert checks(machine)[-1] == "pool.uaf"
     pool.free_page(cpu, again, SITE)
     assert pool.leaks() == []
 
@@ -128,7 +128,7 @@ def test_sleeping_under_a_spinlock_is_invalid_context(machine):
     machine.pool.alloc_page(cpu, GFP_KERNEL, SITE)
     ptl.unlock(cpu)
     (f,) = machine.findings()
-    assert f["kind"] == "invalid-context"
+    assert f["check"] == "context.sleep-in-atomic" and f["kind"] == "invalid-context"
     assert "machine:page[0].ptl" in f["objects"]["locks_held"]
 
 
@@ -137,7 +137,7 @@ def test_unlock_by_another_cpu_is_lock_misuse(machine):
     ptl = machine.pool.ptl(1)
     ptl.lock(a)
     ptl.unlock(b)
-    assert kinds(machine) == ["lock-misuse"]
+    assert checks(machine) == ["lock.bad-unlock"]
 
 
 def test_refcount_addition_on_zero_and_underflow(machine):
@@ -146,11 +146,11 @@ def test_refcount_addition_on_zero_and_underflow(machine):
     rc.set(0)
     assert not rc.inc_not_zero(cpu)
     rc.inc(cpu)
-    assert kinds(machine) == ["refcount"]
+    assert checks(machine) == ["refcount.inc-on-zero"]
     rc.set(1)
     assert rc.dec_and_test(cpu)
     assert not rc.dec_and_test(cpu)
-    assert kinds(machine) == ["refcount", "refcount"]
+    assert checks(machine) == ["refcount.inc-on-zero", "refcount.underflow"]
     assert "underflow" in machine.findings()[-1]["message"]
 
 
@@ -158,7 +158,7 @@ def test_rcu_read_unlock_without_lock_and_trace_ring(machine):
     cpu = Cpu(machine, 0)
     machine.rcu.read_unlock(cpu)
     (f,) = machine.findings()
-    assert f["kind"] == "lock-misuse"
+    assert f["check"] == "rcu.unlock-imbalance"
     assert any(w for w in f["trace"])  # the finding carries the CPU's ring
 
 

@@ -25,8 +25,8 @@ def cache():
     m.close()
 
 
-def kinds(m) -> list[str]:
-    return [f["kind"] for f in m.findings()]
+def checks(m) -> list[str]:
+    return [f["check"] for f in m.findings()]
 
 
 def test_objects_are_handed_out_lifo_with_a_new_generation(cache):
@@ -36,7 +36,7 @@ def test_objects_are_handed_out_lifo_with_a_new_generation(cache):
     b = c.alloc(cpu)
     assert a & SLOT_MASK == b & SLOT_MASK and a != b and a and b
     assert [c.alloc(cpu) for _ in range(3)] and c.alloc(cpu) is None
-    assert c.nr_free() == 0 and kinds(m) == []
+    assert c.nr_free() == 0 and checks(m) == []
 
 
 def test_a_stale_reference_is_use_after_free_and_a_second_free_is_double_free(cache):
@@ -46,7 +46,7 @@ def test_a_stale_reference_is_use_after_free_and_a_second_free_is_double_free(ca
     c.free(cpu, a)
     c.load32(cpu, a, "a")
     c.free(cpu, a)
-    assert kinds(m) == ["use-after-free", "double-free"]
+    assert checks(m) == ["slab.uaf", "slab.double-free"]
 
 
 def test_typesafe_by_rcu_allows_a_reused_object_but_not_a_free_one_outside_rcu(cache):
@@ -59,8 +59,8 @@ def test_typesafe_by_rcu_allows_a_reused_object_but_not_a_free_one_outside_rcu(c
     m.rcu.read_unlock(cpu)
     c.alloc(cpu)
     assert c.check(cpu, a, "reused: the caller must revalidate")
-    assert kinds(m) == []
+    assert checks(m) == []
     b = c.alloc(cpu)
     c.free(cpu, b)
     assert not c.check(cpu, b, "a free object, outside RCU")
-    assert kinds(m) == ["use-after-free"]
+    assert checks(m) == ["slab.uaf"]

@@ -15,9 +15,9 @@ from stress.cli import main
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, MMTORTURE_PROGRESS="off")
-    return subprocess.run([sys.executable, "-m", "stress", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "stress", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -25,7 +25,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     "args,needle",
     [
         (["run", "--scenario", "nosuch"], "unknown scenario 'nosuch' (known: context,"),
-        (["run", "-s", "spinlock", "-p", "nosuch"], "(known: spin_lock, busted, abba)"),
+        (["run", "-s", "spinlock", "-p", "nosuch"], "(known: spin_lock, busted, abba, double_lock_same"),
         (["run", "-s", "spinlock", "--cpus", "-1"], "--cpus must be a positive integer"),
         (["run", "-s", "spinlock", "--cpus", "abc"], "--cpus must be an integer"),
         (["run", "-s", "spinlock", "--ops", "-5"], "--ops must be a non-negative integer"),
@@ -81,10 +81,10 @@ def test_run_exit_codes_and_report_through_python_m(tmp_path):
         assert key in rep
     assert rep["ops"] == 1000 and rep["seed"] == 3 and rep["interrupted"] is False
     bad = cli("run", "-s", "seqcount", "-p", "no_retry", "--cpus", "2", "--ops", "5000",
-              "--seed", "0", "--window-rate", "0.1")
+              "--seed", "0", "--window-rate", "0.1", cwd=str(tmp_path))
     assert bad.returncode == 1
-    assert "!!!" in bad.stdout or "[invariant]" in bad.stdout
-    assert bad.stdout.strip().splitlines()[-1] == "End of test: FAILURE"
+    assert "[seqcount.torn-read]" in bad.stdout
+    assert bad.stdout.strip().splitlines()[-1] == "End of test: FAILURE (caught by seqcount.torn-read)"
 
 
 def test_list_json_has_every_policy(capsys):

@@ -47,7 +47,7 @@ def test_sigkill_of_a_cpu_holding_a_spinlock_is_a_cpu_crash(tmp_path):
     code, out, err = finish(proc)
     assert code == 1, err
     rep = json.load(open(report))
-    (f,) = [f for f in rep["findings"] if f["kind"] == "cpu-crash"]
+    (f,) = [f for f in rep["findings"] if f["check"] == "cpu.crash"]
     assert f["cpu"] == 0 and "killed by signal 9" in f["message"]
     assert any(e.split()[1] == "lock" and "state:harness_test:s[0].lock" in e for e in f["trace"])
     assert f["objects"]["locks_held"] == {"cpu0": ["spinlock state:harness_test:s[0].lock"]}
@@ -62,7 +62,7 @@ def test_signal_to_the_runner_writes_an_interrupted_report(tmp_path, sig, code):
     rc, out, err = finish(proc)
     assert rc == code, err
     rep = json.load(open(report))
-    assert rep["interrupted"] is True and rep["schema"] == "mmtorture-report/1"
+    assert rep["interrupted"] is True and rep["schema"] == "mmtorture-report/2"
     assert rep["ops"] > 0
     assert gone(pid)
 
@@ -72,5 +72,5 @@ def test_a_cpu_stuck_without_saying_why_is_a_stall(tmp_path):
     code, out, err = finish(proc)
     assert code == 1, err
     (f,) = json.load(open(report))["findings"]
-    assert f["kind"] == "deadlock" and "stalled" in f["message"] and f["cpu"] == 0
+    assert f["check"] == "watchdog.stall" and "made no progress" in f["message"] and f["cpu"] == 0
     assert gone(pid)

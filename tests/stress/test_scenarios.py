@@ -1,29 +1,43 @@
-"""Every correct policy runs clean; every mutant is caught with the kind it names.
+"""Every correct policy runs clean; every mutant is caught by the check it names, first.
 
 Under the controlled scheduler a run is a function of (scenario, policy,
-seed, scheduler), so detection is deterministic: each mutant is tried on
-the random strategy with seeds 0, 1, 2... in order and must be caught within
-SEEDS (measured: every primitive mutant is caught at seed 0 with 300
-operations per CPU).  A mutant whose scenario gives it a litmus program is
-tried on that program instead, seeds 0..99 in order (the mm races need the
-program; `mmtorture hunt` measures the seeds).  Its report, replayed ten
-times, must give the same findings, and its correct twin must pass the
-same program.  The free-running scheduler keeps one statistical smoke test
-per correct policy.
+seed, scheduler), so detection is deterministic.  Each mutant is searched
+as `mmtorture hunt` searches it (pct on generated programs, random on its
+litmus program if it has one), seed after seed; its run's first finding
+must be a check it names, and its report, replayed ten times, must give the
+same findings.  Its correct twin then runs the same search on at least as
+many seeds (never fewer than TWIN_SEEDS) and must find nothing while going
+through the racy path the mutant breaks: the mutant's witness (a counter of
+the guarded branch, a window where preemptions landed) must be non-zero.
+A clean run that never reached the race would prove nothing.
 """
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from policies import scenarios
+from stress.hunt import HuntRow, hunt_one
 from stress.replay import mismatch, replay
+from stress.report import evidence
+from stress.runner import run
 
 CORRECT = [(s.name, p.name) for s in scenarios().values() for p in s.correct_policies()]
-MUTANTS = [(s.name, p.name, p.expect) for s in scenarios().values() for p in s.mutants()]
-LITMUS = [(s.name, p.name, p.twin) for s in scenarios().values() for p in s.mutants() if s.litmus(p)]
-SEEDS = range(4)
-LITMUS_SEEDS = range(100)
+MUTANTS = [(s.name, p.name) for s in scenarios().values() for p in s.mutants()]
+MAX_SEEDS = 200
+TWIN_SEEDS = 12
+OPS = 40
+
+
+def hunted(scenario: str, mutant: str, reports: str | None = None, want: str | None = None) -> HuntRow:
+    """The mutant searched as `mmtorture hunt` searches it (with `want`, until that check is first)."""
+    sc = scenarios()[scenario]
+    p = sc.policy(mutant)
+    litmus = sc.litmus(p)
+    return hunt_one(scenario, mutant, p.expect, max_seeds=MAX_SEEDS, ops=OPS, cpus=len(litmus) if litmus else 2,
+                    program=litmus, scheduler="random" if litmus else "pct", reports=reports, want=want)
 
 
 @pytest.mark.parametrize("scenario,policy", CORRECT)
@@ -46,41 +60,38 @@ def test_correct_policy_has_no_finding_free_running(mmtorture_run, scenario, pol
     assert r.report["stop_reason"] == "operation budget"
 
 
-@pytest.mark.parametrize("scenario,policy,expect", MUTANTS)
-def test_mutant_is_caught_and_its_report_replays_10_of_10(mmtorture_run, scenario, policy, expect):
-    """On its litmus program if it has one (seeds 0..99 in order), else on generated programs."""
-    sc = scenarios()[scenario]
-    litmus = sc.litmus(sc.policy(policy))
-    tried = []
-    for seed in LITMUS_SEEDS if litmus else SEEDS:
-        if litmus:
-            r = mmtorture_run(scenario, policy, cpus=len(litmus), seed=seed, scheduler="random", program=litmus)
-        else:
-            r = mmtorture_run(scenario, policy, cpus=2, ops=300, seed=seed, scheduler="random")
-        tried.append((seed, sorted(r.kinds)))
-        if r.findings:
-            break
-    assert r.findings, f"not caught on seeds {[t[0] for t in tried]}"
-    assert r.findings[0].kind in expect, tried
-    assert r.exit_code == 1
-    assert r.report["caught"] is True
-    f = r.findings[0]
-    assert f.trace, "a finding carries the trace of its CPU"
-    assert f.seed == r.report["seed"]
+@pytest.mark.parametrize("scenario,policy", MUTANTS)
+def test_mutant_is_caught_first_by_its_check_and_replays_10_of_10(tmp_path, scenario, policy):
+    row = hunted(scenario, policy, str(tmp_path))
+    assert row.caught is not None, f"not caught in {row.seeds} seeds of {row.scheduler} on {row.program}"
+    assert row.right_check, f"caught first by {row.caught}, it names {row.expected}"
+    report = json.load(open(row.report))
+    assert report["caught"] is True and report["caught_by"] == row.caught
+    f = report["findings"][0]
+    assert f["trace"], "a finding carries the trace of its CPU"
+    assert f["seed"] == report["seed"] == row.seed
     for i in range(10):
-        again = replay(r.report)
+        again = replay(report)
         assert "diverged" not in again.report, (i, again.report["diverged"])
-        assert mismatch(r.report, again) is None, (i, mismatch(r.report, again))
-        assert again.report["schedule"]["deviations"] == r.report["schedule"]["deviations"]
+        assert mismatch(report, again) is None, (i, mismatch(report, again))
+        assert again.report["schedule"]["deviations"] == report["schedule"]["deviations"]
 
 
-@pytest.mark.parametrize("scenario,mutant,twin", LITMUS)
-@pytest.mark.parametrize("scheduler", ["random", "pct"])
-def test_correct_twin_passes_the_mutants_litmus_program(mmtorture_run, scenario, mutant, twin, scheduler):
-    """The program that breaks the mutant is one the correct policy survives under every schedule tried."""
+@pytest.mark.parametrize("scenario,mutant", MUTANTS)
+def test_correct_twin_survives_the_mutants_search_and_reaches_its_race(scenario, mutant):
     sc = scenarios()[scenario]
-    litmus = sc.litmus(sc.policy(mutant))
-    for seed in range(12):
-        r = mmtorture_run(scenario, twin, cpus=len(litmus), seed=seed, scheduler=scheduler, program=litmus)
+    p = sc.policy(mutant)
+    row = hunted(scenario, mutant)
+    assert row.caught is not None
+    litmus = sc.litmus(p)
+    seen = 0
+    k = 0
+    for seed in range(max(row.seeds, TWIN_SEEDS)):
+        r = run(scenario, p.twin, cpus=len(litmus) if litmus else 2, ops=0 if litmus else OPS, seed=seed,
+                scheduler=row.scheduler, pct_steps=k, program=litmus, progress="off")
         assert r.findings == [], (seed, [f.format() for f in r.findings])
-        assert r.exit_code == 0
+        assert r.exit_code == 0, r.report["harness_errors"]
+        k = k or max(r.report["schedule"]["steps"], 1)
+        seen += evidence(r.report).get(p.witness, 0)
+    assert seen > 0, (f"{scenario}/{p.twin} never went through what {mutant} breaks ({p.witness}) in "
+                      f"{max(row.seeds, TWIN_SEEDS)} seeds: its clean runs prove nothing")

@@ -1,0 +1,104 @@
+"""DELIBERATELY BROKEN variants of the mm model, one kernel function each.
+
+A mechanism's policy runs on `MmModel` or on one of these (its `model`
+field).  Each breaks one function the way a real patch could, and names
+the check of the model that must catch it: they are how the model's own
+checks are proven (`mmtorture list --checks`), beside the mechanisms'
+races.  Any mechanism built on the model can run them.
+"""
+
+from __future__ import annotations
+
+from policies.mm.mm import MmModel
+from policies.mm.pgtable import FLAG_BITS
+
+
+class IgnoresSpecialPtes(MmModel):
+    """DELIBERATELY BROKEN: vm_normal_page() returns the zero page's struct page.
+
+    vm_normal_page() exists so that special mappings (the zero page, pfn
+    maps) are never treated as normal pages; without the test, zap removes
+    a mapping the zero page never counted.  Must trip mm.rmap-underflow."""
+
+    def vm_normal_page(self, pte: int) -> int:
+        return pte >> FLAG_BITS
+
+
+class LosesRssBatch(MmModel):
+    """DELIBERATELY BROKEN: the RSS that zap_pte_range and copy_pte_range counted is never added.
+
+    check_mm's "BUG: Bad rss-counter state" at exit.  Must trip mm.rss."""
+
+    def add_mm_rss_vec(self, mm: int, n: int) -> None:
+        pass
+
+
+class KeepsPgtableBytes(MmModel):
+    """DELIBERATELY BROKEN: freeing a page table does not mm_dec_nr_ptes().
+
+    check_mm's "non-zero pgtables_bytes on freeing mm".  Must trip mm.pgtable-bytes."""
+
+    def mm_dec_nr_ptes(self, mm: int) -> None:
+        pass
+
+
+class LeaksGupPin(MmModel):
+    """DELIBERATELY BROKEN: unpin_user_page() does not drop the reference GUP took.
+
+    The page can never be freed; the sweep finds its _refcount above its
+    mappings.  Must trip mm.page-refs."""
+
+    def unpin_user_page(self, cpu, ref: int) -> None:
+        pass
+
+
+class UnpinsTwice(MmModel):
+    """DELIBERATELY BROKEN: unpin_user_page() drops the reference twice (the caller's error path
+    and its common exit both unpin).
+
+    The page is freed while a PTE still maps it; the next load through that
+    PTE reaches a freed page.  Must trip mm.pte-maps-freed-page."""
+
+    def unpin_user_page(self, cpu, ref: int) -> None:
+        super().unpin_user_page(cpu, ref)
+        super().unpin_user_page(cpu, ref)
+
+
+class ReusesSharedPage(MmModel):
+    """DELIBERATELY BROKEN: do_wp_page() writes in place to a page fork shares.
+
+    The reuse test is what keeps copy-on-write copy-on-write; without it
+    the parent's write lands in the child's page.  Must trip mm.cow-write-shared."""
+
+    def wp_can_reuse_anon_folio(self, ref: int) -> bool:
+        return True
+
+
+class SkipsLastPte(MmModel):
+    """DELIBERATELY BROKEN: zap_pte_range() stops one entry early (an off-by-one in its loop).
+
+    The last page of the range stays mapped in a table no VMA covers any
+    more.  Must trip mm.pte-in-no-vma (the sweep)."""
+
+    def zap_pte_range(self, cpu, mm: int, table: int, start: int, end: int, gather: list[int]) -> int:
+        return super().zap_pte_range(cpu, mm, table, start, end - 1, gather)
+
+
+class FreesTablesPastNeighbours(MmModel):
+    """DELIBERATELY BROKEN: free_pgtables() frees every table the unmapped range touches,
+    ignoring floor and ceiling.
+
+    free_pgd_range() takes the neighbouring VMAs' limits precisely so that a
+    table a neighbour still maps stays.  Must trip mm.free-mapped-table."""
+
+    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int,
+                      remove_tables=None) -> None:
+        span = self.geometry.pte
+        low, high = start // span * span, -(-end // span) * span
+        super().free_pgtables(cpu, mm, start, end, low, high, remove_tables)
+
+
+__all__ = [
+    "FreesTablesPastNeighbours", "IgnoresSpecialPtes", "KeepsPgtableBytes", "LeaksGupPin",
+    "LosesRssBatch", "ReusesSharedPage", "SkipsLastPte", "UnpinsTwice",
+]

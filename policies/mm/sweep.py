@@ -1,0 +1,98 @@
+"""The quiescent sweep of the mm model, at a stop-the-world point (its checks: checks.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policies.mm.checks import BAD_PAGE_REFS, BAD_PGTABLE_BYTES, BAD_RSS, PTE_IN_NO_VMA
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, describe_entry
+from policies.mm.vma import RESERVED
+from shm.checks import POOL_LEAK, SLAB_LEAK
+from shm.pool import PFN_MASK
+from shm.slab import SLOT_MASK
+
+
+def _entries(model, ref: int, n: int) -> np.ndarray:
+    words = model.pool.data.view("<i8")
+    return words[ref & PFN_MASK, :n]
+
+
+def sweep(model, cpu) -> None:
+    """Report every broken invariant of the quiescent model through cpu.report (first few of each)."""
+    g = model.geometry
+    pool = model.pool
+    mapped: dict[int, int] = {}
+    owned: set[int] = set()
+    live_vmas: set[int] = set()
+    live_index: set[int] = set()
+    if model.zero_page:
+        owned.add(model.zero_page & PFN_MASK)
+    reported = 0
+    for mm in model.live_mms():
+        entries = model.index_entries(mm)
+        idx = int(model.smem.load64(model.mm_off(mm, "index")))
+        if idx:
+            live_index.add(idx & SLOT_MASK)
+        live_vmas.update(v & SLOT_MASK for _, _, v in entries if v != RESERVED)
+        covered = np.zeros(g.pages, dtype=bool)
+        for s, e, v in entries:
+            if v != RESERVED:
+                covered[s:e] = True
+        pgd = int(model.smem.load64(model.mm_off(mm, "pgd")))
+        if not pgd:
+            continue
+        owned.add(pgd & PFN_MASK)
+        rss = tables = 0
+        for gi, pe in enumerate(_entries(model, pgd, g.pgd)):
+            if not pe & PTE_PRESENT:
+                continue
+            pmd = int(pe) >> FLAG_BITS
+            owned.add(pmd & PFN_MASK)
+            tables += 1
+            for mi, me in enumerate(_entries(model, pmd, g.pmd)):
+                if not me & PTE_PRESENT:
+                    continue
+                table = int(me) >> FLAG_BITS
+                owned.add(table & PFN_MASK)
+                tables += 1
+                base = gi * g.pmd_span + mi * g.pte
+                for k, pte in enumerate(_entries(model, table, g.pte)):
+                    pte = int(pte)
+                    if not pte & PTE_PRESENT:
+                        continue
+                    vpn = base + k
+                    if not covered[vpn] and reported < 4:
+                        reported += 1
+                        cpu.report(PTE_IN_NO_VMA, f"mm {mm}: present PTE at vpn {vpn} lies in no VMA "
+                                   f"({describe_entry(pte)})", mm=mm, vpn=vpn)
+                    if pte & PTE_SPECIAL:
+                        continue
+                    pfn = (pte >> FLAG_BITS) & PFN_MASK
+                    mapped[pfn] = mapped.get(pfn, 0) + 1
+                    rss += 1
+        want_rss = int(model.smem.load64(model.mm_off(mm, "rss")))
+        if want_rss != rss:
+            cpu.report(BAD_RSS, f"mm {mm}: RSS counter says {want_rss}, the page tables map {rss} pages",
+                       mm=mm, rss=want_rss, mapped=rss)
+        bytes_ = int(model.smem.load64(model.mm_off(mm, "pgtable_bytes")))
+        if bytes_ != tables * model.page_size:
+            cpu.report(BAD_PGTABLE_BYTES, f"mm {mm}: pgtable_bytes is {bytes_}, the mm holds {tables} tables "
+                       f"({tables * model.page_size} bytes)", mm=mm)
+    pages = pool.pages
+    for pfn, n in sorted(mapped.items()):
+        owned.add(pfn)
+        mc, rc = int(pages["_mapcount"][pfn]) + 1, int(pages["_refcount"][pfn])
+        if mc != n or rc != n:
+            cpu.report(BAD_PAGE_REFS, f"page {pfn}: mapped {n} times, but _mapcount+1 = {mc} and "
+                       f"_refcount = {rc}", **pool.describe(pfn))
+            break
+    for pfn in pool.allocated():
+        if int(pfn) not in owned:
+            cpu.report(POOL_LEAK, f"page {int(pfn)} is allocated but no page table, mapping or mm refers to it",
+                       **pool.describe(int(pfn)))
+            break
+    for cache, live in ((model.vma_cache, live_vmas), (model.index_cache, live_index)):
+        stray = [int(s) for s in cache.allocated() if int(s) not in live]
+        if stray:
+            cpu.report(SLAB_LEAK, f"{len(stray)} {cache.name} object(s) allocated that no live mm refers to",
+                       slots=stray[:16])
