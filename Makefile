@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_SECONDS ?= 60
 
-.PHONY: install run test bench lint clean distclean
+.PHONY: install run test bench lint check clean distclean
 
 install: $(STAMP)
 
@@ -33,8 +33,13 @@ bench: install
 lint: install
 	$(BIN)/ruff check shm policies stress tests
 
-clean: install
-	$(BIN)/mmtorture clean
+# The static checks CI runs before the tests: lint, types, and the layering contract.
+check: lint
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+clean:
+	test -x $(BIN)/mmtorture && $(BIN)/mmtorture clean || true
 
 distclean:
 	rm -rf $(VENV) build *.egg-info shm/*.so

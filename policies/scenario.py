@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shm import (
     Cpu,
@@ -70,9 +70,16 @@ class Policy:
     def checks(self) -> tuple[Check, ...]:
         return tuple(get_check(c) for c in self.expect)
 
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any:
+            """A scenario's policy class declares its operations as fields (w.policy.lookup...)."""
 
-def mutant(correct: Policy, name: str, expect: tuple[Check, ...] | Check, source: str, doc: str,
-           witness: str, **ops: Any) -> Policy:
+
+P = TypeVar("P", bound=Policy)
+
+
+def mutant(correct: P, name: str, expect: tuple[Check, ...] | Check, source: str, doc: str,
+           witness: str, **ops: Any) -> P:
     """A deliberately broken twin of `correct`, differing only in `ops`."""
     checks = (expect,) if isinstance(expect, Check) else expect
     return dataclasses.replace(correct, name=name, mutant=True, expect=tuple(c.id for c in checks),
@@ -115,11 +122,11 @@ class Needs:
 
 
 class Scenario:
-    name: ClassVar[str] = ""
-    doc: ClassVar[str] = ""
-    policies: ClassVar[tuple[Policy, ...]] = ()
-    counters: ClassVar[tuple[str, ...]] = ()
-    needs: ClassVar[Needs] = Needs()
+    name: str = ""
+    doc: str = ""
+    policies: tuple[Any, ...] = ()
+    counters: tuple[str, ...] = ()
+    needs: Needs = Needs()
 
     def regions(self, ncpus: int) -> list[Region]:
         return []
@@ -128,7 +135,8 @@ class Scenario:
         """The state segment's layout; its digest covers the scenario and the CPU count."""
         return Layout(f"state:{self.name}", self.regions(ncpus), {"scenario": self.name, "ncpus": ncpus})
 
-    def operations(self, policy: Policy) -> tuple[Operation, ...]:
+    def operations(self, policy: Any) -> tuple[Operation, ...]:
+        """The scenario's operations as `policy` (its own Policy subclass) implements them."""
         raise NotImplementedError
 
     def setup(self, w: World) -> None:
@@ -186,14 +194,20 @@ class World:
     machine: Machine
     cpu: Cpu
     scenario: Scenario
-    policy: Policy
-    seg: Segment | None
+    policy: Any  # the scenario's own Policy subclass
+    seg: Segment
     ncpus: int
     counts: list[int] = field(default_factory=list)
 
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any:
+            """A scenario attaches its per-process handles in attach() (w.mm, w.locks...)."""
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
     def __post_init__(self) -> None:
-        self.seg_index = self.machine.segments.index(self.seg) if self.seg is not None else -1
-        self.mem = self.seg.mem if self.seg is not None else None
+        self.seg_index = self.machine.segments.index(self.seg)
+        self.mem = self.seg.mem
         self.rcu = self.machine.rcu
         self.srcu = self.machine.srcu
         self.pool = self.machine.pool

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from policies import register
 from policies.mm import (
@@ -70,7 +71,7 @@ from policies.mm.checks import (
 )
 from policies.scenario import Arg, Needs, Operation, Policy, Region, Scenario, World, mutant
 from shm import rcu_callback, wait_var_event, wake_up_var
-from shm.checks import SLAB_UAF
+from shm.checks import SLAB_LEAK, SLAB_UAF
 from shm.slab import SLOT_MASK
 
 MAX_MMS = 3
@@ -85,23 +86,23 @@ def vm_area_free_rcu(cpu, vma: int) -> None:
     cpu.ctx.mm.vm_area_free(cpu, vma)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VmaPolicy(Policy):
     """How a fault pins its VMA (`lookup`/`release`, or a whole `fault`), and how VMAs change."""
 
-    lookup: Callable[[World, int, int, bool], Vmf | None] | None = None
-    release: Callable[[World, Vmf], None] | None = None
-    fault: Callable[[World, int, int, bool], int] | None = None
-    mmap: Callable[[World, int, int, int, bool], None] | None = None
-    munmap: Callable[[World, int, int, int], None] | None = None
-    new_vma: Callable[[World, int, int, int, int], int | None] | None = None
+    lookup: Callable[[World, int, int, bool], Vmf | None]
+    release: Callable[[World, Vmf], None]
+    fault: Callable[[World, int, int, bool], int]
+    mmap: Callable[[World, int, int, int, bool], None]
+    munmap: Callable[[World, int, int, int], None]
+    new_vma: Callable[[World, int, int, int, int], int | None]
     before_unmap: Callable[[World, int, int], None] | None = None
     after_unpublish: Callable[[World, int], None] | None = None
     free_tables: bool = True
     remove_tables: Callable | None = None
-    write_unlock: Callable[[World, int], None] | None = None
+    write_unlock: Callable[[World, int], None]
     dup_lock_vma: Callable[[World, int, int], None] | None = None
-    vma_free: Callable[[object, int], None] | None = None
+    vma_free: Callable[[Any, int], None]
     typesafe_vmas: bool = False
     model: type[MmModel] = MmModel
 
@@ -347,7 +348,13 @@ def vma_put(w: World, vma: int) -> None:
         wake_up_var(w.cpu, m.vma_refcount_addr(vma))
 
 
-def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool, map_pages: bool = False) -> Vmf | int | None:
+def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
+    """The policy's lookup (GUP's, and the fault's after ->map_pages said VM_FAULT_RETRY)."""
+    vmf = rcu_refcount_lookup(w, mm, vpn, write)
+    return None if isinstance(vmf, int) else vmf
+
+
+def rcu_refcount_lookup(w: World, mm: int, vpn: int, write: bool, map_pages: bool = False) -> Vmf | int | None:
     """Lookup under RCU, then a reference taken before rcu_read_unlock (Wilcox, 2019-12-03).
 
     A BABY VMA (MAP_FIXED not finished) makes the fault wait until its
@@ -380,8 +387,11 @@ def lookup_rcu_refcount(w: World, mm: int, vpn: int, write: bool, map_pages: boo
         if flags & VM_BABY:
             w.count("baby_waits")
             off = m.vma_off(vma, "vm_flags")
-            wait_var_event(cpu, m.vma_cache.address(vma, "vm_flags"),
-                           lambda off=off: not w.mem.load32(off) & VM_BABY)
+
+            def born(off: int = off) -> bool:
+                return not w.mem.load32(off) & VM_BABY
+
+            wait_var_event(cpu, m.vma_cache.address(vma, "vm_flags"), born)
             vma_put(w, vma)
             w.count("retries")
             continue
@@ -400,7 +410,7 @@ def release_rcu_refcount(w: World, vmf: Vmf) -> None:
 
 
 def fault_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> int:
-    vmf = lookup_rcu_refcount(w, mm, vpn, write, map_pages=True)
+    vmf = rcu_refcount_lookup(w, mm, vpn, write, map_pages=True)
     return vmf if isinstance(vmf, int) else handle_with(w, vmf)
 
 
@@ -541,10 +551,10 @@ def anon_vma_prepare_parent(w: World, mm: int, vma: int) -> None:
     w.mm.anon_vma_prepare(w.cpu, Vmf(mm, vma, 0, True))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RcuRefcountPolicy(VmaPolicy):
-    put_base: Callable[[World, int], None] | None = None
-    single_threaded: Callable[[World, int], bool] | None = None
+    put_base: Callable[[World, int], None]
+    single_threaded: Callable[[World, int], bool]
     baby: bool = True
     reserve: bool = True
 
@@ -876,7 +886,7 @@ class VmaLookup(Scenario):
         for cache in (m.vma_cache, m.index_cache):
             left = cache.allocated()
             if len(left):
-                w.cpu.report("leak", f"{len(left)} {cache.name} object(s) never freed",
+                w.cpu.report(SLAB_LEAK, f"{len(left)} {cache.name} object(s) never freed after exit",
                              slots=[int(s) for s in left[:16]])
 
     def litmus(self, policy: Policy) -> list | None:

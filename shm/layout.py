@@ -114,6 +114,19 @@ class Layout:
                 yield name, path
 
 
+def field_offsets(dt: np.dtype) -> dict[str, int]:
+    """Byte offset of every field of a structured dtype (where each word lives, said once)."""
+    if dt.fields is None:
+        raise TypeError(f"{dt} is not a structured dtype")
+    return {name: spec[1] for name, spec in dt.fields.items()}
+
+
+def field_dtype(dt: np.dtype, name: str) -> np.dtype:
+    if dt.fields is None:
+        raise TypeError(f"{dt} is not a structured dtype")
+    return dt.fields[name][0]
+
+
 def _field_at(dt: np.dtype, rel: int) -> str:
     if dt.fields is None:
         return ""

@@ -21,6 +21,7 @@ import numpy as np
 
 from shm.checks import LOCK_BAD_UNLOCK, LOCK_RECURSIVE, SEQCOUNT_CONCURRENT_WRITERS, SEQCOUNT_END_WITHOUT_BEGIN
 from shm.events import EV, SEQ_MASK, TRACE_MASK, address
+from shm.layout import field_dtype
 
 if TYPE_CHECKING:
     from shm._atomic import Memory
@@ -433,7 +434,7 @@ def lock_sites(machine: Machine) -> list[tuple[str, int, int]]:
             base = lay.offset(region, 0, field)
             dt = r.dtype
             for part in field.split("."):
-                dt = dt.fields[part][0]
+                dt = field_dtype(dt, part)
             kind = LOCK_DTYPES[dt]
             for i in range(r.count):
                 out.append((kind, si, base + i * r.dtype.itemsize))

@@ -382,8 +382,7 @@ class Machine:
             return {}
 
     def close(self) -> None:
-        self.control = self.cpus = self.traces = self.finding_slots = None
-        self.window_names = self.window_stats = None
+        del self.control, self.cpus, self.traces, self.finding_slots, self.window_names, self.window_stats
         self.pool.close()
         self.rcu.close()
         for s in self.srcu:

@@ -23,7 +23,7 @@ import numpy as np
 
 from shm.checks import POOL_DOUBLE_FREE, POOL_UAF, Check
 from shm.events import EV
-from shm.layout import Region
+from shm.layout import Region, field_offsets
 from shm.locks import SPINLOCK, WAIT_PAGE, WAIT_SHIFT, Spinlock
 from shm.refcount import Refcount
 from shm.slab import freelist_pop, freelist_push
@@ -69,7 +69,8 @@ PAGE = np.dtype(
     ]
 )
 assert PAGE.itemsize == 128
-assert PAGE.fields["state"][1] == 0 and PAGE.fields["gen"][1] == 4  # (state, gen) is one 64-bit word:
+PAGE_FIELDS = field_offsets(PAGE)
+assert PAGE_FIELDS["state"] == 0 and PAGE_FIELDS["gen"] == 4  # (state, gen) is one 64-bit word:
 # one load checks a reference, one cmpxchg allocates or frees the page with its generation
 
 POOL_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("freed", "<i4"), ("waiters", "<i4")])
@@ -132,12 +133,12 @@ class Pool:
         self.waiters_off = lay.offset("pool", 0, "waiters")
         self.page0 = lay.offset("page")
         self.data0 = lay.offset("page_data")
-        self._f = {name: PAGE.fields[name][1] for name in PAGE.names}
+        self._f = PAGE_FIELDS
         self._ptl_field = self._f["ptl"]
         self._ptls: list[Spinlock | None] = [None] * self.npages
 
     def close(self) -> None:
-        self.pages = self.data = None
+        del self.pages, self.data
 
     def init_free_list(self) -> None:
         """All pages free, linked in pfn order (pfn 0 handed out first)."""

@@ -199,7 +199,7 @@ class Rcu:
 
     def call(self, cpu: Cpu, callback: Callable | int, arg: int) -> None:
         """call_rcu(): callback(cpu, arg) runs in the kthread after a grace period."""
-        cb_id = callback if isinstance(callback, int) else callback.rcu_id
+        cb_id = callback if isinstance(callback, int) else getattr(callback, "rcu_id")  # noqa: B009
         mem = self.mem
         i = cpu.id
         head = mem.load64(self.head_off[i])

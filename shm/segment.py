@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import secrets
+from typing import Any
 
 import numpy as np
 import posix_ipc
@@ -116,7 +117,7 @@ class Segment:
                 raise LayoutError(f"segment {name} is too small to be an mmtorture segment")
             with mmap.mmap(shm.fd, HEADER.itemsize, prot=mmap.PROT_READ) as m:
                 hdr = np.frombuffer(m, dtype=HEADER, count=1)[0]
-                out = {
+                out: dict[str, Any] = {
                     "magic": bytes(hdr["magic"]),
                     "version": int(hdr["version"]),
                     "creator": int(hdr["creator"]),
@@ -194,7 +195,9 @@ def clean_dead_segments(all_runs: bool = False) -> list[str]:
     """Unlink segments whose creator process is dead (or every one, with all_runs)."""
     removed = []
     for name in list_segments():
-        pid = parse_name(name)[0]
-        if (all_runs or not _alive(pid)) and _unlink_quietly(name):
+        parsed = parse_name(name)
+        if parsed is None:
+            continue
+        if (all_runs or not _alive(parsed[0])) and _unlink_quietly(name):
             removed.append(name)
     return removed

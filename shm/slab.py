@@ -24,7 +24,7 @@ import numpy as np
 
 from shm.checks import SLAB_DOUBLE_FREE, SLAB_UAF
 from shm.events import EV
-from shm.layout import Region
+from shm.layout import Region, field_offsets
 
 if TYPE_CHECKING:
     from shm._atomic import Memory
@@ -92,7 +92,7 @@ class KmemCache:
         self.allocs_off = lay.offset(f"{name}_cache", 0, "allocs")
         self.objects = seg.view(name)
         self.headers = seg.view(f"{name}_hdr")
-        self.fields = {f: seg.layout.regions[name].dtype.fields[f][1] for f in seg.layout.regions[name].dtype.names}
+        self.fields = field_offsets(seg.layout.regions[name].dtype)
 
     def init(self) -> None:
         """Every object free, slot 0 handed out first (the boot CPU, before the CPUs start)."""

@@ -142,8 +142,8 @@ def bench_primitives(json_path: str | None = None, quick: bool = False, out=sys.
     finally:
         m.unlink()
         m.close()
-    a = results["atomics_pypi_fetch_add_ns"]
-    results["speedup_vs_atomics"] = a / results["fetch_add_ns"] if a else None
+    a, f = results["atomics_pypi_fetch_add_ns"], results["fetch_add_ns"]
+    results["speedup_vs_atomics"] = a / f if a and f else None
     verdict = {}
     for key, target in TARGETS.items():
         v = results.get(key)
@@ -166,7 +166,8 @@ def bench_primitives(json_path: str | None = None, quick: bool = False, out=sys.
         "verdict": verdict,
     }
     print(f"{'measure':<32} {'value':>10}  target", file=out)
-    for k, v in doc["results"].items():
+    for k, v in results.items():
+        v = round(v, 1) if isinstance(v, float) else v
         t = TARGETS.get(k)
         tt = "" if t is None else (f">= {t:g}x" if k.startswith("speedup") else f"< {t:g} ns")
         print(f"{k:<32} {v if v is not None else '-':>10}  {tt} {verdict.get(k, '')}", file=out)

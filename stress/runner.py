@@ -199,7 +199,7 @@ class Runner:
         self.label = f"{self.scenario.name}/{self.policy.name}"
         self.machine: Machine | None = None
         self.procs: list = []
-        self.gp = None
+        self.gp: Any = None
         self.signum = 0
         self.notes: list[str] = []
         self.errors: list[str] = []
@@ -210,7 +210,7 @@ class Runner:
         self.op_names: list[str] = [op.name for op in self.ops]
         self.crash_reported: set[int] = set()
         self.sched: SchedState | None = None
-        self.strategy = None
+        self.strategy: Any = None
         self.divergence: dict | None = None
         if schedule is not None:
             self.knobs["scheduler"] = "replay"
@@ -229,6 +229,12 @@ class Runner:
             self.knobs["ops"] = max(len(p) for p in self.program)
         if self.knobs["duration"] is None and not self.knobs["ops"]:
             self.knobs["duration"] = DEFAULT_DURATION_S
+
+    @property
+    def m(self) -> Machine:
+        """The machine, once the run made it."""
+        assert self.machine is not None
+        return self.machine
 
     # -- output ----------------------------------------------------------
     def say(self, line: str) -> None:
@@ -316,10 +322,10 @@ class Runner:
                            self.sched_name, dict(k), self.policy_modules, os.getpid(),
                            program=self.program, replay=self.replay)
         if self.controlled:
-            self.sched = SchedState.create(run_id, 2, ncpus + 1)
+            sched = self.sched = SchedState.create(run_id, 2, ncpus + 1)
             self.strategy = make_strategy(self.sched_name, self.seed, ncpus + 1, k, self.replay)
-            self.strategy.init(self.sched)
-            spec.sched_segment = self.sched.seg.name
+            self.strategy.init(sched)
+            spec.sched_segment = sched.seg.name
         self.say(f"{self.label} {echo(k)}" + (" MUTANT" if pol.mutant else "")
                  + (f" (replaying a schedule, {'strict' if self.replay.strict else 'lenient'})"
                     if self.replay else "") + f"; machine segment {m.seg.name} (mmtorture inspect)")
@@ -340,7 +346,7 @@ class Runner:
         self._quiescent()
 
     def _wait_ready(self, ncpus: int) -> None:
-        m = self.machine
+        m = self.m
         t0 = time.monotonic()
         while (ready := m.mem.load32(m.ready_off)) < ncpus:
             if self.signum or m.stop_requested():
@@ -354,17 +360,17 @@ class Runner:
 
     def _ops_done(self) -> tuple[int, list[int]]:
         """Exact, even for a CPU killed mid-run: op_end stores the count in the heartbeat."""
-        beats = self.machine.cpus["heartbeat"][: self.knobs["cpus"]]
+        beats = self.m.cpus["heartbeat"][: self.knobs["cpus"]]
         return int(beats.sum()), [int(x) for x in beats]
 
     def _counters(self) -> dict[str, int]:
-        stats = self.machine.cpus["stats"][: self.knobs["cpus"]]
+        stats = self.m.cpus["stats"][: self.knobs["cpus"]]
         n = len(self.scenario.counters)
         sums = stats[:, STAT_COUNTERS : STAT_COUNTERS + n].sum(axis=0)
         return {name: int(sums[i]) for i, name in enumerate(self.scenario.counters)}
 
     def _stat(self) -> str:
-        m = self.machine
+        m = self.m
         ops, _ = self._ops_done()
         extra = {"rcu_gp": m.rcu.gp_seq(), "free": f"{m.pool.nr_free()}/{m.pool.npages}"}
         return stat_line(self.label, time.monotonic() - self.t_start, self.knobs["cpus"], ops,
@@ -386,7 +392,7 @@ class Runner:
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s")
 
     def _watch(self) -> None:
-        m, k = self.machine, self.knobs
+        m, k = self.m, self.knobs
         self.t_start = start = time.monotonic()
         progress = None
         if self.sched is not None:
@@ -432,7 +438,7 @@ class Runner:
         """A worker that died without saying why is a cpu-crash finding.  True if one was found."""
         from shm.checks import CPU_CRASH
 
-        m = self.machine
+        m = self.m
         found = False
         for i, p in enumerate([*self.procs, self.gp]):
             cpu = i if i < len(self.procs) else m.gp_cpu
@@ -459,7 +465,7 @@ class Runner:
         return found
 
     def _stop_cpus(self) -> None:
-        m = self.machine
+        m = self.m
         m.request_stop()
         wedged = self.sched is not None and self.sched.summary()["wedged"]
         grace = 0.0 if wedged else 0.5 if m.finding_count() else STOP_GRACE_S
@@ -484,13 +490,13 @@ class Runner:
 
     def _skip_sweeps(self, why: str) -> None:
         """The sweeps cannot run: a note when a finding explains it, else the harness failed."""
-        if self.machine.finding_count() or self.signum:
+        if self.m.finding_count() or self.signum:
             self.notes.append(f"quiescent sweeps skipped: {why}")
         else:
             self.errors.append(f"quiescent sweeps skipped: {why}")
 
     def _quiescent(self) -> None:
-        m = self.machine
+        m = self.m
         statuses = [int(s) for s in m.cpus["status"][: self.knobs["cpus"]]]
         if self.signum:
             return self._skip_sweeps("interrupted")
@@ -564,6 +570,7 @@ class Runner:
     # -- report ----------------------------------------------------------
     def _schedule(self) -> dict:
         st = self.sched
+        assert st is not None
         summ = st.summary()
         out = {"strategy": self.sched_name, "seed": self.seed, **self.strategy.describe()}
         out.update({k: summ[k] for k in ("first", "steps", "switches", "complete")})

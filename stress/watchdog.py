@@ -206,6 +206,7 @@ class Watchdog:
         return False
 
     def _check_controlled(self, now: float) -> bool:
+        assert self.progress is not None
         step, holder = self.progress()
         last, since = self.last_progress
         if step != last:

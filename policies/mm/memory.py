@@ -41,19 +41,21 @@ from policies.mm.pgtable import (
     describe_entry,
     mk_pte,
 )
-from policies.mm.tlb import TLB_SIZE
+from policies.mm.tlb import TLB_SIZE, Tlb
 from policies.mm.vma import VM_ZAPPED, VMA
 from shm import GFP_KERNEL, GFP_NOWAIT, alloc_site
-from shm.pool import PAGE, PAGE_ALLOCATED, PFN_BITS, PFN_MASK
+from shm.layout import field_offsets
+from shm.pool import PAGE_ALLOCATED, PAGE_FIELDS, PFN_BITS, PFN_MASK
 from shm.slab import SLOT_MASK
 
 ANON_SITE = alloc_site("mm: anonymous page")
 ZERO_SITE = alloc_site("mm: the zero page")
 ZERO_STAMP = 0x5A45524F
-_PRIVATE = PAGE.fields["private"][1]
-_MAPCOUNT = PAGE.fields["_mapcount"][1]
-_VM_START = VMA.fields["vm_start"][1]
-_VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (VMA.fields[f][1] - _VM_START for f in (
+_PRIVATE = PAGE_FIELDS["private"]
+_MAPCOUNT = PAGE_FIELDS["_mapcount"]
+_VMA_FIELDS = field_offsets(VMA)
+_VM_START = _VMA_FIELDS["vm_start"]
+_VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (_VMA_FIELDS[f] - _VM_START for f in (
     "vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end"))
 
 VM_FAULT_OK = 0
@@ -78,8 +80,8 @@ def stamp(anon: int, vpn: int) -> int:
     return anon << 16 | vpn
 
 
-class Memory:
-    """The fault handler, zap, free_pgtables, copy_page_range, GUP and loads; a mixin of MmModel."""
+class Memory(Tlb):
+    """The fault handler, zap, free_pgtables, copy_page_range, GUP and loads: the fifth layer."""
 
     # -- struct page bookkeeping ---------------------------------------------------
     def _page_word(self, ref: int, field: str) -> int:
@@ -476,7 +478,7 @@ class Memory:
         off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
         tag = (mmid << 16 | vpn) + 1
         pte = smem.load64(off + 8) if smem.load64(off) == tag else 0
-        via_tlb = bool(pte) and (not write or pte & PTE_WRITE)
+        via_tlb = bool(pte) and (not write or bool(pte & PTE_WRITE))
         if not via_tlb:
             pte = self.walk(cpu, mm, vpn, "MMU page walk")
             if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:

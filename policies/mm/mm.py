@@ -17,52 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
+from policies.mm.base import MM_DEAD, MM_EXITED, MM_FREE, MM_GLOBAL, MM_LIVE, MM_STRUCT
 from policies.mm.memory import ZERO_SITE, ZERO_STAMP, Memory
-from policies.mm.pgtable import Geometry, PageTables
-from policies.mm.tlb import TLB_ENTRY, TLB_SIZE, Tlb
-from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX, VmaTree
-from shm import GFP_KERNEL, MUTEX, RWSEM, SPINLOCK, Mutex, Refcount, Region, Rwsem, Spinlock
-from shm.events import address
+from policies.mm.pgtable import Geometry
+from policies.mm.tlb import TLB_ENTRY, TLB_SIZE
+from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX
+from shm import GFP_KERNEL, Refcount, Region
+from shm.layout import field_offsets
 from shm.slab import KmemCache
 
-MM_FREE, MM_LIVE, MM_EXITED, MM_DEAD = 0, 1, 2, 3
-MM_STATES = ("free", "live", "exited", "dead")
 
-MM_STRUCT = np.dtype(
-    [
-        ("state", "<i4"),
-        ("gen", "<i4"),
-        ("mm_users", "<i4"),
-        ("mm_count", "<i4"),
-        ("nr_threads", "<i4"),
-        ("forking", "<i4"),
-        ("mm_lock_seq", "<i4"),
-        ("flags", "<i4"),
-        ("mmap_lock", RWSEM),
-        ("page_table_lock", SPINLOCK),
-        ("context_lock", SPINLOCK),
-        ("task_lock", MUTEX),
-        ("pgd", "<i8"),
-        ("index", "<i8"),
-        ("rss", "<i8"),
-        ("pgtable_bytes", "<i8"),
-        ("pgtable_list", "<i8"),
-    ],
-    align=True,
-)
-
-MM_GLOBAL = np.dtype(
-    [
-        ("next_anon_vma", "<i4"),
-        ("pad", "<i4"),
-        ("zero_ref", "<i8"),
-    ]
-)
-
-
-class MmModel(PageTables, VmaTree, Tlb, Memory):
+class MmModel(Memory):
     """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables.
 
     A mechanism may run a variant of the model (a subclass overriding one of
@@ -101,55 +66,17 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.mm_stride = lay.stride("mm")
         self.mm0 = lay.offset("mm")
         self.max_mms = lay.regions["mm"].count
-        self._mm_fields = {f: MM_STRUCT.fields[f][1] for f in MM_STRUCT.names}
+        self._mm_fields = field_offsets(MM_STRUCT)
         self.pgd_field = self._mm_fields["pgd"]
         self.rss_field = self._mm_fields["rss"]
         self.page0 = self.pool.page0
-        self._global = {f: lay.offset("mm_global", 0, f) for f in MM_GLOBAL.names}
+        self._global = {f: lay.offset("mm_global", 0, f) for f in field_offsets(MM_GLOBAL)}
         self.tlb0 = lay.offset("tlb")
         self.mms = w.seg.view("mm")
-        self._mmap_locks: list[Rwsem | None] = [None] * self.max_mms
+        self._mmap_locks = [None] * self.max_mms
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
         self.index_cache = KmemCache(machine, w.seg_index, "vma_index")
         self.zero_page = 0
-
-    # -- addresses and handles ---------------------------------------------------
-    def mm_off(self, mm: int, field: str) -> int:
-        return self.mm0 + mm * self.mm_stride + self._mm_fields[field]
-
-    def global_off(self, name: str) -> int:
-        return self._global[name]
-
-    def mm_id(self, mm: int) -> int:
-        return self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
-
-    def _lock(self, cls, field: str, mm: int):
-        return self.machine.handle(cls, self.seg_index, self.mm_off(mm, field))
-
-    def mmap_lock(self, mm: int) -> Rwsem:
-        """mm->mmap_lock (on every fault's path: resolved once per mm)."""
-        h = self._mmap_locks[mm]
-        if h is None:
-            h = self._mmap_locks[mm] = self._lock(Rwsem, "mmap_lock", mm)
-        return h
-
-    def page_table_lock(self, mm: int) -> Spinlock:
-        return self._lock(Spinlock, "page_table_lock", mm)
-
-    def task_lock(self, mm: int) -> Mutex:
-        return self._lock(Mutex, "task_lock", mm)
-
-    def vma_refcount(self, vma: int) -> Refcount:
-        return self.machine.handle(Refcount, self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
-
-    def vma_refcount_addr(self, vma: int) -> int:
-        return address(self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
-
-    def vma_lock(self, vma: int) -> Rwsem:
-        return self.machine.handle(Rwsem, self.seg_index, self.vma_cache.off(vma, "vm_lock"))
-
-    def mm_state(self, mm: int) -> int:
-        return self.smem.load32(self.mm_off(mm, "state"))
 
     def attach(self) -> None:
         self.zero_page = self.smem.load64(self._global["zero_ref"])
@@ -160,6 +87,8 @@ class MmModel(PageTables, VmaTree, Tlb, Memory):
         self.vma_cache.init()
         self.index_cache.init()
         zero = self.pool.alloc_page(cpu, GFP_KERNEL, ZERO_SITE)
+        if zero is None:
+            raise RuntimeError("no page for the zero page: the pool is empty at setup")
         self.pmem.store64(self.pool.data_off(zero & 0xFFFFFF, 0), ZERO_STAMP)
         self.smem.store64(self._global["zero_ref"], zero)
         self.zero_page = zero

@@ -16,7 +16,9 @@ is freed only after a TLB flush whose IPI every CPU acknowledged
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from policies.mm.base import MmBase
 from policies.mm.checks import WALK_FREED_TABLE
 from shm import GFP_KERNEL, alloc_site
 from shm.pool import PFN_MASK
@@ -83,8 +85,8 @@ class Geometry:
         return 8 * max(self.pgd, self.pmd, self.pte, 4)
 
 
-class PageTables:
-    """pgd/pmd/pte allocation, walking and freeing; a mixin of MmModel."""
+class PageTables(MmBase):
+    """pgd/pmd/pte allocation, walking and freeing: the model's second layer."""
 
     def pgd_alloc(self, cpu) -> int | None:
         ref = self.pool.alloc_page(cpu, GFP_KERNEL, PGD_SITE)
@@ -186,7 +188,8 @@ class PageTables:
         self.pool.free_page(cpu, new, site)
         return e >> FLAG_BITS
 
-    def pte_offset_map_lock(self, cpu, mm: int, vpn: int, pmd: tuple[int, int] | None = None) -> tuple[int, object]:
+    def pte_offset_map_lock(self, cpu, mm: int, vpn: int,
+                            pmd: tuple[int, int] | None = None) -> tuple[int, Any]:
         """pte_offset_map_lock(): the PTE table and its ptl, locked; (0, None) if there is none.
 
         `pmd` is the fault's vmf->pmd (table, index) when it has one.  After

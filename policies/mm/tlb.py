@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.mm.vma import VmaTree
 from shm.events import EV
 
 TLB_SIZE = 16
@@ -24,8 +25,8 @@ def tlb_tag(mmid: int, vpn: int) -> int:
     return (mmid << 16 | vpn) + 1
 
 
-class Tlb:
-    """TLB lookup, fill and flush; a mixin of MmModel."""
+class Tlb(VmaTree):
+    """TLB lookup, fill and flush: the model's fourth layer."""
 
     def tlb_fill(self, cpu, mmid: int, vpn: int, pte: int) -> None:
         off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16

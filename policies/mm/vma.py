@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.mm.pgtable import PageTables
 from shm import REFCOUNT, RWSEM, SEQCOUNT, rcu_callback
 from shm.slab import SLOT_MASK
 
@@ -68,8 +69,8 @@ def free_index_rcu(cpu, ref: int) -> None:
     cpu.ctx.mm.index_cache.free(cpu, ref)
 
 
-class VmaTree:
-    """vm_area_alloc/free and the RCU-published index; a mixin of MmModel."""
+class VmaTree(PageTables):
+    """vm_area_alloc/free and the RCU-published index: the model's third layer."""
 
     # -- VMAs ------------------------------------------------------------------
     def vma_off(self, vma: int, field: str) -> int:

@@ -183,11 +183,11 @@ def ipi_with_irqs_off(w: World) -> None:
     w.cpu.local_irq_enable()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ContextPolicy(Policy):
-    read_side: Callable[[World], None] | None = None
-    free_temporary: Callable[[World, int], None] | None = None
-    drop_replaced: Callable[[World, int], None] | None = None
+    read_side: Callable[[World], None]
+    free_temporary: Callable[[World, int], None]
+    drop_replaced: Callable[[World, int], None]
     nowait_result: Callable[[World, int | None], bool] = use_checked
     atomic_section: Callable[[World], None] = preempt_and_irqs_off
     ipi: Callable[[World], None] = ipi_all
@@ -220,8 +220,8 @@ class ContextScenario(Scenario):
             ref = w.pool.alloc_page(w.cpu, GFP_NOWAIT, TEMP_SITE)
             if not nowait_result(w, ref):
                 return
-            w.pool.write(w.cpu, ref, 0, w.cpu.id)
-            free_temporary(w, ref)
+            w.pool.write(w.cpu, ref, 0, w.cpu.id)  # type: ignore[arg-type]  # the mutant's unchecked NULL
+            free_temporary(w, ref)  # type: ignore[arg-type]
 
         def keep(w: World, i: int) -> None:
             ref = w.pool.alloc_page(w.cpu, GFP_KERNEL, KEPT_SITE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -112,21 +113,21 @@ def unlock_twice_on_error(w: World, i: int) -> None:
     w.policy.unlock(w.locks[i], w.cpu)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LockPolicy(Policy):
-    lock: Callable[[object, Cpu], None] | None = None
-    unlock: Callable[[object, Cpu], None] | None = None
+    lock: Callable[[Any, Cpu], None]
+    unlock: Callable[[Any, Cpu], None]
     pair_order: Callable = ascending
     double_lock: Callable[[World, int, int], None] = double_lock
     error_exit: Callable[[World, int], None] = unlock_on_error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RwsemPolicy(Policy):
-    down_read: Callable[[Rwsem, Cpu], None] | None = None
-    up_read: Callable[[Rwsem, Cpu], None] | None = None
-    down_write: Callable[[Rwsem, Cpu], None] | None = None
-    up_write: Callable[[Rwsem, Cpu], None] | None = None
+    down_read: Callable[[Rwsem, Cpu], None]
+    up_read: Callable[[Rwsem, Cpu], None]
+    down_write: Callable[[Rwsem, Cpu], None]
+    up_write: Callable[[Rwsem, Cpu], None]
 
 
 def _mark_acquired(cpu: Cpu, lock) -> None:

@@ -26,13 +26,14 @@ from shm.checks import (
     WATCHDOG_STALL,
     define_check,
 )
+from shm.layout import field_offsets
 from shm.locks import wait_var_event
 from shm.refcount import PCREF_ATOMIC, PCREF_DEAD, PERCPU_COUNT_BIAS
 
 NSLOTS = 2
 OBJ_SITE = alloc_site("percpu_ref: guarded object")
 SLOT = np.dtype([("ref", PERCPU_REF), ("obj", "<i8"), ("kill_lock", MUTEX)], align=True)
-OBJ_DELTA = SLOT.fields["obj"][1] - SLOT.fields["ref"][1]
+OBJ_DELTA = field_offsets(SLOT)["obj"] - field_offsets(SLOT)["ref"]
 
 HOLDER_SAW_RELEASE = define_check(
     "percpu_ref.holder-saw-release", "use-after-free",
@@ -114,9 +115,9 @@ def return_holding_the_ref(ref: PercpuRef, cpu: Cpu) -> None:
     watchdog sees the wait make no progress (watchdog.stall)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PercpuRefPolicy(Policy):
-    percpu_ref_kill: Callable[[PercpuRef, Cpu], None] | None = None
+    percpu_ref_kill: Callable[[PercpuRef, Cpu], None]
     tryget: Callable[[PercpuRef, Cpu], bool] = tryget_live
     wait_for_zero: Callable[[PercpuRef, Cpu], None] = wait_for_release
     kill_lock: bool = True

@@ -43,11 +43,11 @@ PIPE_AGE = define_check(
     "wait for the reader")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FlavorPolicy(Policy):
-    read_lock: Callable[[World], Any] | None = None
-    read_unlock: Callable[[World, Any], None] | None = None
-    synchronize: Callable[[World], None] | None = None
+    read_lock: Callable[[World], Any]
+    read_unlock: Callable[[World, Any], None]
+    synchronize: Callable[[World], None]
     call: Callable[[World, Callable, int], None] | None = None
     barrier: Callable[[World], None] | None = None
 
@@ -139,7 +139,7 @@ class PipeScenario(Scenario):
 
         def replace_async(w: World) -> None:
             old = retire(w)
-            if old is not None:
+            if old is not None and call is not None:
                 call(w, age_and_free, old)
 
         ops = [Operation("read", 16, read), Operation("replace_sync", 2, replace_sync)]

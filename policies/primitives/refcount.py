@@ -44,10 +44,10 @@ def return_without_put(w: World, ref: int, put: Callable[[World, int], None]) ->
     reference (refcount.object-count)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RefcountPolicy(Policy):
-    refcount_inc_not_zero: Callable[[Refcount, Cpu], bool] | None = None
-    refcount_dec_and_test: Callable[[Refcount, Cpu], bool] | None = None
+    refcount_inc_not_zero: Callable[[Refcount, Cpu], bool]
+    refcount_dec_and_test: Callable[[Refcount, Cpu], bool]
     after_failed_get: Callable[[World, int], None] = put_nothing
     error_exit: Callable[[World, int, Callable[[World, int], None]], None] = put_on_error
 

@@ -94,9 +94,9 @@ def write_ended_twice(w: World) -> None:
     w.lock.unlock(w.cpu)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SeqcountPolicy(Policy):
-    read_section: Callable[[World], tuple[list[int], int]] | None = None
+    read_section: Callable[[World], tuple[list[int], int]]
     write: Callable[[World], None] = write_locked
 
 

@@ -142,7 +142,7 @@ class SchedState:
         return cls(Segment.attach(name, sched_layout(int(h["params"]["nparts"]), int(h["params"]["capacity"]))))
 
     def close(self) -> None:
-        self.control = self.slots = self.devs = None
+        del self.control, self.slots, self.devs
         self.seg.close()
 
     # -- what the runner reads -------------------------------------------
@@ -373,7 +373,7 @@ class ControlledScheduler(OsScheduler):
                 if target in cands:
                     choice = target
                 else:
-                    if self.replay.strict:
+                    if self.replay is not None and self.replay.strict:
                         self._diverge(step, op, point, target)
                     choice = next((c for c in cands if c > target), cands[0])
         if choice != default:
@@ -431,7 +431,7 @@ class ControlledScheduler(OsScheduler):
 
     def _check_consumed(self) -> None:
         """A strict replay whose CPU leaves with preemptions it never reached has diverged."""
-        if not self.table or not self.replay.strict or len(self.used) >= len(self.table):
+        if not self.table or self.replay is None or not self.replay.strict or len(self.used) >= len(self.table):
             return
         op, point = min(set(self.table) - self.used)
         self._diverge(self.mem.load64(self.st.step_off), op, point, self.table[(op, point)], unreached=True)

@@ -1,0 +1,125 @@
+"""What every part of the mm model shares: mm_struct's layout, the model's state, its handles.
+
+The model is one class built in layers, each a file: this base (mm_struct
+and the handles of its locks), page tables (pgtable.py), VMAs and their
+index (vma.py), TLBs (tlb.py), faults, zap and fork (memory.py), and the mm
+lifecycle that puts it together (mm.py: `MmModel`).  Each layer may call
+the ones below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shm import MUTEX, RWSEM, SPINLOCK, Machine, Mutex, Refcount, Rwsem, Spinlock
+from shm.events import address
+from shm.slab import KmemCache
+
+if TYPE_CHECKING:
+    from policies.mm.pgtable import Geometry
+    from shm import Memory, Pool
+
+MM_FREE, MM_LIVE, MM_EXITED, MM_DEAD = 0, 1, 2, 3
+MM_STATES = ("free", "live", "exited", "dead")
+
+MM_STRUCT = np.dtype(
+    [
+        ("state", "<i4"),
+        ("gen", "<i4"),
+        ("mm_users", "<i4"),
+        ("mm_count", "<i4"),
+        ("nr_threads", "<i4"),
+        ("forking", "<i4"),
+        ("mm_lock_seq", "<i4"),
+        ("flags", "<i4"),
+        ("mmap_lock", RWSEM),
+        ("page_table_lock", SPINLOCK),
+        ("context_lock", SPINLOCK),
+        ("task_lock", MUTEX),
+        ("pgd", "<i8"),
+        ("index", "<i8"),
+        ("rss", "<i8"),
+        ("pgtable_bytes", "<i8"),
+        ("pgtable_list", "<i8"),
+    ],
+    align=True,
+)
+
+MM_GLOBAL = np.dtype(
+    [
+        ("next_anon_vma", "<i4"),
+        ("pad", "<i4"),
+        ("zero_ref", "<i8"),
+    ]
+)
+
+
+class MmBase:
+    """The model's state in one process (set by MmModel.__init__) and mm_struct's handles."""
+
+    machine: Machine
+    count: Callable[..., None]
+    geometry: Geometry
+    ncpus: int
+    pool: Pool
+    pmem: Memory
+    smem: Memory
+    pmem_mm: Memory
+    seg_index: int
+    page_size: int
+    pool_data0: int
+    page0: int
+    mm_stride: int
+    mm0: int
+    max_mms: int
+    pgd_field: int
+    rss_field: int
+    tlb0: int
+    mms: np.ndarray
+    vma_cache: KmemCache
+    index_cache: KmemCache
+    zero_page: int
+    _mm_fields: dict[str, int]
+    _global: dict[str, int]
+    _mmap_locks: list[Rwsem | None]
+
+    # -- addresses and handles ---------------------------------------------------
+    def mm_off(self, mm: int, field: str) -> int:
+        return self.mm0 + mm * self.mm_stride + self._mm_fields[field]
+
+    def global_off(self, name: str) -> int:
+        return self._global[name]
+
+    def mm_id(self, mm: int) -> int:
+        return self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
+
+    def _lock(self, cls: type, field: str, mm: int):
+        return self.machine.handle(cls, self.seg_index, self.mm_off(mm, field))
+
+    def mmap_lock(self, mm: int) -> Rwsem:
+        """mm->mmap_lock (on every fault's path: resolved once per mm)."""
+        h = self._mmap_locks[mm]
+        if h is None:
+            h = self._mmap_locks[mm] = self._lock(Rwsem, "mmap_lock", mm)
+        return h
+
+    def page_table_lock(self, mm: int) -> Spinlock:
+        return self._lock(Spinlock, "page_table_lock", mm)
+
+    def task_lock(self, mm: int) -> Mutex:
+        return self._lock(Mutex, "task_lock", mm)
+
+    def vma_refcount(self, vma: int) -> Refcount:
+        return self.machine.handle(Refcount, self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
+
+    def vma_refcount_addr(self, vma: int) -> int:
+        return address(self.seg_index, self.vma_cache.off(vma, "vm_refcnt"))
+
+    def vma_lock(self, vma: int) -> Rwsem:
+        return self.machine.handle(Rwsem, self.seg_index, self.vma_cache.off(vma, "vm_lock"))
+
+    def mm_state(self, mm: int) -> int:
+        return self.smem.load32(self.mm_off(mm, "state"))
