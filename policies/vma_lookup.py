@@ -1,4 +1,4 @@
-"""vma_lookup: splitting the mmap_sem (seed: splitting-the-mmap_sem-thread-2019.txt).
+"""vma_lookup: "Splitting the mmap_sem" (Matthew Wilcox and others, linux-mm, 2019-12-03 to 2020-02-07).
 
 Page faults look a VMA up and must keep it from going away while they
 sleep; mmap, munmap and MAP_FIXED replace VMAs and tear down what they
@@ -161,14 +161,12 @@ def new_vma_plain(w: World, mm: int, start: int, end: int, flags: int) -> int | 
 def unmap_region(w: World, mm: int, start: int, end: int, removed, floor: int, ceiling: int) -> None:
     """unmap_region(): zap [start, end), free the tables of the gap, flush, free the pages.
 
-    The VMAs are marked zapped once the zap has passed every table: a fault
-    that installs a PTE for them after that (under a ptl the zap released)
-    leaves a PTE behind, which the model reports."""
+    The VMAs are marked zapped table by table as the zap passes (under each
+    ptl): a fault that installs a PTE for them in a table the zap has
+    passed leaves a PTE behind its VMA, which the model reports."""
     m, cpu = w.mm, w.cpu
     gather: list[int] = []
-    m.zap_page_range(cpu, mm, start, end, gather)
-    for v in removed:
-        m.vma_mark_zapped(v, start, end)
+    m.zap_page_range(cpu, mm, start, end, gather, vmas=removed)
     policy: VmaPolicy = w.policy
     if policy.free_tables and floor < ceiling:
         m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages), policy.remove_tables)
@@ -433,9 +431,7 @@ def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserv
         w.rcu.synchronize(cpu)
         w.count("munmap_gps")
     gather: list[int] = []
-    m.zap_page_range(cpu, mm, start, end, gather)
-    for v in removed:
-        m.vma_mark_zapped(v, start, end)
+    m.zap_page_range(cpu, mm, start, end, gather, vmas=removed)
     for v in removed:
         m.vm_area_free(cpu, v)
     cpu.window("munmap:zapped-before-flush")
@@ -604,11 +600,10 @@ def lookup_srcu_unlocked(w: World, mm: int, vpn: int, write: bool) -> Vmf | None
     srcu_read_unlock".  Without it synchronize_srcu() does not wait for
     the fault, and munmap tears the VMA down under it.  Where munmap
     passes the fault decides how it shows: the fault touches the freed VMA
-    (slab.uaf), or the PTE it installs outlives its VMA (Babka, 2019-12-10:
-    "a parallel fault that started with the old VMA ... ends up being the
-    last to install the PTE"), seen at the install once the zap has passed
-    (mm.pte-after-zap) or when free_pgtables frees the table under it
-    (mm.free-mapped-table)."""
+    (slab.uaf), or it installs a PTE in a table the zap already passed, a
+    PTE that outlives its VMA (Babka, 2019-12-10: "a parallel fault that
+    started with the old VMA ... ends up being the last to install the
+    PTE"; mm.pte-after-zap)."""
     w.rcu.read_lock(w.cpu)
     vma = w.mm.find_vma(w.cpu, mm, vpn)
     w.rcu.read_unlock(w.cpu)
@@ -758,6 +753,8 @@ def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True) -> int:
     if not vma_start_read(w, mm, vma):
         rcu.read_unlock(cpu)
         w.count("vma_lock_busy")
+        if w.mem.load32(m.mm_off(mm, "forking")):
+            w.count("fork_locked_vma")
         return 0
     vma = m.vma_cache.ref(vma & SLOT_MASK)
     if check:
@@ -827,9 +824,9 @@ class VmaLookup(Scenario):
     name = "vma_lookup"
     doc = "splitting the mmap_sem: faults find and pin VMAs while mmap/munmap/fork change them"
     counters = ("accesses", "faults", "sigsegv", "retries", "fallbacks", "spf", "spf_bail", "vma_locked",
-                "vma_lock_busy", "vma_lock_miss", "map_pages", "mmaps", "munmaps", "madvises", "forks", "exits",
-                "gups", "gup_fast", "remote", "nomm", "enomem", "oom", "munmap_gps", "remote_gp", "baby_waits",
-                "refcount_waits", "srcu_waits", *MmModel.COUNTERS)
+                "vma_lock_busy", "fork_locked_vma", "vma_lock_miss", "map_pages", "mmaps", "munmaps", "madvises",
+                "forks", "exits", "gups", "gup_fast", "remote", "nomm", "enomem", "oom", "munmap_gps", "remote_gp",
+                "baby_waits", "refcount_waits", "srcu_waits", *MmModel.COUNTERS)
 
     def __init__(self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = (),
                  name: str = "vma_lookup"):
@@ -891,6 +888,10 @@ class VmaLookup(Scenario):
 
     def litmus(self, policy: Policy) -> list | None:
         return LITMUS.get(policy.name)
+
+    def stat_text(self, counters: dict[str, int]) -> str:
+        keys = ("faults", "retries", "fallbacks", "mmaps", "munmaps", "forks", "munmap_gps")
+        return " ".join(f"{k}: {counters.get(k, 0)}" for k in keys)
 
 
 
@@ -1149,7 +1150,7 @@ register(VmaLookup(policies=(
            "struct page to unmap", "zap treats the zero page as a normal page", "zero_pages_zapped",
            model=broken.IgnoresSpecialPtes),
     mutant(mmap_lock, "rss_batch_lost", BAD_RSS, "kernel/fork.c check_mm(): 'BUG: Bad rss-counter state'",
-           "zap_pte_range's RSS batch is never added", "munmaps", model=broken.LosesRssBatch),
+           "zap_pte_range's RSS batch is never added", "ptes_zapped", model=broken.LosesRssBatch),
     mutant(mmap_lock, "pgtable_bytes_kept", BAD_PGTABLE_BYTES,
            "kernel/fork.c check_mm(): 'non-zero pgtables_bytes on freeing mm'",
            "a freed page table is not subtracted from pgtable_bytes", "tables_freed", model=broken.KeepsPgtableBytes),
@@ -1163,7 +1164,7 @@ register(VmaLookup(policies=(
            "a write fault reuses a page fork shares", "cow_copies", model=broken.ReusesSharedPage),
     mutant(mmap_lock, "zap_skips_last_pte", PTE_IN_NO_VMA,
            "mm/memory.c zap_pte_range(): 'do { ... } while (pte++, addr += PAGE_SIZE, addr != end)'",
-           "zap stops one entry early", "munmaps", model=broken.SkipsLastPte),
+           "zap stops one entry early", "ptes_zapped", model=broken.SkipsLastPte),
     mutant(mmap_lock, "free_pgtables_past_neighbours", FREE_MAPPED_TABLE,
            "mm/memory.c free_pgd_range(): floor and ceiling keep the tables neighbouring VMAs use",
            "free_pgtables ignores floor and ceiling", "shared_tables_kept", model=broken.FreesTablesPastNeighbours),
@@ -1182,7 +1183,7 @@ register(VmaLookup(policies=(
            "synchronize_rcu skipped for a single-threaded process although a remote accessor holds mmget",
            "remote_gp", single_threaded=single_threaded_nr_threads),
     srcu,
-    mutant(srcu, "fault_without_srcu", (SLAB_UAF, PTE_AFTER_ZAP, FREE_MAPPED_TABLE),
+    mutant(srcu, "fault_without_srcu", (SLAB_UAF, PTE_AFTER_ZAP),
            "Wilcox 2020-02-06: 'at the beginning of a page fault call srcu_read_lock(&vma_srcu)'",
            "the fault path skips srcu_read_lock", "srcu_waits", lookup=lookup_srcu_unlocked,
            release=release_nothing),
@@ -1196,7 +1197,7 @@ register(VmaLookup(policies=(
     mutant(per_vma_lock, "fork_without_vma_start_write", FORK_NO_ANON_VMA,
            "fb49c455323f 'fork: lock VMAs of the parent process when forking' (the per-VMA lock's fork race)",
            "dup_mmap does not vma_start_write the parent's VMAs while faults run under the VMA lock",
-           "vma_lock_busy", dup_lock_vma=None),
+           "fork_locked_vma", dup_lock_vma=None),
     mutant(per_vma_lock, "typesafe_no_recheck", PTE_OUTSIDE_VMA,
            "mm/memory.c lock_vma_under_rcu (SLAB_TYPESAFE_BY_RCU): check vm_mm and the range after locking",
            "a reused VMA slot is used without checking vm_mm and the range after taking the lock",

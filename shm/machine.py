@@ -56,7 +56,7 @@ CONTROL = np.dtype(
 
 CPU_STATUS = ("idle", "running", "done", "crashed", "killed")
 CPU_OFFLINE = CPU_STATUS.index("crashed")  # this and after: the CPU takes no IPI
-NSTATS = 64
+NSTATS = 96
 
 CPU_STATE = np.dtype(
     [
@@ -219,21 +219,27 @@ class Machine:
         return self.seg.layout.offset("trace", cpu)
 
     # -- windows -------------------------------------------------------------
-    def window_slot(self, name: str) -> int:
-        """The slot of a window name in the machine's table (claimed on first use, in any process)."""
-        key = zlib.crc32(name.encode()) & 0x7FFFFFFF or 1
+    def slot_of(self, table_off: int, nslots: int, key: int) -> int:
+        """The slot of a non-zero `key` in an open-addressed table of int32 keys in this segment,
+        claimed on first use by any process; -1 when the table is full."""
         mem = self.mem
-        for k in range(MAX_WINDOWS - 1):
-            i = (key + k) % (MAX_WINDOWS - 1)
-            off = self.window_key_off + 4 * i
+        for k in range(nslots):
+            i = (key + k) % nslots
+            off = table_off + 4 * i
             have = mem.load32(off)
             if have == 0:
                 have = mem.cmpxchg32(off, 0, key) or key
-                if have == key:
-                    self.window_names[i] = name.encode()[:WINDOW_NAME_BYTES]
             if have == key:
                 return i
-        return MAX_WINDOWS - 1
+        return -1
+
+    def window_slot(self, name: str) -> int:
+        """The slot of a window name in the machine's table (the last one takes the overflow)."""
+        i = self.slot_of(self.window_key_off, MAX_WINDOWS - 1, zlib.crc32(name.encode()) & 0x7FFFFFFF or 1)
+        if i < 0:
+            return MAX_WINDOWS - 1
+        self.window_names[i] = name.encode()[:WINDOW_NAME_BYTES]
+        return i
 
     def window_stat_off(self, cpu: int) -> int:
         return self.seg.layout.offset("window_stat", cpu)
@@ -312,17 +318,9 @@ class Machine:
             self.request_stop()
 
     def _count_check(self, code: int) -> int:
-        """Add one to the check's counter (an open-addressed table of codes); the count before."""
-        mem = self.mem
-        for k in range(CHECK_SLOTS):
-            i = (code + k) % CHECK_SLOTS
-            off = self.check_code_off + 4 * i
-            have = mem.load32(off)
-            if have == 0:
-                have = mem.cmpxchg32(off, 0, code) or code
-            if have == code:
-                return mem.fetch_add32(self.check_count_off + 4 * i, 1)
-        return SAMPLES_PER_CHECK  # the table is full: counted by kind only
+        """Add one to the check's counter; the count before (the table full: counted by kind only)."""
+        i = self.slot_of(self.check_code_off, CHECK_SLOTS, code)
+        return SAMPLES_PER_CHECK if i < 0 else self.mem.fetch_add32(self.check_count_off + 4 * i, 1)
 
     def finding_count(self) -> int:
         """Findings recorded so far (every one, whether its sample was kept or not)."""

@@ -307,13 +307,15 @@ class Memory(Tlb):
 
     # -- zap, free_pgtables ---------------------------------------------------------
     def zap_page_range(self, cpu, mm: int, start: int, end: int, gather: list[int],
-                       flush_each: bool = False) -> None:
+                       flush_each: bool = False, vmas: tuple[int, ...] | list[int] = ()) -> None:
         """unmap_page_range() over [start, end): zap_pte_range() table by table.
 
         The pages are freed by tlb_finish_mmu() after the flush.  With
         flush_each the TLB is flushed before each ptl is dropped (the
         force_flush path), so no fault can install a new page behind a CPU
-        that still has the old translation (what MADV_DONTNEED needs here)."""
+        that still has the old translation (what MADV_DONTNEED needs here).
+        `vmas` are the VMAs going away: each table the zap has passed is
+        marked on them before its ptl is released (vma_mark_zapped)."""
         g = self.geometry
         vpn = start
         while vpn < end:
@@ -322,6 +324,9 @@ class Memory(Tlb):
             if table:
                 if self.zap_pte_range(cpu, mm, table, vpn, stop, gather) and flush_each:
                     self.flush_tlb_mm_range(cpu, mm, vpn, stop)
+            for v in vmas:
+                self.vma_mark_zapped(v, start, stop)
+            if table:
                 ptl.unlock(cpu)
             vpn = stop
             if vpn < end:
@@ -337,6 +342,7 @@ class Memory(Tlb):
                 continue
             self.pmem.store64(off, 0)
             zapped += 1
+            self.count("ptes_zapped")
             ref = self.vm_normal_page(pte)
             if not ref:
                 self.count("zero_pages_zapped")
@@ -500,7 +506,7 @@ class Memory(Tlb):
         alive = pmem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
         want = ZERO_STAMP if pte & PTE_SPECIAL else None
         if not alive or (word != want if want is not None else word & 0xFFFF != vpn):
-            stale = via_tlb and self.walk(cpu, mm, vpn, "MMU page walk") >> FLAG_BITS != ref
+            stale = via_tlb and self.walk(cpu, mm, vpn, "MMU page walk", report=False) >> FLAG_BITS != ref
             how = "a TLB entry" if via_tlb else "the page table"
             if via_tlb and not stale:
                 how = "a TLB entry the page table still backs (the page was freed while mapped)"

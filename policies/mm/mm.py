@@ -35,7 +35,7 @@ class MmModel(Memory):
     mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio,
     free_pgtables): that is how a mutant of the model itself is written."""
 
-    COUNTERS = ("cow_copies", "zero_pages_zapped", "shared_tables_kept", "tables_freed")
+    COUNTERS = ("cow_copies", "ptes_zapped", "zero_pages_zapped", "shared_tables_kept", "tables_freed")
 
     @staticmethod
     def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:
@@ -151,10 +151,9 @@ class MmModel(Memory):
         self.index_clear(cpu, mm)
         gather: list[int] = []
         for s, e, v in entries:
-            self.zap_page_range(cpu, mm, s, e, gather)
             if v != RESERVED:
                 self.vma_set_flags(v, VM_DETACHED)
-                self.vma_mark_zapped(v, s, e)
+            self.zap_page_range(cpu, mm, s, e, gather, vmas=() if v == RESERVED else (v,))
         self.free_pgtables(cpu, mm, 0, self.geometry.pages, 0, self.geometry.pages)
         self.tlb_finish_mmu(cpu, mm, 0, self.geometry.pages, gather)
         for _, _, v in entries:

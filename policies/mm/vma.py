@@ -103,12 +103,16 @@ class VmaTree(PageTables):
         self.smem.fetch_or32(self.vma_cache.off(vma, "vm_flags"), flags)
 
     def vma_mark_zapped(self, vma: int, start: int, end: int) -> None:
-        """The zap of [start, end) has passed every table: record which part of the VMA it
-        covered (split_range's remainders keep the rest mapped, and a fault that validated
-        before the split may still install there, harmlessly), then set VM_ZAPPED."""
+        """The zap of [start, end) has passed its tables (it calls this for each table, still
+        holding the table's ptl): record which part of the VMA it covered so far, then set
+        VM_ZAPPED.  A fault that installs a PTE there afterwards leaves a PTE behind its VMA;
+        one that installs in the part a split kept, or in a table the zap has not reached,
+        does not."""
         mem, o = self.smem, self.vma_cache.off
-        mem.store32(o(vma, "zap_start"), max(start, mem.load32(o(vma, "vm_start"))))
-        mem.store32(o(vma, "zap_end"), min(end, mem.load32(o(vma, "vm_end"))))
+        lo = max(start, mem.load32(o(vma, "vm_start")))
+        if not mem.load32(o(vma, "vm_flags")) & VM_ZAPPED:
+            mem.store32(o(vma, "zap_start"), lo)
+        mem.store32(o(vma, "zap_end"), max(lo, min(end, mem.load32(o(vma, "vm_end")))))
         self.vma_set_flags(vma, VM_ZAPPED)
 
     def vma_clear_flags(self, vma: int, flags: int) -> None:

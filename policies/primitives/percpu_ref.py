@@ -224,7 +224,7 @@ PercpuRefScenario.policies = (
            "two killers of one ref, not serialised", "kill_busy", kill_lock=False),
     mutant(percpu_ref, "reinit_unreleased", PERCPU_REF_REINIT_LIVE,
            "lib/percpu-refcount.c percpu_ref_reinit: 'percpu_ref_is_zero(ref)' must hold",
-           "reinit without waiting for the release", "kills", wait_for_zero=reinit_without_waiting),
+           "reinit without waiting for the release", "release_waits", wait_for_zero=reinit_without_waiting),
     mutant(percpu_ref, "leak_on_error", (SCHED_ALL_BLOCKED, WATCHDOG_STALL),
            "lib/percpu-refcount.c: every percpu_ref_tryget_live that succeeds is paired with a put",
            "an error path returns holding the ref", "error_exits", error_exit=return_holding_the_ref),
