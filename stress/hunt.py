@@ -21,9 +21,10 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from policies import scenarios
+from policies import get_scenario, scenarios
+from stress.report import EXIT_FINDINGS, EXIT_OK, write_json
 from stress.runner import run
 
 
@@ -31,7 +32,7 @@ from stress.runner import run
 class HuntRow:
     scenario: str
     mutant: str
-    expected: str
+    expected: list[str]
     caught: str | None
     seeds: int
     seed: int | None
@@ -41,13 +42,17 @@ class HuntRow:
     program: str = "generated"
     report: str | None = None
     command: str | None = None
+    error: str | None = None
+    run_report: dict | None = field(default=None, repr=False)
 
     @property
     def right_check(self) -> bool:
-        return self.caught is not None and self.caught in self.expected.split(" or ")
+        return self.caught is not None and self.caught in self.expected
 
     def to_json(self) -> dict:
-        return asdict(self) | {"right_check": self.right_check}
+        d = asdict(self)
+        del d["run_report"]
+        return d | {"right_check": self.right_check}
 
 
 def reproduce_command(scenario: str, policy: str, seed: int, scheduler: str, cpus: int, ops: int, depth: int,
@@ -78,20 +83,41 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
     steps = 0
     for n, seed in enumerate(range(first_seed, first_seed + max_seeds), 1):
         used_k = k
-        path = os.path.join(reports, f"{scenario}-{policy}.json") if reports else None
         r = run(scenario, policy, cpus=cpus, ops=0 if program else ops, seed=seed, scheduler=scheduler,
-                pct_depth=depth, pct_steps=used_k, progress="off", policy_modules=policy_modules, program=program,
-                json_path=path)
+                pct_depth=depth, pct_steps=used_k, progress="off", policy_modules=policy_modules, program=program)
         sched = r.report.get("schedule") or {}
         steps = int(sched.get("steps", 0))
         k = k or max(steps, 1)
-        if r.findings and want in (None, r.findings[0].check):
-            cmd = reproduce_command(scenario, policy, seed, scheduler, cpus, ops, depth,
-                                    int(sched.get("k", used_k)), bool(program), r.report.get("policy_modules", []))
-            return HuntRow(scenario, policy, " or ".join(expect), r.findings[0].check, n, seed, steps,
-                           round(time.monotonic() - t0, 3), scheduler, kind, path, cmd)
-    return HuntRow(scenario, policy, " or ".join(expect), None, max_seeds, None, steps,
+        row = HuntRow(scenario, policy, list(expect), None, n, seed, steps, 0.0, scheduler, kind, run_report=r.report)
+        if r.exit_code not in (EXIT_OK, EXIT_FINDINGS):
+            row.error = f"exit {r.exit_code}: " + ("; ".join(r.report.get("harness_errors") or [])
+                                                   or (r.report.get("diverged") or {}).get("message", "interrupted"))
+        elif not r.findings or want not in (None, r.findings[0].check):
+            continue
+        else:
+            row.caught = r.findings[0].check
+            row.command = reproduce_command(scenario, policy, seed, scheduler, cpus, ops, depth,
+                                            int(sched.get("k", used_k)), bool(program),
+                                            r.report.get("policy_modules", []))
+            if reports:
+                row.report = os.path.join(reports, f"{scenario}-{policy}.json")
+                write_json(row.report, r.report)
+        row.seconds = round(time.monotonic() - t0, 3)
+        return row
+    return HuntRow(scenario, policy, list(expect), None, max_seeds, None, steps,
                    round(time.monotonic() - t0, 3), scheduler, kind)
+
+
+def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
+                depth: int = 3, policy_modules=(), reports: str | None = None, want: str | None = None) -> HuntRow:
+    """One mutant searched as `hunt` searches it: random on its litmus program if it has
+    one, else pct on generated programs."""
+    sc = get_scenario(scenario)
+    p = sc.policy(policy)
+    litmus = sc.litmus(p)
+    return hunt_one(sc.name, p.name, p.expect, max_seeds=max_seeds, ops=ops, cpus=len(litmus) if litmus else cpus,
+                    depth=depth, policy_modules=policy_modules, program=litmus,
+                    scheduler="random" if litmus else "pct", reports=reports, want=want)
 
 
 def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
@@ -102,10 +128,8 @@ def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int = 40, c
         if scenario is not None and sc.name != scenario:
             continue
         for p in sc.mutants():
-            litmus = sc.litmus(p)
-            row = hunt_one(sc.name, p.name, p.expect, max_seeds=max_seeds, ops=ops,
-                           cpus=len(litmus) if litmus else cpus, depth=depth, policy_modules=policy_modules,
-                           program=litmus, scheduler="random" if litmus else "pct", reports=reports)
+            row = hunt_mutant(sc.name, p.name, max_seeds=max_seeds, ops=ops, cpus=cpus, depth=depth,
+                              policy_modules=policy_modules, reports=reports)
             rows.append(row)
             if say:
                 say(format_row(row))
@@ -117,12 +141,14 @@ HEADER = (f"{'MUTANT':<44} {'EXPECTED CHECK':<36} {'CAUGHT BY':<28} {'SEED':>5} 
 
 
 def format_row(r: HuntRow) -> str:
-    caught = r.caught or "NOT CAUGHT"
+    caught = "HARNESS ERROR" if r.error else r.caught or "NOT CAUGHT"
     if r.caught and not r.right_check:
         caught += " (WRONG CHECK)"
-    line = (f"{r.scenario + '/' + r.mutant:<44} {r.expected:<36} {caught:<28} "
+    line = (f"{r.scenario + '/' + r.mutant:<44} {' or '.join(r.expected):<36} {caught:<28} "
             f"{'-' if r.seed is None else r.seed:>5} {r.seeds:>5} {r.steps:>6} {r.seconds:>6.1f}s  "
             f"{r.scheduler} on {r.program}")
     if r.command:
         line += f"\n    reproduce: {r.command}" + (f"\n    report: {r.report}" if r.report else "")
+    if r.error:
+        line += f"\n    {r.error} at seed {r.seed}"
     return line

@@ -18,6 +18,27 @@ def _ours() -> set[str]:
     return {n for n in list_segments() if parse_name(n)[2] == worker}
 
 
+_HUNTS: dict = {}
+
+
+@pytest.fixture
+def hunted():
+    """A mutant searched as `mmtorture hunt` searches it (with `want`, until that check is first);
+    each search is made once per test process, since several tests look at it."""
+    from stress.hunt import hunt_mutant
+
+    def search(scenario: str, mutant: str, want: str | None = None):
+        first = _HUNTS.get((scenario, mutant, None))
+        if want is not None and first is not None and first.caught == want:
+            return first
+        key = (scenario, mutant, want)
+        if key not in _HUNTS:
+            _HUNTS[key] = hunt_mutant(scenario, mutant, max_seeds=200, want=want)
+        return _HUNTS[key]
+
+    return search
+
+
 @pytest.fixture(autouse=True)
 def no_segment_left_behind():
     before = _ours()

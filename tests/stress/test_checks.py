@@ -15,10 +15,8 @@ import json
 
 import pytest
 
-from policies import scenarios
 from shm.checks import all_checks
 from stress.cli import check_table, main
-from tests.stress.test_scenarios import hunted
 
 FREE_RUNNING_ONLY = {"watchdog.stall"}
 CHECKS = [c.id for c in all_checks()]
@@ -26,14 +24,12 @@ CHECKS = [c.id for c in all_checks()]
 
 def test_every_check_has_a_proving_mutant(capsys):
     assert main(["list", "--checks", "--json"]) == 0
-    table = json.loads(capsys.readouterr().out)
-    assert {r["check"] for r in table} >= set(CHECKS)
-    orphans = [r["check"] for r in table if not r["mutants"]]
+    orphans = [r["check"] for r in json.loads(capsys.readouterr().out) if not r["mutants"]]
     assert not orphans, f"checks no mutant proves: {orphans}"
 
 
 @pytest.mark.parametrize("check", [c for c in CHECKS if c not in FREE_RUNNING_ONLY])
-def test_a_mutant_trips_the_check_first(check):
+def test_a_mutant_trips_the_check_first(hunted, check):
     provers = next(r["mutants"] for r in check_table() if r["check"] == check)
     caught = {}
     for label in provers:
@@ -63,7 +59,3 @@ def test_the_watchdog_finds_a_free_running_lock_cycle(mmtorture_run):
     assert r.findings[0].message.startswith("deadlock: cpu ")  # the watchdog's chain, not the scheduler's
     assert "locks_held" in r.findings[0].objects
 
-
-def test_every_check_id_is_used_by_some_mutant_of_a_registered_scenario():
-    named = {c for s in scenarios().values() for p in s.mutants() for c in p.expect}
-    assert named <= set(CHECKS)

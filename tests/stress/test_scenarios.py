@@ -14,30 +14,17 @@ A clean run that never reached the race would prove nothing.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from policies import scenarios
-from stress.hunt import HuntRow, hunt_one
 from stress.replay import mismatch, replay
 from stress.report import evidence
 from stress.runner import run
 
 CORRECT = [(s.name, p.name) for s in scenarios().values() for p in s.correct_policies()]
 MUTANTS = [(s.name, p.name) for s in scenarios().values() for p in s.mutants()]
-MAX_SEEDS = 200
 TWIN_SEEDS = 12
 OPS = 40
-
-
-def hunted(scenario: str, mutant: str, reports: str | None = None, want: str | None = None) -> HuntRow:
-    """The mutant searched as `mmtorture hunt` searches it (with `want`, until that check is first)."""
-    sc = scenarios()[scenario]
-    p = sc.policy(mutant)
-    litmus = sc.litmus(p)
-    return hunt_one(scenario, mutant, p.expect, max_seeds=MAX_SEEDS, ops=OPS, cpus=len(litmus) if litmus else 2,
-                    program=litmus, scheduler="random" if litmus else "pct", reports=reports, want=want)
 
 
 @pytest.mark.parametrize("scenario,policy", CORRECT)
@@ -51,6 +38,14 @@ def test_correct_policy_has_no_finding_under_control(mmtorture_run, scenario, po
         assert r.report["schedule"]["steps"] > 300
 
 
+def test_refcount_under_pct_no_longer_runs_out_of_memory(mmtorture_run):
+    """Regression: the grace-period kthread was not scheduled while an allocation gave up after
+    a few wall-clock waits (`run -s refcount -p refcount_t --scheduler pct --ops 2000 --seed 3`)."""
+    r = mmtorture_run("refcount", "refcount_t", cpus=2, ops=2000, seed=3, scheduler="pct")
+    assert r.findings == [] and r.exit_code == 0
+    assert r.report["ops"] == 4000 and r.report["callbacks"] > 0
+
+
 @pytest.mark.parametrize("scenario,policy", CORRECT)
 def test_correct_policy_has_no_finding_free_running(mmtorture_run, scenario, policy):
     r = mmtorture_run(scenario, policy, cpus=2, ops=2000, seed=11, window_rate=0.1)
@@ -61,11 +56,12 @@ def test_correct_policy_has_no_finding_free_running(mmtorture_run, scenario, pol
 
 
 @pytest.mark.parametrize("scenario,policy", MUTANTS)
-def test_mutant_is_caught_first_by_its_check_and_replays_10_of_10(tmp_path, scenario, policy):
-    row = hunted(scenario, policy, str(tmp_path))
+def test_mutant_is_caught_first_by_its_check_and_replays_10_of_10(hunted, scenario, policy):
+    row = hunted(scenario, policy)
+    assert row.error is None, row.error
     assert row.caught is not None, f"not caught in {row.seeds} seeds of {row.scheduler} on {row.program}"
     assert row.right_check, f"caught first by {row.caught}, it names {row.expected}"
-    report = json.load(open(row.report))
+    report = row.run_report
     assert report["caught"] is True and report["caught_by"] == row.caught
     f = report["findings"][0]
     assert f["trace"], "a finding carries the trace of its CPU"
@@ -78,7 +74,7 @@ def test_mutant_is_caught_first_by_its_check_and_replays_10_of_10(tmp_path, scen
 
 
 @pytest.mark.parametrize("scenario,mutant", MUTANTS)
-def test_correct_twin_survives_the_mutants_search_and_reaches_its_race(scenario, mutant):
+def test_correct_twin_survives_the_mutants_search_and_reaches_its_race(hunted, scenario, mutant):
     sc = scenarios()[scenario]
     p = sc.policy(mutant)
     row = hunted(scenario, mutant)
