@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 
@@ -30,28 +29,37 @@ _loaded = False
 
 
 POLICY_MODULE_ENV = "MMTORTURE_POLICY_MODULE"
+_USER_PREFIX = "mmtorture_user_"
 
 
-def _origin(obj: object) -> tuple[str, str]:
-    cls = type(obj)
-    try:
-        return os.path.realpath(inspect.getfile(cls)), cls.__qualname__
-    except (TypeError, OSError):
-        return "", cls.__qualname__
+_ORIGIN: dict[str, tuple[str, str]] = {}  # scenario -> (file of the module that registered it, how to load it)
 
 
 def register(scenario: Scenario) -> Scenario:
     """Register a scenario by name.  The same module loaded twice (by name and by path)
-    registers once; another scenario under a taken name is an error."""
+    registers once; another module registering a taken name is an error."""
     if not scenario.name:
         raise ValueError(f"{type(scenario).__name__} has no name")
+    caller = sys._getframe(1).f_globals
+    path = os.path.realpath(caller.get("__file__") or "")
+    name = caller.get("__name__", "")
+    spec = name if caller.get("__package__") and not name.startswith(_USER_PREFIX) else path
     known = _REGISTRY.get(scenario.name)
     if known is not None and known is not scenario:
-        if _origin(known) == _origin(scenario):
+        if _ORIGIN[scenario.name][0] == path:
             return known
-        raise ValueError(f"scenario {scenario.name!r} is already registered (by {_origin(known)[0]})")
+        raise ValueError(f"scenario {scenario.name!r} is already registered by {_ORIGIN[scenario.name][0]}")
     _REGISTRY[scenario.name] = scenario
+    _ORIGIN[scenario.name] = (path, spec)
     return scenario
+
+
+def scenario_module(name: str) -> str | None:
+    """How to load the module that registered a scenario (a path or a dotted name); None for the
+    built-in ones.  A report records it, so that a replay needs no --policy-module."""
+    _load_builtins()
+    spec = _ORIGIN.get(name, ("", ""))[1]
+    return None if not spec or spec.startswith("policies.") else spec
 
 
 def _load_builtins() -> None:
@@ -96,7 +104,7 @@ def load_module(spec: str) -> None:
         real = os.path.realpath(path)
         if any(os.path.realpath(getattr(m, "__file__", None) or "") == real for m in list(sys.modules.values())):
             return
-        name = "mmtorture_user_" + os.path.splitext(os.path.basename(path))[0]
+        name = _USER_PREFIX + os.path.splitext(os.path.basename(path))[0]
         if name in sys.modules:
             return
         s = importlib.util.spec_from_file_location(name, path)
@@ -115,5 +123,5 @@ def load_module(spec: str) -> None:
 __all__ = [
     "POLICY_MODULE_ENV", "Arg", "Check", "Needs", "Operation", "Policy", "Region", "Scenario", "World",
     "define_check", "env_modules", "get_scenario", "load_module", "module_spec", "mutant", "register",
-    "scenarios",
+    "scenario_module", "scenarios",
 ]

@@ -123,10 +123,9 @@ def _count(s: str) -> int:
 
 
 def _load_modules(mods: Sequence[str]) -> None:
-    from stress.runner import policy_modules_of
+    from stress.runner import load_policy_modules
 
-    for m in policy_modules_of(mods):
-        resolve_modules(m)
+    load_policy_modules(mods)
 
 
 def _knob_values(args: argparse.Namespace, soak: bool) -> dict:
@@ -172,6 +171,10 @@ def cmd_run(args: argparse.Namespace, soak: bool = False) -> int:
                quiet=args.quiet, program=program, save_failing=os.getcwd())
     result = r.run()
     if args.quiet:
+        from stress.report import reproduce_lines
+
+        for line in reproduce_lines(result.report, None if args.json else result.report_path):
+            print(line.strip())
         print(end_line(result.exit_code, result.report))
     return result.exit_code
 
@@ -180,12 +183,10 @@ def _run_suite(args: argparse.Namespace, knobs: dict) -> int:
     """Every correct policy of every scenario, one verdict for the suite."""
     from policies import scenarios
     from stress.report import duration_text
-    from stress.runner import policy_modules_of
+    from stress.runner import load_policy_modules
 
     check_json_path(args.json)
-    modules = policy_modules_of(args.policy_module)
-    for m in modules:
-        resolve_modules(m)
+    modules = load_policy_modules(args.policy_module)
     pairs = [(s.name, p.name) for s in scenarios().values() for p in s.correct_policies()]
     total = float(knobs.get("duration") or 60.0)
     share = round(max(total / len(pairs), 0.5), 3)
@@ -212,17 +213,6 @@ def _run_suite(args: argparse.Namespace, knobs: dict) -> int:
         })
     print(end_line(worst))
     return worst
-
-
-def resolve_modules(spec: str) -> None:
-    from policies import load_module
-
-    try:
-        load_module(spec)
-    except LookupError as e:
-        raise UsageError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - a user's module that fails to import
-        raise UsageError(f"cannot load policies from {spec}: {type(e).__name__}: {e}") from None
 
 
 def check_table() -> list[dict]:
@@ -343,9 +333,14 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     ops = sc.operations(sc.policy(report["policy"]))
     for line in describe(from_json(res.after.program, ops), ops):
         print(f"  {line}")
+    ncpus = len(res.after.program)
+
+    def name(i: int) -> str:
+        return "the gp kthread" if i == ncpus else f"cpu{i}"
+
     for cpu, devs in enumerate(res.after.deviations):
         for op, point, target in devs:
-            print(f"  preempt: cpu{cpu} at operation {op} point {point} -> cpu{target}")
+            print(f"  preempt: {name(cpu)} at operation {op} point {point} -> {name(target)}")
     f = res.final.findings[0] if res.final.findings else None
     if f is not None:
         print("  " + f.headline())
@@ -373,15 +368,21 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     rows = hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
                 depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module,
                 reports=args.reports)
-    missed = [r for r in rows if r.caught is None]
+    errors = [r for r in rows if r.error]
+    missed = [r for r in rows if r.caught is None and not r.error]
     wrong = [r for r in rows if r.caught is not None and not r.right_check]
-    print(f"hunt: {len(rows) - len(missed) - len(wrong)}/{len(rows)} mutants caught by the check they name"
+    print(f"hunt: {len(rows) - len(missed) - len(wrong) - len(errors)}/{len(rows)} mutants caught by the check "
+          "they name"
           + (f"; {len(wrong)} by another check" if wrong else "")
           + (f"; {len(missed)} not caught" if missed else "")
+          + (f"; {len(errors)} ended in a harness error" if errors else "")
           + f" (pct depth {args.pct_depth} on generated programs of {args.ops} ops per CPU on {args.cpus} CPUs; "
           "random on litmus programs)")
     if args.json:
         write_json(args.json, {"schema": "mmtorture-hunt/2", "rows": [r.to_json() for r in rows]})
+    if errors:
+        print(end_line(EXIT_HARNESS))
+        return EXIT_HARNESS
     failed = bool(missed or wrong)
     print(end_line(EXIT_FINDINGS if failed else EXIT_OK))
     return EXIT_FINDINGS if failed else EXIT_OK
@@ -390,12 +391,12 @@ def cmd_hunt(args: argparse.Namespace) -> int:
 def _attach_state(m, info: dict) -> list[str]:
     """Attach the run's state segment so that locks and waits have their names; the operation
     names.  Best effort: a scenario that cannot be loaded here leaves raw addresses."""
-    from policies import get_scenario, load_module
+    from policies import get_scenario
     from shm import Segment
+    from stress.runner import load_policy_modules
 
     try:
-        for mod in info.get("policy_modules", []):
-            load_module(mod)
+        load_policy_modules(info.get("policy_modules", []))
         sc = get_scenario(info["scenario"])
         pol = sc.policy(info["policy"])
         base = m.seg.name.rsplit("-", 1)[0]

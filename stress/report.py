@@ -149,13 +149,10 @@ def evidence(report: dict) -> dict[str, int]:
     return out
 
 
-def build_report(r, base: dict) -> tuple[list[Finding], dict]:
-    """The JSON report of a Runner `r` after its run (base: what is known whatever happened)."""
-    from stress.program import to_json
-    from stress.worker import STAT_OPS
-
-    k, pol, m = r.knobs, r.policy, r.machine
-    report: dict[str, Any] = {
+def report_head(r) -> dict[str, Any]:
+    """What a report says of a Runner `r` whatever happened to the run."""
+    k, pol = r.knobs, r.policy
+    return {
         "schema": SCHEMA,
         "scenario": r.scenario.name,
         "policy": pol.name,
@@ -171,8 +168,15 @@ def build_report(r, base: dict) -> tuple[list[Finding], dict]:
         "findings": [],
         "python": platform.python_version(),
         "started_by": os.getpid(),
-        **base,
     }
+
+
+def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
+    """The rest of the JSON report of a Runner `r` after its run: what its machine counted."""
+    from stress.program import to_json
+    from stress.worker import STAT_OPS
+
+    k, pol, m = r.knobs, r.policy, r.machine
     if m is None:
         return [], report
     ops, per_cpu = r._ops_done()
@@ -302,7 +306,8 @@ def reproduce_lines(report: dict, saved_to: str | None) -> list[str]:
     else:
         mods = "".join(f" --policy-module {m}" for m in report.get("policy_modules", []))
         out.append(f"  free-running runs cannot be replayed; search a replayable schedule with: mmtorture run -s "
-                   f"{report['scenario']} -p {report['policy']} --scheduler random --seed {report['seed']}{mods}")
+                   f"{report['scenario']} -p {report['policy']} --cpus {report['cpus']} --scheduler random "
+                   f"--seed {report['seed']}{mods}")
     return out
 
 

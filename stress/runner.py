@@ -25,9 +25,9 @@ from typing import Any, TextIO
 
 import multiprocess
 
-from policies import Policy, Scenario, World, env_modules, get_scenario, load_module, module_spec
+from policies import Policy, Scenario, World, env_modules, get_scenario, load_module, module_spec, scenario_module
 from shm import MAX_CPUS, Cpu, Machine, OsScheduler, Segment, new_run_id
-from shm.checks import POOL_LEAK, WATCHDOG_STALL
+from shm.checks import CPU_CRASH, POOL_LEAK, WATCHDOG_STALL
 from shm.events import KINDS
 from stress.knobs import KnobError, echo, resolve_all
 from stress.program import ProgramError, from_json, generate_program
@@ -40,6 +40,7 @@ from stress.report import (
     Finding,
     build_report,
     end_line,
+    report_head,
     stat_line,
     summary,
     write_json,
@@ -133,26 +134,31 @@ def check_json_path(path: str | None) -> None:
         raise UsageError(f"cannot write the JSON report {path!r}: it is a directory")
 
 
-def policy_modules_of(given=()) -> list[str]:
-    """The modules a run loads: those given, then MMTORTURE_POLICY_MODULE's; as a report records them."""
+def load_policy_modules(given=()) -> list[str]:
+    """Load the modules given, then MMTORTURE_POLICY_MODULE's; the list as a report records it.
+    A module that cannot be loaded is bad input (UsageError), whatever it raised."""
     out: list[str] = []
     for m in [*given, *env_modules()]:
         spec = module_spec(m)
-        if spec not in out:
-            out.append(spec)
+        if spec in out:
+            continue
+        try:
+            load_module(spec)
+        except LookupError as e:
+            raise UsageError(str(e).strip("'\"")) from None
+        except Exception as e:  # noqa: BLE001 - a user's module that fails to import
+            raise UsageError(f"cannot load policies from {m}: {type(e).__name__}: {e}") from None
+        out.append(spec)
     return out
 
 
 def resolve(scenario: str, policy: str | None, policy_modules=()) -> tuple[Scenario, Policy]:
+    load_policy_modules(policy_modules)
     try:
-        for m in policy_modules:
-            load_module(m)
         sc = get_scenario(scenario)
         return sc, sc.policy(policy)
     except LookupError as e:
         raise UsageError(str(e).strip("'\"")) from None
-    except Exception as e:  # noqa: BLE001 - a user's module that fails to import
-        raise UsageError(f"cannot load policies: {type(e).__name__}: {e}") from None
 
 
 class Runner:
@@ -177,8 +183,11 @@ class Runner:
         `save_failing`: a directory where a failing run without `json_path`
         writes its report (the CLI: the working directory).  `verdict`: end
         with the `End of test` line (a suite prints one for all its runs)."""
-        self.policy_modules = policy_modules_of(policy_modules)
-        self.scenario, self.policy = resolve(scenario, policy, self.policy_modules)
+        self.policy_modules = load_policy_modules(policy_modules)
+        self.scenario, self.policy = resolve(scenario, policy)
+        own = scenario_module(self.scenario.name)
+        if own is not None and own not in self.policy_modules:
+            self.policy_modules.append(own)  # registered by an import the report must name
         try:
             self.knobs = resolve_all(knobs or {})
         except KnobError as e:
@@ -436,8 +445,6 @@ class Runner:
 
     def _check_dead(self) -> bool:
         """A worker that died without saying why is a cpu-crash finding.  True if one was found."""
-        from shm.checks import CPU_CRASH
-
         m = self.m
         found = False
         for i, p in enumerate([*self.procs, self.gp]):
@@ -597,9 +604,10 @@ class Runner:
 
     def _report(self) -> tuple[list[Finding], dict]:
         """The report, whatever happened; a failure while building it is the harness's (exit 3)."""
-        report = {"run_id": self.run_id, "stop_reason": self.stop_reason, "duration_s": round(self.elapsed, 3),
-                  "interrupted": bool(self.signum), "signal": self.signum or None, "notes": self.notes,
-                  "policy_modules": self.policy_modules}
+        report = report_head(self) | {
+            "run_id": self.run_id, "stop_reason": self.stop_reason, "duration_s": round(self.elapsed, 3),
+            "interrupted": bool(self.signum), "signal": self.signum or None, "notes": self.notes,
+            "policy_modules": self.policy_modules}
         findings: list[Finding] = []
         try:
             findings, report = build_report(self, report)

@@ -111,7 +111,7 @@ class PipeScenario(Scenario):
             if 0 <= age < PIPE_LEN:
                 w.count(f"pipe{age}")
             if age >= 2:
-                seen = f"age {age}" if age < FREED else "it freed (and its page reused)"
+                seen = f"age {age}" if age < FREED else "it freed"
                 cpu.report(
                     PIPE_AGE,
                     f"rcu_torture pipe: reader saw {seen}: a grace period ended inside its"
