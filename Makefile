@@ -24,14 +24,17 @@ run: install
 test: install
 	$(BIN)/python -m pytest -n auto -q
 
+# Benchmarks: JSON in bench/; then the README's figures and chart are rendered from it (docs/figures.py).
 bench: install
 	mkdir -p bench
 	$(BIN)/mmtorture bench primitives --json bench/primitives.json
 	$(BIN)/mmtorture bench scheduler --json bench/scheduler.json
 	$(BIN)/mmtorture bench vma --json bench/vma.json --plot bench/vma.png
+	cp bench/vma.png docs/bench-vma.png
+	$(BIN)/python docs/figures.py bench
 
 lint: install
-	$(BIN)/ruff check shm policies stress tests
+	$(BIN)/ruff check shm policies stress tests docs
 
 # The static checks CI runs before the tests: lint, types, and the layering contract.
 check: lint
