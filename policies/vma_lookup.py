@@ -71,7 +71,7 @@ from policies.mm.checks import (
 )
 from policies.scenario import Arg, Needs, Operation, Policy, Region, Scenario, World, mutant
 from shm import rcu_callback, wait_var_event, wake_up_var
-from shm.checks import SLAB_LEAK, SLAB_UAF
+from shm.checks import POOL_LEAK, SLAB_LEAK, SLAB_UAF
 from shm.slab import SLOT_MASK
 
 MAX_MMS = 3
@@ -221,6 +221,12 @@ def fault_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> int:
 
 def vma_free_now(cpu, vma: int) -> None:
     cpu.ctx.mm.vm_area_free(cpu, vma)
+
+
+def vma_free_forgotten(cpu, vma: int) -> None:
+    """DELIBERATELY BROKEN: a VMA taken out of the tree is never given back to its cache.
+
+    The sweep finds a vm_area_struct no live mm refers to (slab.leak)."""
 
 
 def vma_free_rcu(cpu, vma: int) -> None:
@@ -926,6 +932,8 @@ LITMUS = {
     "cow_reuse_shared": [[["access", 0, 5, 1], ["fork", 0], ["access", 0, 5, 1]], [["access", 1, 9, 0]]],
     "zap_skips_last_pte": [[["access", 0, 3, 1], ["munmap", 0, 0, 3]], [["access", 1, 9, 1]]],
     "free_pgtables_past_neighbours": [[["access", 0, 5, 1], ["munmap", 0, 0, 3]], [["access", 1, 40, 1]]],
+    "zap_leaks_pages": [[["access", 0, 5, 1], ["munmap", 0, 4, 3]], [["access", 1, 40, 1]]],
+    "vma_never_freed": [[["access", 0, 5, 1], ["munmap", 0, 0, 3]], [["access", 1, 40, 1]]],
 }
 
 
@@ -1165,6 +1173,11 @@ register(VmaLookup(policies=(
     mutant(mmap_lock, "zap_skips_last_pte", PTE_IN_NO_VMA,
            "mm/memory.c zap_pte_range(): 'do { ... } while (pte++, addr += PAGE_SIZE, addr != end)'",
            "zap stops one entry early", "ptes_zapped", model=broken.SkipsLastPte),
+    mutant(mmap_lock, "zap_leaks_pages", POOL_LEAK, "mm/mmu_gather.c tlb_batch_pages_flush(): the gathered "
+           "pages are released after the flush", "zap's gathered pages are never released", "ptes_zapped",
+           model=broken.DropsGatherBatch),
+    mutant(mmap_lock, "vma_never_freed", SLAB_LEAK, "mm/vma.c remove_vma(): vm_area_free() of every VMA munmap "
+           "took out", "a VMA munmap took out of the tree is never freed", "munmaps", vma_free=vma_free_forgotten),
     mutant(mmap_lock, "free_pgtables_past_neighbours", FREE_MAPPED_TABLE,
            "mm/memory.c free_pgd_range(): floor and ceiling keep the tables neighbouring VMAs use",
            "free_pgtables ignores floor and ceiling", "shared_tables_kept", model=broken.FreesTablesPastNeighbours),

@@ -84,6 +84,16 @@ class SkipsLastPte(MmModel):
         return super().zap_pte_range(cpu, mm, table, start, end - 1, gather)
 
 
+class DropsGatherBatch(MmModel):
+    """DELIBERATELY BROKEN: the pages zap gathered are never released after the flush.
+
+    Nothing maps them and nothing frees them; the sweep finds pages no
+    table, mapping or mm refers to.  Must trip pool.leak."""
+
+    def free_pages_and_swap_cache(self, cpu, pages: list[int]) -> None:
+        pass
+
+
 class FreesTablesPastNeighbours(MmModel):
     """DELIBERATELY BROKEN: free_pgtables() frees every table the unmapped range touches,
     ignoring floor and ceiling.
@@ -99,6 +109,6 @@ class FreesTablesPastNeighbours(MmModel):
 
 
 __all__ = [
-    "FreesTablesPastNeighbours", "IgnoresSpecialPtes", "KeepsPgtableBytes", "LeaksGupPin",
+    "DropsGatherBatch", "FreesTablesPastNeighbours", "IgnoresSpecialPtes", "KeepsPgtableBytes", "LeaksGupPin",
     "LosesRssBatch", "ReusesSharedPage", "SkipsLastPte", "UnpinsTwice",
 ]

@@ -358,7 +358,11 @@ class Memory(Tlb):
         """Flush, then free what was gathered: a page is freed only when no TLB maps it."""
         if not flushed:
             self.flush_tlb_mm_range(cpu, mm, start, end)
-        for ref in gather:
+        self.free_pages_and_swap_cache(cpu, gather)
+
+    def free_pages_and_swap_cache(self, cpu, pages: list[int]) -> None:
+        """The mmu_gather's batch released (tlb_batch_pages_flush): one put_page each."""
+        for ref in pages:
             self.pool.put_page(cpu, ref, ANON_SITE)
 
     def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int,

@@ -156,6 +156,14 @@ def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:
     _mark_acquired(cpu, lock)
 
 
+def up_read_twice(sem: Rwsem, cpu: Cpu) -> None:
+    """DELIBERATELY BROKEN: the read side is released twice (an error path and the common exit).
+
+    Must trip lock.bad-unlock (the second up_read is of a lock this CPU does not hold)."""
+    sem.up_read(cpu)
+    sem.up_read(cpu)
+
+
 def busted_down_write(sem: Rwsem, cpu: Cpu) -> None:
     """DELIBERATELY BROKEN: the writer sets the writer bit but does not wait for readers.
 
@@ -336,6 +344,10 @@ mutex_lock = LockPolicy(
 MutexScenario.policies = (
     mutex_lock,
     # DELIBERATELY BROKEN below.
+    mutant(mutex_lock, "error_unlocks_twice", LOCK_BAD_UNLOCK,
+           "kernel/locking/mutex.c: DEBUG_LOCKS_WARN_ON(__owner_task(owner) != current)",
+           "the error path unlocks, then the common exit unlocks again", "error_exits",
+           error_exit=unlock_twice_on_error),
     mutant(mutex_lock, "abba", LOCK_DEADLOCK_CYCLE,
            f"{LOCKTORTURE}: two mutexes taken in opposite orders (ABBA)",
            "pairs of mutexes taken in either order", "window:pair:between-the-two-locks",
@@ -415,6 +427,9 @@ RwsemScenario.policies = (
            f"{LOCKTORTURE}: a writer that does not wait for the readers to drain",
            "down_write sets the writer bit without waiting for readers", "lock_waits",
            down_write=busted_down_write),
+    mutant(rwsem_lock, "up_read_twice", LOCK_BAD_UNLOCK,
+           "kernel/locking/rwsem.c: DEBUG_RWSEMS_WARN_ON on an up_read the reader does not hold",
+           "a reader's error path releases its read lock twice", "op:read", up_read=up_read_twice),
 )
 
 for _s in (SpinlockScenario(), MutexScenario(), RwsemScenario()):
