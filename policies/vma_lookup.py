@@ -924,16 +924,11 @@ LITMUS = {
     "typesafe_no_recheck": [
         _repeat([["access", 0, 4, 1]], 8),
         _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3)],
-    "zap_zero_page": [[["access", 0, 5, 0], ["madvise", 0, 4, 3]], [["access", 1, 9, 1]]],
-    "rss_batch_lost": [[["access", 0, 5, 1], ["munmap", 0, 4, 3]], [["access", 1, 9, 1]]],
-    "pgtable_bytes_kept": [[["access", 0, 5, 1], ["munmap", 0, 0, 15]], [["access", 1, 40, 1]]],
-    "gup_pin_leak": [[["access", 0, 5, 1], ["gup", 0, 5, 0]], [["access", 1, 9, 1]]],
+    # Two of the model's mutants show another way too in generated programs (a PTE to a freed page is
+    # also a mapped page below its mappings at the sweep; a PTE left behind is also a table freed under
+    # it): their programs pin the way their check sees.  The model's other mutants are hunted blind.
     "gup_unpins_twice": [[["access", 0, 5, 1], ["gup", 0, 5, 0], ["access", 0, 5, 0]], [["access", 1, 9, 1]]],
-    "cow_reuse_shared": [[["access", 0, 5, 1], ["fork", 0], ["access", 0, 5, 1]], [["access", 1, 9, 0]]],
     "zap_skips_last_pte": [[["access", 0, 3, 1], ["munmap", 0, 0, 3]], [["access", 1, 9, 1]]],
-    "free_pgtables_past_neighbours": [[["access", 0, 5, 1], ["munmap", 0, 0, 3]], [["access", 1, 40, 1]]],
-    "zap_leaks_pages": [[["access", 0, 5, 1], ["munmap", 0, 4, 3]], [["access", 1, 40, 1]]],
-    "vma_never_freed": [[["access", 0, 5, 1], ["munmap", 0, 0, 3]], [["access", 1, 40, 1]]],
 }
 
 
@@ -1163,10 +1158,11 @@ register(VmaLookup(policies=(
            "kernel/fork.c check_mm(): 'non-zero pgtables_bytes on freeing mm'",
            "a freed page table is not subtracted from pgtable_bytes", "tables_freed", model=broken.KeepsPgtableBytes),
     mutant(mmap_lock, "gup_pin_leak", BAD_PAGE_REFS, "mm/gup.c: every pin_user_pages() needs its unpin_user_page()",
-           "GUP never drops the reference it took", "gups", model=broken.LeaksGupPin),
+           "GUP never drops the reference it took", "gup_unpins", model=broken.LeaksGupPin),
     mutant(mmap_lock, "gup_unpins_twice", ACCESS_FREED_PAGE,
            "mm/gup.c: unpin_user_page() drops exactly the reference GUP took",
-           "GUP drops its reference twice: the page is freed while mapped", "gups", model=broken.UnpinsTwice),
+           "GUP drops its reference twice: the page is freed while mapped", "gup_unpins",
+           model=broken.UnpinsTwice),
     mutant(mmap_lock, "cow_reuse_shared", COW_WRITE_SHARED,
            "mm/memory.c do_wp_page() / wp_can_reuse_anon_folio(): reuse only an exclusive page",
            "a write fault reuses a page fork shares", "cow_copies", model=broken.ReusesSharedPage),

@@ -590,4 +590,5 @@ class Memory(Tlb):
 
     def unpin_user_page(self, cpu, ref: int) -> None:
         """unpin_user_page(): drop the reference GUP took."""
+        self.count("gup_unpins")
         self.pool.put_page(cpu, ref, ANON_SITE)

@@ -35,7 +35,7 @@ class MmModel(Memory):
     mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio,
     free_pgtables): that is how a mutant of the model itself is written."""
 
-    COUNTERS = ("cow_copies", "ptes_zapped", "zero_pages_zapped", "shared_tables_kept", "tables_freed")
+    COUNTERS = ("cow_copies", "gup_unpins", "ptes_zapped", "zero_pages_zapped", "shared_tables_kept", "tables_freed")
 
     @staticmethod
     def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:
