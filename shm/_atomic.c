@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,7 +27,41 @@ typedef struct {
     Py_buffer view;
     char *base;
     Py_ssize_t len;
+    int counted;
+    int tag;
 } MemoryObject;
+
+/* A fill of n bytes is recorded as ACCESS_FILL + ceil(log2(n)): it writes at most that many. */
+enum { ACCESS_LOAD = 0, ACCESS_STORE = 1, ACCESS_RMW = 2, ACCESS_FILL = 8 };
+
+/* Per process: the process is one CPU. */
+static unsigned long long g_accesses;
+static long long g_countdown;
+static PyObject *g_hook;
+static int g_in_hook;
+static Py_buffer g_rec_view;
+static int64_t *g_rec;
+static Py_ssize_t g_rec_cap, g_rec_len;
+
+/* One step: counted, recorded, and the hook called when the countdown ends. -1 if the hook raised. */
+static inline int
+step(MemoryObject *self, int kind, Py_ssize_t off)
+{
+    if (!self->counted)
+        return 0;
+    g_accesses++;
+    if (g_rec != NULL && g_rec_len < g_rec_cap)
+        g_rec[g_rec_len++] = ((int64_t)(self->tag & 0xff) << 56) | ((int64_t)kind << 48) | (int64_t)off;
+    if (g_countdown > 0 && --g_countdown == 0 && g_hook != NULL && !g_in_hook) {
+        g_in_hook = 1;
+        PyObject *r = PyObject_CallFunction(g_hook, "iin", kind, self->tag, off);
+        g_in_hook = 0;
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
 
 static int
 check_offset(MemoryObject *self, PyObject *arg, Py_ssize_t size, Py_ssize_t *out)
@@ -108,7 +143,8 @@ static PyObject *
 mem_load32(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t off;
-    if (check_nargs("load32", nargs, 1) < 0 || check_offset(self, args[0], 4, &off) < 0)
+    if (check_nargs("load32", nargs, 1) < 0 || check_offset(self, args[0], 4, &off) < 0 ||
+        step(self, ACCESS_LOAD, off) < 0)
         return NULL;
     return PyLong_FromLong(__atomic_load_n(W32(off), __ATOMIC_SEQ_CST));
 }
@@ -117,7 +153,8 @@ static PyObject *
 mem_load64(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t off;
-    if (check_nargs("load64", nargs, 1) < 0 || check_offset(self, args[0], 8, &off) < 0)
+    if (check_nargs("load64", nargs, 1) < 0 || check_offset(self, args[0], 8, &off) < 0 ||
+        step(self, ACCESS_LOAD, off) < 0)
         return NULL;
     return PyLong_FromLongLong(__atomic_load_n(W64(off), __ATOMIC_SEQ_CST));
 }
@@ -128,7 +165,7 @@ mem_store32(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t off;
     int32_t v;
     if (check_nargs("store32", nargs, 2) < 0 || check_offset(self, args[0], 4, &off) < 0 ||
-        get_value32(args[1], &v) < 0)
+        get_value32(args[1], &v) < 0 || step(self, ACCESS_STORE, off) < 0)
         return NULL;
     __atomic_store_n(W32(off), v, __ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
@@ -140,7 +177,7 @@ mem_store64(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t off;
     int64_t v;
     if (check_nargs("store64", nargs, 2) < 0 || check_offset(self, args[0], 8, &off) < 0 ||
-        get_value64(args[1], &v) < 0)
+        get_value64(args[1], &v) < 0 || step(self, ACCESS_STORE, off) < 0)
         return NULL;
     __atomic_store_n(W64(off), v, __ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
@@ -155,7 +192,7 @@ mem_store64(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
         int##bits##_t v;                                                                \
         if (check_nargs(#name #bits, nargs, 2) < 0 ||                                   \
             check_offset(self, args[0], bits / 8, &off) < 0 ||                          \
-            get_value##bits(args[1], &v) < 0)                                           \
+            get_value##bits(args[1], &v) < 0 || step(self, ACCESS_RMW, off) < 0)        \
             return NULL;                                                                \
         return PyLong_FromLongLong(builtin(W##bits(off), v, __ATOMIC_SEQ_CST));         \
     }
@@ -183,7 +220,7 @@ RMW(fetch_xor, 64, __atomic_fetch_xor)
         if (check_nargs("cmpxchg" #bits, nargs, 3) < 0 ||                               \
             check_offset(self, args[0], bits / 8, &off) < 0 ||                          \
             get_value##bits(args[1], &expected) < 0 ||                                  \
-            get_value##bits(args[2], &desired) < 0)                                     \
+            get_value##bits(args[2], &desired) < 0 || step(self, ACCESS_RMW, off) < 0)  \
             return NULL;                                                                \
         __atomic_compare_exchange_n(W##bits(off), &expected, desired, 0,                \
                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                \
@@ -280,6 +317,101 @@ mem_cpu_relax(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* fill(off, nbytes, byte): memset of a range, one step (a new table zeroed, a freed page poisoned). */
+static PyObject *
+mem_fill(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off, n;
+    int32_t byte;
+    if (check_nargs("fill", nargs, 3) < 0 || check_offset(self, args[0], 1, &off) < 0)
+        return NULL;
+    n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > self->len - off) {
+        PyErr_Format(PyExc_IndexError, "fill of %zd bytes at %zd out of range for %zd bytes", n, off, self->len);
+        return NULL;
+    }
+    int kind = ACCESS_FILL;
+    while (kind < 63 && ((Py_ssize_t)1 << (kind - ACCESS_FILL)) < n)
+        kind++;
+    if (get_value32(args[2], &byte) < 0 || step(self, kind, off) < 0)
+        return NULL;
+    memset(self->base + off, byte & 0xff, (size_t)n);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_accesses(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    (void)self;
+    return PyLong_FromUnsignedLongLong(g_accesses);
+}
+
+static PyObject *
+mod_countdown(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    (void)self;
+    return PyLong_FromLongLong(g_countdown);
+}
+
+static PyObject *
+mod_set_countdown(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    g_countdown = n < 0 ? 0 : n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_set_hook(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (arg != Py_None && !PyCallable_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "the access hook must be callable or None");
+        return NULL;
+    }
+    PyObject *old = g_hook;
+    g_hook = arg == Py_None ? NULL : Py_NewRef(arg);
+    Py_XDECREF(old);
+    g_countdown = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_record(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (g_rec != NULL) {
+        g_rec = NULL;
+        PyBuffer_Release(&g_rec_view);
+    }
+    g_rec_cap = g_rec_len = 0;
+    if (arg == Py_None)
+        Py_RETURN_NONE;
+    if (PyObject_GetBuffer(arg, &g_rec_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (((uintptr_t)g_rec_view.buf) % 8) {
+        PyBuffer_Release(&g_rec_view);
+        PyErr_SetString(PyExc_ValueError, "the record buffer must be 8-byte aligned");
+        return NULL;
+    }
+    g_rec = (int64_t *)g_rec_view.buf;
+    g_rec_cap = g_rec_view.len / 8;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_recorded(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    (void)self;
+    return PyLong_FromSsize_t(g_rec_len);
+}
+
 static PyObject *
 mem_release(MemoryObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -295,8 +427,9 @@ static int
 mem_init(MemoryObject *self, PyObject *args, PyObject *kwds)
 {
     PyObject *buffer;
-    static char *kwlist[] = {"buffer", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Memory", kwlist, &buffer))
+    int counted = 1, tag = 0;
+    static char *kwlist[] = {"buffer", "counted", "tag", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pi:Memory", kwlist, &buffer, &counted, &tag))
         return -1;
     if (self->base != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Memory is already bound");
@@ -306,6 +439,8 @@ mem_init(MemoryObject *self, PyObject *args, PyObject *kwds)
         return -1;
     self->base = self->view.buf;
     self->len = self->view.len;
+    self->counted = counted;
+    self->tag = tag;
     return 0;
 }
 
@@ -321,6 +456,32 @@ static PyObject *
 mem_len(MemoryObject *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromSsize_t(self->len);
+}
+
+static PyObject *
+mem_counted(MemoryObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->counted);
+}
+
+static PyObject *
+mem_get_tag(MemoryObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->tag);
+}
+
+static int
+mem_set_tag(MemoryObject *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    long t = v == NULL ? -1 : PyLong_AsLong(v);
+    if (t == -1 && PyErr_Occurred())
+        return -1;
+    if (t < 0 || t > 255) {
+        PyErr_SetString(PyExc_ValueError, "a tag is 0..255");
+        return -1;
+    }
+    self->tag = (int)t;
+    return 0;
 }
 
 static PyObject *
@@ -350,6 +511,7 @@ static PyMethodDef mem_methods[] = {
     FAST(fetch_or64, "fetch_or64(off, v) -> old"),
     FAST(fetch_xor32, "fetch_xor32(off, v) -> old"),
     FAST(fetch_xor64, "fetch_xor64(off, v) -> old"),
+    FAST(fill, "fill(off, nbytes, byte): set a range of bytes, one step"),
     FAST(futex_wait, "futex_wait(off, expected, timeout=None) -> False on timeout"),
     FAST(futex_wake, "futex_wake(off, n) -> number woken (n < 0: all)"),
     {"cpu_relax", (PyCFunction)(void (*)(void))mem_cpu_relax, METH_FASTCALL,
@@ -361,6 +523,8 @@ static PyMethodDef mem_methods[] = {
 
 static PyGetSetDef mem_getset[] = {
     {"nbytes", (getter)mem_len, NULL, "size of the bound buffer in bytes", NULL},
+    {"counted", (getter)mem_counted, NULL, "whether its accesses are steps of this process", NULL},
+    {"tag", (getter)mem_get_tag, (setter)mem_set_tag, "0..255: names this Memory in hooks and records", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -369,7 +533,7 @@ static PyTypeObject MemoryType = {
     .tp_name = "shm.Memory",
     .tp_basicsize = sizeof(MemoryObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Memory(buffer): sequentially consistent atomics and futexes on a writable buffer",
+    .tp_doc = "Memory(buffer, counted=True, tag=0): sequentially consistent atomics and futexes on a writable buffer",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)mem_init,
     .tp_dealloc = (destructor)mem_dealloc,
@@ -381,6 +545,17 @@ static PyTypeObject MemoryType = {
 static PyMethodDef module_methods[] = {
     {"cpu_relax", (PyCFunction)(void (*)(void))mem_cpu_relax, METH_FASTCALL,
      "cpu_relax(): the pause instruction of a spin loop"},
+    {"accesses", (PyCFunction)mod_accesses, METH_NOARGS,
+     "accesses() -> int: counted accesses this process has made"},
+    {"countdown", (PyCFunction)mod_countdown, METH_NOARGS, "countdown() -> int: accesses left before the hook, 0 off"},
+    {"set_countdown", (PyCFunction)mod_set_countdown, METH_O,
+     "set_countdown(n): call the hook just before the n-th counted access from now (0: never)"},
+    {"set_hook", (PyCFunction)mod_set_hook, METH_O,
+     "set_hook(f | None): f(kind, tag, off) with kind 0 load, 1 store, 2 read-modify-write, "
+     "8 + ceil(log2(n)) a fill of n bytes; disarms"},
+    {"record", (PyCFunction)mod_record, METH_O,
+     "record(buffer | None): append each counted access, (tag << 56 | kind << 48 | off), until full"},
+    {"recorded", (PyCFunction)mod_recorded, METH_NOARGS, "recorded() -> int: entries recorded"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -50,6 +50,7 @@ class Cpu:
             raise ValueError(f"cpu {cpu_id} out of range (machine has {machine.nslots} slots)")
         self.machine = machine
         self.mem = machine.mem
+        self.hmem = machine.raw  # the harness's own words: never a step
         self.id = cpu_id
         self.me = cpu_id + 1
         self.rng = random.Random(seed)
@@ -85,7 +86,7 @@ class Cpu:
         off = self._window_off.get(name)
         if off is None:
             off = self._window_off[name] = self._wstat + 16 * self.machine.window_slot(name)
-        mem = self.mem
+        mem = self.hmem
         mem.store64(off, mem.load64(off) + 1)
         if self.sched.window(self, name):
             mem.store64(off + 8, mem.load64(off + 8) + 1)
@@ -97,7 +98,7 @@ class Cpu:
     def trace(self, event: int, arg: int = 0) -> None:
         s = self._tseq
         self._tseq = s + 1
-        self.mem.store64(
+        self.hmem.store64(
             self._tbase + ((s & TRACE_MASK) << 3),
             ((s & SEQ_MASK) << 44) | (event << 36) | (arg & ARG_MASK),
         )
@@ -181,18 +182,18 @@ class Cpu:
             if t == self.id:
                 func(t, arg)
                 continue
-            if mem.load32(machine.cpu_off(t, "status")) >= CPU_OFFLINE:
+            if self.hmem.load32(machine.cpu_off(t, "status")) >= CPU_OFFLINE:
                 continue  # a crashed CPU is offline: it holds no TLB worth flushing and acks nothing
             off = machine.cpu_off(t, "irqs_disabled")
             attempt = 0
             while (v := mem.cmpxchg32(off, IRQS_ON, IPI_DELIVERING)) != IRQS_ON:
                 if attempt == 0:
-                    mem.store64(self.waiting_off, (WAIT_IPI << WAIT_SHIFT) | t)
+                    self.hmem.store64(self.waiting_off, (WAIT_IPI << WAIT_SHIFT) | t)
                 self.sched.spin(self, attempt, mem, off, v)
                 attempt += 1
             if attempt:
-                mem.store64(self.waiting_off, 0)
-                mem.fetch_add64(self._ipi_waits_off, 1)
+                self.hmem.store64(self.waiting_off, 0)
+                self.hmem.fetch_add64(self._ipi_waits_off, 1)
             try:
                 func(t, arg)
             finally:
@@ -202,7 +203,7 @@ class Cpu:
     # -- operations ------------------------------------------------------
     def op_begin(self, op: int) -> None:
         self.op = op
-        self.mem.store32(self._op_off, op)
+        self.hmem.store32(self._op_off, op)
         self.trace(_EV_OP_BEGIN, op)
 
     def op_end(self, done: int) -> None:
@@ -217,6 +218,6 @@ class Cpu:
                 rcu_nesting=self.rcu_nesting,
                 irqs_disabled=self.irqs_disabled,
             )
-        self.mem.store64(self._hb_off, done)
-        self.mem.store32(self._op_off, -1)
+        self.hmem.store64(self._hb_off, done)
+        self.hmem.store32(self._op_off, -1)
         self.op = -1

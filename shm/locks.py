@@ -88,15 +88,15 @@ class Handle:
         return self.machine.describe(self.addr)
 
     def _begin_wait(self, cpu: Cpu, what: int) -> None:
-        cpu.mem.store64(cpu.waiting_off, (what << WAIT_SHIFT) | self.addr)
+        cpu.hmem.store64(cpu.waiting_off, (what << WAIT_SHIFT) | self.addr)
         cpu.trace(_EV_BLOCK, self.addr)
         cpu.wait_since = perf_counter_ns()
 
     @staticmethod
     def _end_wait(cpu: Cpu) -> None:
-        cpu.mem.store64(cpu.waiting_off, 0)
-        cpu.mem.fetch_add64(cpu.wait_ns_off, perf_counter_ns() - cpu.wait_since)
-        cpu.mem.fetch_add64(cpu.lock_waits_off, 1)
+        cpu.hmem.store64(cpu.waiting_off, 0)
+        cpu.hmem.fetch_add64(cpu.wait_ns_off, perf_counter_ns() - cpu.wait_since)
+        cpu.hmem.fetch_add64(cpu.lock_waits_off, 1)
 
     @staticmethod
     def _drop_held(cpu: Cpu, addr: int) -> None:
@@ -401,14 +401,14 @@ def wait_var_event(cpu: Cpu, addr: int, condition: Callable[[], bool]) -> None:
     mem = machine.mem
     if condition():
         return
-    mem.store64(cpu.waiting_off, (WAIT_VAR << WAIT_SHIFT) | addr)
+    cpu.hmem.store64(cpu.waiting_off, (WAIT_VAR << WAIT_SHIFT) | addr)
     cpu.trace(_EV_BLOCK, addr)
     while True:
         seq = mem.load32(bucket)
         if condition():
             break
         cpu.sched.block(cpu, mem, bucket, seq, None)
-    mem.store64(cpu.waiting_off, 0)
+    cpu.hmem.store64(cpu.waiting_off, 0)
 
 
 def wake_up_var(cpu: Cpu, addr: int) -> None:

@@ -122,9 +122,11 @@ class Machine:
         self.gp_cpu = self.ncpus
         self.boot_cpu = self.ncpus + 1
         self.mem = seg.mem
+        self.raw = seg.raw
         self.segments: list[Segment] = [seg]
         self._handles: dict = {}
         self.mems = [seg.mem]
+        self.raws = [seg.raw]
         lo = seg.layout.offset
         self.stop_off = lo("control", 0, "stop")
         self.go_off = lo("control", 0, "go")
@@ -196,6 +198,8 @@ class Machine:
     def add_segment(self, seg: Segment) -> int:
         self.segments.append(seg)
         self.mems.append(seg.mem)
+        self.raws.append(seg.raw)
+        seg.mem.tag = seg.raw.tag = len(self.segments) - 1
         return len(self.segments) - 1
 
     # -- addresses -------------------------------------------------------
@@ -266,13 +270,13 @@ class Machine:
         return self.mem.load32(self.seg.layout.offset("control", 0, "nowait_fail_ppm"))
 
     def stop_requested(self) -> bool:
-        return self.mem.load32(self.stop_off) != 0
+        return self.raw.load32(self.stop_off) != 0
 
     def request_stop(self) -> None:
         """Ask every CPU to leave at its next operation boundary; a CPU waiting for memory
         gives up (its allocation fails)."""
-        if self.mem.cmpxchg32(self.stop_off, 0, 1) == 0:
-            self.mem.futex_wake(self.stop_off, -1)
+        if self.raw.cmpxchg32(self.stop_off, 0, 1) == 0:
+            self.raw.futex_wake(self.stop_off, -1)
             self.pool.wake_waiters()
 
     def wake_bucket(self, addr: int) -> int:
@@ -296,13 +300,13 @@ class Machine:
         report while they leave (a deadlocked CPU's lock cycle after its AA
         report, a second holder's bad unlock) is its consequence, counted
         in `after_first` and not kept, so that a replay sees the same."""
-        if not self.keep_going and self.mem.cmpxchg32(self.first_seen_off, 0, 1):
-            self.mem.fetch_add32(self.after_first_off, 1)
+        if not self.keep_going and self.raw.cmpxchg32(self.first_seen_off, 0, 1):
+            self.raw.fetch_add32(self.after_first_off, 1)
             return
-        self.mem.fetch_add32(self.kind_counts_off + 4 * KIND_INDEX[check.kind], 1)
+        self.raw.fetch_add32(self.kind_counts_off + 4 * KIND_INDEX[check.kind], 1)
         seen = self._count_check(check.code)
         if seen < SAMPLES_PER_CHECK:
-            n = self.mem.fetch_add32(self.nfindings_off, 1)
+            n = self.raw.fetch_add32(self.nfindings_off, 1)
             if n < MAX_FINDINGS:
                 slot = self.finding_slots[n : n + 1]
                 slot["check"] = check.code
@@ -320,7 +324,7 @@ class Machine:
     def _count_check(self, code: int) -> int:
         """Add one to the check's counter; the count before (the table full: counted by kind only)."""
         i = self.slot_of(self.check_code_off, CHECK_SLOTS, code)
-        return SAMPLES_PER_CHECK if i < 0 else self.mem.fetch_add32(self.check_count_off + 4 * i, 1)
+        return SAMPLES_PER_CHECK if i < 0 else self.raw.fetch_add32(self.check_count_off + 4 * i, 1)
 
     def finding_count(self) -> int:
         """Findings recorded so far (every one, whether its sample was kept or not)."""

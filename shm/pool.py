@@ -224,9 +224,9 @@ class Pool:
         mem.fetch_add32(self.waiters_off, 1)
         if mem.load64(self.head_off) & 0xFFFFFFFF == 0 and not self.machine.stop_requested():
             self.machine.rcu.kick()
-            mem.store64(cpu.waiting_off, WAIT_PAGE << WAIT_SHIFT | self.npages)
+            cpu.hmem.store64(cpu.waiting_off, WAIT_PAGE << WAIT_SHIFT | self.npages)
             cpu.sched.block(cpu, mem, self.freed_off, seq, None)
-            mem.store64(cpu.waiting_off, 0)
+            cpu.hmem.store64(cpu.waiting_off, 0)
         mem.fetch_sub32(self.waiters_off, 1)
 
     def wake_waiters(self) -> None:
@@ -251,7 +251,7 @@ class Pool:
                 **self.describe(pfn, expected_gen=gen),
             )
             return False
-        self.data[pfn] = POISON_BYTE
+        mem.fill(self.data0 + pfn * self.page_size, self.page_size, POISON_BYTE)
         mem.store32(f + fo["free_cpu"], cpu.id)
         mem.store32(f + fo["free_owner"], site)
         mem.store32(f, PAGE_FREE)

@@ -186,13 +186,13 @@ class Rcu:
             c = mem.load64(off)
             if not (c & NEST_MASK and (c ^ gp) & GP_PHASE):
                 continue
-            mem.store64(cpu.waiting_off, (WAIT_GP << WAIT_SHIFT) | i)
+            cpu.hmem.store64(cpu.waiting_off, (WAIT_GP << WAIT_SHIFT) | i)
             attempt = 0
             while c & NEST_MASK and (c ^ gp) & GP_PHASE:
                 spin(cpu, attempt, mem, off, c, 64)
                 attempt += 1
                 c = mem.load64(off)
-            mem.store64(cpu.waiting_off, 0)
+            cpu.hmem.store64(cpu.waiting_off, 0)
 
     def gp_seq(self) -> int:
         return self.mem.load64(self.gp_seq_off)
@@ -340,11 +340,11 @@ class Srcu:
         attempt = 0
         while self.readers_active_idx(idx):
             if attempt == 0:
-                cpu.mem.store64(cpu.waiting_off, (WAIT_GP << WAIT_SHIFT) | 0xFFFF)
+                cpu.hmem.store64(cpu.waiting_off, (WAIT_GP << WAIT_SHIFT) | 0xFFFF)
             cpu.sched.spin(cpu, attempt)
             attempt += 1
         if attempt:
-            cpu.mem.store64(cpu.waiting_off, 0)
+            cpu.hmem.store64(cpu.waiting_off, 0)
 
     def synchronize(self, cpu: Cpu) -> None:
         """synchronize_srcu(): every reader that began before the call has finished."""

@@ -82,6 +82,7 @@ class Segment:
         self._map = mmap.mmap(shm.fd, layout.size)
         shm.close_fd()
         self.mem = Memory(self._map)
+        self.raw = Memory(self._map, counted=False)
         self._views: dict[str, np.ndarray] = {}
 
     @classmethod

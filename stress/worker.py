@@ -82,7 +82,7 @@ def open_world(spec: ProcessSpec, cpu_id: int, controlled: bool = False) -> Worl
 
 
 def _set_status(machine: Machine, cpu_id: int, status: str) -> None:
-    machine.mem.store32(machine.cpu_off(cpu_id, "status"), STATUS[status])
+    machine.raw.store32(machine.cpu_off(cpu_id, "status"), STATUS[status])
 
 
 def _crash(w: World | None, what: str, exc: BaseException) -> None:
@@ -114,7 +114,7 @@ def _process(spec: ProcessSpec, cpu_id: int, what: str, controlled: bool,
     w = None
     try:
         w = open_world(spec, cpu_id, controlled)
-        machine, mem = w.machine, w.machine.mem
+        machine, mem = w.machine, w.machine.raw
         mem.store32(machine.cpu_off(cpu_id, "pid"), os.getpid())
         _set_status(machine, cpu_id, "running")
         run(w)
@@ -146,7 +146,7 @@ def cpu_main(spec: ProcessSpec, cpu_id: int) -> None:
 
 def _run(w: World, ops, spec: ProcessSpec) -> None:
     cpu, machine = w.cpu, w.machine
-    mem, stop_off = machine.mem, machine.stop_off
+    mem, stop_off = machine.raw, machine.stop_off
     if spec.program is not None:
         steps = iter(spec.program[cpu.id])
         budget = len(spec.program[cpu.id])

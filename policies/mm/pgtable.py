@@ -95,8 +95,7 @@ class PageTables(MmBase):
         return ref
 
     def _zero_table(self, ref: int) -> None:
-        pfn = ref & PFN_MASK
-        self.pool.data[pfn][:] = 0
+        self.pmem.fill(self.table_off(ref, 0), self.page_size, 0)
 
     def table_off(self, table_ref: int, index: int) -> int:
         return self.pool_data0 + (table_ref & PFN_MASK) * self.page_size + 8 * index

@@ -155,9 +155,10 @@ class VmaTree(PageTables):
         idx = self.smem.load64(self.mm_off(mm, "index"))
         if not idx:
             return []
-        o = self.index_cache.objects[idx & SLOT_MASK]
-        nr = int(o["nr"])
-        return [(int(o["start"][i]), int(o["end"][i]), int(o["vma"][i])) for i in range(nr)]
+        base = self.index_cache.off(idx, "nr")
+        mem = self.smem
+        return [(mem.load32(base + 8 + 4 * i), mem.load32(base + 8 + 4 * MAX_VMAS + 4 * i),
+                 mem.load64(base + 8 + 8 * MAX_VMAS + 8 * i)) for i in range(mem.load32(base))]
 
     def index_publish(self, cpu, mm: int, entries: list[tuple[int, int, int]]) -> bool:
         """Publish a new sorted array and retire the old one after a grace period.
@@ -172,13 +173,14 @@ class VmaTree(PageTables):
             new = self.index_cache.alloc(cpu)
         if new is None:
             return False  # ENOMEM; arrays nobody refers to are a leak the sweep reports
-        slot = new & SLOT_MASK
-        o = self.index_cache.objects[slot : slot + 1]
-        o["nr"] = len(entries)
-        starts, ends, vmas = o["start"], o["end"], o["vma"]
-        starts[:] = ends[:] = vmas[:] = 0
+        base = self.index_cache.off(new, "nr")
+        mem = self.smem
+        mem.fill(base, 8 + 16 * MAX_VMAS, 0)
+        mem.store32(base, len(entries))
         for i, (s, e, v) in enumerate(entries):
-            starts[0, i], ends[0, i], vmas[0, i] = s, e, v
+            mem.store32(base + 8 + 4 * i, s)
+            mem.store32(base + 8 + 4 * MAX_VMAS + 4 * i, e)
+            mem.store64(base + 8 + 8 * MAX_VMAS + 8 * i, v)
         cpu.window("index_publish:before-swap")
         old = self.smem.xchg64(self.mm_off(mm, "index"), new)
         if old:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 
 import multiprocess
+import numpy as np
 import posix_ipc
 import pytest
 
@@ -141,3 +142,40 @@ def test_futex_wake_crosses_processes(shared):
     p.join()
     assert p.exitcode == 0
     assert mem.load32(4) == 107
+
+
+def test_every_access_of_a_counted_memory_is_a_step_and_the_countdown_calls_the_hook_before_it():
+    from shm._atomic import accesses, record, recorded, set_countdown, set_hook
+
+    mem, raw = Memory(bytearray(64), tag=3), Memory(bytearray(64), counted=False)
+    before = accesses()
+    mem.load32(0)
+    mem.store64(8, 1)
+    mem.cmpxchg32(0, 0, 1)
+    mem.fill(16, 16, 0)
+    raw.load32(0)
+    raw.fill(0, 8, 0)
+    assert accesses() - before == 4 and mem.counted and not raw.counted
+    seen = []
+    set_hook(lambda kind, tag, off: seen.append((kind, tag, off, mem.load32(8))))
+    try:
+        set_countdown(3)
+        mem.load32(0)
+        mem.load32(4)
+        mem.store32(8, 7)  # the hook runs before this store, and its own accesses are no steps
+        mem.load32(0)
+        assert seen == [(1, 3, 8, 1)]
+        buf = np.zeros(4, dtype="<i8")
+        record(buf)
+        mem.load64(16)
+        mem.fetch_add32(4, 1)
+        mem.fill(0, 64, 0)
+        assert recorded() == 3
+        assert [int(x) >> 56 for x in buf[:3]] == [3, 3, 3]
+        assert [(int(x) >> 48) & 0xFF for x in buf[:3]] == [0, 2, 8 + 6]
+        assert [int(x) & 0xFFFFFFFFFFFF for x in buf[:3]] == [16, 4, 0]
+    finally:
+        record(None)
+        set_hook(None)
+    with pytest.raises(IndexError):
+        mem.fill(60, 8, 0)
