@@ -127,6 +127,7 @@ class Rcu:
         self.mem = machine.mem
         lay = machine.seg.layout
         self.nslots = machine.nslots
+        self._draining = False
         self.gp_ctr_off = lay.offset("rcu", 0, "gp_ctr")
         self.gp_seq_off = lay.offset("rcu", 0, "gp_seq")
         self.cb_wake_off = lay.offset("rcu", 0, "cb_wake")
@@ -205,6 +206,8 @@ class Rcu:
         head = mem.load64(self.head_off[i])
         attempt = 0
         while (tail := mem.load64(self.tail_off[i])) <= head - CBQ_LEN:
+            if self.drain(cpu):
+                continue
             self._wake_kthread(force=True)
             cpu.sched.spin(cpu, attempt, mem, self.tail_off[i], tail, 64)
             attempt += 1
@@ -226,6 +229,22 @@ class Rcu:
             mem.fetch_add32(self.cb_wake_off, 1)
             mem.futex_wake(self.cb_wake_off, -1)
 
+    def drain(self, cpu: Cpu) -> bool:
+        """Once the kthread was stopped (one CPU left: the quiescent phase), the caller invokes what
+        is queued, as a CPU runs its softirqs before it would idle.  False if there was nothing to do."""
+        if self._draining or not self.mem.load32(self.stop_off) or not self.pending():
+            return False
+        self._draining = True
+        try:
+            self.kthread(cpu)
+        finally:
+            self._draining = False
+        return True
+
+    def stopped(self) -> bool:
+        """The kthread was asked to stop: whoever waits now runs the callbacks (drain)."""
+        return bool(self.mem.load32(self.stop_off))
+
     def pending(self) -> int:
         mem = self.mem
         return sum(mem.load64(h) - mem.load64(t) for h, t in zip(self.head_off, self.tail_off))
@@ -234,9 +253,13 @@ class Rcu:
         """rcu_barrier(): every callback queued before the call has been invoked.
 
         With a timeout (the harness's teardown, in case the kthread died),
-        False if that did not happen in time."""
+        False if that did not happen in time.  Once the kthread was stopped (the
+        quiescent phase, one CPU left), the caller invokes the callbacks itself."""
         cpu.might_sleep("rcu_barrier")
         mem = self.mem
+        if mem.load32(self.stop_off):
+            self.drain(cpu)
+            return True
         targets = [mem.load64(h) for h in self.head_off]
         self._wake_kthread(force=True)
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -60,11 +60,17 @@ AFTER_FINDING_DEADLINE_S = 1.0
 
 
 class TeardownStall(Exception):
-    """The boot CPU waited past its deadline during setup or the quiescent phase."""
+    """The boot CPU waited past its deadline during setup or the quiescent phase, or (`alone`)
+    waited when no other CPU was left to end the wait."""
+
+    def __init__(self, alone: bool = False):
+        super().__init__()
+        self.alone = alone
 
 
 class DeadlineScheduler(OsScheduler):
-    """The boot CPU's scheduler: a wait past the deadline is a finding, not a hang."""
+    """The boot CPU's scheduler: a wait past the deadline is a finding, not a hang.  Alone in the
+    quiescent phase, it invokes the RCU callbacks queued before it would wait (Rcu.drain)."""
 
     name = "deadline"
 
@@ -79,11 +85,23 @@ class DeadlineScheduler(OsScheduler):
             raise TeardownStall()
         return left
 
+    def _alone(self, cpu) -> bool:
+        """Alone (the kthread stopped): run the queued callbacks, else nobody can end a wait."""
+        rcu = cpu.machine.rcu
+        if rcu.drain(cpu):
+            return True
+        if rcu.stopped():
+            raise TeardownStall(alone=True)
+        return False
+
     def spin(self, cpu, attempt: int, mem=None, off: int = 0, seen: int = 0, bits: int = 32) -> None:
         self._remaining()
-        super().spin(cpu, attempt, mem, off, seen, bits)
+        if not self._alone(cpu):
+            super().spin(cpu, attempt, mem, off, seen, bits)
 
     def block(self, cpu, mem, off, expected, timeout):
+        if self._alone(cpu):
+            return True
         left = self._remaining()
         if left is not None:
             timeout = left if timeout is None else min(timeout, left)
@@ -516,11 +534,20 @@ class Runner:
         if self.sched is not None:
             self.sched.dissolve()
         m.control["stop"] = 0  # teardown findings are recorded, not a reason to skip the rest
-        phase = "sweep"
         after_finding = m.finding_count() > 0
         limit = min(self.knobs["stall_timeout"], AFTER_FINDING_DEADLINE_S) if after_finding \
             else self.knobs["stall_timeout"]
+        # The kthread invokes what the run queued and leaves; from here the boot CPU is the only
+        # CPU and runs every callback itself (rcu_barrier), so what the sweeps and the teardown
+        # find does not depend on how the OS interleaves two processes, and a replay agrees.
+        m.rcu.stop_kthread()
+        self.gp.join(BARRIER_TIMEOUT_S)
+        if self.gp.exitcode is None:
+            return self._skip_sweeps(f"the grace-period kthread did not finish the run's callbacks within "
+                                     f"{BARRIER_TIMEOUT_S:g}s")
+        self._check_dead()
         self.boot_sched.deadline = time.monotonic() + limit
+        phase = "sweep"
         try:
             self.scenario.sweep(self.world)
             phase = "teardown"
@@ -529,10 +556,12 @@ class Runner:
             if not m.rcu.barrier(self.boot, timeout=BARRIER_TIMEOUT_S):
                 return self._skip_sweeps(f"rcu_barrier did not finish within {BARRIER_TIMEOUT_S:g}s, so the leak "
                                          "sweep did not run")
-        except TeardownStall:
+        except TeardownStall as stall:
             wait = int(m.cpus["waiting_on"][m.boot_cpu])
             what = self.watchdog.describe_wait(wait) if wait else "nothing it published"
-            message = f"the {self.scenario.name} {phase} stalled for {limit:g}s waiting for {what}"
+            message = (f"the {self.scenario.name} {phase} waits for {what}, and no other CPU is left to end "
+                       "the wait" if stall.alone else
+                       f"the {self.scenario.name} {phase} stalled for {limit:g}s waiting for {what}")
             if after_finding:  # the state is already broken; the stall is a consequence, not news
                 self.notes.append(f"{message} (after the first finding); leak sweep skipped")
                 return
