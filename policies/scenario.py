@@ -88,10 +88,15 @@ def mutant(correct: P, name: str, expect: tuple[Check, ...] | Check, source: str
 
 @dataclass(frozen=True)
 class Arg:
-    """One argument of an operation: an integer in range(bound) (a slot, a lock, an address)."""
+    """One argument of an operation: an integer in range(bound) (a slot, a lock, an address).
+
+    An `address` (a page number, an offset) is one of many neighbouring values: swarm programs
+    focus it on a small window so that CPUs meet on the same pages and tables; any other
+    argument is focused on a few of its values."""
 
     name: str
     bound: int
+    address: bool = False
 
     def __post_init__(self) -> None:
         if self.bound < 1:

@@ -863,7 +863,7 @@ class VmaLookup(Scenario):
     # -- operations ---------------------------------------------------------------
     def operations(self, policy: VmaPolicy) -> tuple[Operation, ...]:
         pages = self.geometry.pages
-        mm_a, vpn_a = Arg("task", len(TASK_MM)), Arg("vpn", pages)
+        mm_a, vpn_a = Arg("task", len(TASK_MM)), Arg("vpn", pages, address=True)
         return (
             Operation("access", 40, access, (mm_a, vpn_a, Arg("write", 2))),
             Operation("mmap", 3, op_mmap, (mm_a, vpn_a, Arg("len", MAX_LEN), Arg("fixed", 2))),

@@ -129,6 +129,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("keep_going", bool, False, "count findings instead of stopping at the first", flag=True),
     Knob("scheduler", _choice("free", "random", "pct"), "free",
          "free (OS scheduling), or controlled: random or pct", metavar="NAME"),
+    Knob("programs", _choice("uniform", "swarm"), "uniform",
+         "how programs are generated: uniform (the scenario's weights), or swarm (per seed a subset of "
+         "operations with random weights, arguments focused where CPUs meet)", metavar="GEN"),
     Knob("pct_depth", _positive_int, 3, "pct: bug depth d (d-1 priority change points)", metavar="D"),
     Knob("pct_steps", _nonneg_int, 0, "pct: steps k the change points are drawn from, 0 to estimate",
          metavar="K"),

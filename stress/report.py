@@ -180,6 +180,10 @@ def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
     if m is None:
         return [], report
     ops, per_cpu = r._ops_done()
+    if k.get("programs") == "swarm":
+        from stress.program import mixes
+
+        report["mix"] = [mx.describe(r.ops) for mx in mixes(r.ops, r.seed, k["cpus"], "swarm")]
     stats = m.cpus["stats"][: k["cpus"]]
     op_counts = stats[:, STAT_OPS : STAT_OPS + len(r.op_names)].sum(axis=0)
     findings = collect_findings(m, r.op_names, r.seed)

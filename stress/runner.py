@@ -251,7 +251,7 @@ class Runner:
             raise UsageError(str(e)) from None
         if self.controlled and self.program is None:
             self.knobs["ops"] = self.knobs["ops"] or CONTROLLED_OPS
-            self.program = generate_program(self.ops, self.seed, ncpus, self.knobs["ops"])
+            self.program = generate_program(self.ops, self.seed, ncpus, self.knobs["ops"], self.knobs["programs"])
         if self.program is not None:
             self.knobs["ops"] = max(len(p) for p in self.program)
         if self.knobs["duration"] is None and not self.knobs["ops"]:

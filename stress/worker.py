@@ -21,7 +21,7 @@ from policies import World, get_scenario, load_module
 from shm import Cpu, Machine, Segment
 from shm.checks import CPU_CRASH
 from shm.machine import CPU_STATUS, NSTATS
-from stress.program import Program, generate
+from stress.program import Program, generate, mixes
 from stress.schedulers import Replay, make_scheduler
 
 STAT_OPS = 1
@@ -151,7 +151,7 @@ def _run(w: World, ops, spec: ProcessSpec) -> None:
         steps = iter(spec.program[cpu.id])
         budget = len(spec.program[cpu.id])
     else:
-        steps = generate(ops, spec.seed, cpu.id)
+        steps = generate(ops, spec.seed, cpu.id, mixes(ops, spec.seed, machine.ncpus, spec.knobs["programs"])[cpu.id])
         budget = spec.ops
     runs = [op.run for op in ops]
     opcounts = [0] * len(ops)

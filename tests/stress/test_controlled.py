@@ -188,3 +188,18 @@ def test_hunt_catches_mutants_under_pct(capsys, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["mutant"] for r in rows} >= {"sync_in_rcu", "double_free", "leak"}
     assert all(r["right_check"] and r["seeds"] >= 1 for r in rows)
+
+
+def test_swarm_programs_focus_the_arguments_and_drop_operations():
+    from policies import get_scenario
+    from stress.program import generate_program, swarm_mixes
+
+    sc = get_scenario("vma_lookup")
+    ops = sc.operations(sc.policy("mmap_lock"))
+    for seed in range(20):
+        prog = generate_program(ops, seed, 2, 50, "swarm")
+        assert prog == generate_program(ops, seed, 2, 50, "swarm")
+        vpns = {args[1] for cpu in prog for k, args in cpu if ops[k].args[1:2] and ops[k].args[1].address}
+        assert len(vpns) <= 16
+    dropped = sum(any(w == 0 for w in swarm_mixes(ops, s, 2)[0].weights) for s in range(20))
+    assert dropped >= 10
