@@ -236,7 +236,7 @@ def bench_scheduler(json_path: str | None = None, quick: bool = False, out=sys.s
             row = {}
             for sched in ("free", "random", "pct"):
                 r = run(sc.name, pol.name, cpus=2, ops=ops // 2, seed=1, scheduler=sched, window_rate=0.0,
-                        progress="off")
+                        delay_every=0, progress="off")
                 row[f"{sched}_ops_per_s"] = round(r.report["ops"] / max(r.report["duration_s"], 1e-9))
             per[f"{sc.name}/{pol.name}"] = row
     results["scenarios"] = per
@@ -298,8 +298,8 @@ def _vma_run(policy: str, workload: str, cpus: int, cycles: int, seed: int = 0) 
     from stress.runner import run
 
     program = [vma_program(workload, c, cycles) for c in range(cpus)]
-    r = run("vma_lookup", policy, cpus=cpus, seed=seed, scheduler="free", window_rate=0.0, progress="off",
-            program=program)
+    r = run("vma_lookup", policy, cpus=cpus, seed=seed, scheduler="free", window_rate=0.0, delay_every=0,
+            progress="off", program=program)
     if r.findings or r.report.get("error"):
         raise RuntimeError(f"bench vma {policy}/{workload}: {r.report.get('error') or r.findings[0].format()}")
     c, dur = r.report["counters"], max(r.report["duration_s"], 1e-9)
@@ -322,7 +322,7 @@ def _munmap_cycle_us(policy: str, cycles: int) -> float:
 
     program = [[["mmap", 0, 80, 7, 1], ["access", 0, 80, 1], ["munmap", 0, 80, 7]] * cycles,
                vma_program("disjoint", 1, cycles * 2)]
-    r = run("vma_lookup", policy, cpus=2, seed=0, scheduler="free", window_rate=0.0, progress="off",
+    r = run("vma_lookup", policy, cpus=2, seed=0, scheduler="free", window_rate=0.0, delay_every=0, progress="off",
             program=program)
     return round(r.report["run_ms"][0] * 1e3 / cycles, 1)
 

@@ -136,6 +136,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("pct_steps", _nonneg_int, 0, "pct: steps k the change points are drawn from, 0 to estimate",
          metavar="K"),
     Knob("window_rate", _rate, 0.05, "chance of a delay at each preemption window", metavar="P"),
+    Knob("delay_every", _nonneg_int, 500, "free: mean shared accesses between injected delays (KCSAN-style), "
+         "0 for none", metavar="N"),
     Knob("window_delay", _nonneg_float, 50.0, "longest injected delay at a window", unit="us",
          metavar="US"),
     Knob("stat_interval", _positive_float, 5.0, "seconds between stat lines", unit="s", metavar="S"),

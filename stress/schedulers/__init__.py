@@ -38,7 +38,8 @@ def make_scheduler(name: str, seed: int, knobs: dict, cpu_seed: int = 0, segment
     `seed` is the run's (a controlled strategy must decide alike in every
     process), `cpu_seed` this CPU's (the free scheduler's delays)."""
     if name == "free":
-        return FreeScheduler(cpu_seed, knobs.get("window_rate", 0.0), knobs.get("window_delay", 50.0))
+        return FreeScheduler(cpu_seed, knobs.get("window_rate", 0.0), knobs.get("window_delay", 50.0),
+                             knobs.get("delay_every", 0))
     if segment is None:
         raise ValueError(f"the {name} scheduler needs its shared segment")
     return ControlledScheduler(make_strategy(name, seed, nparts, knobs, replay), segment, replay)

@@ -6,7 +6,21 @@ Stateless across processes: the choice at global step s is a hash of
 
 from __future__ import annotations
 
+import math
+
 from stress.schedulers.controlled import SchedState, splitmix64
+
+
+def unit(x: int) -> float:
+    """A uniform float in [0, 1) from a 64-bit hash."""
+    return (x >> 11) / float(1 << 53)
+
+
+def geometric(u: float, mean: float) -> int:
+    """A draw of the geometric distribution on 1, 2, ... with the given mean, from u in [0, 1)."""
+    if mean <= 1:
+        return 1
+    return 1 + int(math.log1p(-u) / math.log1p(-1.0 / mean))
 
 
 class RandomStrategy:
