@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from stress.hunt import STRATEGIES as HUNT_STRATEGIES
 from stress.knobs import KNOBS
 from stress.report import EXIT_FINDINGS, EXIT_HARNESS, EXIT_OK, EXIT_USAGE, SUITE_SCHEMA, end_line, write_json
 from stress.runner import Runner, UsageError, check_json_path
@@ -92,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     hp = sub.add_parser("hunt", help="every mutant, seed after seed, until caught by the check it names")
     hp.add_argument("--scenario", "-s", help="only this scenario's mutants")
-    hp.add_argument("--max-seeds", type=_count, default=1000, metavar="N", help="seeds per mutant (default 1000)")
+    hp.add_argument("--max-seeds", type=_count, default=300, metavar="N", help="seeds per mutant (default 300)")
+    hp.add_argument("--seconds", type=float, default=60.0, metavar="S",
+                    help="seconds per mutant, whichever budget ends first (default 60)")
+    hp.add_argument("--strategy", default="mix", choices=HUNT_STRATEGIES,
+                    help="how to search: mix (random, swarm and pct by turns; the default), random, swarm, pct, "
+                    "free (free-running with delays at sampled accesses), pmc (communication-directed)")
+    hp.add_argument("--litmus", action="store_true",
+                    help="hunt a mutant that has a litmus program on it (a regression test, not a blind hunt)")
     hp.add_argument("--ops", type=_count, default=40, metavar="N", help="operations per CPU (default 40)")
     hp.add_argument("--cpus", type=_count, default=2, metavar="N", help="CPUs (default 2)")
     hp.add_argument("--pct-depth", type=_count, default=3, metavar="D", help="PCT depth (default 3)")
@@ -317,6 +325,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_shrink(args: argparse.Namespace) -> int:
     from stress.program import describe, from_json
     from stress.replay import load_report
+    from stress.schedulers import describe_point
     from stress.shrink import shrink
 
     report = load_report(args.report)
@@ -340,7 +349,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
     for cpu, devs in enumerate(res.after.deviations):
         for op, point, target in devs:
-            print(f"  preempt: {name(cpu)} at operation {op} point {point} -> {name(target)}")
+            print(f"  preempt: {name(cpu)} at {describe_point(op, point)} -> {name(target)}")
     f = res.final.findings[0] if res.final.findings else None
     if f is not None:
         print("  " + f.headline())
@@ -365,9 +374,11 @@ def cmd_hunt(args: argparse.Namespace) -> int:
         except LookupError as e:
             raise UsageError(str(e).strip("'\"")) from None
     print(HEADER, flush=True)
+    if not args.seconds > 0:
+        raise UsageError(f"--seconds must be a positive number, not {args.seconds}")
     rows = hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
                 depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module,
-                reports=args.reports)
+                reports=args.reports, strategy=args.strategy, litmus=args.litmus, max_seconds=args.seconds)
     errors = [r for r in rows if r.error]
     missed = [r for r in rows if r.caught is None and not r.error]
     wrong = [r for r in rows if r.caught is not None and not r.right_check]
@@ -376,8 +387,9 @@ def cmd_hunt(args: argparse.Namespace) -> int:
           + (f"; {len(wrong)} by another check" if wrong else "")
           + (f"; {len(missed)} not caught" if missed else "")
           + (f"; {len(errors)} ended in a harness error" if errors else "")
-          + f" (pct depth {args.pct_depth} on generated programs of {args.ops} ops per CPU on {args.cpus} CPUs; "
-          "random on litmus programs)")
+          + f" ({'blind, ' if not args.litmus else ''}{args.strategy} on generated programs of {args.ops} ops per "
+          f"CPU on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
+          + ("; random on litmus programs" if args.litmus else "") + ")")
     if args.json:
         write_json(args.json, {"schema": "mmtorture-hunt/2", "rows": [r.to_json() for r in rows]})
     if errors:

@@ -1,17 +1,24 @@
 """Hunt: every mutant against the checkers, seed after seed, until the check it names catches it.
 
-A mutant whose scenario gives it a litmus program is hunted on that program
-(its race is rare in generated ones) with the random strategy: in a short
-program the attacker must run through many scheduling points while the
-victim waits, which uniform choices reach far more often than PCT's few
-change points.  The others are hunted on generated programs with pct.
-The first run of a mutant measures how many scheduling decisions its
-program takes, and the following seeds draw PCT's change points from that
-many steps (the k of the paper's bound), so small programs are searched
-where their bugs are.
+Blind by default: no litmus program, no window added for a mutant.  Each
+mutant is searched by a strategy:
 
-A catch counts only when the run's first finding is a check the mutant
-names; a catch by another check is marked and fails the hunt (exit 1).
+- random: uniform programs, the random controlled strategy (a coin at every
+  window, sparse preemptions at any shared access);
+- swarm: swarm programs (per seed a subset of operations with random
+  weights, arguments focused where CPUs meet) under the random strategy;
+- pct: uniform programs under PCT over accesses; the first run measures how
+  many accesses its program makes and later seeds draw the change points
+  from that many (the k of the paper's bound);
+- mix (the default): seed n runs random, swarm and pct in turn, so one
+  budget covers the three;
+- free: free-running with delays injected at sampled accesses, one run of
+  the remaining seconds per seed;
+
+`--litmus` hunts a mutant that has a litmus program on it instead (random),
+as a regression test.  Budgets: seeds and seconds per mutant, whichever ends
+first.  A catch counts only when the run's first finding is a check the
+mutant names; a catch by another check is marked and fails the hunt (exit 1).
 Each catch keeps its report and comes with the command that reproduces it.
 """
 
@@ -26,6 +33,11 @@ from dataclasses import asdict, dataclass, field
 from policies import get_scenario, scenarios
 from stress.report import EXIT_FINDINGS, EXIT_OK, write_json
 from stress.runner import run
+from stress.schedulers.free import DELAY_EVERY
+
+STRATEGIES = ("mix", "random", "swarm", "pct", "free")
+MIX = ("random", "swarm", "pct")
+FREE_RUN_S = 5.0
 
 
 @dataclass
@@ -43,6 +55,7 @@ class HuntRow:
     report: str | None = None
     command: str | None = None
     error: str | None = None
+    strategy: str = "mix"
     run_report: dict | None = field(default=None, repr=False)
 
     @property
@@ -55,14 +68,22 @@ class HuntRow:
         return d | {"right_check": self.right_check}
 
 
+def plan(strategy: str, n: int) -> tuple[str, str, str]:
+    """The (strategy, scheduler, program generator) of the n-th seed of a hunt by `strategy`."""
+    name = MIX[n % len(MIX)] if strategy == "mix" else strategy
+    return (name, "random", "swarm") if name == "swarm" else (name, name, "uniform")
+
+
 def reproduce_command(scenario: str, policy: str, seed: int, scheduler: str, cpus: int, ops: int, depth: int,
-                      k: int, litmus: bool, policy_modules=()) -> str:
+                      k: int, litmus: bool, policy_modules=(), programs: str = "uniform") -> str:
     """The `mmtorture run` that makes the same run again (same program, same schedule)."""
     args = ["mmtorture", "run", "-s", scenario, "-p", policy, "--seed", str(seed), "--scheduler", scheduler]
     if litmus:
         args.append("--litmus")
     else:
         args += ["--cpus", str(cpus), "--ops", str(ops)]
+        if programs != "uniform":
+            args += ["--programs", programs]
     if scheduler == "pct":
         args += ["--pct-depth", str(depth), "--pct-steps", str(k)]
     for m in policy_modules:
@@ -70,66 +91,90 @@ def reproduce_command(scenario: str, policy: str, seed: int, scheduler: str, cpu
     return shlex.join(args)
 
 
+def _error(r) -> str:
+    return f"exit {r.exit_code}: " + ("; ".join(r.report.get("harness_errors") or [])
+                                      or (r.report.get("diverged") or {}).get("message", "interrupted"))
+
+
 def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: int = 1000, ops: int = 40,
              cpus: int = 2, first_seed: int = 0, depth: int = 3, policy_modules=(),
-             program: list | None = None, scheduler: str = "pct", reports: str | None = None,
-             want: str | None = None) -> HuntRow:
-    """Seeds of `scheduler` until the mutant's run finds something (with `want`, until its first
-    finding is that check); on `program` (its litmus test) if given, else on a generated
-    program of `ops` operations per CPU."""
+             program: list | None = None, strategy: str = "mix", reports: str | None = None,
+             want: str | None = None, max_seconds: float | None = None) -> HuntRow:
+    """Seeds of `strategy` until the mutant's run finds something (with `want`, until its first
+    finding is that check), within `max_seeds` and `max_seconds`; on `program` (a litmus test)
+    if given, else on generated programs of `ops` operations per CPU."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     t0 = time.monotonic()
     kind = "litmus" if program else "generated"
     k = 0
     steps = 0
+    n = 0
+    name, scheduler = strategy, strategy
     for n, seed in enumerate(range(first_seed, first_seed + max_seeds), 1):
+        left = None if max_seconds is None else max_seconds - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            n -= 1
+            break
+        name, scheduler, gen = plan(strategy, seed - first_seed)
+        knobs: dict = {"scheduler": scheduler, "programs": gen}
+        if scheduler == "free":
+            knobs.update(duration=min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)), ops=0,
+                         delay_every=DELAY_EVERY)
+        else:
+            knobs.update(ops=0 if program else ops, pct_depth=depth, pct_steps=k)
         used_k = k
-        r = run(scenario, policy, cpus=cpus, ops=0 if program else ops, seed=seed, scheduler=scheduler,
-                pct_depth=depth, pct_steps=used_k, progress="off", policy_modules=policy_modules, program=program)
-        sched = r.report.get("schedule") or {}
-        steps = int(sched.get("steps", 0))
-        k = k or max(steps, 1)
-        row = HuntRow(scenario, policy, list(expect), None, n, seed, steps, 0.0, scheduler, kind, run_report=r.report)
+        r = run(scenario, policy, cpus=cpus, seed=seed, progress="off", policy_modules=policy_modules,
+                program=program, **knobs)
+        s = r.report.get("schedule") or {}
+        steps = int(s.get("steps", 0))
+        if scheduler == "pct":
+            k = k or max(int(s.get("accesses", 0)), 1)
+        cmd = reproduce_command(scenario, policy, seed, scheduler, cpus, ops, depth, int(s.get("k", used_k)),
+                                bool(program), r.report.get("policy_modules", []), gen)
+        row = HuntRow(scenario, policy, list(expect), None, n, seed, steps, 0.0, scheduler, kind, strategy=name,
+                      run_report=r.report)
         if r.exit_code not in (EXIT_OK, EXIT_FINDINGS):
-            row.error = f"exit {r.exit_code}: " + ("; ".join(r.report.get("harness_errors") or [])
-                                                   or (r.report.get("diverged") or {}).get("message", "interrupted"))
+            row.error = _error(r)
         elif not r.findings or want not in (None, r.findings[0].check):
             continue
         else:
             row.caught = r.findings[0].check
-            row.command = reproduce_command(scenario, policy, seed, scheduler, cpus, ops, depth,
-                                            int(sched.get("k", used_k)), bool(program),
-                                            r.report.get("policy_modules", []))
             if reports:
                 row.report = os.path.join(reports, f"{scenario}-{policy}.json")
                 write_json(row.report, r.report)
+            row.command = cmd
         row.seconds = round(time.monotonic() - t0, 3)
         return row
-    return HuntRow(scenario, policy, list(expect), None, max_seeds, None, steps,
-                   round(time.monotonic() - t0, 3), scheduler, kind)
+    return HuntRow(scenario, policy, list(expect), None, n, None, steps, round(time.monotonic() - t0, 3),
+                   scheduler, kind, strategy=strategy)
 
 
 def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
-                depth: int = 3, policy_modules=(), reports: str | None = None, want: str | None = None) -> HuntRow:
-    """One mutant searched as `hunt` searches it: random on its litmus program if it has
-    one, else pct on generated programs."""
+                depth: int = 3, policy_modules=(), reports: str | None = None, want: str | None = None,
+                strategy: str = "mix", litmus: bool = False, max_seconds: float | None = None) -> HuntRow:
+    """One mutant searched as `hunt` searches it: blind by `strategy`, or with `litmus` on its
+    litmus program if it has one (random)."""
     sc = get_scenario(scenario)
     p = sc.policy(policy)
-    litmus = sc.litmus(p)
-    return hunt_one(sc.name, p.name, p.expect, max_seeds=max_seeds, ops=ops, cpus=len(litmus) if litmus else cpus,
-                    depth=depth, policy_modules=policy_modules, program=litmus,
-                    scheduler="random" if litmus else "pct", reports=reports, want=want)
+    prog = sc.litmus(p) if litmus else None
+    return hunt_one(sc.name, p.name, p.expect, max_seeds=max_seeds, ops=ops, cpus=len(prog) if prog else cpus,
+                    depth=depth, policy_modules=policy_modules, program=prog,
+                    strategy="random" if prog else strategy, reports=reports, want=want, max_seconds=max_seconds)
 
 
 def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
          depth: int = 3, say: Callable[[str], None] | None = None, policy_modules=(),
-         reports: str | None = None) -> list[HuntRow]:
+         reports: str | None = None, strategy: str = "mix", litmus: bool = False,
+         max_seconds: float | None = None) -> list[HuntRow]:
     rows = []
     for sc in scenarios().values():
         if scenario is not None and sc.name != scenario:
             continue
         for p in sc.mutants():
             row = hunt_mutant(sc.name, p.name, max_seeds=max_seeds, ops=ops, cpus=cpus, depth=depth,
-                              policy_modules=policy_modules, reports=reports)
+                              policy_modules=policy_modules, reports=reports, strategy=strategy, litmus=litmus,
+                              max_seconds=max_seconds)
             rows.append(row)
             if say:
                 say(format_row(row))
@@ -146,7 +191,7 @@ def format_row(r: HuntRow) -> str:
         caught += " (WRONG CHECK)"
     line = (f"{r.scenario + '/' + r.mutant:<44} {' or '.join(r.expected):<36} {caught:<28} "
             f"{'-' if r.seed is None else r.seed:>5} {r.seeds:>5} {r.steps:>6} {r.seconds:>6.1f}s  "
-            f"{r.scheduler} on {r.program}")
+            f"{r.strategy} on {r.program}")
     if r.command:
         line += f"\n    reproduce: {r.command}" + (f"\n    report: {r.report}" if r.report else "")
     if r.error:

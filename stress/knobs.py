@@ -133,8 +133,10 @@ KNOBS: tuple[Knob, ...] = (
          "how programs are generated: uniform (the scenario's weights), or swarm (per seed a subset of "
          "operations with random weights, arguments focused where CPUs meet)", metavar="GEN"),
     Knob("pct_depth", _positive_int, 3, "pct: bug depth d (d-1 priority change points)", metavar="D"),
-    Knob("pct_steps", _nonneg_int, 0, "pct: steps k the change points are drawn from, 0 to estimate",
+    Knob("pct_steps", _nonneg_int, 0, "pct: shared accesses k the change points are drawn from, 0 to estimate",
          metavar="K"),
+    Knob("preempt_every", _nonneg_int, 0, "random: mean shared accesses between preemptions, 0 to draw per seed",
+         metavar="N"),
     Knob("window_rate", _rate, 0.05, "chance of a delay at each preemption window", metavar="P"),
     Knob("delay_every", _nonneg_int, 500, "free: mean shared accesses between injected delays (KCSAN-style), "
          "0 for none", metavar="N"),

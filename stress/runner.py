@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import multiprocess
@@ -45,7 +45,7 @@ from stress.report import (
     summary,
     write_json,
 )
-from stress.schedulers import Replay, SchedState, is_controlled, make_strategy
+from stress.schedulers import Replay, SchedState, describe_point, is_controlled, make_strategy
 from stress.watchdog import Watchdog
 from stress.worker import STAT_COUNTERS, STATUS, ProcessSpec, cpu_main, cpu_seed, gp_main
 
@@ -55,6 +55,7 @@ BARRIER_TIMEOUT_S = 20.0
 SETUP_TIMEOUT_S = 20.0
 POLL_S = 0.05
 CONTROLLED_OPS = 2000
+PROFILE_CAP = 1 << 18  # accesses recorded per CPU when profiling
 DEFAULT_DURATION_S = 10.0
 AFTER_FINDING_DEADLINE_S = 1.0
 
@@ -122,6 +123,7 @@ class RunResult:
     findings: list[Finding]
     exit_code: int
     report_path: str | None = None
+    profile: list | None = field(default=None, repr=False)  # per CPU, per operation, its accesses
 
     @property
     def kinds(self) -> set[str]:
@@ -194,13 +196,18 @@ class Runner:
         strict: bool = True,
         save_failing: str | None = None,
         verdict: bool = True,
+        profile: bool = False,
     ):
         """`program` (JSON form, per CPU [name, arg, ...]) replaces the generator;
         `schedule` (a report's "schedule") is followed instead of a strategy,
         strictly (a misfit is a divergence, exit 2) or leniently (shrinking).
         `save_failing`: a directory where a failing run without `json_path`
         writes its report (the CLI: the working directory).  `verdict`: end
-        with the `End of test` line (a suite prints one for all its runs)."""
+        with the `End of test` line (a suite prints one for all its runs).
+        `profile`: a controlled run records every shared access of each CPU,
+        per operation (RunResult.profile), for communication-directed search."""
+        self.profile = profile
+        self.profiled: list | None = None
         self.policy_modules = load_policy_modules(policy_modules)
         self.scenario, self.policy = resolve(scenario, policy)
         own = scenario_module(self.scenario.name)
@@ -292,6 +299,8 @@ class Runner:
             finally:
                 self._reap()
             findings, report = self._report()
+            if self.profile and self.sched is not None:
+                self.profiled = self.sched.profile()
         finally:
             self._cleanup()
             for s, h in old.items():
@@ -307,7 +316,7 @@ class Runner:
             self.say(summary(report, path if path != self.json_path else None))
             if self.show_verdict:
                 self.say(end_line(code, report))
-        return RunResult(report, findings, code, path)
+        return RunResult(report, findings, code, path, self.profiled)
 
     def _exit_code(self, findings: list[Finding]) -> int:
         if self.signum:
@@ -349,7 +358,7 @@ class Runner:
                            self.sched_name, dict(k), self.policy_modules, os.getpid(),
                            program=self.program, replay=self.replay)
         if self.controlled:
-            sched = self.sched = SchedState.create(run_id, 2, ncpus + 1)
+            sched = self.sched = SchedState.create(run_id, 2, ncpus + 1, PROFILE_CAP if self.profile else 0)
             self.strategy = make_strategy(self.sched_name, self.seed, ncpus + 1, k, self.replay)
             self.strategy.init(sched)
             spec.sched_segment = sched.seg.name
@@ -609,7 +618,7 @@ class Runner:
         assert st is not None
         summ = st.summary()
         out = {"strategy": self.sched_name, "seed": self.seed, **self.strategy.describe()}
-        out.update({k: summ[k] for k in ("first", "steps", "switches", "complete")})
+        out.update({k: summ[k] for k in ("first", "steps", "decisions", "accesses", "switches", "complete")})
         out["deviations"] = st.deviations()
         out["preemptions"] = sum(len(d) for d in out["deviations"])
         div = st.divergence()
@@ -623,11 +632,11 @@ class Runner:
             if "message" not in div:
                 who = "the grace-period kthread" if div["cpu"] == self.knobs["cpus"] else f"cpu {div['cpu']}"
                 if div.get("unreached"):
-                    div["message"] = (f"{who} never reached operation {div['op']} point {div['point']}, where "
+                    div["message"] = (f"{who} never reached {describe_point(div['op'], div['point'])}, where "
                                       f"the schedule switches to cpu {div['target']}")
                 else:
-                    div["message"] = (f"at step {div['step']}, {who} at operation {div['op']} point "
-                                      f"{div['point']} should switch to cpu {div['target']}, which cannot run there")
+                    div["message"] = (f"at step {div['step']}, {who} at {describe_point(div['op'], div['point'])} "
+                                      f"should switch to cpu {div['target']}, which cannot run there")
             self.divergence = div
         return out
 
@@ -649,12 +658,12 @@ class Runner:
 
 def run(scenario: str, policy: str | None = None, *, json_path: str | None = None,
         out: TextIO | None = None, quiet: bool = True, policy_modules=(), program: list | None = None,
-        schedule: dict | None = None, strict: bool = True, **knobs: Any) -> RunResult:
+        schedule: dict | None = None, strict: bool = True, profile: bool = False, **knobs: Any) -> RunResult:
     """Run one scenario/policy; knobs as in stress.knobs (cpus=, ops=, seed=, scheduler=...).
 
     `program` and `schedule` as in Runner: a run that replays (program, schedule)."""
     return Runner(scenario, policy, knobs, json_path, out, policy_modules, quiet, program, schedule,
-                  strict).run()
+                  strict, profile=profile).run()
 
 
 __all__ = ["HarnessError", "KINDS", "RunResult", "Runner", "UsageError", "run"]

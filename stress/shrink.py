@@ -7,9 +7,10 @@ the later ones; every candidate is replayed leniently (a preemption that no
 longer fits goes to the nearest runnable CPU), and a candidate that still
 fails is replaced by what it actually ran: the operations it executed and
 the preemptions it took.  Passes, until nothing changes (delta debugging,
-Zeller's ddmin, chunk sizes halving): remove operations, remove preemptions,
-lower arguments to 0.  The result is replayed strictly once and written as a
-new report.
+Zeller's ddmin, chunk sizes halving): remove operations, remove preemptions
+(one CPU's chunks, then pairs across CPUs), move preemptions to simpler
+points (the operation's end, an earlier window or access), lower arguments
+to 0.  The result is replayed strictly once and written as a new report.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 
 from stress.replay import replay
 from stress.runner import RunResult, UsageError
+from stress.schedulers.controlled import AT_BOUNDARY
 
 Devs = list[list[list[int]]]
+PAIR_LIMIT = 10
 
 
 @dataclass
@@ -125,6 +128,51 @@ class Shrinker:
         return self._ddmin(c, lambda x: x.deviations, Candidate.without_devs,
                            lambda x: (x.preemptions, x.ops))
 
+    def _pass_dev_pairs(self, c: Candidate) -> Candidate:
+        """Remove two preemptions of different CPUs at once: a CPU handed away and the hand back
+        are often only removable together.  Few preemptions are left by then, so all pairs."""
+        changed = True
+        while changed and c.preemptions <= PAIR_LIMIT and self._budget():
+            changed = False
+            where = [(cpu, i) for cpu, d in enumerate(c.deviations) for i in range(len(d))]
+            for x, (ca, ia) in enumerate(where):
+                for cb, ib in where[x + 1:]:
+                    if ca == cb or not self._budget():
+                        continue
+                    devs = [[d for j, d in enumerate(lst) if (cpu, j) not in ((ca, ia), (cb, ib))]
+                            for cpu, lst in enumerate(c.deviations)]
+                    got = self._try(Candidate(c.program, c.first, devs))
+                    if got is not None and (got.preemptions, got.ops) < (c.preemptions, c.ops):
+                        c, changed = got, True
+                        break
+                if changed:
+                    break
+        return c
+
+    def _pass_points(self, c: Candidate) -> Candidate:
+        """Move each preemption to a simpler point of its operation: its end, an earlier window, an
+        earlier access.  A point that no longer depends on how long the operations before it ran
+        lets the next pass remove them."""
+        for cpu in range(len(c.deviations)):
+            for i in range(len(c.deviations[cpu])):
+                if not self._budget() or i >= len(c.deviations[cpu]):
+                    break
+                op, point, target = c.deviations[cpu][i]
+                simpler = [AT_BOUNDARY] if point != AT_BOUNDARY else []
+                if point < AT_BOUNDARY:
+                    simpler += list(range(AT_BOUNDARY - 1, point, -1))
+                elif point > 1:
+                    simpler += [point // 2, point - 1]
+                for p in simpler:
+                    devs = [list(d) for d in c.deviations]
+                    devs[cpu] = list(devs[cpu])
+                    devs[cpu][i] = [op, p, target]
+                    got = self._try(Candidate(c.program, c.first, devs))
+                    if got is not None and (got.ops, got.preemptions) <= (c.ops, c.preemptions):
+                        c = got
+                        break
+        return c
+
     def _pass_args(self, c: Candidate) -> Candidate:
         for cpu, steps in enumerate(c.program):
             for i in range(len(steps)):
@@ -153,6 +201,8 @@ class Shrinker:
             before = (c.ops, c.preemptions, c.program)
             c = self._pass_ops(c)
             c = self._pass_devs(c)
+            c = self._pass_dev_pairs(c)
+            c = self._pass_points(c)
             c = self._pass_args(c)
             self.say(f"pass: {c.ops} ops, {c.preemptions} preemptions ({self.runs} runs)")
             if (c.ops, c.preemptions, c.program) == before:

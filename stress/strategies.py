@@ -24,8 +24,10 @@ from hypothesis import strategies as st
 
 from policies import get_scenario
 from stress.runner import RunResult, run
+from stress.schedulers.controlled import AT_BOUNDARY
 
-MAX_POINTS = 4
+MAX_POINTS = 40
+MAX_WINDOWS = 4
 
 
 def _ops(scenario: str, policy: str | None):
@@ -53,23 +55,34 @@ def programs(scenario: str, policy: str | None = None, ncpus: int = 2, min_ops: 
 
 @st.composite
 def schedules(draw, program: list, max_preemptions: int = 6, max_points: int = MAX_POINTS,
-              kthread: bool = True) -> dict:
+              max_windows: int = MAX_WINDOWS, max_access_preemptions: int = 2, kthread: bool = True) -> dict:
     """Preemptions anchored in the program's operations (CPU c at operation o, point p, switch to t).
 
-    The grace-period kthread is CPU n; it is a possible target when `kthread`."""
+    First up to `max_preemptions` at windows and spins (p = -2 - w for the w-th, where a
+    preemption matters most) or at an operation's end (-1); then up to
+    `max_access_preemptions` just before a shared access (p = a for the a-th, a <= max_points),
+    drawn apart so that they shrink away on their own.  The grace-period kthread is CPU n; it is
+    a possible target when `kthread`."""
     ncpus = len(program)
     nparts = ncpus + 1
     targets = nparts if kthread else ncpus
     devs: list[list[list[int]]] = [[] for _ in range(nparts)]
     seen = set()
-    for _ in range(draw(st.integers(0, max_preemptions))):
+
+    def preempt(point_strategy) -> None:
         cpu = draw(st.integers(0, ncpus - 1))
         op = draw(st.integers(0, max(0, len(program[cpu]) - 1)))
-        point = draw(st.integers(0, max_points - 1))
+        point = draw(point_strategy)
         target = (cpu + 1 + draw(st.integers(0, targets - 2))) % targets
         if (cpu, op, point) not in seen:
             seen.add((cpu, op, point))
             devs[cpu].append([op, point, target])
+
+    windows = st.integers(0, max_windows).map(lambda w: AT_BOUNDARY if w == max_windows else AT_BOUNDARY - 1 - w)
+    for _ in range(draw(st.integers(0, max_preemptions))):
+        preempt(windows)
+    for _ in range(draw(st.integers(0, max_access_preemptions if max_points else 0))):
+        preempt(st.integers(1, max_points))
     return {"first": draw(st.integers(0, ncpus - 1)), "deviations": devs}
 
 

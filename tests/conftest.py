@@ -23,8 +23,10 @@ _HUNTS: dict = {}
 
 @pytest.fixture
 def hunted():
-    """A mutant searched as `mmtorture hunt` searches it (with `want`, until that check is first);
-    each search is made once per test process, since several tests look at it."""
+    """A mutant searched as `mmtorture hunt --litmus` searches it: blind (random, swarm and pct
+    by turns), or on its litmus program where it has one, as a regression test (with `want`,
+    until that check is first); each search is made once per test process, since several tests
+    look at it."""
     from stress.hunt import hunt_mutant
 
     def search(scenario: str, mutant: str, want: str | None = None):
@@ -33,7 +35,7 @@ def hunted():
             return first
         key = (scenario, mutant, want)
         if key not in _HUNTS:
-            _HUNTS[key] = hunt_mutant(scenario, mutant, max_seeds=200, want=want)
+            _HUNTS[key] = hunt_mutant(scenario, mutant, max_seeds=200, want=want, litmus=True)
         return _HUNTS[key]
 
     return search

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from shm.sched import Scheduler
-from stress.schedulers.controlled import ControlledScheduler, Replay, SchedState, Strategy
+from stress.schedulers.controlled import ControlledScheduler, Replay, SchedState, Strategy, describe_point
 from stress.schedulers.free import FreeScheduler
 from stress.schedulers.pct import PctStrategy
 from stress.schedulers.rand import RandomStrategy
@@ -47,5 +47,5 @@ def make_scheduler(name: str, seed: int, knobs: dict, cpu_seed: int = 0, segment
 
 __all__ = [
     "SCHEDULERS", "STRATEGIES", "ControlledScheduler", "FreeScheduler", "Replay", "SchedState", "Scheduler",
-    "is_controlled", "make_scheduler", "make_strategy",
+    "describe_point", "is_controlled", "make_scheduler", "make_strategy",
 ]

@@ -2,16 +2,23 @@
 
 A token in shared memory names the running CPU; every other CPU (the
 grace-period kthread included) sleeps on its own futex word.  The running
-CPU gives the token away only at scheduling points: `cpu.window()`, a spin
-(it yields; when the spin names the word it waits on, it is not run again
-until that word changes), a futex wait (it blocks on the word), an operation
-boundary, and its exit.  At each point the CPU holding the token asks the
+CPU gives the token away only at scheduling points: any shared access
+(every load, store and atomic through shm is a step counted in C; the
+scheduler is entered at the access a strategy armed the countdown for, so an
+access that is not chosen costs an increment), `cpu.window()` (a hint: the
+strategies weigh it more), a spin (it yields; when the spin names the word
+it waits on, it is not run again until that word changes), a futex wait (it
+blocks on the word), an operation boundary, and its exit.  At each point the CPU holding the token asks the
 strategy (random, pct, replay: one file each, like shuttle's scheduler/)
 which CPU runs next, stores the token, wakes that CPU's word and sleeps on
 its own: a switch is one futex handoff, never a poll.
 
 Every decision is data.  A decision is anchored at the deciding CPU's
-(operation index, point within that operation).  The schedule records only
+(operation index, point within that operation): a point n >= 1 is just before the operation's n-th shared
+access; -1 is its end (its boundary); -2 - w is its w-th window or spin.
+Windows and boundaries are counted apart from accesses, so they keep their
+meaning when an earlier operation is removed and the access counts shift
+(shrinking), and when access-level preemptions are added or dropped.  The schedule records only
 the decisions that differ from the default (the current CPU keeps running;
 when it cannot, the next runnable CPU in slot order), so a schedule is a
 short list of preemptions.  Shrinking removes them one by one, and they keep
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from shm._atomic import accesses, record, recorded, set_countdown, set_hook
 
 from shm import Segment
 from shm.checks import LOCK_DEADLOCK_CYCLE, SCHED_ALL_BLOCKED, SCHED_LIVELOCK, Check
@@ -41,6 +49,9 @@ if TYPE_CHECKING:
     from shm.cpu import Cpu
 
 RUNNABLE, BLOCKED, YIELDED, EXITED = 0, 1, 2, 3
+ACCESS, WINDOW, OTHER, BOUNDARY = "access", "window", "other", "boundary"
+AT_BOUNDARY = -1
+MAX_PROFILE_OPS = 4096
 CONTROLLED, DISSOLVED = 0, 1
 CAPACITY = 1 << 16
 LIVELOCK_DECISIONS = 200_000
@@ -64,6 +75,8 @@ CONTROL = np.dtype(
         ("step", "<i8"),
         ("switches", "<i8"),
         ("div_step", "<i8"),
+        ("points", "<i8"),
+        ("accesses", "<i8"),
     ],
     align=True,
 )
@@ -79,18 +92,31 @@ SLOT = np.dtype(
         ("ndev", "<i4"),
         ("overflow", "<i4"),
         ("prio", "<i8"),
+        ("nrec", "<i8"),
     ],
     align=True,
 )
 DEVIATION = np.dtype([("op", "<i4"), ("point", "<i4"), ("target", "<i4"), ("pad", "<i4")])
 
 
-def sched_layout(nparts: int, capacity: int = CAPACITY) -> Layout:
-    return Layout(
-        "sched",
-        [Region("control", CONTROL), Region("slot", SLOT, nparts), Region("dev", DEVIATION, nparts * capacity)],
-        {"nparts": nparts, "capacity": capacity},
-    )
+def sched_layout(nparts: int, capacity: int = CAPACITY, rec_cap: int = 0) -> Layout:
+    """The scheduler's segment; with rec_cap, room for a profile: every access of each participant
+    (up to rec_cap) and where each of its operations starts in that record."""
+    regions = [Region("control", CONTROL), Region("slot", SLOT, nparts), Region("dev", DEVIATION, nparts * capacity)]
+    if rec_cap:
+        regions += [Region("rec", np.dtype("<i8"), nparts * rec_cap),
+                    Region("opstart", np.dtype("<i8"), nparts * MAX_PROFILE_OPS),
+                    Region("opclock", np.dtype("<i8"), nparts * MAX_PROFILE_OPS)]
+    return Layout("sched", regions, {"nparts": nparts, "capacity": capacity, "rec_cap": rec_cap})
+
+
+def describe_point(op: int, point: int) -> str:
+    """A point of a schedule in words: `operation 3 before shared access 12`."""
+    if point == AT_BOUNDARY:
+        return f"the end of operation {op}"
+    if point < AT_BOUNDARY:
+        return f"operation {op} window {AT_BOUNDARY - 1 - point}"
+    return f"operation {op} before shared access {point}"
 
 
 def splitmix64(x: int) -> int:
@@ -106,10 +132,11 @@ class SchedState:
 
     def __init__(self, seg: Segment):
         self.seg = seg
-        self.mem = seg.mem
+        self.mem = seg.raw
         lay = seg.layout
         self.nparts = int(lay.params["nparts"])
         self.capacity = int(lay.params["capacity"])
+        self.rec_cap = int(lay.params.get("rec_cap", 0))
         self.control = seg.view("control")
         self.slots = seg.view("slot")
         self.devs = seg.view("dev")
@@ -117,6 +144,7 @@ class SchedState:
         self.token_off, self.mode_off, self.wedged_off = c("token"), c("mode"), c("wedged")
         self.next_change_off, self.weak_run_off = c("next_change"), c("weak_run")
         self.step_off, self.switches_off = c("step"), c("switches")
+        self.points_off, self.accesses_off = c("points"), c("accesses")
         self.diverged_off = c("diverged")
         s = lambda i, f: lay.offset("slot", i, f)  # noqa: E731
         n = range(self.nparts)
@@ -130,16 +158,35 @@ class SchedState:
         self.ndev_off = [s(i, "ndev") for i in n]
         self.overflow_off = [s(i, "overflow") for i in n]
         self.prio_off = [s(i, "prio") for i in n]
+        self.nrec_off = [s(i, "nrec") for i in n]
         self.dev_off = [lay.offset("dev", i * self.capacity) for i in n]
 
     @classmethod
-    def create(cls, run_id: str, n: int, nparts: int) -> SchedState:
-        return cls(Segment.create(sched_layout(nparts), run_id, n))
+    def create(cls, run_id: str, n: int, nparts: int, rec_cap: int = 0) -> SchedState:
+        return cls(Segment.create(sched_layout(nparts, rec_cap=rec_cap), run_id, n))
 
     @classmethod
     def attach(cls, name: str) -> SchedState:
         h = Segment.read_header(name)
-        return cls(Segment.attach(name, sched_layout(int(h["params"]["nparts"]), int(h["params"]["capacity"]))))
+        p = h["params"]
+        return cls(Segment.attach(name, sched_layout(int(p["nparts"]), int(p["capacity"]), int(p.get("rec_cap", 0)))))
+
+    def profile(self) -> list[list[tuple[int, np.ndarray]]]:
+        """Per participant, per operation: the run's access count when it began, and the accesses
+        it made (tag << 56 | kind << 48 | offset)."""
+        if not self.rec_cap:
+            return []
+        rec, starts, clocks = self.seg.view("rec"), self.seg.view("opstart"), self.seg.view("opclock")
+        out = []
+        for i in range(self.nparts):
+            n = min(int(self.slots["nrec"][i]), self.rec_cap)
+            mine = rec[i * self.rec_cap : i * self.rec_cap + n]
+            lo = i * MAX_PROFILE_OPS
+            ops = [(int(clocks[lo + o]), int(starts[lo + o])) for o in range(MAX_PROFILE_OPS)
+                   if 0 <= starts[lo + o] <= n]
+            ends = [s for _, s in ops[1:]] + [n]
+            out.append([(c, mine[s:e].copy()) for (c, s), e in zip(ops, ends)])
+        return out
 
     def close(self) -> None:
         del self.control, self.slots, self.devs
@@ -166,7 +213,9 @@ class SchedState:
         c = self.control[0]
         return {
             "first": int(c["first"]),
-            "steps": int(c["step"]),
+            "steps": int(c["points"]),
+            "decisions": int(c["step"]),
+            "accesses": int(c["accesses"]),
             "switches": int(c["switches"]),
             "complete": not bool(self.slots["overflow"].any()),
             "wedged": bool(c["wedged"]),
@@ -198,8 +247,13 @@ class Strategy(Protocol):
     def first(self, st: SchedState) -> int:
         """The CPU that runs first."""
 
-    def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int) -> int:
-        """One of cands; cur is the deciding CPU, default what runs without a preemption."""
+    def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int, why: str) -> int:
+        """One of cands; cur is the deciding CPU, default what runs without a preemption, why the
+        kind of point (ACCESS: the countdown this strategy armed ran out; WINDOW; OTHER)."""
+
+    def countdown(self, st: SchedState, cur: int, gaccess: int) -> int:
+        """Accesses cur makes before its next ACCESS point (0: none), once it runs with the whole
+        run's count of accesses at gaccess."""
 
     def describe(self) -> dict:
         """Parameters to record with the schedule."""
@@ -250,52 +304,100 @@ class ControlledScheduler(OsScheduler):
         self.me = cpu.id
         if not 0 <= self.me < st.nparts:
             raise ValueError(f"cpu {cpu.id} is not a participant of the controlled scheduler")
-        self.op = -1
-        self.point = 0
-        self.table = self.replay.deviations[self.me] if self.replay else None
+        self.op = 0
+        self.base = self.synced = accesses()
+        self.npoints = 0
+        table = self.replay.deviations[self.me] if self.replay else None
+        self.table = table or None
+        self.anchors: dict[int, list[int]] = {}
+        for op, point in table or ():
+            if point > 0:
+                self.anchors.setdefault(op, []).append(point)
+        for lst in self.anchors.values():
+            lst.sort()
         self.used: set[tuple[int, int]] = set()
         self.ndev = 0
         self.worker_slots = range(st.nparts - 1)
+        self.opstart = None
+        if st.rec_cap:
+            me = self.me
+            self.opstart = st.seg.view("opstart")[me * MAX_PROFILE_OPS : (me + 1) * MAX_PROFILE_OPS]
+            self.opstart[:] = -1
+            self.opstart[0] = 0
+            self.opclock = st.seg.view("opclock")[me * MAX_PROFILE_OPS : (me + 1) * MAX_PROFILE_OPS]
+            record(st.seg.view("rec")[me * st.rec_cap : (me + 1) * st.rec_cap])
+        set_hook(self._on_access)
 
     # -- the Scheduler protocol -------------------------------------------
     def begin(self, cpu: Cpu) -> None:
         self._wait_turn()
+        self.base = self.synced = accesses()
+        if self.opstart is not None:
+            self.opstart[0] = recorded()
+            self.opclock[0] = self.mem.load64(self.st.accesses_off)
+        self._arm()
 
     def window(self, cpu: Cpu, name: str) -> bool:
-        return not self.free and self._point(RUNNABLE)
+        return not self.free and self._point(RUNNABLE, WINDOW)
 
     def op_boundary(self, cpu: Cpu) -> None:
         if not self.free:
-            self._point(RUNNABLE)
+            self._point(RUNNABLE, BOUNDARY, next_op=True)
 
     def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
              bits: int = 32) -> None:
         if self.free:
             return super().spin(cpu, attempt)
         if mem is None:
-            self._point(YIELDED)
+            self._point(YIELDED, OTHER)
         else:
             self._watch(mem, off, seen, bits, False)
-            self._point(BLOCKED)
+            self._point(BLOCKED, OTHER)
 
     def block(self, cpu: Cpu, mem: Memory, off: int, expected: int, timeout: float | None) -> bool:
         if self.free:
             return mem.futex_wait(off, expected, timeout)
         self._watch(mem, off, expected, 32, timeout is not None)
-        self._point(BLOCKED)
+        self._point(BLOCKED, OTHER)
         return mem.load32(off) != expected
 
     def exit(self, cpu: Cpu) -> None:
+        set_hook(None)
+        if self.opstart is not None:
+            self.mem.store64(self.st.nrec_off[self.me], recorded())
+            record(None)
+            self.opstart = None
         if not self.free:
-            self._point(EXITED)
+            self._point(EXITED, OTHER)
         self._check_consumed()
 
     # -- machinery ---------------------------------------------------------
+    def _on_access(self, kind: int, tag: int, off: int) -> None:
+        """The countdown ran out: a scheduling point just before this access."""
+        if not self.free:
+            self._point(RUNNABLE, ACCESS)
+
+    def _arm(self) -> None:
+        """The countdown to the next access point: the strategy's or the replay's, whichever is first."""
+        if self.free:
+            set_countdown(0)
+            return
+        n = self.strategy.countdown(self.st, self.me, self.mem.load64(self.st.accesses_off))
+        todo = self.anchors.get(self.op)
+        if todo:
+            done = accesses() - self.base
+            while todo and todo[0] <= done:
+                todo.pop(0)
+            if todo and (not n or todo[0] - done < n):
+                n = todo[0] - done
+        set_countdown(n)
+
     def _watch(self, mem: Memory, off: int, seen: int, bits: int, timed: bool) -> None:
         st, m, me = self.st, self.mem, self.me
         seg = self._seg_index.get(id(mem))
         if seg is None:
-            seg = next(i for i, x in enumerate(self.cpu.machine.mems) if x is mem)
+            machine = self.cpu.machine
+            seg = next(i for i, (a, b) in enumerate(zip(machine.mems, machine.raws)) if mem is a or mem is b)
             self._seg_index[id(mem)] = seg
         m.store32(st.wseg_off[me], seg)
         m.store32(st.wbits_off[me], bits)
@@ -305,19 +407,27 @@ class ControlledScheduler(OsScheduler):
 
     def _changed(self, i: int) -> bool:
         st, m = self.st, self.mem
-        mem = self.cpu.machine.mems[m.load32(st.wseg_off[i])]
+        mem = self.cpu.machine.raws[m.load32(st.wseg_off[i])]
         off = m.load64(st.woff_off[i])
         load = mem.load64 if m.load32(st.wbits_off[i]) == 64 else mem.load32
         return load(off) != m.load64(st.wval_off[i])
 
-    def _point(self, state: int) -> bool:
+    def _anchor(self, why: str) -> int:
+        if why == BOUNDARY:
+            return AT_BOUNDARY
+        if why == ACCESS:
+            return accesses() - self.base
+        self.npoints += 1
+        return -1 - self.npoints
+
+    def _point(self, state: int, why: str, next_op: bool = False) -> bool:
         """A scheduling decision; True if another participant ran before this one continues."""
         st, m, me, cpu = self.st, self.mem, self.me, self.cpu
-        if cpu.steps != self.op:
-            self.op = cpu.steps
-            self.point = 0
-        op, point = self.op, self.point
-        self.point = point + 1
+        op, point = self.op, self._anchor(why)
+        now = accesses()
+        gacc = m.load64(st.accesses_off) + now - self.synced
+        m.store64(st.accesses_off, gacc)
+        self.synced = now
         m.store32(st.state_off[me], state)
         strong: list[int] = []
         weak: list[int] = []
@@ -342,11 +452,12 @@ class ControlledScheduler(OsScheduler):
         if not live_workers:
             st.dissolve()
             self.free = True
+            set_countdown(0)
             return False
         if strong:
             cands = strong
-            if m.load32(st.weak_run_off):
-                m.store32(st.weak_run_off, 0)
+            if why != ACCESS and m.load32(st.weak_run_off):
+                m.store32(st.weak_run_off, 0)  # an access point is no sign of progress: a spin loop reads too
         elif weak:
             cands = weak
             if m.fetch_add32(st.weak_run_off, 1) > LIVELOCK_DECISIONS:
@@ -364,7 +475,7 @@ class ControlledScheduler(OsScheduler):
         else:
             default = next((c for c in cands if c > me), cands[0])
         step = m.load64(st.step_off)
-        choice = self.strategy.choose(st, me, cands, default, step)
+        choice = self.strategy.choose(st, me, cands, default, step, why)
         table = self.table
         if table:
             target = table.get((op, point))
@@ -374,13 +485,22 @@ class ControlledScheduler(OsScheduler):
                     choice = target
                 else:
                     if self.replay is not None and self.replay.strict:
-                        self._diverge(step, op, point, target)
+                        self._diverge(m.load64(st.points_off), op, point, target)
                     choice = next((c for c in cands if c > target), cands[0])
         if choice != default:
             self._record(op, point, choice)
         m.store64(st.step_off, step + 1)
+        if why != ACCESS or choice != default:
+            m.fetch_add64(st.points_off, 1)
+        if next_op:
+            self.op += 1
+            self.base = accesses()
+            self.npoints = 0
+            if self.opstart is not None and self.op < MAX_PROFILE_OPS:
+                self.opstart[self.op] = recorded()
         if choice == me:
             m.store32(st.state_off[me], RUNNABLE)
+            self._resume(next_op)
             return False
         m.fetch_add64(st.switches_off, 1)
         cpu.trace(_EV_SWITCH, choice)
@@ -392,7 +512,14 @@ class ControlledScheduler(OsScheduler):
         self._wait_turn()
         if not self.free:
             m.store32(st.state_off[me], RUNNABLE)
+        self.synced = accesses()
+        self._resume(next_op)
         return True
+
+    def _resume(self, next_op: bool) -> None:
+        if next_op and self.opstart is not None and self.op < MAX_PROFILE_OPS:
+            self.opclock[self.op] = self.mem.load64(self.st.accesses_off)
+        self._arm()
 
     def _wait_turn(self) -> None:
         st, m, me = self.st, self.mem, self.me
@@ -434,7 +561,7 @@ class ControlledScheduler(OsScheduler):
         if not self.table or self.replay is None or not self.replay.strict or len(self.used) >= len(self.table):
             return
         op, point = min(set(self.table) - self.used)
-        self._diverge(self.mem.load64(self.st.step_off), op, point, self.table[(op, point)], unreached=True)
+        self._diverge(self.mem.load64(self.st.points_off), op, point, self.table[(op, point)], unreached=True)
 
     def _wedge(self, check: Check, why: str) -> None:
         """Nothing can run: report it once, then wait to be killed (or set free).

@@ -1,14 +1,26 @@
-"""The `random` strategy: at every scheduling point, a uniform choice among the CPUs that can run.
+"""The `random` strategy: uniform choices at windows and boundaries, sparse preemptions at accesses.
 
-Stateless across processes: the choice at global step s is a hash of
-(seed, s), so whichever process holds the token decides the same way.
+At a window, a spin or an operation boundary the next CPU is a uniform
+choice among those that can run (a window is a hint: it is where a
+preemption is likeliest to matter, so every one is a coin toss).  Between
+them, the running CPU is preempted just before a shared access after a
+geometric number of accesses (mean `preempt_every`; by default drawn per
+seed, log-uniform from 8 to 4096, so that some seeds preempt densely and
+others let whole operations run), in favour of a uniform choice among the
+others: a race between two accesses with no window between them is
+reachable too.
+
+Stateless across processes: every draw is a hash of (seed, global step or
+global access count), so whichever process holds the token decides alike.
 """
 
 from __future__ import annotations
 
 import math
 
-from stress.schedulers.controlled import SchedState, splitmix64
+from stress.schedulers.controlled import ACCESS, SchedState, splitmix64
+
+EVERY_RANGE = (8, 4096)
 
 
 def unit(x: int) -> float:
@@ -29,6 +41,11 @@ class RandomStrategy:
     def __init__(self, seed: int, nparts: int, knobs: dict):
         self.seed = seed & 0xFFFFFFFF
         self.nparts = nparts
+        every = int(knobs.get("preempt_every") or 0)
+        if not every:
+            lo, hi = EVERY_RANGE
+            every = round(lo * (hi / lo) ** unit(splitmix64((self.seed << 32) ^ 0xE7E4)))
+        self.every = every
 
     def init(self, st: SchedState) -> None:
         pass
@@ -36,10 +53,17 @@ class RandomStrategy:
     def first(self, st: SchedState) -> int:
         return splitmix64(self.seed << 32) % self.nparts
 
-    def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int) -> int:
+    def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int, why: str) -> int:
         if len(cands) == 1:
             return cands[0]
-        return cands[splitmix64((self.seed << 32) ^ (step + 1)) % len(cands)]
+        h = splitmix64((self.seed << 32) ^ (step + 1))
+        if why == ACCESS:
+            others = [c for c in cands if c != cur]
+            return others[h % len(others)]
+        return cands[h % len(cands)]
+
+    def countdown(self, st: SchedState, cur: int, gaccess: int) -> int:
+        return geometric(unit(splitmix64((self.seed << 40) ^ (gaccess * 64 + cur) ^ 0xACCE55)), self.every)
 
     def describe(self) -> dict:
-        return {}
+        return {"preempt_every": self.every}

@@ -25,8 +25,11 @@ class ReplayStrategy:
     def first(self, st: SchedState) -> int:
         return self._first
 
-    def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int) -> int:
+    def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int, why: str) -> int:
         return default
+
+    def countdown(self, st: SchedState, cur: int, gaccess: int) -> int:
+        return 0
 
     def describe(self) -> dict:
         return {}

@@ -61,9 +61,12 @@ def test_pct_records_its_parameters_and_bound():
 
 
 def test_a_minimal_schedule_reproduces_a_race():
-    """busted_spin_lock: cpu0 passes the test, cpu1 takes the lock, cpu0 sets it too."""
+    """busted_spin_lock: cpu0 passes the test, cpu1 takes the lock, cpu0 sets it too.
+
+    Points are access-level: n is just before the operation's n-th shared access; cpu0 stops
+    before its 2nd (the store after its test), cpu1 before its 7th (inside the section)."""
     program = [[["increment", 0, 1]], [["increment", 0, 1]]]
-    schedule = {"first": 0, "deviations": [[[0, 0, 1]], [[0, 1, 0]], []]}
+    schedule = {"first": 0, "deviations": [[[0, 2, 1]], [[0, 7, 0]], []]}
     r = _run("spinlock", "busted", program=program, schedule=schedule)
     assert r.findings[0].check == "locktorture.exclusion"
     assert "mutual exclusion broken" in r.findings[0].message
@@ -80,7 +83,7 @@ def test_no_preemption_no_race():
 
 def test_the_scheduler_names_a_deadlock_when_every_cpu_blocks():
     program = [[["increment_pair", 0, 1, 1]], [["increment_pair", 0, 1, 0]]]
-    r = _run("mutex", "abba", program=program, schedule={"first": 0, "deviations": [[[0, 0, 1]], [], []]})
+    r = _run("mutex", "abba", program=program, schedule={"first": 0, "deviations": [[[0, 2, 1]], [], []]})
     assert [f.check for f in r.findings] == ["lock.deadlock-cycle"]
     msg = r.findings[0].message
     assert msg.startswith("deadlock: every CPU is blocked, waiting in a cycle")
@@ -101,7 +104,7 @@ def test_a_schedule_that_does_not_fit_is_divergent(tmp_path):
     bad["schedule"]["deviations"][0].insert(0, [0, 999, 1])
     r = replay(bad)
     assert r.exit_code == 2
-    assert "operation 0 point 999" in r.report["diverged"]["message"]
+    assert "operation 0 before shared access 999" in r.report["diverged"]["message"]
     bad = copy.deepcopy(report)
     bad["schedule"]["steps"] += 5
     r = replay(bad)
@@ -126,7 +129,7 @@ def test_shrink_reduces_50_operations_to_at_most_10(tmp_path):
     res = shrink(report, json_path=str(out))
     assert res.check == "lock.deadlock-cycle"
     assert res.after.ops <= 10
-    assert res.after.preemptions <= res.before.preemptions
+    assert res.after.preemptions < res.before.preemptions
     small = json.loads(out.read_text())
     assert small["findings"][0]["check"] == "lock.deadlock-cycle"
     assert small["shrunk_from"]["ops"] == before
@@ -188,6 +191,20 @@ def test_hunt_catches_mutants_under_pct(capsys, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["mutant"] for r in rows} >= {"sync_in_rcu", "double_free", "leak"}
     assert all(r["right_check"] and r["seeds"] >= 1 for r in rows)
+
+
+def test_access_level_preemptions_replay_10_of_10(tmp_path):
+    """A random run preempts between two shared accesses with no window between them; its
+    schedule, anchored at (operation, access count), replays strictly to the same run."""
+    path = tmp_path / "r.json"
+    r = _run("vma_lookup", "per_vma_lock", ops=30, seed=3, scheduler="random", preempt_every=20, json_path=str(path))
+    devs = r.report["schedule"]["deviations"]
+    assert any(p > 0 for d in devs for _, p, _ in d), "no access-level preemption was drawn"
+    report = json.loads(path.read_text())
+    for _ in range(10):
+        again = replay(report)
+        assert again.exit_code == 0 and again.report["schedule"]["deviations"] == devs
+        assert again.report["counters"] == report["counters"]
 
 
 def test_swarm_programs_focus_the_arguments_and_drop_operations():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 from policies import scenarios
+from stress.hunt import plan
 from stress.replay import mismatch, replay
 from stress.report import evidence
 from stress.runner import run
@@ -83,11 +84,14 @@ def test_correct_twin_survives_the_mutants_search_and_reaches_its_race(hunted, s
     seen = 0
     k = 0
     for seed in range(max(row.seeds, TWIN_SEEDS)):
+        _, scheduler, programs = ("", "random", "uniform") if litmus else plan("mix", seed)
         r = run(scenario, p.twin, cpus=len(litmus) if litmus else 2, ops=0 if litmus else OPS, seed=seed,
-                scheduler=row.scheduler, pct_steps=k, program=litmus, progress="off")
+                scheduler=scheduler, programs=programs, pct_steps=k if scheduler == "pct" else 0, program=litmus,
+                progress="off")
         assert r.findings == [], (seed, [f.format() for f in r.findings])
         assert r.exit_code == 0, r.report["harness_errors"]
-        k = k or max(r.report["schedule"]["steps"], 1)
+        if scheduler == "pct":
+            k = k or max(r.report["schedule"]["accesses"], 1)
         seen += evidence(r.report).get(p.witness, 0)
     assert seen > 0, (f"{scenario}/{p.twin} never went through what {mutant} breaks ({p.witness}) in "
                       f"{max(row.seeds, TWIN_SEEDS)} seeds: its clean runs prove nothing")
