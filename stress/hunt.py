@@ -14,6 +14,8 @@ mutant is searched by a strategy:
   budget covers the three;
 - free: free-running with delays injected at sampled accesses, one run of
   the remaining seconds per seed;
+- pmc: communication-directed (stress.pmc): a profiling run, then
+  preemptions just before reads of words another CPU writes.
 
 `--litmus` hunts a mutant that has a litmus program on it instead (random),
 as a regression test.  Budgets: seeds and seconds per mutant, whichever ends
@@ -35,8 +37,10 @@ from stress.report import EXIT_FINDINGS, EXIT_OK, write_json
 from stress.runner import run
 from stress.schedulers.free import DELAY_EVERY
 
-STRATEGIES = ("mix", "random", "swarm", "pct", "free")
+STRATEGIES = ("mix", "random", "swarm", "pct", "free", "pmc")
 MIX = ("random", "swarm", "pct")
+PMC_TRIES = 8
+PMC_OPS = 12
 FREE_RUN_S = 5.0
 
 
@@ -117,21 +121,25 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
             n -= 1
             break
         name, scheduler, gen = plan(strategy, seed - first_seed)
-        knobs: dict = {"scheduler": scheduler, "programs": gen}
-        if scheduler == "free":
-            knobs.update(duration=min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)), ops=0,
-                         delay_every=DELAY_EVERY)
+        cmd = None
+        if name == "pmc":
+            r = _pmc_seed(scenario, policy, seed, cpus, policy_modules, want)
         else:
-            knobs.update(ops=0 if program else ops, pct_depth=depth, pct_steps=k)
-        used_k = k
-        r = run(scenario, policy, cpus=cpus, seed=seed, progress="off", policy_modules=policy_modules,
-                program=program, **knobs)
-        s = r.report.get("schedule") or {}
-        steps = int(s.get("steps", 0))
-        if scheduler == "pct":
-            k = k or max(int(s.get("accesses", 0)), 1)
-        cmd = reproduce_command(scenario, policy, seed, scheduler, cpus, ops, depth, int(s.get("k", used_k)),
-                                bool(program), r.report.get("policy_modules", []), gen)
+            knobs: dict = {"scheduler": scheduler, "programs": gen}
+            if scheduler == "free":
+                knobs.update(duration=min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)), ops=0,
+                             delay_every=DELAY_EVERY)
+            else:
+                knobs.update(ops=0 if program else ops, pct_depth=depth, pct_steps=k)
+            used_k = k
+            r = run(scenario, policy, cpus=cpus, seed=seed, progress="off", policy_modules=policy_modules,
+                    program=program, **knobs)
+            s = r.report.get("schedule") or {}
+            steps = int(s.get("steps", 0))
+            if scheduler == "pct":
+                k = k or max(int(s.get("accesses", 0)), 1)
+            cmd = reproduce_command(scenario, policy, seed, scheduler, cpus, ops, depth, int(s.get("k", used_k)),
+                                    bool(program), r.report.get("policy_modules", []), gen)
         row = HuntRow(scenario, policy, list(expect), None, n, seed, steps, 0.0, scheduler, kind, strategy=name,
                       run_report=r.report)
         if r.exit_code not in (EXIT_OK, EXIT_FINDINGS):
@@ -143,11 +151,42 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
             if reports:
                 row.report = os.path.join(reports, f"{scenario}-{policy}.json")
                 write_json(row.report, r.report)
-            row.command = cmd
+            row.command = cmd or (f"mmtorture replay {shlex.quote(row.report)}" if row.report else
+                                  "mmtorture replay REPORT (its program and schedule: keep it with --reports)")
         row.seconds = round(time.monotonic() - t0, 3)
         return row
     return HuntRow(scenario, policy, list(expect), None, n, None, steps, round(time.monotonic() - t0, 3),
                    scheduler, kind, strategy=strategy)
+
+
+def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, want: str | None):
+    """One program, profiled, then up to PMC_TRIES channel schedules: the first run that finds."""
+    import random
+
+    from policies import get_scenario
+    from stress import pmc
+    from stress.program import generate_program, to_json
+
+    sc = get_scenario(scenario)
+    ops = sc.operations(sc.policy(policy))
+    prog = generate_program(ops, seed, cpus, PMC_OPS, "swarm")
+    js = to_json(prog, ops)
+    r = run(scenario, policy, cpus=cpus, seed=seed, program=js, schedule=pmc.turns(js), strict=False,
+            profile=True, progress="off", policy_modules=policy_modules)
+    if r.findings or r.exit_code not in (EXIT_OK, EXIT_FINDINGS) or not r.profile:
+        return r
+    chans = pmc.channels(r.profile, [[k for k, _ in c] for c in prog])
+    rng = random.Random(seed)
+    for _ in range(PMC_TRIES):
+        ch = pmc.pick(chans, rng)
+        if ch is None:
+            break
+        rr = run(scenario, policy, cpus=cpus, seed=seed, program=js,
+                 schedule=pmc.schedule(js, r.profile, ch, rng.random() < 0.5), strict=False, progress="off",
+                 policy_modules=policy_modules)
+        if rr.findings and want in (None, rr.findings[0].check) or rr.exit_code not in (EXIT_OK, EXIT_FINDINGS):
+            return rr
+    return r
 
 
 def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
