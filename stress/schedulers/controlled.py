@@ -75,7 +75,7 @@ CONTROL = np.dtype(
         ("step", "<i8"),
         ("switches", "<i8"),
         ("div_step", "<i8"),
-        ("points", "<i8"),
+        ("quiet", "<i8"),
         ("accesses", "<i8"),
     ],
     align=True,
@@ -144,7 +144,7 @@ class SchedState:
         self.token_off, self.mode_off, self.wedged_off = c("token"), c("mode"), c("wedged")
         self.next_change_off, self.weak_run_off = c("next_change"), c("weak_run")
         self.step_off, self.switches_off = c("step"), c("switches")
-        self.points_off, self.accesses_off = c("points"), c("accesses")
+        self.quiet_off, self.accesses_off = c("quiet"), c("accesses")
         self.diverged_off = c("diverged")
         s = lambda i, f: lay.offset("slot", i, f)  # noqa: E731
         n = range(self.nparts)
@@ -209,11 +209,16 @@ class SchedState:
                 "point": int(c["div_point"]), "target": int(c["div_target"]),
                 "unreached": bool(c["div_unreached"])}
 
+    def points(self) -> int:
+        """Decisions a replay takes again: all but the access points where the strategy kept the
+        default (a replay's countdown stops only where a preemption was recorded)."""
+        return self.mem.load64(self.step_off) - self.mem.load64(self.quiet_off)
+
     def summary(self) -> dict:
         c = self.control[0]
         return {
             "first": int(c["first"]),
-            "steps": int(c["points"]),
+            "steps": int(c["step"] - c["quiet"]),
             "decisions": int(c["step"]),
             "accesses": int(c["accesses"]),
             "switches": int(c["switches"]),
@@ -240,6 +245,7 @@ class Strategy(Protocol):
     processes lives in the SchedState; whoever holds the token decides."""
 
     name: str
+    preempts_accesses: bool  # whether countdown() ever arms an access point
 
     def init(self, st: SchedState) -> None:
         """In the runner, once, before any CPU runs."""
@@ -306,6 +312,7 @@ class ControlledScheduler(OsScheduler):
             raise ValueError(f"cpu {cpu.id} is not a participant of the controlled scheduler")
         self.op = 0
         self.base = self.synced = accesses()
+        self.armed = False
         self.npoints = 0
         table = self.replay.deviations[self.me] if self.replay else None
         self.table = table or None
@@ -327,6 +334,7 @@ class ControlledScheduler(OsScheduler):
             self.opclock = st.seg.view("opclock")[me * MAX_PROFILE_OPS : (me + 1) * MAX_PROFILE_OPS]
             record(st.seg.view("rec")[me * st.rec_cap : (me + 1) * st.rec_cap])
         set_hook(self._on_access)
+        self.arms = self.strategy.preempts_accesses or bool(self.anchors) or self.opstart is not None
 
     # -- the Scheduler protocol -------------------------------------------
     def begin(self, cpu: Cpu) -> None:
@@ -335,7 +343,7 @@ class ControlledScheduler(OsScheduler):
         if self.opstart is not None:
             self.opstart[0] = recorded()
             self.opclock[0] = self.mem.load64(self.st.accesses_off)
-        self._arm()
+        self._arm(self.base)
 
     def window(self, cpu: Cpu, name: str) -> bool:
         return not self.free and self._point(RUNNABLE, WINDOW)
@@ -377,20 +385,21 @@ class ControlledScheduler(OsScheduler):
         if not self.free:
             self._point(RUNNABLE, ACCESS)
 
-    def _arm(self) -> None:
-        """The countdown to the next access point: the strategy's or the replay's, whichever is first."""
-        if self.free:
-            set_countdown(0)
-            return
-        n = self.strategy.countdown(self.st, self.me, self.mem.load64(self.st.accesses_off))
-        todo = self.anchors.get(self.op)
+    def _arm(self, now: int) -> None:
+        """The countdown to the next access point: the strategy's or the replay's, whichever is first
+        (`now`: this process's access count).  A run with no access point drawn pays nothing here."""
+        n = 0 if self.free or not self.strategy.preempts_accesses else \
+            self.strategy.countdown(self.st, self.me, self.mem.load64(self.st.accesses_off))
+        todo = self.anchors.get(self.op) if not self.free else None
         if todo:
-            done = accesses() - self.base
+            done = now - self.base
             while todo and todo[0] <= done:
                 todo.pop(0)
             if todo and (not n or todo[0] - done < n):
                 n = todo[0] - done
-        set_countdown(n)
+        if n or self.armed:
+            set_countdown(n)
+            self.armed = bool(n)
 
     def _watch(self, mem: Memory, off: int, seen: int, bits: int, timed: bool) -> None:
         st, m, me = self.st, self.mem, self.me
@@ -412,22 +421,22 @@ class ControlledScheduler(OsScheduler):
         load = mem.load64 if m.load32(st.wbits_off[i]) == 64 else mem.load32
         return load(off) != m.load64(st.wval_off[i])
 
-    def _anchor(self, why: str) -> int:
-        if why == BOUNDARY:
-            return AT_BOUNDARY
-        if why == ACCESS:
-            return accesses() - self.base
-        self.npoints += 1
-        return -1 - self.npoints
-
     def _point(self, state: int, why: str, next_op: bool = False) -> bool:
         """A scheduling decision; True if another participant ran before this one continues."""
         st, m, me, cpu = self.st, self.mem, self.me, self.cpu
-        op, point = self.op, self._anchor(why)
-        now = accesses()
-        gacc = m.load64(st.accesses_off) + now - self.synced
-        m.store64(st.accesses_off, gacc)
-        self.synced = now
+        arms = self.arms
+        now = accesses() if arms or state == EXITED else 0  # nothing is anchored at an access otherwise
+        op = self.op
+        if why is BOUNDARY:
+            point = AT_BOUNDARY
+        elif why is ACCESS:
+            point = now - self.base
+        else:
+            self.npoints += 1
+            point = -1 - self.npoints
+        if arms or state == EXITED:  # the whole run's count: what strategies draw over
+            m.store64(st.accesses_off, m.load64(st.accesses_off) + now - self.synced)
+            self.synced = now
         m.store32(st.state_off[me], state)
         strong: list[int] = []
         weak: list[int] = []
@@ -453,6 +462,7 @@ class ControlledScheduler(OsScheduler):
             st.dissolve()
             self.free = True
             set_countdown(0)
+            self.armed = False
             return False
         if strong:
             cands = strong
@@ -485,22 +495,23 @@ class ControlledScheduler(OsScheduler):
                     choice = target
                 else:
                     if self.replay is not None and self.replay.strict:
-                        self._diverge(m.load64(st.points_off), op, point, target)
+                        self._diverge(st.points(), op, point, target)
                     choice = next((c for c in cands if c > target), cands[0])
         if choice != default:
             self._record(op, point, choice)
         m.store64(st.step_off, step + 1)
-        if why != ACCESS or choice != default:
-            m.fetch_add64(st.points_off, 1)
+        if why is ACCESS and choice == default:
+            m.fetch_add64(st.quiet_off, 1)
         if next_op:
             self.op += 1
-            self.base = accesses()
+            self.base = now
             self.npoints = 0
             if self.opstart is not None and self.op < MAX_PROFILE_OPS:
                 self.opstart[self.op] = recorded()
         if choice == me:
             m.store32(st.state_off[me], RUNNABLE)
-            self._resume(next_op)
+            if self.arms:
+                self._resume(next_op, now)
             return False
         m.fetch_add64(st.switches_off, 1)
         cpu.trace(_EV_SWITCH, choice)
@@ -512,14 +523,14 @@ class ControlledScheduler(OsScheduler):
         self._wait_turn()
         if not self.free:
             m.store32(st.state_off[me], RUNNABLE)
-        self.synced = accesses()
-        self._resume(next_op)
+        if self.arms:
+            self._resume(next_op, now)
         return True
 
-    def _resume(self, next_op: bool) -> None:
+    def _resume(self, next_op: bool, now: int) -> None:
         if next_op and self.opstart is not None and self.op < MAX_PROFILE_OPS:
             self.opclock[self.op] = self.mem.load64(self.st.accesses_off)
-        self._arm()
+        self._arm(now)
 
     def _wait_turn(self) -> None:
         st, m, me = self.st, self.mem, self.me
@@ -561,7 +572,7 @@ class ControlledScheduler(OsScheduler):
         if not self.table or self.replay is None or not self.replay.strict or len(self.used) >= len(self.table):
             return
         op, point = min(set(self.table) - self.used)
-        self._diverge(self.mem.load64(self.st.points_off), op, point, self.table[(op, point)], unreached=True)
+        self._diverge(self.st.points(), op, point, self.table[(op, point)], unreached=True)
 
     def _wedge(self, check: Check, why: str) -> None:
         """Nothing can run: report it once, then wait to be killed (or set free).

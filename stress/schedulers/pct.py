@@ -30,6 +30,7 @@ ACCESSES_PER_OP = 100
 
 class PctStrategy:
     name = "pct"
+    preempts_accesses = True
 
     def __init__(self, seed: int, nparts: int, knobs: dict):
         self.seed = seed

@@ -37,6 +37,7 @@ def geometric(u: float, mean: float) -> int:
 
 class RandomStrategy:
     name = "random"
+    preempts_accesses = True
 
     def __init__(self, seed: int, nparts: int, knobs: dict):
         self.seed = seed & 0xFFFFFFFF

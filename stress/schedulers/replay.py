@@ -14,6 +14,7 @@ from stress.schedulers.controlled import SchedState
 
 class ReplayStrategy:
     name = "replay"
+    preempts_accesses = False
 
     def __init__(self, seed: int, nparts: int, knobs: dict, first: int = 0):
         self.nparts = nparts
