@@ -69,8 +69,11 @@ def scheduler(doc: dict) -> str:
     for name, row in res["scenarios"].items():
         rows.append(f"| {name} | {row['free_ops_per_s']:,} | {row['random_ops_per_s']:,} "
                     f"| {row['pct_ops_per_s']:,} |")
+    cost_met = doc["met"].get("ratio_to_pingpong")
     return "\n".join(rows) + (f"\n\nOperations per second; the controlled scheduler costs "
-                              f"{doc['ratio_to_pingpong']:.2f}x a bare ping-pong per switch.")
+                              f"{doc['ratio_to_pingpong']:.2f}x a bare ping-pong per switch"
+                              + ("" if cost_met is None else f" (target <= 1.0: {'met' if cost_met else 'MISSED'})")
+                              + ".")
 
 
 def vma(doc: dict) -> str:

@@ -31,11 +31,12 @@ certain, and the scheduler says so, naming what each CPU waits on.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from shm._atomic import accesses, record, recorded, set_countdown, set_hook
+from shm._atomic import accesses, cpu_relax, record, recorded, set_countdown, set_hook
 
 from shm import Segment
 from shm.checks import LOCK_DEADLOCK_CYCLE, SCHED_ALL_BLOCKED, SCHED_LIVELOCK, Check
@@ -55,6 +56,7 @@ MAX_PROFILE_OPS = 4096
 CONTROLLED, DISSOLVED = 0, 1
 CAPACITY = 1 << 16
 LIVELOCK_DECISIONS = 200_000
+SPIN_TURN_LOOPS = 2000
 TURN_TIMEOUT_S = 1.0
 _EV_SWITCH = EV["switch"]
 
@@ -72,6 +74,7 @@ CONTROL = np.dtype(
         ("div_point", "<i4"),
         ("div_target", "<i4"),
         ("div_unreached", "<i4"),
+        ("spinners", "<i4"),
         ("step", "<i8"),
         ("switches", "<i8"),
         ("div_step", "<i8"),
@@ -93,6 +96,7 @@ SLOT = np.dtype(
         ("overflow", "<i4"),
         ("prio", "<i8"),
         ("nrec", "<i8"),
+        ("sleeping", "<i4"),
     ],
     align=True,
 )
@@ -159,6 +163,8 @@ class SchedState:
         self.overflow_off = [s(i, "overflow") for i in n]
         self.prio_off = [s(i, "prio") for i in n]
         self.nrec_off = [s(i, "nrec") for i in n]
+        self.sleeping_off = [s(i, "sleeping") for i in n]
+        self.spinners_off = c("spinners")
         self.dev_off = [lay.offset("dev", i * self.capacity) for i in n]
 
     @classmethod
@@ -325,6 +331,7 @@ class ControlledScheduler(OsScheduler):
         self.used: set[tuple[int, int]] = set()
         self.ndev = 0
         self.worker_slots = range(st.nparts - 1)
+        self.spin_slots = (os.cpu_count() or 1) - 1  # the running CPU has a core; spinners take the rest
         self.opstart = None
         if st.rec_cap:
             me = self.me
@@ -517,7 +524,8 @@ class ControlledScheduler(OsScheduler):
         cpu.trace(_EV_SWITCH, choice)
         m.store32(st.token_off, choice)
         m.fetch_add32(st.turn_off[choice], 1)
-        m.futex_wake(st.turn_off[choice], 1)
+        if m.load32(st.sleeping_off[choice]):
+            m.futex_wake(st.turn_off[choice], 1)
         if state == EXITED:
             return True
         self._wait_turn()
@@ -533,14 +541,35 @@ class ControlledScheduler(OsScheduler):
         self._arm(now)
 
     def _wait_turn(self) -> None:
+        """Until the token names this CPU.  First spin on it briefly when the CPUs that can run
+        fit the cores and one is free for a spinner (the kernel's optimistic spinning: a handoff
+        to a spinning CPU is a store, not a futex wake and a wakeup); then sleep on the turn word,
+        saying so, so that the CPU that hands the token over wakes only a sleeper."""
         st, m, me = self.st, self.mem, self.me
-        turn = st.turn_off[me]
+        token, mode = st.token_off, st.mode_off
+        runnable = sum(m.load32(off) in (RUNNABLE, YIELDED) for off in st.state_off)
+        if runnable > self.spin_slots + 1:
+            pass  # more CPUs could take the token than there are cores: a spinner would steal one
+        elif m.fetch_add32(st.spinners_off, 1) < self.spin_slots:
+            try:
+                for _ in range(SPIN_TURN_LOOPS):
+                    if m.load32(token) == me or m.load32(mode) != CONTROLLED:
+                        break
+                    cpu_relax()
+            finally:
+                m.fetch_sub32(st.spinners_off, 1)
+        else:
+            m.fetch_sub32(st.spinners_off, 1)
+        turn, sleeping = st.turn_off[me], st.sleeping_off[me]
         while True:
+            m.store32(sleeping, 1)
             seq = m.load32(turn)
-            if m.load32(st.mode_off) != CONTROLLED:
+            if m.load32(mode) != CONTROLLED:
+                m.store32(sleeping, 0)
                 self.free = True
                 return
-            if m.load32(st.token_off) == me:
+            if m.load32(token) == me:
+                m.store32(sleeping, 0)
                 return
             m.futex_wait(turn, seq, TURN_TIMEOUT_S)
 
