@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stress.schedulers.controlled import AT_BOUNDARY
+from stress.schedulers.state import AT_BOUNDARY
 
 KIND_SHIFT, TAG_SHIFT = 48, 56
 OFF_MASK = (1 << KIND_SHIFT) - 1

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from stress.replay import replay
 from stress.runner import RunResult, UsageError
-from stress.schedulers.controlled import AT_BOUNDARY
+from stress.schedulers.state import AT_BOUNDARY
 
 Devs = list[list[list[int]]]
 PAIR_LIMIT = 10

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from policies import get_scenario
 from stress.runner import RunResult, run
-from stress.schedulers.controlled import AT_BOUNDARY
+from stress.schedulers.state import AT_BOUNDARY
 
 MAX_POINTS = 40
 MAX_WINDOWS = 4

@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 from shm.sched import Scheduler
-from stress.schedulers.controlled import ControlledScheduler, Replay, SchedState, Strategy, describe_point
+from stress.schedulers.controlled import ControlledScheduler, Replay, Strategy
 from stress.schedulers.free import FreeScheduler
 from stress.schedulers.pct import PctStrategy
 from stress.schedulers.rand import RandomStrategy
 from stress.schedulers.replay import ReplayStrategy
+from stress.schedulers.state import SchedState, describe_point
 
 STRATEGIES: dict[str, type] = {"random": RandomStrategy, "pct": PctStrategy, "replay": ReplayStrategy}
 SCHEDULERS = ("free", "random", "pct")

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import random
 
-from stress.schedulers.controlled import WINDOW, SchedState
+from stress.schedulers.controlled import WINDOW
+from stress.schedulers.state import SchedState
 
 ACCESSES_PER_OP = 100
 

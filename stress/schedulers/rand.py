@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 
-from stress.schedulers.controlled import ACCESS, SchedState, splitmix64
+from stress.schedulers.controlled import ACCESS
+from stress.schedulers.state import SchedState, splitmix64
 
 EVERY_RANGE = (8, 4096)
 

@@ -9,7 +9,7 @@ the nearest runnable CPU, so any list of preemptions is a valid schedule.
 
 from __future__ import annotations
 
-from stress.schedulers.controlled import SchedState
+from stress.schedulers.state import SchedState
 
 
 class ReplayStrategy:
