@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy-module", action="append", default=[], metavar="MOD",
                     help=MODULE_HELP + "; the report's own modules are loaded too")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    rp = sub.add_parser("reproduce", help="a free-running finding made replayable: search the last operations "
+                        "of every CPU under control until the same check fires; shrink it")
+    rp.add_argument("report", help="a JSON report of a free-running run with a finding")
+    rp.add_argument("--json", metavar="PATH", help="where to write the reproducer (default REPORT.reproduced.json)")
+    rp.add_argument("--max-runs", type=_count, default=600, metavar="N", help="search budget in runs (default 600)")
+    rp.add_argument("--seconds", type=float, default=120.0, metavar="S", help="search budget in seconds "
+                    "(default 120)")
+    rp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     hp = sub.add_parser("hunt", help="every mutant, seed after seed, until caught by the check it names")
     hp.add_argument("--scenario", "-s", help="only this scenario's mutants")
     hp.add_argument("--max-seeds", type=_count, default=300, metavar="N", help="seeds per mutant (default 300)")
@@ -323,9 +331,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
-    from stress.program import describe, from_json
     from stress.replay import load_report
-    from stress.schedulers import describe_point
     from stress.shrink import shrink
 
     report = load_report(args.report)
@@ -335,8 +341,16 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     say = None if args.quiet else (lambda s: print(f"shrink: {s}", flush=True))
     res = shrink(report, check=args.check, max_runs=args.max_runs, json_path=out, say=say,
                  policy_modules=args.policy_module)
-    print(res.summary())
+    return _print_shrunk(report, res, out)
+
+
+def _print_shrunk(report: dict, res, out: str) -> int:
+    """A shrunk run as the seeds draw their races: each CPU's operations, the preemptions, the finding."""
     from policies import get_scenario
+    from stress.program import describe, from_json
+    from stress.schedulers import describe_point
+
+    print(res.summary())
 
     sc = get_scenario(report["scenario"])
     ops = sc.operations(sc.policy(report["policy"]))
@@ -355,6 +369,30 @@ def cmd_shrink(args: argparse.Namespace) -> int:
         print("  " + f.headline())
     print(f"written to {out}; replay with: {PROG} replay {out}")
     return res.final.exit_code
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from stress.replay import read_report
+    from stress.reproduce import reproduce
+    from stress.shrink import shrink
+
+    report = read_report(args.report)
+    out = args.json or (args.report.removesuffix(".json") + ".reproduced.json")
+    check_json_path(out)
+    _load_modules(report.get("policy_modules", []))
+    say = None if args.quiet else (lambda s: print(f"reproduce: {s}", flush=True))
+    found = reproduce(report, max_runs=args.max_runs, max_seconds=args.seconds, say=say)
+    if found is None:
+        print(f"reproduce: no controlled run of the last operations tripped {report['findings'][0]['check']} "
+              f"within {args.max_runs} runs or {args.seconds:g} s")
+        return EXIT_FINDINGS
+    print(f"reproduce: [{found.check}] on the last {found.window} operations of each CPU, seed {found.seed}, "
+          f"after {found.runs} runs in {found.seconds:.1f}s")
+    res = shrink(found.result.report, json_path=out)
+    res.final.report["reproduces"] = {"report": os.path.abspath(args.report), "window": found.window,
+                                      "seed": found.seed, "runs": found.runs}
+    write_json(out, res.final.report)
+    return _print_shrunk(found.result.report, res, out)
 
 
 def cmd_hunt(args: argparse.Namespace) -> int:
@@ -475,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_replay(args)
         if args.command == "shrink":
             return cmd_shrink(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         if args.command == "hunt":
             return cmd_hunt(args)
         if args.command == "inspect":

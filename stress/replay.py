@@ -24,6 +24,18 @@ REPLAYED_KNOBS = ("cpus", "seed", "keep_going", "nowait_fail_rate", "start_metho
 
 def load_report(path: str) -> dict:
     """A report that can be replayed, or a UsageError saying in one line why not."""
+    report = read_report(path)
+    if not isinstance(report.get("schedule"), dict) or not isinstance(report.get("program"), list):
+        raise UsageError(f"{path} has no program and schedule: only controlled runs "
+                         f"(--scheduler random or pct) can be replayed; `mmtorture reproduce {path}` "
+                         f"searches one for a free-running finding")
+    if not report["schedule"].get("complete", True):
+        raise UsageError(f"{path}: the schedule was truncated when it was recorded; it cannot be replayed")
+    return report
+
+
+def read_report(path: str) -> dict:
+    """A report of this version, or a UsageError saying in one line why not."""
     try:
         with open(path) as f:
             report = json.load(f)
@@ -41,11 +53,6 @@ def load_report(path: str) -> dict:
     for key in ("scenario", "policy", "knobs", "findings"):
         if key not in report:
             raise UsageError(f"{path} is a corrupt report: no {key!r}")
-    if not isinstance(report.get("schedule"), dict) or not isinstance(report.get("program"), list):
-        raise UsageError(f"{path} has no program and schedule: only controlled runs "
-                         f"(--scheduler random or pct) can be replayed")
-    if not report["schedule"].get("complete", True):
-        raise UsageError(f"{path}: the schedule was truncated when it was recorded; it cannot be replayed")
     return report
 
 

@@ -308,10 +308,8 @@ def reproduce_lines(report: dict, saved_to: str | None) -> list[str]:
         out.append(f"  replay: mmtorture replay {path}")
         out.append(f"  shrink: mmtorture shrink {path}")
     else:
-        mods = "".join(f" --policy-module {m}" for m in report.get("policy_modules", []))
-        out.append(f"  free-running runs cannot be replayed; search a replayable schedule with: mmtorture run -s "
-                   f"{report['scenario']} -p {report['policy']} --cpus {report['cpus']} --scheduler random "
-                   f"--seed {report['seed']}{mods}")
+        out.append(f"  free-running: make it replayable (a controlled search of the last operations of every "
+                   f"CPU, shrunk) with: mmtorture reproduce {path}")
     return out
 
 

@@ -1,0 +1,86 @@
+"""A free-running finding made replayable: the last operations of every CPU, searched under control.
+
+A free-running run cannot be replayed (the OS chose its interleaving), but
+its program can be rebuilt: each CPU drew its operations from the seeded
+generator, and the report says how many each one finished.  The last K
+operations of every CPU (K = 2, 4, 8, ... up to the window) are a program
+in which the race most likely lies; the controlled search (random, swarm
+and PCT strategies in turn, preemptions at any shared access) explores it
+seed after seed until the run's first finding is the same check.  That
+run's report carries a program and a schedule, so it replays
+deterministically, and it is shrunk.  syzkaller's reproducers are flaky;
+these are not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from policies import get_scenario, load_module
+from stress.hunt import MIX
+from stress.program import generate, mixes, to_json
+from stress.runner import RunResult, UsageError, run
+
+WINDOWS = (2, 4, 8, 16, 32)
+SEEDS_PER_WINDOW = 60
+
+
+@dataclass
+class Reproduction:
+    check: str
+    window: int
+    seed: int
+    runs: int
+    seconds: float
+    result: RunResult
+
+
+def suffix_program(report: dict, window: int) -> list:
+    """Per CPU, the last `window` operations it ran (and the one it may have been in), in JSON form:
+    from the report's program if it ran a given one, else drawn again from the seeded generator."""
+    if isinstance(report.get("program"), list):
+        return [p[max(0, len(p) - window):] for p in report["program"]]
+    for m in report.get("policy_modules", []):
+        load_module(m)
+    sc = get_scenario(report["scenario"])
+    ops = sc.operations(sc.policy(report["policy"]))
+    ncpus, seed = report["cpus"], report["seed"]
+    done = report.get("ops_per_cpu") or []
+    if len(done) != ncpus:
+        raise UsageError("the report does not say how many operations each CPU ran")
+    gen = report["knobs"].get("programs", "uniform")
+    out = []
+    for cpu, (n, mix) in enumerate(zip(done, mixes(ops, seed, ncpus, gen))):
+        stream = generate(ops, seed, cpu, mix)
+        steps = [next(stream) for _ in range(n + 1)]
+        out.append(steps[max(0, n + 1 - window):])
+    return to_json(out, ops)
+
+
+def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
+              say: Callable[[str], None] | None = None) -> Reproduction | None:
+    """The first controlled run of a suffix program whose first finding is the report's."""
+    if report.get("schedule") is not None:
+        raise UsageError("the report is of a controlled run: replay it (mmtorture replay)")
+    if not report.get("findings"):
+        raise UsageError("the report has no finding to reproduce")
+    check = report["findings"][0]["check"]
+    t0 = time.monotonic()
+    runs = 0
+    for window in WINDOWS:
+        program = suffix_program(report, window)
+        if say:
+            say(f"window {window}: " + " | ".join(f"cpu{c}: {len(p)} ops" for c, p in enumerate(program)))
+        for seed in range(SEEDS_PER_WINDOW):
+            if runs >= max_runs or time.monotonic() - t0 > max_seconds:
+                return None
+            strategy = MIX[seed % len(MIX)]
+            r = run(report["scenario"], report["policy"], cpus=report["cpus"], seed=seed, program=program,
+                    scheduler="pct" if strategy == "pct" else "random", progress="off",
+                    policy_modules=report.get("policy_modules", []))
+            runs += 1
+            if r.findings and r.findings[0].check == check:
+                return Reproduction(check, window, seed, runs, round(time.monotonic() - t0, 3), r)
+    return None

@@ -1,0 +1,51 @@
+"""A free-running finding made replayable: the last operations of every CPU, searched under control."""
+
+from __future__ import annotations
+
+import json
+
+from stress.cli import main
+from stress.replay import mismatch, replay
+from stress.reproduce import reproduce, suffix_program
+from stress.runner import run
+
+
+def _as_free_running(report: dict) -> dict:
+    """A controlled run's report without its program and schedule: what a free-running run of the same
+    seed leaves (each CPU drew the same operations from the seeded generator), deterministically."""
+    report = dict(report)
+    del report["program"], report["schedule"]
+    report["scheduler"] = "free"
+    return report
+
+
+def _failing(scenario: str, policy: str) -> dict:
+    r = next(r for seed in range(50) if (r := run(scenario, policy, cpus=2, ops=60, seed=seed, scheduler="random",
+                                                  progress="off")).findings)
+    return r.report
+
+
+def test_the_suffix_is_the_operations_each_cpu_ran_last():
+    report = _failing("refcount", "nonatomic_inc")
+    full = report["program"]
+    suffix = suffix_program(_as_free_running(report), 4)
+    for cpu, ran in enumerate(full):
+        assert suffix[cpu] == ran[max(0, len(ran) - 4):] or suffix[cpu][:-1] == ran[max(0, len(ran) - 3):]
+
+
+def test_a_free_running_finding_gets_a_reproducer_that_replays_10_of_10():
+    report = _as_free_running(_failing("refcount", "nonatomic_inc"))
+    found = reproduce(report, max_runs=400)
+    assert found is not None and found.check == report["findings"][0]["check"]
+    again = found.result.report
+    assert again["program"] and again["schedule"]
+    for _ in range(10):
+        assert mismatch(again, replay(again)) is None
+
+
+def test_reproduce_refuses_a_controlled_report(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_failing("refcount", "nonatomic_inc")))
+    assert main(["reproduce", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "controlled run: replay it" in err and len(err.strip().splitlines()) == 1
