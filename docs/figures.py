@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DATA = os.path.join(HERE, "bench")
 README = os.path.join(ROOT, "README.md")
-FILES = ("primitives", "scheduler", "vma")
+FILES = ("primitives", "scheduler", "vma", "detection")
 LABELS = {
     "fetch_add_ns": "fetch_add, one process",
     "fetch_add_contended_2proc_ns": "fetch_add, 2 processes on one word (per process)",
@@ -83,7 +83,14 @@ def vma(doc: dict) -> str:
     return vma_table(doc)
 
 
-RENDER = {"primitives": primitives, "scheduler": scheduler, "vma": vma}
+def detection(doc: dict) -> str:
+    sys.path.insert(0, ROOT)
+    from stress.detection import detection_table
+
+    return detection_table(doc)
+
+
+RENDER = {"primitives": primitives, "scheduler": scheduler, "vma": vma, "detection": detection}
 
 
 def load(name: str, where: str = DATA) -> dict:

@@ -117,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "to replay and shrink (the printed command reproduces each catch either way)")
     hp.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     bp = sub.add_parser("bench", help="benchmarks (JSON output)")
-    bp.add_argument("what", choices=["primitives", "scheduler", "vma"], help="which benchmark")
+    bp.add_argument("what", choices=["primitives", "scheduler", "vma", "detection"], help="which benchmark")
     bp.add_argument("--json", metavar="PATH", help="write the results here")
-    bp.add_argument("--plot", metavar="PNG", help="vma: write the chart here")
+    bp.add_argument("--plot", metavar="PNG", help="vma, detection: write the chart here")
+    bp.add_argument("--scenario", "-s", help="detection: only this scenario's mutants")
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
     ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
     ip.add_argument("segment", help="a machine segment name (see /dev/shm/mmtorture-*-0)")
@@ -289,14 +290,32 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _scenario(name: str) -> None:
+    """A scenario named on the command line exists, or one line and exit 2."""
+    from policies import get_scenario
+
+    try:
+        get_scenario(name)
+    except LookupError as e:
+        raise UsageError(str(e).strip("'\"")) from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from stress.bench import bench_primitives, bench_scheduler, bench_vma
 
     check_json_path(args.json)
     check_json_path(args.plot)
-    if args.plot and args.what != "vma":
-        raise UsageError("--plot is for `bench vma`")
-    if args.what == "vma":
+    if args.plot and args.what not in ("vma", "detection"):
+        raise UsageError("--plot is for `bench vma` and `bench detection`")
+    if args.scenario and args.what != "detection":
+        raise UsageError("--scenario is for `bench detection`")
+    if args.what == "detection":
+        from stress.detection import bench_detection
+
+        if args.scenario:
+            _scenario(args.scenario)
+        bench_detection(args.json, quick=args.quick, plot=args.plot, scenario=args.scenario)
+    elif args.what == "vma":
         bench_vma(args.json, quick=args.quick, plot=args.plot)
     else:
         (bench_primitives if args.what == "primitives" else bench_scheduler)(args.json, quick=args.quick)
@@ -405,12 +424,7 @@ def cmd_hunt(args: argparse.Namespace) -> int:
             raise UsageError(f"--reports {args.reports!r} is not a directory")
         check_json_path(os.path.join(args.reports, "x.json"))
     if args.scenario:
-        from policies import get_scenario
-
-        try:
-            get_scenario(args.scenario)
-        except LookupError as e:
-            raise UsageError(str(e).strip("'\"")) from None
+        _scenario(args.scenario)
     print(HEADER, flush=True)
     if not args.seconds > 0:
         raise UsageError(f"--seconds must be a positive number, not {args.seconds}")

@@ -113,3 +113,17 @@ def test_bench_primitives_writes_json_with_targets(tmp_path, capsys):
                 "spin_lock_unlock_ns", "refcount_get_put_ns", "speedup_vs_atomics"):
         assert key in doc["results"]
     assert set(doc["verdict"]) == set(doc["targets"])
+
+
+def test_bench_detection_hunts_every_mutant_blind_by_each_strategy(tmp_path, capsys):
+    out, png = tmp_path / "d.json", tmp_path / "d.png"
+    assert main(["bench", "detection", "--quick", "-s", "rcu", "--json", str(out), "--plot", str(png)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["bench"] == "detection" and doc["mutants"] == 2 and png.stat().st_size > 0
+    for row in doc["rows"]:
+        assert set(row["strategies"]) == {"random", "swarm", "pct", "free"}
+        assert row["strategies"][row["best"]]["caught"] == row["strategies"][row["best"]]["hunts"]
+    assert doc["met"]["caught_by_best"]
+    assert "| mutants caught |" in capsys.readouterr().out
+    assert main(["bench", "scheduler", "-s", "rcu"]) == 2
+    assert "--scenario is for `bench detection`" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""`mmtorture bench detection`: how fast a blind hunt finds each mutant, per strategy.
+
+Every mutant of every scenario is hunted blind (no litmus program), on 2
+CPUs, by each strategy, from several first seeds far apart; a hunt ends at
+the first run whose first finding is a check the mutant names, or at its
+budget (seeds or seconds).  Per mutant and strategy: caught by how many of
+the hunts, and the median seeds and seconds to the first catch (a hunt that
+missed counts as its whole budget, so a median is never better than the
+truth).  The best strategy of a mutant is the one with the lowest median
+time.  This is how the project measures itself: a mechanism is judged by
+what a blind hunt finds, not by what its own litmus programs show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import TextIO
+
+from policies import scenarios
+from stress.hunt import hunt_one
+
+STRATEGIES = ("random", "swarm", "pct", "free")
+FIRST_SEEDS = (0, 100_000, 200_000, 300_000, 400_000)
+MAX_SEEDS = 300
+MAX_SECONDS = 60.0
+TARGET_MEDIAN_S = 5.0
+
+
+def bench_detection(json_path: str | None = None, *, quick: bool = False, plot: str | None = None,
+                    strategies=STRATEGIES, scenario: str | None = None, out: TextIO = sys.stdout) -> dict:
+    """Hunt every mutant by every strategy from each first seed; write the JSON and the chart."""
+    first_seeds = FIRST_SEEDS[:2] if quick else FIRST_SEEDS
+    max_seconds = 10.0 if quick else MAX_SECONDS
+    rows = []
+    t0 = time.monotonic()
+    for sc in scenarios().values():
+        if scenario is not None and sc.name != scenario:
+            continue
+        for p in sc.mutants():
+            row: dict = {"scenario": sc.name, "mutant": p.name, "expected": list(p.expect), "strategies": {}}
+            for strategy in strategies:
+                hunts = [hunt_one(sc.name, p.name, p.expect, max_seeds=MAX_SEEDS, first_seed=s, strategy=strategy,
+                                  max_seconds=max_seconds) for s in first_seeds]
+                right = [h for h in hunts if h.right_check]
+                row["strategies"][strategy] = {
+                    "caught": len(right), "hunts": len(hunts),
+                    "wrong_check": sorted({h.caught for h in hunts if h.caught and not h.right_check}),
+                    "errors": [h.error for h in hunts if h.error],
+                    "median_seeds": statistics.median(h.seeds if h.right_check else MAX_SEEDS for h in hunts),
+                    "median_seconds": round(statistics.median(h.seconds if h.right_check else max_seconds
+                                                              for h in hunts), 3),
+                }
+            best = min(row["strategies"], key=lambda s: (-row["strategies"][s]["caught"],
+                                                         row["strategies"][s]["median_seconds"]))
+            row["best"] = best
+            rows.append(row)
+            print(_line(row), file=out, flush=True)
+    doc = _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0)
+    print(detection_table(doc), file=out)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+    if plot:
+        detection_plot(doc, plot)
+        print(f"plot: {plot}", file=out)
+    return doc
+
+
+def _line(row: dict) -> str:
+    cells = []
+    for s, r in row["strategies"].items():
+        cells.append(f"{s} {r['caught']}/{r['hunts']} {r['median_seconds']:.1f}s")
+    return f"{row['scenario'] + '/' + row['mutant']:<44} " + "  ".join(cells)
+
+
+def _summary(rows: list[dict], strategies, first_seeds, max_seconds: float, seconds: float) -> dict:
+    best = [r["strategies"][r["best"]] for r in rows]
+    caught_best = [b for b in best if b["caught"] * 2 > b["hunts"]]
+    medians = sorted(b["median_seconds"] for b in best)
+    overall = statistics.median(medians) if medians else 0.0
+    return {
+        "schema": "mmtorture-bench/1",
+        "bench": "detection",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus_online": os.cpu_count(),
+        "cpus": 2,
+        "strategies": list(strategies),
+        "first_seeds": list(first_seeds),
+        "max_seeds": MAX_SEEDS,
+        "max_seconds": max_seconds,
+        "seconds": round(seconds, 1),
+        "rows": rows,
+        "mutants": len(rows),
+        "caught_by_best": len(caught_best),
+        "caught_by": {s: sum(r["strategies"][s]["caught"] * 2 > r["strategies"][s]["hunts"] for r in rows)
+                      for s in strategies},
+        "median_seconds_best": overall,
+        "max_seconds_best": max(medians) if medians else 0.0,
+        "targets": {"caught_by_best": len(rows), "median_seconds_best": TARGET_MEDIAN_S,
+                    "max_seconds_best": MAX_SECONDS},
+        "met": {"caught_by_best": len(caught_best) == len(rows), "median_seconds_best": overall <= TARGET_MEDIAN_S,
+                "max_seconds_best": bool(medians) and max(medians) < MAX_SECONDS and len(caught_best) == len(rows)},
+    }
+
+
+def detection_table(doc: dict) -> str:
+    """The README's table: mutants caught (by most hunts) per strategy, then the ones the best misses."""
+    s = doc["strategies"]
+    lines = ["| | " + " | ".join(s) + " | best of each mutant |", "|---" * (len(s) + 2) + "|",
+             "| mutants caught | " + " | ".join(f"{doc['caught_by'][x]} / {doc['mutants']}" for x in s)
+             + f" | {doc['caught_by_best']} / {doc['mutants']} |"]
+    missed = [r for r in doc["rows"] if r["strategies"][r["best"]]["caught"] * 2 <= r["strategies"][r["best"]]["hunts"]]
+    met = doc["met"]
+    lines.append("")
+    lines.append(f"Blind, {doc['cpus']} CPUs, at most {doc['max_seeds']} seeds or {doc['max_seconds']:g} s per hunt, "
+                 f"{len(doc['first_seeds'])} first seeds per mutant and strategy. Median time to the first catch "
+                 f"with each mutant's best strategy: {doc['median_seconds_best']:.2f} s (target <= "
+                 f"{TARGET_MEDIAN_S:g} s: {'met' if met['median_seconds_best'] else 'MISSED'}); every mutant "
+                 f"caught: {'met' if met['caught_by_best'] else 'MISSED'}.")
+    if missed:
+        lines.append("")
+        lines.append("Not caught by most hunts of any strategy: "
+                     + ", ".join(f"{r['scenario']}/{r['mutant']}" for r in missed) + ".")
+    return "\n".join(lines)
+
+
+def detection_plot(doc: dict, path: str) -> None:
+    """Mutants caught (median time to the first catch) against time, one curve per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s in [*doc["strategies"], "best"]:
+        times = sorted(
+            (r["strategies"][r["best"] if s == "best" else s] for r in doc["rows"]),
+            key=lambda x: x["median_seconds"])
+        xs = [t["median_seconds"] for t in times if t["caught"] * 2 > t["hunts"]]
+        ax.step([max(x, 1e-3) for x in xs], range(1, len(xs) + 1), where="post", label=s,
+                lw=2.2 if s == "best" else 1.2)
+    ax.set_xscale("log")
+    ax.axhline(doc["mutants"], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("median seconds to the first blind catch")
+    ax.set_ylabel("mutants caught")
+    ax.set_title(f"Blind detection, {doc['mutants']} mutants ({doc['machine']}, {doc['cpus_online']} CPUs online)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
