@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies import get_scenario, load_module
-from stress.hunt import MIX
+from stress.hunt import plan
 from stress.program import generate, mixes, to_json
 from stress.runner import RunResult, UsageError, run
 
@@ -76,10 +76,9 @@ def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
         for seed in range(SEEDS_PER_WINDOW):
             if runs >= max_runs or time.monotonic() - t0 > max_seconds:
                 return None
-            strategy = MIX[seed % len(MIX)]
+            _, scheduler, _ = plan("mix", seed)  # the program is given: swarm's turn is the random strategy's
             r = run(report["scenario"], report["policy"], cpus=report["cpus"], seed=seed, program=program,
-                    scheduler="pct" if strategy == "pct" else "random", progress="off",
-                    policy_modules=report.get("policy_modules", []))
+                    scheduler=scheduler, progress="off", policy_modules=report.get("policy_modules", []))
             runs += 1
             if r.findings and r.findings[0].check == check:
                 return Reproduction(check, window, seed, runs, round(time.monotonic() - t0, 3), r)
