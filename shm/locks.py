@@ -130,7 +130,7 @@ class Spinlock(Handle):
         attempt = 0
         while True:
             v = mem.load32(off)
-            if v == 0 and mem.cmpxchg32(off, 0, me) == 0:
+            if v == 0 and (v := mem.cmpxchg32(off, 0, me)) == 0:
                 break
             spin(cpu, attempt, mem, off, v)
             attempt += 1

@@ -174,8 +174,11 @@ def busted_down_write(sem: Rwsem, cpu: Cpu) -> None:
     attempt = 0
     while True:
         c = mem.load32(off)
-        if not c & RWSEM_LOCKED and mem.cmpxchg32(off, c, c | RWSEM_LOCKED) == c:
-            break
+        if not c & RWSEM_LOCKED:
+            seen = mem.cmpxchg32(off, c, c | RWSEM_LOCKED)
+            if seen == c:
+                break
+            c = seen
         cpu.sched.spin(cpu, attempt, mem, off, c)
         attempt += 1
     mem.store32(off + 4, cpu.me)

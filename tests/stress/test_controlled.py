@@ -220,3 +220,13 @@ def test_swarm_programs_focus_the_arguments_and_drop_operations():
         assert len(vpns) <= 16
     dropped = sum(any(w == 0 for w in swarm_mixes(ops, s, 2)[0].weights) for s in range(20))
     assert dropped >= 10
+
+
+@pytest.mark.parametrize("preempt_every,seed", [(2, 40), (3, 2), (3, 107), (5, 6)])
+def test_a_spinner_preempted_between_its_load_and_cmpxchg_still_wakes(preempt_every, seed):
+    """spin_lock's slow path loads 0, is preempted, and its cmpxchg fails: it must wait for the
+    owner it saw fail, not for the 0 it loaded, or the owner's unlock (back to 0) wakes nobody.
+    These seeds put an access point there; each wedged as sched.all-blocked before the fix."""
+    r = _run("spinlock", "spin_lock", ops=30, seed=seed, scheduler="random", preempt_every=preempt_every)
+    assert r.exit_code == 0 and not r.report["findings"]
+    assert r.report["schedule"]["switches"] > 0
