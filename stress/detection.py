@@ -49,7 +49,7 @@ def bench_detection(json_path: str | None = None, *, quick: bool = False, plot: 
                 right = [h for h in hunts if h.right_check]
                 row["strategies"][strategy] = {
                     "caught": len(right), "hunts": len(hunts),
-                    "wrong_check": sorted({h.caught for h in hunts if h.caught and not h.right_check}),
+                    "wrong_check": sorted({c for h in hunts if not h.right_check for c in h.others}),
                     "errors": [h.error for h in hunts if h.error],
                     "median_seeds": statistics.median(h.seeds if h.right_check else MAX_SEEDS for h in hunts),
                     "median_seconds": round(statistics.median(h.seconds if h.right_check else max_seconds
