@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "free (free-running with delays at sampled accesses), pmc (communication-directed)")
     hp.add_argument("--litmus", action="store_true",
                     help="hunt a mutant that has a litmus program on it (a regression test, not a blind hunt)")
-    hp.add_argument("--ops", type=_count, default=40, metavar="N", help="operations per CPU (default 40)")
+    hp.add_argument("--ops", type=_count, metavar="N",
+                    help="operations per CPU (default 40, and 200 for swarm programs)")
     hp.add_argument("--cpus", type=_count, default=2, metavar="N", help="CPUs (default 2)")
     hp.add_argument("--pct-depth", type=_count, default=3, metavar="D", help="PCT depth (default 3)")
     hp.add_argument("--json", metavar="PATH", help="write the table as JSON here")
@@ -415,7 +416,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_hunt(args: argparse.Namespace) -> int:
-    from stress.hunt import HEADER, hunt
+    from stress.hunt import HEADER, OPS, SWARM_OPS, hunt
 
     check_json_path(args.json)
     _load_modules(args.policy_module)
@@ -434,12 +435,13 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     errors = [r for r in rows if r.error]
     missed = [r for r in rows if r.caught is None and not r.error]
     wrong = [r for r in missed if r.others]
+    ops = f"{args.ops} ops" if args.ops else f"{OPS} ops ({SWARM_OPS} for swarm)"
     print(f"hunt: {len(rows) - len(missed) - len(errors)}/{len(rows)} mutants caught by the check they name"
           + (f"; {len(missed)} not caught" if missed else "")
           + (f" ({len(wrong)} found only by another check)" if wrong else "")
           + (f"; {len(errors)} ended in a harness error" if errors else "")
-          + f" ({'blind, ' if not args.litmus else ''}{args.strategy} on generated programs of {args.ops} ops per "
-          f"CPU on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
+          + f" ({'blind, ' if not args.litmus else ''}{args.strategy} on generated programs of {ops} per CPU "
+          f"on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
           + ("; random on litmus programs" if args.litmus else "") + ")")
     if args.json:
         write_json(args.json, {"schema": "mmtorture-hunt/2", "rows": [r.to_json() for r in rows]})

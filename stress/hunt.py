@@ -44,6 +44,8 @@ MIX = ("random", "swarm", "pct")
 PMC_TRIES = 8
 PMC_OPS = 12
 FREE_RUN_S = 5.0
+OPS = 40
+SWARM_OPS = 200
 
 
 @dataclass
@@ -81,6 +83,14 @@ def plan(strategy: str, n: int) -> tuple[str, str, str]:
     return (name, "random", "swarm") if name == "swarm" else (name, name, "uniform")
 
 
+def ops_for(name: str, ops: int | None) -> int:
+    """Operations per CPU of a seed of strategy `name`: `ops` if given, else OPS, or SWARM_OPS
+    for swarm programs.  A swarm configuration narrows the operations and their arguments so
+    that CPUs meet; the rare operations it keeps still meet only over a longer program, and a
+    run's fixed cost (processes, segments: about 40 ms) is spread over five times the work."""
+    return ops or (SWARM_OPS if name == "swarm" else OPS)
+
+
 def reproduce_command(scenario: str, policy: str, seed: int, scheduler: str, cpus: int, ops: int, depth: int,
                       k: int, litmus: bool, policy_modules=(), programs: str = "uniform") -> str:
     """The `mmtorture run` that makes the same run again (same program, same schedule)."""
@@ -103,13 +113,13 @@ def _error(r) -> str:
                                       or (r.report.get("diverged") or {}).get("message", "interrupted"))
 
 
-def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: int = 1000, ops: int = 40,
+def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: int = 1000, ops: int | None = None,
              cpus: int = 2, first_seed: int = 0, depth: int = 3, policy_modules=(),
              program: list | None = None, strategy: str = "mix", reports: str | None = None,
              want: str | None = None, max_seconds: float | None = None) -> HuntRow:
     """Seeds of `strategy` until a run's first finding is a check of `expect` (with `want`, that
     check), within `max_seeds` and `max_seconds`; on `program` (a litmus test) if given, else
-    on generated programs of `ops` operations per CPU."""
+    on generated programs of `ops` operations per CPU (by default as `ops_for` says)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     t0 = time.monotonic()
@@ -135,7 +145,7 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
                 knobs.update(duration=min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)), ops=0,
                              delay_every=DELAY_EVERY)
             else:
-                knobs.update(ops=0 if program else ops, pct_depth=depth, pct_steps=k)
+                knobs.update(ops=0 if program else ops_for(name, ops), pct_depth=depth, pct_steps=k)
             used_k = k
             r = run(scenario, policy, cpus=cpus, seed=seed, progress="off", policy_modules=policy_modules,
                     program=program, **knobs)
@@ -143,8 +153,8 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
             steps = int(s.get("steps", 0))
             if scheduler == "pct":
                 k = k or max(int(s.get("accesses", 0)), 1)
-            cmd = reproduce_command(scenario, policy, seed, scheduler, cpus, ops, depth, int(s.get("k", used_k)),
-                                    bool(program), r.report.get("policy_modules", []), gen)
+            cmd = reproduce_command(scenario, policy, seed, scheduler, cpus, ops_for(name, ops), depth,
+                                    int(s.get("k", used_k)), bool(program), r.report.get("policy_modules", []), gen)
         row = HuntRow(scenario, policy, list(expect), None, n, seed, steps, 0.0, scheduler, kind, strategy=name,
                       others=others, run_report=r.report)
         if r.exit_code not in (EXIT_OK, EXIT_FINDINGS):
@@ -197,7 +207,7 @@ def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, 
     return r
 
 
-def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
+def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int | None = None, cpus: int = 2,
                 depth: int = 3, policy_modules=(), reports: str | None = None, want: str | None = None,
                 strategy: str = "mix", litmus: bool = False, max_seconds: float | None = None) -> HuntRow:
     """One mutant searched as `hunt` searches it: blind by `strategy`, or with `litmus` on its
@@ -210,7 +220,7 @@ def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int =
                     strategy="random" if prog else strategy, reports=reports, want=want, max_seconds=max_seconds)
 
 
-def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int = 40, cpus: int = 2,
+def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int | None = None, cpus: int = 2,
          depth: int = 3, say: Callable[[str], None] | None = None, policy_modules=(),
          reports: str | None = None, strategy: str = "mix", litmus: bool = False,
          max_seconds: float | None = None) -> list[HuntRow]:

@@ -250,3 +250,12 @@ def test_random_preempts_at_a_window_with_the_seeds_probability():
         assert s.describe()["window_switch"] == round(s.switch, 4)
         rates.append(s.switch)
     assert min(rates) < 0.06 and max(rates) > 0.3
+
+
+def test_swarm_seeds_of_a_hunt_run_longer_programs():
+    from stress.hunt import OPS, SWARM_OPS, hunt_one, ops_for
+
+    assert (ops_for("swarm", None), ops_for("random", None), ops_for("swarm", 7)) == (SWARM_OPS, OPS, 7)
+    row = hunt_one("refcount", "nonatomic_inc", ("refcount.underflow", "pool.uaf"), strategy="swarm", max_seeds=50)
+    assert row.caught and f"--ops {SWARM_OPS} --programs swarm" in row.command
+    assert row.run_report["knobs"]["ops"] == SWARM_OPS
