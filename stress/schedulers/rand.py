@@ -3,10 +3,11 @@
 At a spin or an operation boundary the next CPU is a uniform choice among
 those that can run.  A window is a hint, where a preemption is likeliest to
 matter: there the running CPU is preempted with a probability drawn per
-seed, log-uniform from 1/32 to 1/2.  A seed with a rare switch lets the CPU
-that takes over run a whole operation (a munmap from its unhook to its free)
-before the one it preempted goes on, which a fair coin at every window
-almost never does; a seed with a frequent one interleaves finely.  Between
+seed, 1/2 for half the seeds (a fair coin: fine interleavings, as a fork
+racing a fault needs) and log-uniform from 1/32 to 1/2 for the others.  A
+seed with a rare switch lets the CPU that takes over run a whole operation
+(a munmap from its unhook to its free) before the one it preempted goes on,
+which a coin at every window almost never does.  Between
 them, the running CPU is preempted just before a shared access after a
 geometric number of accesses (mean `preempt_every`; by default drawn per
 seed, log-uniform from 8 to 4096, so that some seeds preempt densely and
@@ -54,7 +55,8 @@ class RandomStrategy:
             every = round(lo * (hi / lo) ** unit(splitmix64((self.seed << 32) ^ 0xE7E4)))
         self.every = every
         low, high = SWITCH_RANGE
-        self.switch = low * (high / low) ** unit(splitmix64((self.seed << 32) ^ 0x5717C4))
+        u = unit(splitmix64((self.seed << 32) ^ 0x5717C4))
+        self.switch = high if u < 0.5 else low * (high / low) ** (2 * u - 1)
 
     def init(self, st: SchedState) -> None:
         pass
