@@ -123,7 +123,11 @@ def test_bench_detection_hunts_every_mutant_blind_by_each_strategy(tmp_path, cap
     for row in doc["rows"]:
         assert set(row["strategies"]) == {"random", "swarm", "pct", "free"}
         assert row["strategies"][row["best"]]["caught"] == row["strategies"][row["best"]]["hunts"]
+        if row["strategies"]["free"]["caught"]:
+            assert row["reproduce"]["reproduced"] and row["reproduce"]["replayed"] == 10, row
     assert doc["met"]["caught_by_best"]
-    assert "| mutants caught |" in capsys.readouterr().out
+    assert doc["free_caught"] >= 1 and doc["met"]["reproduced"]
+    out = capsys.readouterr().out
+    assert "| mutants caught |" in out and "reproduced 10/10" in out
     assert main(["bench", "scheduler", "-s", "rcu"]) == 2
     assert "--scenario is for `bench detection`" in capsys.readouterr().err
