@@ -8,7 +8,9 @@ longer fits goes to the nearest runnable CPU), and a candidate that still
 fails is replaced by what it actually ran: the operations it executed and
 the preemptions it took.  Passes, until nothing changes (delta debugging,
 Zeller's ddmin, chunk sizes halving): remove operations, remove preemptions
-(one CPU's chunks, then pairs across CPUs), move preemptions to simpler
+(one CPU's chunks, then pairs across CPUs; preemptions before operations
+when a dense access-level schedule has more of them, since each one pins
+the operations around it), move preemptions to simpler
 points (the operation's end, an earlier window or access), lower arguments
 to 0.  The result is replayed strictly once and written as a new report.
 """
@@ -199,8 +201,9 @@ class Shrinker:
                  f"{c.preemptions} preemptions")
         while self._budget():
             before = (c.ops, c.preemptions, c.program)
-            c = self._pass_ops(c)
-            c = self._pass_devs(c)
+            for remove in (self._pass_devs, self._pass_ops) if c.preemptions > c.ops else \
+                    (self._pass_ops, self._pass_devs):
+                c = remove(c)
             c = self._pass_dev_pairs(c)
             c = self._pass_points(c)
             c = self._pass_args(c)
