@@ -178,6 +178,8 @@ def busted_down_write(sem: Rwsem, cpu: Cpu) -> None:
             seen = mem.cmpxchg32(off, c, c | RWSEM_LOCKED)
             if seen == c:
                 break
+            if not seen & RWSEM_LOCKED:
+                continue
             c = seen
         cpu.sched.spin(cpu, attempt, mem, off, c)
         attempt += 1
