@@ -9,8 +9,8 @@ fails is replaced by what it actually ran: the operations it executed and
 the preemptions it took.  Passes, until nothing changes (delta debugging,
 Zeller's ddmin, chunk sizes halving): remove operations, remove preemptions
 (one CPU's chunks, then pairs across CPUs; preemptions before operations
-when a dense access-level schedule has more of them, since each one pins
-the operations around it), move preemptions to simpler
+when there are more of them, as a dense access-level schedule has, since
+each one pins the operations around it), move preemptions to simpler
 points (the operation's end, an earlier window or access), lower arguments
 to 0.  The result is replayed strictly once and written as a new report.
 """
