@@ -435,7 +435,8 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     errors = [r for r in rows if r.error]
     missed = [r for r in rows if r.caught is None and not r.error]
     wrong = [r for r in missed if r.others]
-    ops = f"{args.ops} ops" if args.ops else f"{OPS} ops ({SWARM_OPS} for swarm)"
+    ops = f"{args.ops} ops" if args.ops else f"{SWARM_OPS} ops" if args.strategy == "swarm" else \
+        f"{OPS} ops ({SWARM_OPS} for swarm)" if args.strategy == "mix" else f"{OPS} ops"
     print(f"hunt: {len(rows) - len(missed) - len(errors)}/{len(rows)} mutants caught by the check they name"
           + (f"; {len(missed)} not caught" if missed else "")
           + (f" ({len(wrong)} found only by another check)" if wrong else "")
@@ -444,7 +445,7 @@ def cmd_hunt(args: argparse.Namespace) -> int:
           f"on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
           + ("; random on litmus programs" if args.litmus else "") + ")")
     if args.json:
-        write_json(args.json, {"schema": "mmtorture-hunt/2", "rows": [r.to_json() for r in rows]})
+        write_json(args.json, {"schema": "mmtorture-hunt/3", "rows": [r.to_json() for r in rows]})
     if errors:
         print(end_line(EXIT_HARNESS))
         return EXIT_HARNESS

@@ -1,4 +1,4 @@
-"""The `random` strategy: uniform choices at windows and boundaries, sparse preemptions at accesses.
+"""The `random` strategy: uniform choices at boundaries, a per-seed coin at windows, sparse preemptions at accesses.
 
 At a spin or an operation boundary the next CPU is a uniform choice among
 those that can run.  A window is a hint, where a preemption is likeliest to
