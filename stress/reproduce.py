@@ -6,7 +6,10 @@ generator, and the report says how many each one finished.  The last K
 operations of every CPU (K = 2, 4, 8, ... up to the window) are a program
 in which the race most likely lies; the controlled search (random, swarm
 and PCT strategies in turn, preemptions at any shared access) explores it
-seed after seed until the run's first finding is the same check.  That
+seed after seed until the run's first finding is the same check (for a
+hang, any hang: free-running, the watchdog can only see that nothing moved
+for too long; under control every CPU blocked, a lock cycle or a livelock
+is the proof of it).  That
 run's report carries a program and a schedule, so it replays
 deterministically, and it is shrunk.  syzkaller's reproducers are flaky;
 these are not.
@@ -59,6 +62,11 @@ def suffix_program(report: dict, window: int) -> list:
     return to_json(out, ops)
 
 
+def same_finding(want: dict, got) -> bool:
+    """Whether a controlled run's finding reproduces a free-running one's (a report's dict)."""
+    return got.check == want["check"] or want.get("kind") == "hang" == got.kind
+
+
 def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
               say: Callable[[str], None] | None = None) -> Reproduction | None:
     """The first controlled run of a suffix program whose first finding is the report's."""
@@ -66,7 +74,7 @@ def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
         raise UsageError("the report is of a controlled run: replay it (mmtorture replay)")
     if not report.get("findings"):
         raise UsageError("the report has no finding to reproduce")
-    check = report["findings"][0]["check"]
+    want = report["findings"][0]
     t0 = time.monotonic()
     runs = 0
     for window in WINDOWS:
@@ -80,6 +88,6 @@ def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
             r = run(report["scenario"], report["policy"], cpus=report["cpus"], seed=seed, program=program,
                     scheduler=scheduler, progress="off", policy_modules=report.get("policy_modules", []))
             runs += 1
-            if r.findings and r.findings[0].check == check:
-                return Reproduction(check, window, seed, runs, round(time.monotonic() - t0, 3), r)
+            if r.findings and same_finding(want, r.findings[0]):
+                return Reproduction(r.findings[0].check, window, seed, runs, round(time.monotonic() - t0, 3), r)
     return None

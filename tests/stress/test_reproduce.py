@@ -43,6 +43,18 @@ def test_a_free_running_finding_gets_a_reproducer_that_replays_10_of_10():
         assert mismatch(again, replay(again)) is None
 
 
+def test_a_free_running_stall_is_reproduced_by_the_hang_the_scheduler_proves():
+    """Free-running, a lost wakeup is a watchdog stall (nothing moved for too long); under control
+    it is every CPU blocked.  Both are the one hang: the stall gets a reproducer."""
+    report = _as_free_running(_failing("percpu_ref", "lost_wakeup"))
+    proved = report["findings"][0]
+    assert proved["kind"] == "hang"
+    report["findings"] = [dict(proved, check="watchdog.stall")]
+    found = reproduce(report, max_runs=400)
+    assert found is not None and found.check == proved["check"] != "watchdog.stall"
+    assert mismatch(found.result.report, replay(found.result.report)) is None
+
+
 def test_reproduce_refuses_a_controlled_report(tmp_path, capsys):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(_failing("refcount", "nonatomic_inc")))
