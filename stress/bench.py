@@ -220,13 +220,13 @@ def bench_scheduler(json_path: str | None = None, quick: bool = False, out=sys.s
     """Controlled switches per second across processes, and every primitive scenario's ops/s
     under the free and the controlled scheduler."""
     from policies import scenarios
-    from stress.runner import run
+    from stress.runner import run, stop_if_interrupted
 
     ops = 4000 if quick else 40000
     results: dict = {"pingpong_switches_per_s": round(_futex_pingpong(5000 if quick else 20000))}
     for cpus in (2, 4):
-        r = run("seqcount", "seqcount", cpus=cpus, ops=ops // cpus * 2, seed=1, scheduler="random",
-                progress="off")
+        r = stop_if_interrupted(run("seqcount", "seqcount", cpus=cpus, ops=ops // cpus * 2, seed=1,
+                                    scheduler="random", progress="off"))
         s = r.report["schedule"]
         results[f"controlled_switches_per_s_{cpus}cpu"] = round(s["switches"] / r.report["duration_s"])
         results[f"controlled_decisions_per_s_{cpus}cpu"] = round(s["steps"] / r.report["duration_s"])
@@ -235,8 +235,8 @@ def bench_scheduler(json_path: str | None = None, quick: bool = False, out=sys.s
         for pol in sc.correct_policies():
             row = {}
             for sched in ("free", "random", "pct"):
-                r = run(sc.name, pol.name, cpus=2, ops=ops // 2, seed=1, scheduler=sched, window_rate=0.0,
-                        delay_every=0, progress="off")
+                r = stop_if_interrupted(run(sc.name, pol.name, cpus=2, ops=ops // 2, seed=1, scheduler=sched,
+                                            window_rate=0.0, delay_every=0, progress="off"))
                 row[f"{sched}_ops_per_s"] = round(r.report["ops"] / max(r.report["duration_s"], 1e-9))
             per[f"{sc.name}/{pol.name}"] = row
     results["scenarios"] = per
@@ -298,11 +298,11 @@ def vma_program(workload: str, cpu: int, cycles: int) -> list:
 
 
 def _vma_run(policy: str, workload: str, cpus: int, cycles: int, seed: int = 0) -> dict:
-    from stress.runner import run
+    from stress.runner import run, stop_if_interrupted
 
     program = [vma_program(workload, c, cycles) for c in range(cpus)]
-    r = run("vma_lookup", policy, cpus=cpus, seed=seed, scheduler="free", window_rate=0.0, delay_every=0,
-            progress="off", program=program)
+    r = stop_if_interrupted(run("vma_lookup", policy, cpus=cpus, seed=seed, scheduler="free", window_rate=0.0,
+                                delay_every=0, progress="off", program=program))
     if r.findings or r.report.get("error"):
         raise RuntimeError(f"bench vma {policy}/{workload}: {r.report.get('error') or r.findings[0].format()}")
     c, dur = r.report["counters"], max(r.report["duration_s"], 1e-9)
@@ -321,12 +321,12 @@ def _munmap_cycle_us(policy: str, cycles: int) -> float:
     """MAP_FIXED, one write fault, munmap on CPU 0, microseconds per cycle, while CPU 1 keeps
     faulting its own VMA: what waiting for the other CPU's readers costs a munmap (a whole
     fault is an SRCU reader; only the lookup is an RCU reader)."""
-    from stress.runner import run
+    from stress.runner import run, stop_if_interrupted
 
     program = [[["mmap", 0, 80, 7, 1], ["access", 0, 80, 1], ["munmap", 0, 80, 7]] * cycles,
                vma_program("disjoint", 1, cycles * 2)]
-    r = run("vma_lookup", policy, cpus=2, seed=0, scheduler="free", window_rate=0.0, delay_every=0, progress="off",
-            program=program)
+    r = stop_if_interrupted(run("vma_lookup", policy, cpus=2, seed=0, scheduler="free", window_rate=0.0,
+                                delay_every=0, progress="off", program=program))
     return round(r.report["run_ms"][0] * 1e3 / cycles, 1)
 
 

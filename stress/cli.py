@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from stress.hunt import STRATEGIES as HUNT_STRATEGIES
 from stress.knobs import KNOBS
 from stress.report import EXIT_FINDINGS, EXIT_HARNESS, EXIT_OK, EXIT_USAGE, SUITE_SCHEMA, end_line, write_json
-from stress.runner import Runner, UsageError, check_json_path
+from stress.runner import Interrupted, Runner, UsageError, check_json_path
 
 PROG = "mmtorture"
 
@@ -540,6 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as e:
+        print(f"{PROG}: {e}: stopped", file=sys.stderr)
+        return e.result.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

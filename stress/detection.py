@@ -29,6 +29,7 @@ from policies import scenarios
 from stress.hunt import hunt_one
 from stress.replay import mismatch, replay
 from stress.reproduce import reproduce
+from stress.runner import stop_if_interrupted
 
 STRATEGIES = ("random", "swarm", "pct", "free")
 FIRST_SEEDS = (0, 100_000, 200_000, 300_000, 400_000)
@@ -88,7 +89,8 @@ def reproduction(report: dict) -> dict:
     found = reproduce(report, max_seconds=REPRODUCE_S)
     if found is None:
         return {"reproduced": False, "replayed": 0, "replays": 0}
-    again = sum(mismatch(found.result.report, replay(found.result.report)) is None for _ in range(REPLAYS))
+    again = sum(mismatch(found.result.report, stop_if_interrupted(replay(found.result.report))) is None
+                for _ in range(REPLAYS))
     return {"reproduced": True, "window": found.window, "runs": found.runs, "seconds": found.seconds,
             "replayed": again, "replays": REPLAYS}
 

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 from policies import get_scenario, scenarios
 from stress.report import EXIT_FINDINGS, EXIT_OK, write_json
-from stress.runner import run
+from stress.runner import run, stop_if_interrupted
 from stress.schedulers.free import DELAY_EVERY
 
 STRATEGIES = ("mix", "random", "swarm", "pct", "free", "pmc")
@@ -148,8 +148,8 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
             else:
                 knobs.update(ops=0 if program else ops_for(name, ops), pct_depth=depth, pct_steps=k)
             used_k = k
-            r = run(scenario, policy, cpus=cpus, seed=seed, progress="off", policy_modules=policy_modules,
-                    program=program, **knobs)
+            r = stop_if_interrupted(run(scenario, policy, cpus=cpus, seed=seed, progress="off",
+                                        policy_modules=policy_modules, program=program, **knobs))
             s = r.report.get("schedule") or {}
             steps = int(s.get("steps", 0))
             if scheduler == "pct":
@@ -190,8 +190,8 @@ def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, 
     ops = sc.operations(sc.policy(policy))
     prog = generate_program(ops, seed, cpus, PMC_OPS, "swarm")
     js = to_json(prog, ops)
-    r = run(scenario, policy, cpus=cpus, seed=seed, program=js, schedule=pmc.turns(js), strict=False,
-            profile=True, progress="off", policy_modules=policy_modules)
+    r = stop_if_interrupted(run(scenario, policy, cpus=cpus, seed=seed, program=js, schedule=pmc.turns(js),
+                                strict=False, profile=True, progress="off", policy_modules=policy_modules))
     if r.findings or r.exit_code not in (EXIT_OK, EXIT_FINDINGS) or not r.profile:
         return r
     chans = pmc.channels(r.profile, [[k for k, _ in c] for c in prog])
@@ -200,9 +200,9 @@ def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, 
         ch = pmc.pick(chans, rng)
         if ch is None:
             break
-        rr = run(scenario, policy, cpus=cpus, seed=seed, program=js,
-                 schedule=pmc.schedule(js, r.profile, ch, rng.random() < 0.5), strict=False, progress="off",
-                 policy_modules=policy_modules)
+        rr = stop_if_interrupted(run(scenario, policy, cpus=cpus, seed=seed, program=js,
+                                     schedule=pmc.schedule(js, r.profile, ch, rng.random() < 0.5), strict=False,
+                                     progress="off", policy_modules=policy_modules))
         if rr.findings and rr.findings[0].check in accept or rr.exit_code not in (EXIT_OK, EXIT_FINDINGS):
             return rr
         if rr.findings and not r.findings:

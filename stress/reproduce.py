@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from policies import get_scenario, load_module
 from stress.hunt import plan
 from stress.program import generate, mixes, to_json
-from stress.runner import RunResult, UsageError, run
+from stress.runner import RunResult, UsageError, run, stop_if_interrupted
 
 WINDOWS = (2, 4, 8, 16, 32)
 SEEDS_PER_WINDOW = 60
@@ -85,8 +85,9 @@ def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
             if runs >= max_runs or time.monotonic() - t0 > max_seconds:
                 return None
             _, scheduler, _ = plan("mix", seed)  # the program is given: swarm's turn is the random strategy's
-            r = run(report["scenario"], report["policy"], cpus=report["cpus"], seed=seed, program=program,
-                    scheduler=scheduler, progress="off", policy_modules=report.get("policy_modules", []))
+            r = stop_if_interrupted(run(
+                    report["scenario"], report["policy"], cpus=report["cpus"], seed=seed, program=program,
+                    scheduler=scheduler, progress="off", policy_modules=report.get("policy_modules", [])))
             runs += 1
             if r.findings and same_finding(want, r.findings[0]):
                 return Reproduction(r.findings[0].check, window, seed, runs, round(time.monotonic() - t0, 3), r)

@@ -306,6 +306,8 @@ class Runner:
             for s, h in old.items():
                 signal.signal(s, h)
         code = self._exit_code(findings)
+        if self.signum:  # it may have come while the run was cleaning up, after the report was built
+            report.update(interrupted=True, signal=self.signum)
         path = self.json_path
         if path is None and self.save_failing is not None and code != EXIT_OK and self.run_id:
             path = os.path.join(self.save_failing, f"mmtorture-report-{self.run_id}.json")
@@ -656,6 +658,22 @@ class Runner:
         return findings, report
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run, which cleaned up and wrote its report: a loop of runs
+    (hunt, shrink, reproduce, a benchmark) stops there too, and the CLI exits 130 or 143."""
+
+    def __init__(self, result: RunResult):
+        super().__init__(f"interrupted by signal {result.report.get('signal')}")
+        self.result = result
+
+
+def stop_if_interrupted(r: RunResult) -> RunResult:
+    """`r`, unless a signal stopped it: then Interrupted, for the loop that made it."""
+    if r.report.get("interrupted"):
+        raise Interrupted(r)
+    return r
+
+
 def run(scenario: str, policy: str | None = None, *, json_path: str | None = None,
         out: TextIO | None = None, quiet: bool = True, policy_modules=(), program: list | None = None,
         schedule: dict | None = None, strict: bool = True, profile: bool = False, **knobs: Any) -> RunResult:
@@ -666,4 +684,5 @@ def run(scenario: str, policy: str | None = None, *, json_path: str | None = Non
                   strict, profile=profile).run()
 
 
-__all__ = ["HarnessError", "KINDS", "RunResult", "Runner", "UsageError", "run"]
+__all__ = ["HarnessError", "Interrupted", "KINDS", "RunResult", "Runner", "UsageError", "run",
+           "stop_if_interrupted"]

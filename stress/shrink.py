@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stress.replay import replay
-from stress.runner import RunResult, UsageError
+from stress.runner import RunResult, UsageError, stop_if_interrupted
 from stress.schedulers.state import AT_BOUNDARY
 
 Devs = list[list[list[int]]]
@@ -96,8 +96,8 @@ class Shrinker:
     def _try(self, c: Candidate) -> Candidate | None:
         """The candidate as it ran, if it still trips the check; else None."""
         self.runs += 1
-        r = replay(self.report, strict=False, program=c.program, schedule=c.schedule(),
-                   policy_modules=self.policy_modules)
+        r = stop_if_interrupted(replay(self.report, strict=False, program=c.program, schedule=c.schedule(),
+                                       policy_modules=self.policy_modules))
         if r.exit_code not in (0, 1) or self.check not in r.checks:
             return None
         s = r.report["schedule"]

@@ -23,7 +23,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from policies import get_scenario
-from stress.runner import RunResult, run
+from stress.runner import RunResult, run, stop_if_interrupted
 from stress.schedulers.state import AT_BOUNDARY
 
 MAX_POINTS = 40
@@ -90,8 +90,8 @@ def run_program(scenario: str, policy: str, program: list, schedule: dict, *, se
                 json_path: str | None = None, **knobs: Any) -> RunResult:
     """One controlled run of (program, schedule), replayed leniently: any schedule fits."""
     knobs.setdefault("progress", "off")
-    return run(scenario, policy, cpus=len(program), seed=seed, program=program, schedule=schedule,
-               strict=False, json_path=json_path, **knobs)
+    return stop_if_interrupted(run(scenario, policy, cpus=len(program), seed=seed, program=program,
+                                   schedule=schedule, strict=False, json_path=json_path, **knobs))
 
 
 __all__ = ["programs", "run_program", "schedules", "steps"]

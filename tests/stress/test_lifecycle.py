@@ -74,3 +74,27 @@ def test_a_cpu_stuck_without_saying_why_is_a_stall(tmp_path):
     (f,) = json.load(open(report))["findings"]
     assert f["check"] == "watchdog.stall" and "made no progress" in f["message"] and f["cpu"] == 0
     assert gone(pid)
+
+
+def test_a_signal_stops_the_loop_of_runs_not_only_the_run(monkeypatch, capsys):
+    """A run that SIGINT stopped cleaned up and wrote its report; the hunt around it must stop
+    too (before, each run of a hunt or a benchmark caught the signal and the loop went on)."""
+    from stress import hunt
+    from stress.cli import main
+    from stress.runner import Interrupted, run
+
+    runs = []
+
+    def stopped(*args, **kwargs):
+        r = run(*args, **kwargs)
+        runs.append(r)
+        r.report.update(interrupted=True, signal=int(signal.SIGINT))
+        r.exit_code = 130
+        return r
+
+    monkeypatch.setattr(hunt, "run", stopped)
+    with pytest.raises(Interrupted):
+        hunt.hunt_one("refcount", "refcount_t", ("refcount.underflow",), max_seeds=50)
+    assert len(runs) == 1
+    assert main(["hunt", "-s", "refcount", "--max-seeds", "50"]) == 130 and len(runs) == 2
+    assert "interrupted by signal 2: stopped" in capsys.readouterr().err
