@@ -3,8 +3,10 @@
 A free-running run cannot be replayed (the OS chose its interleaving), but
 its program can be rebuilt: each CPU drew its operations from the seeded
 generator, and the report says how many each one finished.  The last K
-operations of every CPU (K = 2, 4, 8, ... up to the window) are a program
-in which the race most likely lies; the controlled search (random, swarm
+operations of every CPU (K = 2, 4, 8, ..., and at last all of them) are a
+program in which the race most likely lies; a short one first, and a long
+one when the finding needs the state the run built (a fork long before,
+counters that drifted over thousands of operations).  The controlled search (random, swarm
 and PCT strategies in turn, preemptions at any shared access) explores it
 seed after seed until the run's first finding is the same check (for a
 hang, any hang: free-running, the watchdog can only see that nothing moved
@@ -26,7 +28,8 @@ from stress.hunt import plan
 from stress.program import generate, mixes, to_json
 from stress.runner import RunResult, UsageError, run, stop_if_interrupted
 
-WINDOWS = (2, 4, 8, 16, 32)
+FIRST_WINDOW = 2
+WHOLE = 1 << 40
 SEEDS_PER_WINDOW = 60
 
 
@@ -77,7 +80,10 @@ def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
     want = report["findings"][0]
     t0 = time.monotonic()
     runs = 0
-    for window in WINDOWS:
+    longest = max(len(p) for p in suffix_program(report, WHOLE))
+    window = 0
+    while window < longest:
+        window = min(max(2 * window, FIRST_WINDOW), longest)
         program = suffix_program(report, window)
         if say:
             say(f"window {window}: " + " | ".join(f"cpu{c}: {len(p)} ops" for c, p in enumerate(program)))
