@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of every CPU under control until the same check fires; shrink it")
     rp.add_argument("report", help="a JSON report of a free-running run with a finding")
     rp.add_argument("--json", metavar="PATH", help="where to write the reproducer (default REPORT.reproduced.json)")
-    rp.add_argument("--max-runs", type=_count, default=600, metavar="N", help="search budget in runs (default 600)")
+    rp.add_argument("--max-runs", type=_count, default=None, metavar="N",
+                    help="search budget in runs (default: none, --seconds bounds it)")
     rp.add_argument("--seconds", type=float, default=120.0, metavar="S", help="search budget in seconds "
                     "(default 120)")
     rp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -403,8 +404,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     say = None if args.quiet else (lambda s: print(f"reproduce: {s}", flush=True))
     found = reproduce(report, max_runs=args.max_runs, max_seconds=args.seconds, say=say)
     if found is None:
+        runs = f"{args.max_runs} runs or " if args.max_runs else ""
         print(f"reproduce: no controlled run of the last operations tripped {report['findings'][0]['check']} "
-              f"within {args.max_runs} runs or {args.seconds:g} s")
+              f"within {runs}{args.seconds:g} s")
         return EXIT_FINDINGS
     print(f"reproduce: [{found.check}] on the last {found.window} operations of each CPU, seed {found.seed}, "
           f"after {found.runs} runs in {found.seconds:.1f}s")

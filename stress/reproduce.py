@@ -2,23 +2,24 @@
 
 A free-running run cannot be replayed (the OS chose its interleaving), but
 its program can be rebuilt: each CPU drew its operations from the seeded
-generator, and the report says how many each one finished.  The last K
+generator, and the report says how many each one finished. The last K
 operations of every CPU (K = 2, 4, 8, ..., and at last all of them) are a
 program in which the race most likely lies; a short one first, and a long
 one when the finding needs the state the run built (a fork long before,
-counters that drifted over thousands of operations).  The controlled search (random, swarm
-and PCT strategies in turn, preemptions at any shared access) explores it
-seed after seed until the run's first finding is the same check (for a
-hang, any hang: free-running, the watchdog can only see that nothing moved
-for too long; under control every CPU blocked, a lock cycle or a livelock
-is the proof of it).  That
-run's report carries a program and a schedule, so it replays
-deterministically, and it is shrunk.  syzkaller's reproducers are flaky;
-these are not.
+counters that drifted over thousands of operations). The controlled search
+(random, swarm and PCT strategies in turn, preemptions at any shared access)
+explores it seed after seed (a few dozen per window, what is left of the
+budget for the whole program) until the run's first finding is the same
+check (for a hang, any hang: free-running, the watchdog can only see that
+nothing moved for too long; under control every CPU blocked, a lock cycle or
+a livelock is the proof of it). That run's report carries a program and a
+schedule, so it replays deterministically, and it is shrunk. syzkaller's
+reproducers are flaky; these are not.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,9 +71,10 @@ def same_finding(want: dict, got) -> bool:
     return got.check == want["check"] or want.get("kind") == "hang" == got.kind
 
 
-def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
+def reproduce(report: dict, *, max_runs: int | None = None, max_seconds: float = 120.0,
               say: Callable[[str], None] | None = None) -> Reproduction | None:
-    """The first controlled run of a suffix program whose first finding is the report's."""
+    """The first controlled run of a suffix program whose first finding is the report's: SEEDS_PER_WINDOW
+    seeds for each window, and the rest of the budget for the whole program."""
     if report.get("schedule") is not None:
         raise UsageError("the report is of a controlled run: replay it (mmtorture replay)")
     if not report.get("findings"):
@@ -87,8 +89,9 @@ def reproduce(report: dict, *, max_runs: int = 600, max_seconds: float = 120.0,
         program = suffix_program(report, window)
         if say:
             say(f"window {window}: " + " | ".join(f"cpu{c}: {len(p)} ops" for c, p in enumerate(program)))
-        for seed in range(SEEDS_PER_WINDOW):
-            if runs >= max_runs or time.monotonic() - t0 > max_seconds:
+        last = window == longest
+        for seed in itertools.count() if last else range(SEEDS_PER_WINDOW):
+            if (max_runs is not None and runs >= max_runs) or time.monotonic() - t0 > max_seconds:
                 return None
             _, scheduler, _ = plan("mix", seed)  # the program is given: swarm's turn is the random strategy's
             r = stop_if_interrupted(run(

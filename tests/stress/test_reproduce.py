@@ -71,3 +71,20 @@ def test_a_finding_that_needs_the_state_the_run_built_is_reproduced_from_a_longe
     found = reproduce(report, max_runs=600)
     assert found is not None and found.check == report["findings"][0]["check"] and found.window > 32
     assert mismatch(found.result.report, replay(found.result.report)) is None
+
+
+def test_the_whole_program_gets_what_is_left_of_the_budget(monkeypatch):
+    """A few seeds per short window, then the whole program is searched until the budget runs out:
+    a finding that needs the state the run built is not given up on while there is time."""
+    import stress.reproduce as rp
+
+    report = _as_free_running(_failing("refcount", "nonatomic_inc"))
+    report["findings"] = [dict(report["findings"][0], check="no.such-check")]
+    windows: list[int] = []
+    runs: list[int] = []
+    monkeypatch.setattr(rp, "SEEDS_PER_WINDOW", 3)
+    monkeypatch.setattr(rp, "run", lambda *a, **k: runs.append(max(map(len, k["program"]))) or run(*a, **k))
+    assert reproduce(report, max_runs=40, say=lambda s: windows.append(int(s.split()[1].rstrip(":")))) is None
+    assert len(runs) == 40 and len(windows) > 2
+    assert runs[:3 * (len(windows) - 1)] == [w for w in windows[:-1] for _ in range(3)]
+    assert set(runs[3 * (len(windows) - 1):]) == {windows[-1]} and len(runs) - 3 * (len(windows) - 1) > 3
