@@ -38,6 +38,7 @@ MAX_SECONDS = 60.0
 REPRODUCE_S = 60.0
 REPLAYS = 10
 TARGET_MEDIAN_S = 5.0
+SLOW_S = 1.0
 
 
 def bench_detection(json_path: str | None = None, *, quick: bool = False, plot: str | None = None,
@@ -153,8 +154,20 @@ def detection_table(doc: dict) -> str:
     lines.append(f"Blind, {doc['cpus']} CPUs, at most {doc['max_seeds']} seeds or {doc['max_seconds']:g} s per hunt, "
                  f"{len(doc['first_seeds'])} first seeds per mutant and strategy. Median time to the first catch "
                  f"with each mutant's best strategy: {doc['median_seconds_best']:.2f} s (target <= "
-                 f"{TARGET_MEDIAN_S:g} s: {'met' if met['median_seconds_best'] else 'MISSED'}); every mutant "
-                 f"caught: {'met' if met['caught_by_best'] else 'MISSED'}.")
+                 f"{TARGET_MEDIAN_S:g} s: {'met' if met['median_seconds_best'] else 'MISSED'}); the slowest: "
+                 f"{doc['max_seconds_best']:.1f} s (target < {doc['max_seconds']:g} s: "
+                 f"{'met' if met['max_seconds_best'] else 'MISSED'}); every mutant caught: "
+                 f"{'met' if met['caught_by_best'] else 'MISSED'}.")
+    slow = sorted((r for r in doc["rows"] if r["strategies"][r["best"]]["median_seconds"] >= SLOW_S),
+                  key=lambda r: -r["strategies"][r["best"]]["median_seconds"])
+    if slow:
+        lines += ["", f"The mutants whose best median is {SLOW_S:g} s or more (caught by how many hunts, median "
+                  "seconds; a miss counts as the whole budget):", "",
+                  "| mutant | " + " | ".join(s) + " | best |", "|---" * (len(s) + 2) + "|"]
+        for r in slow:
+            cells = [f"{x['caught']}/{x['hunts']}, {x['median_seconds']:.1f} s"
+                     for x in (r["strategies"][k] for k in s)]
+            lines.append(f"| {r['scenario']}/{r['mutant']} | " + " | ".join(cells) + f" | {r['best']} |")
     if doc.get("free_caught"):
         lines.append("")
         lines.append(f"Free-running catches made replayable (`mmtorture reproduce`, then replayed {REPLAYS} times, the "

@@ -115,6 +115,20 @@ def test_bench_primitives_writes_json_with_targets(tmp_path, capsys):
     assert set(doc["verdict"]) == set(doc["targets"])
 
 
+def test_the_detection_table_names_the_slow_mutants_and_the_slowest():
+    from stress.detection import _summary, detection_table
+
+    def row(name: str, seconds: float, caught: int = 2) -> dict:
+        s = {"caught": caught, "hunts": 2, "median_seconds": seconds}
+        return {"scenario": "sc", "mutant": name, "strategies": {"random": s}, "best": "random"}
+
+    doc = _summary([row("fast", 0.2), row("slow", 12.5), row("missed", 60.0, caught=0)], ["random"], [0], 60.0, 1.0)
+    table = detection_table(doc)
+    assert "the slowest: 60.0 s (target < 60 s: MISSED)" in table and "every mutant caught: MISSED" in table
+    slow = [line for line in table.splitlines() if line.startswith("| sc/")]
+    assert slow == ["| sc/missed | 0/2, 60.0 s | random |", "| sc/slow | 2/2, 12.5 s | random |"]
+
+
 def test_bench_detection_hunts_every_mutant_blind_by_each_strategy(tmp_path, capsys):
     out, png = tmp_path / "d.json", tmp_path / "d.png"
     assert main(["bench", "detection", "--quick", "-s", "rcu", "--json", str(out), "--plot", str(png)]) == 0
