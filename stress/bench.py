@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from typing import TextIO
 
 import multiprocess
 
@@ -88,7 +89,8 @@ def _atomics_fetch_add_ns(n: int, repeats: int) -> float | None:
         return _best_ns(loop, n, repeats)
 
 
-def bench_primitives(json_path: str | None = None, quick: bool = False, out=sys.stdout) -> dict:
+def bench_primitives(json_path: str | None = None, quick: bool = False, out: TextIO | None = None) -> dict:
+    out = out or sys.stdout
     n = 50_000 if quick else 400_000
     repeats = 3 if quick else 7
     m = Machine.create(new_run_id(), ncpus=2, pool_pages=16)
@@ -216,9 +218,10 @@ def _futex_pingpong(n: int) -> float:
         m.close()
 
 
-def bench_scheduler(json_path: str | None = None, quick: bool = False, out=sys.stdout) -> dict:
+def bench_scheduler(json_path: str | None = None, quick: bool = False, out: TextIO | None = None) -> dict:
     """Controlled switches per second across processes, and every primitive scenario's ops/s
     under the free and the controlled scheduler."""
+    out = out or sys.stdout
     from policies import scenarios
     from stress.runner import run, stop_if_interrupted
 
@@ -330,11 +333,13 @@ def _munmap_cycle_us(policy: str, cycles: int) -> float:
     return round(r.report["run_ms"][0] * 1e3 / cycles, 1)
 
 
-def bench_vma(json_path: str | None = None, quick: bool = False, out=sys.stdout, plot: str | None = None) -> dict:
+def bench_vma(json_path: str | None = None, quick: bool = False, out: TextIO | None = None,
+              plot: str | None = None) -> dict:
     """Faults per second per CPU for every vma_lookup policy, workloads (a)-(c), 1 and 2 CPUs.
 
     Each figure is the best of `repeats` runs (the least disturbed: the
     machines are shared VMs whose speed drifts by a factor of 1.5)."""
+    out = out or sys.stdout
     cycles = 40 if quick else 600
     repeats = 1 if quick else 5
     results: dict = {p: {w: {} for w in WORKLOADS} for p in VMA_POLICIES}

@@ -42,9 +42,10 @@ SLOW_S = 1.0
 
 
 def bench_detection(json_path: str | None = None, *, quick: bool = False, plot: str | None = None,
-                    strategies=STRATEGIES, scenario: str | None = None, out: TextIO = sys.stdout) -> dict:
+                    strategies=STRATEGIES, scenario: str | None = None, out: TextIO | None = None) -> dict:
     """Hunt every mutant by every strategy from each first seed (`quick`: two of them, the same
     budget); write the JSON and the chart."""
+    out = out or sys.stdout
     first_seeds = FIRST_SEEDS[:2] if quick else FIRST_SEEDS
     max_seconds = MAX_SECONDS
     rows = []
