@@ -194,19 +194,20 @@ def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, 
                                 strict=False, profile=True, progress="off", policy_modules=policy_modules))
     if r.findings or r.exit_code not in (EXIT_OK, EXIT_FINDINGS) or not r.profile:
         return r
-    chans = pmc.channels(r.profile, [[k for k, _ in c] for c in prog])
+    profile = r.profile
+    chans = pmc.channels(profile, [[k for k, _ in c] for c in prog])
     rng = random.Random(seed)
     for _ in range(PMC_TRIES):
         ch = pmc.pick(chans, rng)
         if ch is None:
             break
         rr = stop_if_interrupted(run(scenario, policy, cpus=cpus, seed=seed, program=js,
-                                     schedule=pmc.schedule(js, r.profile, ch, rng.random() < 0.5), strict=False,
+                                     schedule=pmc.schedule(js, profile, ch, rng.random() < 0.5), strict=False,
                                      progress="off", policy_modules=policy_modules))
         if rr.findings and rr.findings[0].check in accept or rr.exit_code not in (EXIT_OK, EXIT_FINDINGS):
             return rr
         if rr.findings and not r.findings:
-            r = rr  # another check: the hunt notes it and goes on
+            r = rr  # another check: the hunt notes it and tries the other channels
     return r
 
 

@@ -50,3 +50,13 @@ def test_a_channel_schedule_catches_a_grace_period_that_does_not_wait_and_the_tw
         assert r.findings == [] and r.exit_code == 0
         seen += evidence(r.report).get(witness, 0)
     assert seen > 0, f"no channel schedule of the correct rcu went through {witness}"
+
+
+def test_a_pmc_try_that_finds_another_check_lets_the_others_run():
+    """A try that trips a check the mutant does not name is kept and the next channel is tried with
+    the profile of the first run (a try's run has none)."""
+    from stress.hunt import _pmc_seed
+
+    results = [_pmc_seed("rcu", "no_wait_gp", seed, 2, (), ("no.such-check",)) for seed in range(12)]
+    assert all(r.exit_code in (0, 1) for r in results)
+    assert any(r.findings and r.profile is None for r in results)
