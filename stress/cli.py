@@ -18,6 +18,7 @@ from stress.report import EXIT_FINDINGS, EXIT_HARNESS, EXIT_OK, EXIT_USAGE, SUIT
 from stress.runner import Interrupted, Runner, UsageError, check_json_path
 
 PROG = "mmtorture"
+HUNT_SCHEMA = "mmtorture-hunt/3"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -431,9 +432,15 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     print(HEADER, flush=True)
     if not args.seconds > 0:
         raise UsageError(f"--seconds must be a positive number, not {args.seconds}")
-    rows = hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
-                depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module,
-                reports=args.reports, strategy=args.strategy, litmus=args.litmus, max_seconds=args.seconds)
+    rows: list = []
+    try:
+        hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
+             depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module,
+             reports=args.reports, strategy=args.strategy, litmus=args.litmus, max_seconds=args.seconds, rows=rows)
+    except KeyboardInterrupt:
+        if args.json:
+            write_json(args.json, {"schema": HUNT_SCHEMA, "interrupted": True, "rows": [r.to_json() for r in rows]})
+        raise
     errors = [r for r in rows if r.error]
     missed = [r for r in rows if r.caught is None and not r.error]
     wrong = [r for r in missed if r.others]
@@ -447,7 +454,7 @@ def cmd_hunt(args: argparse.Namespace) -> int:
           f"on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
           + ("; random on litmus programs" if args.litmus else "") + ")")
     if args.json:
-        write_json(args.json, {"schema": "mmtorture-hunt/3", "rows": [r.to_json() for r in rows]})
+        write_json(args.json, {"schema": HUNT_SCHEMA, "rows": [r.to_json() for r in rows]})
     if errors:
         print(end_line(EXIT_HARNESS))
         return EXIT_HARNESS

@@ -17,7 +17,6 @@ times, which must give the same check every time.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ from typing import TextIO
 from policies import scenarios
 from stress.hunt import hunt_one
 from stress.replay import mismatch, replay
+from stress.report import write_json
 from stress.reproduce import reproduce
 from stress.runner import stop_if_interrupted
 
@@ -48,42 +48,50 @@ def bench_detection(json_path: str | None = None, *, quick: bool = False, plot: 
     out = out or sys.stdout
     first_seeds = FIRST_SEEDS[:2] if quick else FIRST_SEEDS
     max_seconds = MAX_SECONDS
-    rows = []
+    rows: list[dict] = []
     t0 = time.monotonic()
-    for sc in scenarios().values():
-        if scenario is not None and sc.name != scenario:
-            continue
-        for p in sc.mutants():
-            row: dict = {"scenario": sc.name, "mutant": p.name, "expected": list(p.expect), "strategies": {}}
-            for strategy in strategies:
-                hunts = [hunt_one(sc.name, p.name, p.expect, max_seeds=MAX_SEEDS, first_seed=s, strategy=strategy,
-                                  max_seconds=max_seconds) for s in first_seeds]
-                right = [h for h in hunts if h.right_check]
-                if strategy == "free" and right and right[0].run_report:
-                    row["reproduce"] = reproduction(right[0].run_report)
-                row["strategies"][strategy] = {
-                    "caught": len(right), "hunts": len(hunts),
-                    "other_checks": sorted({c for h in hunts if not h.right_check for c in h.others}),
-                    "errors": [h.error for h in hunts if h.error],
-                    "median_seeds": statistics.median(h.seeds if h.right_check else MAX_SEEDS for h in hunts),
-                    "median_seconds": round(statistics.median(h.seconds if h.right_check else max_seconds
-                                                              for h in hunts), 3),
-                }
-            best = min(row["strategies"], key=lambda s: (-row["strategies"][s]["caught"],
-                                                         row["strategies"][s]["median_seconds"]))
-            row["best"] = best
-            rows.append(row)
-            print(_line(row), file=out, flush=True)
+    try:
+        for sc in scenarios().values():
+            if scenario is not None and sc.name != scenario:
+                continue
+            for p in sc.mutants():
+                rows.append(_hunted(sc.name, p, strategies, first_seeds, max_seconds))
+                print(_line(rows[-1]), file=out, flush=True)
+    except KeyboardInterrupt:
+        if json_path:
+            write_json(json_path, _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0)
+                       | {"interrupted": True})
+        raise
     doc = _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0)
     print(detection_table(doc), file=out)
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
+        write_json(json_path, doc)
     if plot:
         detection_plot(doc, plot)
         print(f"plot: {plot}", file=out)
     return doc
+
+
+def _hunted(scenario: str, p, strategies, first_seeds, max_seconds: float) -> dict:
+    """One mutant's row: each strategy's hunts from each first seed, the best, the reproducer."""
+    row: dict = {"scenario": scenario, "mutant": p.name, "expected": list(p.expect), "strategies": {}}
+    for strategy in strategies:
+        hunts = [hunt_one(scenario, p.name, p.expect, max_seeds=MAX_SEEDS, first_seed=s, strategy=strategy,
+                          max_seconds=max_seconds) for s in first_seeds]
+        right = [h for h in hunts if h.right_check]
+        if strategy == "free" and right and right[0].run_report:
+            row["reproduce"] = reproduction(right[0].run_report)
+        row["strategies"][strategy] = {
+            "caught": len(right), "hunts": len(hunts),
+            "other_checks": sorted({c for h in hunts if not h.right_check for c in h.others}),
+            "errors": [h.error for h in hunts if h.error],
+            "median_seeds": statistics.median(h.seeds if h.right_check else MAX_SEEDS for h in hunts),
+            "median_seconds": round(statistics.median(h.seconds if h.right_check else max_seconds
+                                                      for h in hunts), 3),
+        }
+    row["best"] = min(row["strategies"], key=lambda s: (-row["strategies"][s]["caught"],
+                                                        row["strategies"][s]["median_seconds"]))
+    return row
 
 
 def reproduction(report: dict) -> dict:

@@ -227,8 +227,10 @@ def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int |
 def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int | None = None, cpus: int = 2,
          depth: int = 3, say: Callable[[str], None] | None = None, policy_modules=(),
          reports: str | None = None, strategy: str = "mix", litmus: bool = False,
-         max_seconds: float | None = None) -> list[HuntRow]:
-    rows = []
+         max_seconds: float | None = None, rows: list[HuntRow] | None = None) -> list[HuntRow]:
+    """Every mutant (of `scenario`), one after another, each row appended to `rows` as it ends
+    (what a signal that stops the hunt leaves)."""
+    rows = [] if rows is None else rows
     for sc in scenarios().values():
         if scenario is not None and sc.name != scenario:
             continue

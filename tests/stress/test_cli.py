@@ -145,3 +145,24 @@ def test_bench_detection_hunts_every_mutant_blind_by_each_strategy(tmp_path, cap
     assert "| mutants caught |" in out and "reproduced 10/10" in out
     assert main(["bench", "scheduler", "-s", "rcu"]) == 2
     assert "--scenario is for `bench detection`" in capsys.readouterr().err
+
+
+def test_an_interrupted_detection_bench_writes_the_mutants_it_finished(monkeypatch, tmp_path):
+    from stress import detection
+
+    calls = []
+    hunt_one = detection.hunt_one
+
+    def hunt_then_stop(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return hunt_one(*args, **kwargs)
+
+    monkeypatch.setattr(detection, "hunt_one", hunt_then_stop)
+    out = tmp_path / "d.json"
+    with pytest.raises(KeyboardInterrupt):
+        detection.bench_detection(str(out), quick=True, scenario="rcu", strategies=("random",))
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True and len(doc["rows"]) == doc["mutants"] == 1
+    assert doc["rows"][0]["strategies"]["random"]["hunts"] == 2

@@ -98,3 +98,32 @@ def test_a_signal_stops_the_loop_of_runs_not_only_the_run(monkeypatch, capsys):
     assert len(runs) == 1
     assert main(["hunt", "-s", "refcount", "--max-seeds", "50"]) == 130 and len(runs) == 2
     assert "interrupted by signal 2: stopped" in capsys.readouterr().err
+
+
+def test_an_interrupted_hunt_writes_the_rows_it_finished(monkeypatch, tmp_path):
+    """The hunt's JSON is written on a signal too: the mutants hunted before it, marked interrupted."""
+    import json
+
+    from policies import get_scenario
+    from stress import hunt
+    from stress.cli import main
+    from stress.runner import run
+
+    first = get_scenario("refcount").mutants()[0]
+    stop_at = hunt.hunt_one("refcount", first.name, first.expect, strategy="random").seeds + 1
+    runs = []
+
+    def stopped(*args, **kwargs):
+        r = run(*args, **kwargs)
+        runs.append(r)
+        if len(runs) == stop_at:
+            r.report.update(interrupted=True, signal=int(signal.SIGTERM))
+            r.exit_code = 143
+        return r
+
+    monkeypatch.setattr(hunt, "run", stopped)
+    out = tmp_path / "hunt.json"
+    assert main(["hunt", "-s", "refcount", "--strategy", "random", "--json", str(out)]) == 143
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True and [r["mutant"] for r in doc["rows"]] == [first.name]
+    assert doc["rows"][0]["right_check"]
