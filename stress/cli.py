@@ -419,7 +419,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_hunt(args: argparse.Namespace) -> int:
-    from stress.hunt import HEADER, OPS, SWARM_OPS, hunt
+    from stress.hunt import FREE_RUN_S, HEADER, OPS, PMC_OPS, SWARM_OPS, hunt
 
     check_json_path(args.json)
     _load_modules(args.policy_module)
@@ -444,13 +444,15 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     errors = [r for r in rows if r.error]
     missed = [r for r in rows if r.caught is None and not r.error]
     wrong = [r for r in missed if r.others]
-    ops = f"{args.ops} ops" if args.ops else f"{SWARM_OPS} ops" if args.strategy == "swarm" else \
+    ops = f"{PMC_OPS} ops" if args.strategy == "pmc" else f"{args.ops} ops" if args.ops else \
+        f"{SWARM_OPS} ops" if args.strategy == "swarm" else \
         f"{OPS} ops ({SWARM_OPS} for swarm)" if args.strategy == "mix" else f"{OPS} ops"
+    programs = f"runs of {FREE_RUN_S:g} s" if args.strategy == "free" else f"generated programs of {ops} per CPU"
     print(f"hunt: {len(rows) - len(missed) - len(errors)}/{len(rows)} mutants caught by the check they name"
           + (f"; {len(missed)} not caught" if missed else "")
           + (f" ({len(wrong)} found only by another check)" if wrong else "")
           + (f"; {len(errors)} ended in a harness error" if errors else "")
-          + f" ({'blind, ' if not args.litmus else ''}{args.strategy} on generated programs of {ops} per CPU "
+          + f" ({'blind, ' if not args.litmus else ''}{args.strategy} on {programs} "
           f"on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
           + ("; random on litmus programs" if args.litmus else "") + ")")
     if args.json:
