@@ -219,8 +219,8 @@ def shrink(report: dict, *, check: str | None = None, max_runs: int = 2000, json
     t0 = time.monotonic()
     s = Shrinker(report, check, max_runs, say, policy_modules)
     before, after = s.shrink()
-    final = replay(report, strict=True, program=after.program, schedule=after.schedule(),
-                   json_path=json_path, policy_modules=policy_modules)
+    final = stop_if_interrupted(replay(report, strict=True, program=after.program, schedule=after.schedule(),
+                                       json_path=json_path, policy_modules=policy_modules))
     s.runs += 1
     if s.check not in final.checks:
         raise UsageError("the shrunk program and schedule did not fail again when replayed strictly")
