@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from stress.cli import main
 from stress.replay import mismatch, replay
@@ -35,7 +36,7 @@ def test_the_suffix_is_the_operations_each_cpu_ran_last():
 
 def test_a_free_running_finding_gets_a_reproducer_that_replays_10_of_10():
     report = _as_free_running(_failing("refcount", "nonatomic_inc"))
-    found = reproduce(report, max_runs=400)
+    found = reproduce(report, max_runs=400, max_seconds=math.inf)
     assert found is not None and found.check == report["findings"][0]["check"]
     again = found.result.report
     assert again["program"] and again["schedule"]
@@ -50,7 +51,7 @@ def test_a_free_running_stall_is_reproduced_by_the_hang_the_scheduler_proves():
     proved = report["findings"][0]
     assert proved["kind"] == "hang"
     report["findings"] = [dict(proved, check="watchdog.stall")]
-    found = reproduce(report, max_runs=400)
+    found = reproduce(report, max_runs=400, max_seconds=math.inf)
     assert found is not None and found.check == proved["check"] != "watchdog.stall"
     assert mismatch(found.result.report, replay(found.result.report)) is None
 
@@ -68,7 +69,7 @@ def test_a_finding_that_needs_the_state_the_run_built_is_reproduced_from_a_longe
     mapped: no suffix of 32 operations trips it, so the search widens the window up to
     everything each CPU ran before it gives up."""
     report = _as_free_running(_failing("vma_lookup", "rss_batch_lost"))
-    found = reproduce(report, max_runs=600)
+    found = reproduce(report, max_runs=600, max_seconds=math.inf)
     assert found is not None and found.check == report["findings"][0]["check"] and found.window > 32
     assert mismatch(found.result.report, replay(found.result.report)) is None
 
@@ -84,7 +85,20 @@ def test_the_whole_program_gets_what_is_left_of_the_budget(monkeypatch):
     runs: list[int] = []
     monkeypatch.setattr(rp, "SEEDS_PER_WINDOW", 3)
     monkeypatch.setattr(rp, "run", lambda *a, **k: runs.append(max(map(len, k["program"]))) or run(*a, **k))
-    assert reproduce(report, max_runs=40, say=lambda s: windows.append(int(s.split()[1].rstrip(":")))) is None
+    said = lambda s: windows.append(int(s.split()[1].rstrip(":")))  # noqa: E731
+    assert reproduce(report, max_runs=40, max_seconds=math.inf, say=said) is None
     assert len(runs) == 40 and len(windows) > 2
     assert runs[:3 * (len(windows) - 1)] == [w for w in windows[:-1] for _ in range(3)]
     assert set(runs[3 * (len(windows) - 1):]) == {windows[-1]} and len(runs) - 3 * (len(windows) - 1) > 3
+
+
+def test_a_stall_is_reproduced_by_any_proof_of_a_hang_and_nothing_else():
+    from types import SimpleNamespace as F
+
+    from stress.reproduce import same_finding
+
+    stall = {"check": "watchdog.stall", "kind": "hang"}
+    assert same_finding(stall, F(check="sched.all-blocked", kind="hang"))
+    assert same_finding(stall, F(check="lock.deadlock-cycle", kind="deadlock"))
+    assert not same_finding(stall, F(check="pool.uaf", kind="use-after-free"))
+    assert not same_finding({"check": "pool.uaf", "kind": "use-after-free"}, F(check="slab.uaf", kind="use-after-free"))
