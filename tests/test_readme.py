@@ -96,13 +96,12 @@ def test_the_benchmark_figures_are_rendered_from_the_json():
 @pytest.mark.parametrize("scenario", sorted(scenarios()))
 def test_every_mutant_is_in_the_readme_with_its_checks(scenario):
     sc = scenarios()[scenario]
-    rows = [line for line in README.splitlines() if line.startswith(f"| {scenario} |")
-            or line.startswith(f"| {scenario}/")]
+    written = re.sub(r"<!-- figures:(\w+) -->.*?<!-- /figures:\1 -->", "", README, flags=re.S).splitlines()
+    rows = [line for line in written if line.startswith(f"| {scenario} |") or line.startswith(f"| {scenario}/")]
     for p in sc.mutants():
         named = [r for r in rows if f" {p.name}:" in r or f"| {scenario}/{p.name} |" in r]
-        if scenario == "vma_lookup":
-            named += [line for line in README.splitlines() if f"vma_lookup/{p.name}" in line
-                      or f"| {p.twin}/{p.name} |" in line]
+        if scenario == "vma_lookup" and not named:
+            named = [line for line in written if f"vma_lookup/{p.name}" in line or f"| {p.twin}/{p.name} |" in line]
         assert named, f"{scenario}/{p.name} is not in the README's tables"
         for check in p.expect:
             assert any(check in r for r in named), f"{scenario}/{p.name}: {check} not said in the README"
