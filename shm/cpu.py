@@ -73,6 +73,7 @@ class Cpu:
         self._window_off: dict[str, int] = {}
         self._ipi_waits_off = machine.cpu_off(cpu_id, "ipi_waits")
         self.lock_waits_off = machine.cpu_off(cpu_id, "lock_waits")
+        self.lock_races_off = machine.cpu_off(cpu_id, "lock_races")
         self.set_scheduler(sched or OsScheduler())
 
     def set_scheduler(self, sched: Scheduler) -> None:

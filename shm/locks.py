@@ -130,8 +130,10 @@ class Spinlock(Handle):
         attempt = 0
         while True:
             v = mem.load32(off)
-            if v == 0 and (v := mem.cmpxchg32(off, 0, me)) == 0:
-                break
+            if v == 0:
+                if (v := mem.cmpxchg32(off, 0, me)) == 0:
+                    break
+                cpu.hmem.fetch_add64(cpu.lock_races_off, 1)
             spin(cpu, attempt, mem, off, v)
             attempt += 1
         self._end_wait(cpu)

@@ -72,7 +72,8 @@ CPU_STATE = np.dtype(
         ("run_ns", "<i8"),
         ("lock_waits", "<i8"),
         ("ipi_waits", "<i8"),
-        ("pad", "<i8", (7,)),
+        ("lock_races", "<i8"),
+        ("pad", "<i8", (6,)),
     ]
 )
 assert CPU_STATE.itemsize % 64 == 0

@@ -140,11 +140,13 @@ def collect_findings(machine: Machine, op_names: list[str], seed: int) -> list[F
 
 def evidence(report: dict) -> dict[str, int]:
     """What a run shows it went through: its counters, `op:NAME` operations run, `window:NAME`
-    windows where a preemption or delay landed, and the machine's lock and IPI waits."""
+    windows where a preemption or delay landed, the machine's lock and IPI waits, and its lock races (a
+    lock word seen free and lost to another CPU's cmpxchg)."""
     out = dict(report.get("counters", {}))
     out.update({f"op:{k}": v for k, v in report.get("op_counts", {}).items()})
     out.update({f"window:{k}": v["preempted"] for k, v in report.get("windows", {}).items()})
     out["lock_waits"] = sum(report.get("lock_waits", []))
+    out["lock_races"] = sum(report.get("lock_races", []))
     out["ipi_waits"] = sum(report.get("ipi_waits", []))
     return out
 
@@ -201,6 +203,7 @@ def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
         callbacks=int(m.mem.load64(m.rcu.cbs_run_off)),
         lock_wait_ms=[round(int(w) / 1e6, 3) for w in cpus["wait_ns"]],
         lock_waits=[int(w) for w in cpus["lock_waits"]],
+        lock_races=[int(w) for w in cpus["lock_races"]],
         ipi_waits=[int(w) for w in cpus["ipi_waits"]],
         run_ms=[round(int(t) / 1e6, 3) for t in cpus["run_ns"]],
         windows=m.windows(),
