@@ -115,13 +115,17 @@ def _line(row: dict) -> str:
     return f"{row['scenario'] + '/' + row['mutant']:<44} " + "  ".join(cells)
 
 
+def _replayable(rp: dict) -> bool:
+    return rp["reproduced"] and rp["replayed"] == rp["replays"]
+
+
 def _summary(rows: list[dict], strategies, first_seeds, max_seconds: float, seconds: float) -> dict:
     best = [r["strategies"][r["best"]] for r in rows]
     caught_best = [b for b in best if b["caught"] * 2 > b["hunts"]]
     medians = sorted(b["median_seconds"] for b in best)
     overall = statistics.median(medians) if medians else 0.0
     tried = [r["reproduce"] for r in rows if "reproduce" in r]
-    replayable = [x for x in tried if x["reproduced"] and x["replayed"] == x["replays"]]
+    replayable = [x for x in tried if _replayable(x)]
     return {
         "schema": "mmtorture-bench/1",
         "bench": "detection",
@@ -180,7 +184,9 @@ def detection_table(doc: dict) -> str:
     if doc.get("free_caught"):
         lines.append("")
         lines.append(f"Free-running catches made replayable (`mmtorture reproduce`, then replayed {REPLAYS} times, the "
-                     f"same check every time): {doc['reproduced']} of {doc['free_caught']}.")
+                     f"same check every time): {doc['reproduced']} of {doc['free_caught']}"
+                     + "".join(f"; not {r['scenario']}/{r['mutant']}" for r in doc["rows"]
+                               if "reproduce" in r and not _replayable(r["reproduce"])) + ".")
     if missed:
         lines.append("")
         lines.append("Not caught by most hunts of any strategy: "

@@ -122,8 +122,12 @@ def test_the_detection_table_names_the_slow_mutants_and_the_slowest():
         s = {"caught": caught, "hunts": 2, "median_seconds": seconds}
         return {"scenario": "sc", "mutant": name, "strategies": {"random": s}, "best": "random"}
 
-    doc = _summary([row("fast", 0.2), row("slow", 12.5), row("missed", 60.0, caught=0)], ["random"], [0], 60.0, 1.0)
+    rows = [row("fast", 0.2), row("slow", 12.5), row("missed", 60.0, caught=0)]
+    rows[0]["reproduce"] = {"reproduced": True, "replayed": 10, "replays": 10}
+    rows[1]["reproduce"] = {"reproduced": False, "replayed": 0, "replays": 0}
+    doc = _summary(rows, ["random"], [0], 60.0, 1.0)
     table = detection_table(doc)
+    assert "the same check every time): 1 of 2; not sc/slow." in table
     assert "the slowest: 60.0 s (target < 60 s: MISSED)" in table and "every mutant caught: MISSED" in table
     slow = [line for line in table.splitlines() if line.startswith("| sc/")]
     assert slow == ["| sc/missed | 0/2, 60.0 s | random |", "| sc/slow | 2/2, 12.5 s | random |"]
