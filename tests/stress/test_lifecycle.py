@@ -127,3 +127,22 @@ def test_an_interrupted_hunt_writes_the_rows_it_finished(monkeypatch, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["interrupted"] is True and [r["mutant"] for r in doc["rows"]] == [first.name]
     assert doc["rows"][0]["right_check"]
+
+
+def test_a_signal_while_the_run_cleans_up_marks_its_report_interrupted(monkeypatch, tmp_path):
+    """The report is built before the segments are unlinked; a SIGTERM that lands in between
+    still makes the run an interrupted one (exit 143), and nothing is left behind."""
+    from stress.runner import Runner, run
+
+    cleanup = Runner._cleanup
+
+    def signalled_cleanup(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        cleanup(self)
+
+    monkeypatch.setattr(Runner, "_cleanup", signalled_cleanup)
+    out = tmp_path / "r.json"
+    r = run("refcount", "refcount_t", cpus=2, ops=20, seed=1, json_path=str(out), progress="off")
+    assert r.exit_code == 143 and not r.findings
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True and doc["signal"] == signal.SIGTERM
