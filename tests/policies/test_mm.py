@@ -8,7 +8,7 @@ import pytest
 from policies import World, get_scenario
 from policies.mm import VM_FAULT_OK, VM_FAULT_SIGSEGV, Vmf, sweep
 from policies.mm.pgtable import PTE_PRESENT, PTE_WRITE, mk_pte
-from policies.vma_lookup import dup_mmap
+from policies.vma_lookup.scenario import dup_mmap
 from shm import GFP_KERNEL, Cpu, Machine, Segment, new_run_id
 from shm.cpu import IPI_DELIVERING, IRQS_OFF, IRQS_ON
 from shm.pool import PFN_MASK

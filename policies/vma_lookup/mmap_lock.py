@@ -1,0 +1,219 @@
+"""mmap_lock: the baseline, mmap_lock for read in faults and GUP, for write in mmap/munmap/fork.
+
+Its mutants: page tables freed without the IPI fast GUP waits for, and the
+model's own functions broken one at a time (policies/mm/broken.py).
+"""
+
+from __future__ import annotations
+
+from policies.mm import (
+    MAX_VMAS,
+    VM_DETACHED,
+    VM_FAULT_SIGSEGV,
+    VM_READ,
+    VM_WRITE,
+    Vmf,
+    broken,
+)
+from policies.mm.checks import (
+    ACCESS_FREED_PAGE,
+    BAD_PAGE_REFS,
+    BAD_PGTABLE_BYTES,
+    BAD_RSS,
+    COW_WRITE_SHARED,
+    FREE_MAPPED_TABLE,
+    PTE_IN_NO_VMA,
+    RMAP_UNDERFLOW,
+    WALK_FREED_TABLE,
+)
+from policies.scenario import World, mutant
+from policies.vma_lookup.common import (
+    VmaPolicy,
+    entries_around,
+    new_vma_plain,
+    split_range,
+    unmap_region,
+    vm_area_free_rcu,
+)
+from shm.checks import POOL_LEAK, SLAB_LEAK
+
+
+def lookup_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
+    lock = w.mm.mmap_lock(mm)
+    lock.down_read(w.cpu)
+    vma = w.mm.find_vma(w.cpu, mm, vpn)
+    if not vma:
+        lock.up_read(w.cpu)
+        return None
+    return Vmf(mm, vma, vpn, write, "mmap_lock")
+
+
+def release_mmap_lock(w: World, vmf: Vmf) -> None:
+    w.mm.mmap_lock(vmf.mm).up_read(w.cpu)
+
+
+def fault_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> int:
+    """do_user_addr_fault(): mmap_read_lock, find_vma, handle_mm_fault, mmap_read_unlock."""
+    cpu = w.cpu
+    lock = w.mm.mmap_lock(mm)
+    lock.down_read(cpu)
+    try:
+        vma = w.mm.find_vma(cpu, mm, vpn)
+        return w.mm.handle_mm_fault(cpu, Vmf(mm, vma, vpn, write, "mmap_lock")) if vma else VM_FAULT_SIGSEGV
+    finally:
+        lock.up_read(cpu)
+
+
+def vma_free_now(cpu, vma: int) -> None:
+    cpu.ctx.mm.vm_area_free(cpu, vma)
+
+
+def vma_free_forgotten(cpu, vma: int) -> None:
+    """DELIBERATELY BROKEN: a VMA taken out of the tree is never given back to its cache.
+
+    The sweep finds a vm_area_struct no live mm refers to (slab.leak)."""
+
+
+def vma_free_rcu(cpu, vma: int) -> None:
+    cpu.ctx.rcu.call(cpu, vm_area_free_rcu, vma)
+
+
+def _unmap_under_write(w: World, mm: int, entries, start: int, end: int) -> tuple[list, list] | None:
+    """Remove [start, end) from the index and tear it down; mmap_lock is held for write.
+
+    The policy's hooks say what its readers need: `before_unmap` on each VMA
+    before it leaves the index (vma_start_write, vm_write_begin),
+    `after_unpublish` before the zap (synchronize_srcu)."""
+    m, cpu, policy = w.mm, w.cpu, w.policy
+    r = split_range(w, mm, entries, start, end, policy.new_vma)
+    if r is None:
+        w.count("enomem")
+        return None
+    kept, removed = r
+    if not removed:
+        return kept, removed
+    for v in removed:
+        if policy.before_unmap is not None:
+            policy.before_unmap(w, mm, v)
+        m.vma_set_flags(v, VM_DETACHED)
+    m.index_publish(cpu, mm, kept)
+    cpu.window("munmap:unpublished")
+    if policy.after_unpublish is not None:
+        policy.after_unpublish(w, mm)
+    floor, ceiling = entries_around(kept, start, end)
+    unmap_region(w, mm, start, end, removed, floor, ceiling)
+    for v in removed:
+        policy.vma_free(cpu, v)
+    return kept, removed
+
+
+def mmap_write_lock(w: World, mm: int) -> None:
+    w.mm.mmap_lock(mm).down_write(w.cpu)
+
+
+def mmap_write_unlock_plain(w: World, mm: int) -> None:
+    w.mm.mmap_lock(mm).up_write(w.cpu)
+
+
+def mmap_locked(w: World, mm: int, start: int, npages: int, fixed: bool) -> None:
+    """do_mmap() under mmap_lock for write; MAP_FIXED unmaps what was there first."""
+    m, cpu, policy = w.mm, w.cpu, w.policy
+    mmap_write_lock(w, mm)
+    try:
+        entries = m.index_entries(mm)
+        end = min(start + npages, m.geometry.pages)
+        if fixed:
+            r = _unmap_under_write(w, mm, entries, start, end)
+            if r is None:
+                return
+            entries = r[0]
+        else:
+            start = m.get_unmapped_area(entries, npages, start)
+            if start < 0 or len(entries) >= MAX_VMAS:
+                w.count("enomem")
+                return
+            end = start + npages
+        vma = policy.new_vma(w, mm, start, end, VM_READ | VM_WRITE)
+        if vma is None:
+            w.count("enomem")
+            return
+        m.index_publish(cpu, mm, entries + [(start, end, vma)])
+        w.count("mmaps")
+    finally:
+        policy.write_unlock(w, mm)
+
+
+def munmap_locked(w: World, mm: int, start: int, end: int) -> None:
+    """do_munmap() under mmap_lock for write."""
+    mmap_write_lock(w, mm)
+    try:
+        r = _unmap_under_write(w, mm, w.mm.index_entries(mm), start, end)
+        if r is not None and r[1]:
+            w.count("munmaps")
+    finally:
+        w.policy.write_unlock(w, mm)
+
+
+def pte_free_without_ipi(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
+    """DELIBERATELY BROKEN: frees the unhooked page tables at once, before the flush IPI.
+
+    A fast-GUP walker with interrupts off that read the pmd entry before it
+    was cleared still walks the table (mm/mmu_gather.c: tlb_remove_table_sync_one
+    exists so that this cannot happen).  Must produce a use-after-free."""
+    model = cpu.ctx.mm
+    model.pte_free(cpu, mm, tables)
+    cpu.window("pte_free:before-the-flush")
+    model.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+
+
+mmap_lock = VmaPolicy(
+    "mmap_lock",
+    doc="the baseline: mmap_lock read for faults and GUP, write for mmap/munmap/fork",
+    lookup=lookup_mmap_lock,
+    release=release_mmap_lock,
+    fault=fault_mmap_lock,
+    mmap=mmap_locked,
+    munmap=munmap_locked,
+    new_vma=new_vma_plain,
+    write_unlock=mmap_write_unlock_plain,
+    vma_free=vma_free_now,
+)
+
+
+
+MUTANTS = (
+    mutant(mmap_lock, "free_pgtables_no_ipi", WALK_FREED_TABLE,
+           "mm/mmu_gather.c: tlb_remove_table_sync_one (a table is freed only after the IPI that fast GUP, "
+           "walking with interrupts off, holds back)",
+           "page tables freed before the flush IPI, while fast GUP walks them with irqs off", "ipi_waits",
+           remove_tables=pte_free_without_ipi),
+    # The model's own functions, broken one at a time (policies/mm/broken.py), under the baseline.
+    mutant(mmap_lock, "zap_zero_page", RMAP_UNDERFLOW, "mm/memory.c vm_normal_page(): special mappings have no "
+           "struct page to unmap", "zap treats the zero page as a normal page", "zero_pages_zapped",
+           model=broken.IgnoresSpecialPtes),
+    mutant(mmap_lock, "rss_batch_lost", BAD_RSS, "kernel/fork.c check_mm(): 'BUG: Bad rss-counter state'",
+           "zap_pte_range's RSS batch is never added", "ptes_zapped", model=broken.LosesRssBatch),
+    mutant(mmap_lock, "pgtable_bytes_kept", BAD_PGTABLE_BYTES,
+           "kernel/fork.c check_mm(): 'non-zero pgtables_bytes on freeing mm'",
+           "a freed page table is not subtracted from pgtable_bytes", "tables_freed", model=broken.KeepsPgtableBytes),
+    mutant(mmap_lock, "gup_pin_leak", BAD_PAGE_REFS, "mm/gup.c: every pin_user_pages() needs its unpin_user_page()",
+           "GUP never drops the reference it took", "gup_unpins", model=broken.LeaksGupPin),
+    mutant(mmap_lock, "gup_unpins_twice", ACCESS_FREED_PAGE,
+           "mm/gup.c: unpin_user_page() drops exactly the reference GUP took",
+           "GUP drops its reference twice: the page is freed while mapped", "gup_unpins",
+           model=broken.UnpinsTwice),
+    mutant(mmap_lock, "cow_reuse_shared", COW_WRITE_SHARED,
+           "mm/memory.c do_wp_page() / wp_can_reuse_anon_folio(): reuse only an exclusive page",
+           "a write fault reuses a page fork shares", "cow_copies", model=broken.ReusesSharedPage),
+    mutant(mmap_lock, "zap_skips_last_pte", PTE_IN_NO_VMA,
+           "mm/memory.c zap_pte_range(): 'do { ... } while (pte++, addr += PAGE_SIZE, addr != end)'",
+           "zap stops one entry early", "ptes_zapped", model=broken.SkipsLastPte),
+    mutant(mmap_lock, "zap_leaks_pages", POOL_LEAK, "mm/mmu_gather.c tlb_batch_pages_flush(): the gathered "
+           "pages are released after the flush", "zap's gathered pages are never released", "ptes_zapped",
+           model=broken.DropsGatherBatch),
+    mutant(mmap_lock, "vma_never_freed", SLAB_LEAK, "mm/vma.c remove_vma(): vm_area_free() of every VMA munmap "
+           "took out", "a VMA munmap took out of the tree is never freed", "munmaps", vma_free=vma_free_forgotten),
+    mutant(mmap_lock, "free_pgtables_past_neighbours", FREE_MAPPED_TABLE,
+           "mm/memory.c free_pgd_range(): floor and ceiling keep the tables neighbouring VMAs use",
+           "free_pgtables ignores floor and ceiling", "shared_tables_kept", model=broken.FreesTablesPastNeighbours),
+)

@@ -1,0 +1,96 @@
+"""speculative: Dufour's SPF (2020-02-07), a lockless lookup validated again under the ptl."""
+
+from __future__ import annotations
+
+from policies.mm import (
+    VM_FAULT_RETRY,
+    Vmf,
+)
+from policies.mm.checks import (
+    PTE_AFTER_ZAP,
+)
+from policies.scenario import World, mutant
+from policies.vma_lookup.common import VmaPolicy, new_vma_plain, vm_area_free_rcu
+from policies.vma_lookup.mmap_lock import (
+    fault_mmap_lock,
+    lookup_mmap_lock,
+    mmap_locked,
+    mmap_write_unlock_plain,
+    munmap_locked,
+    release_mmap_lock,
+)
+from policies.vma_lookup.rcu_vma_refcount import vma_get
+
+
+def _spf_validate(w: World, seq: int):
+    def validate(vmf: Vmf) -> bool:
+        if w.mem.load32(w.mm.vma_off(vmf.vma, "vm_seq")) == seq:
+            return True
+        w.count("spf_bail")
+        return False
+    return validate
+
+
+def _spf_fault(w: World, mm: int, vpn: int, write: bool, validate: bool) -> int:
+    """The speculative path: lockless lookup, a reference, the VMA's sequence sampled;
+    validated under the ptl before set_pte_at (Zijlstra, 2020-02-07: "verify the vma (again)
+    and install the PTE. If anything goes wrong, we bail").  Falls back to mmap_lock."""
+    m, cpu, rcu = w.mm, w.cpu, w.rcu
+    rcu.read_lock(cpu)
+    vma = m.find_vma(cpu, mm, vpn)
+    got = bool(vma) and vma_get(w, vma)
+    seq = w.mem.load32(m.vma_off(vma, "vm_seq")) if got else 1
+    rcu.read_unlock(cpu)
+    if got and not seq & 1 and (not write or w.mem.load32(m.vma_off(vma, "anon_vma"))):
+        vmf = Vmf(mm, vma, vpn, write, "speculative", validate=_spf_validate(w, seq) if validate else None)
+        cpu.window("spf:after-lookup")
+        ret = m.handle_mm_fault(cpu, vmf)
+        vma_put_spf(w, vma)
+        if ret != VM_FAULT_RETRY:
+            w.count("spf")
+            return ret
+    elif got:
+        vma_put_spf(w, vma)
+    w.count("fallbacks")
+    return fault_mmap_lock(w, mm, vpn, write)
+
+
+def vma_put_spf(w: World, vma: int) -> None:
+    m = w.mm
+    if m.vma_cache.check(w.cpu, vma, "vma_put") and m.vma_refcount(vma).dec_and_test(w.cpu):
+        w.rcu.call(w.cpu, vm_area_free_rcu, vma)
+
+
+def spf_before_unmap(w: World, mm: int, vma: int) -> None:
+    """vm_write_begin(): a speculative fault that sampled the sequence before now will bail."""
+    w.mem.fetch_add32(w.mm.vma_off(vma, "vm_seq"), 1)
+
+
+def spf_vma_free(cpu, vma: int) -> None:
+    vma_put_spf(cpu.ctx, vma)
+
+
+speculative = VmaPolicy(
+    "speculative",
+    doc="Dufour's SPF: lockless lookup, VMA seqcount validated under the ptl, mmap_lock fallback",
+    lookup=lookup_mmap_lock,
+    release=release_mmap_lock,
+    fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, True),
+    mmap=mmap_locked,
+    munmap=munmap_locked,
+    new_vma=new_vma_plain,
+    before_unmap=spf_before_unmap,
+    free_tables=False,
+    write_unlock=mmap_write_unlock_plain,
+    vma_free=spf_vma_free,
+)
+
+
+
+MUTANTS = (
+    mutant(speculative, "no_revalidate", PTE_AFTER_ZAP,
+           "Babka 2019-12-10: 'a parallel fault that started with the old VMA ... doesn't end up being the "
+           "last to install the PTE for the VMA that's going away'",
+           "the speculative fault installs the PTE without validating the VMA under the ptl", "spf_bail",
+           fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, False)),
+)
