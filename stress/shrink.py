@@ -8,11 +8,12 @@ longer fits goes to the nearest runnable CPU), and a candidate that still
 fails is replaced by what it actually ran: the operations it executed and
 the preemptions it took.  Passes, until nothing changes (delta debugging,
 Zeller's ddmin, chunk sizes halving): remove operations, remove preemptions
-(one CPU's chunks, then pairs across CPUs; preemptions before operations
+(one CPU's chunks; preemptions before operations
 when there are more of them, as a dense access-level schedule has, since
 each one pins the operations around it), move preemptions to simpler
 points (the operation's end, an earlier window or access), lower arguments
-to 0.  The result is replayed strictly once and written as a new report.
+to 0, and when few are left, remove any two elements at once (two
+preemptions, an operation and a preemption, two operations).  The result is replayed strictly once and written as a new report.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from stress.runner import RunResult, UsageError, stop_if_interrupted
 from stress.schedulers.state import AT_BOUNDARY
 
 Devs = list[list[list[int]]]
-PAIR_LIMIT = 10
+PAIR_LIMIT = 30
 
 
 @dataclass
@@ -59,6 +60,17 @@ class Candidate:
         devs = [list(d) for d in self.deviations]
         del devs[cpu][start : start + n]
         return Candidate(self.program, self.first, devs)
+
+
+def _without(c: Candidate, *elements: tuple[str, int, int]) -> Candidate:
+    """c without the given preemptions and operations ("dev" or "op", cpu, index): preemptions
+    first, by index, then operations from the last, so that each index still names its element."""
+    devs = {(cpu, i) for kind, cpu, i in elements if kind == "dev"}
+    c = Candidate(c.program, c.first, [[d for j, d in enumerate(lst) if (cpu, j) not in devs]
+                                       for cpu, lst in enumerate(c.deviations)])
+    for _, cpu, i in sorted((e for e in elements if e[0] == "op"), key=lambda e: -e[2]):
+        c = c.without_ops(cpu, i, 1)
+    return c
 
 
 @dataclass
@@ -130,21 +142,22 @@ class Shrinker:
         return self._ddmin(c, lambda x: x.deviations, Candidate.without_devs,
                            lambda x: (x.preemptions, x.ops))
 
-    def _pass_dev_pairs(self, c: Candidate) -> Candidate:
-        """Remove two preemptions of different CPUs at once: a CPU handed away and the hand back
-        are often only removable together.  Few preemptions are left by then, so all pairs."""
+    def _pass_pairs(self, c: Candidate) -> Candidate:
+        """Remove two elements at once, operations and preemptions alike: a CPU handed away and
+        the hand back, or an operation and the preemption that only served it, are often only
+        removable together, and a pass that removes one at a time stops there.  Few are left by
+        then, so all pairs."""
         changed = True
-        while changed and c.preemptions <= PAIR_LIMIT and self._budget():
+        while changed and c.ops + c.preemptions <= PAIR_LIMIT and self._budget():
             changed = False
-            where = [(cpu, i) for cpu, d in enumerate(c.deviations) for i in range(len(d))]
-            for x, (ca, ia) in enumerate(where):
-                for cb, ib in where[x + 1:]:
-                    if ca == cb or not self._budget():
-                        continue
-                    devs = [[d for j, d in enumerate(lst) if (cpu, j) not in ((ca, ia), (cb, ib))]
-                            for cpu, lst in enumerate(c.deviations)]
-                    got = self._try(Candidate(c.program, c.first, devs))
-                    if got is not None and (got.preemptions, got.ops) < (c.preemptions, c.ops):
+            where = [("dev", cpu, i) for cpu, d in enumerate(c.deviations) for i in range(len(d))]
+            where += [("op", cpu, i) for cpu, p in enumerate(c.program) for i in range(len(p))]
+            for x, a in enumerate(where):
+                for b in where[x + 1:]:
+                    if not self._budget():
+                        break
+                    got = self._try(_without(c, a, b))
+                    if got is not None and (got.ops + got.preemptions, got.ops) < (c.ops + c.preemptions, c.ops):
                         c, changed = got, True
                         break
                 if changed:
@@ -204,7 +217,7 @@ class Shrinker:
             for remove in (self._pass_devs, self._pass_ops) if c.preemptions > c.ops else \
                     (self._pass_ops, self._pass_devs):
                 c = remove(c)
-            c = self._pass_dev_pairs(c)
+            c = self._pass_pairs(c)
             c = self._pass_points(c)
             c = self._pass_args(c)
             self.say(f"pass: {c.ops} ops, {c.preemptions} preemptions ({self.runs} runs)")
