@@ -15,6 +15,17 @@ others let whole operations run), in favour of a uniform choice among the
 others: a race between two accesses with no window between them is
 reachable too.
 
+A preempted CPU may be held, as a KCSAN delay holds the access it stops
+at: on half the seeds it is not run again (while another can run) until
+the others have finished a geometric number of operations (mean drawn per
+seed, log-uniform from 1 to 8).  A coin must otherwise come up "stay" at
+every window of the CPU that took over for it to run a few operations
+while the other waits in its gap (a munmap between its zap and its flush,
+while a fault maps the range again and a stale TLB entry is used); held,
+the other waits whatever the coins say.  Delay-bounded scheduling (Emmi,
+Qadeer and Rakamarić, POPL 2011) explores the same shape: few delays, each
+one long.
+
 Stateless across processes: every draw is a hash of (seed, global step or
 global access count), so whichever process holds the token decides alike.
 """
@@ -23,11 +34,12 @@ from __future__ import annotations
 
 import math
 
-from stress.schedulers.controlled import ACCESS, WINDOW
+from stress.schedulers.controlled import ACCESS, BOUNDARY, WINDOW
 from stress.schedulers.state import SchedState, splitmix64
 
 EVERY_RANGE = (8, 4096)
 SWITCH_RANGE = (1 / 32, 1 / 2)
+HOLD_RANGE = (1, 8)
 
 
 def unit(x: int) -> float:
@@ -57,6 +69,9 @@ class RandomStrategy:
         low, high = SWITCH_RANGE
         u = unit(splitmix64((self.seed << 32) ^ 0x5717C4))
         self.switch = high if u < 0.5 else low * (high / low) ** (2 * u - 1)
+        low, high = HOLD_RANGE
+        u = unit(splitmix64((self.seed << 32) ^ 0x401D))
+        self.hold = 0.0 if u < 0.5 else low * (high / low) ** (2 * u - 1)
 
     def init(self, st: SchedState) -> None:
         pass
@@ -65,6 +80,13 @@ class RandomStrategy:
         return splitmix64(self.seed << 32) % self.nparts
 
     def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int, why: str) -> int:
+        if self.hold:
+            done = st.mem.load64(st.boundaries_off) + (why == BOUNDARY)
+            if why == BOUNDARY:
+                st.mem.store64(st.boundaries_off, done)
+            free = [c for c in cands if c == cur or st.mem.load64(st.held_until_off[c]) <= done]
+            if free:
+                cands = free
         if len(cands) == 1:
             return cands[0]
         h = splitmix64((self.seed << 32) ^ (step + 1))
@@ -74,6 +96,9 @@ class RandomStrategy:
             why = ACCESS
         if why == ACCESS:
             others = [c for c in cands if c != cur]
+            if self.hold:
+                u = unit(splitmix64(h ^ 0x401D))
+                st.mem.store64(st.held_until_off[cur], done + geometric(u, self.hold))
             return others[h % len(others)]
         return cands[h % len(cands)]
 
@@ -81,4 +106,4 @@ class RandomStrategy:
         return geometric(unit(splitmix64((self.seed << 40) ^ (gaccess * 64 + cur) ^ 0xACCE55)), self.every)
 
     def describe(self) -> dict:
-        return {"preempt_every": self.every, "window_switch": round(self.switch, 4)}
+        return {"preempt_every": self.every, "window_switch": round(self.switch, 4), "hold_ops": round(self.hold, 2)}

@@ -39,6 +39,7 @@ CONTROL = np.dtype(
         ("div_step", "<i8"),
         ("quiet", "<i8"),
         ("accesses", "<i8"),
+        ("boundaries", "<i8"),
     ],
     align=True,
 )
@@ -56,6 +57,7 @@ SLOT = np.dtype(
         ("prio", "<i8"),
         ("nrec", "<i8"),
         ("sleeping", "<i4"),
+        ("held_until", "<i8"),
     ],
     align=True,
 )
@@ -108,6 +110,7 @@ class SchedState:
         self.next_change_off, self.weak_run_off = c("next_change"), c("weak_run")
         self.step_off, self.switches_off = c("step"), c("switches")
         self.quiet_off, self.accesses_off = c("quiet"), c("accesses")
+        self.boundaries_off = c("boundaries")
         self.diverged_off = c("diverged")
         s = lambda i, f: lay.offset("slot", i, f)  # noqa: E731
         n = range(self.nparts)
@@ -123,6 +126,7 @@ class SchedState:
         self.prio_off = [s(i, "prio") for i in n]
         self.nrec_off = [s(i, "nrec") for i in n]
         self.sleeping_off = [s(i, "sleeping") for i in n]
+        self.held_until_off = [s(i, "held_until") for i in n]
         self.spinners_off = c("spinners")
         self.dev_off = [lay.offset("dev", i * self.capacity) for i in n]
 
