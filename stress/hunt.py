@@ -6,7 +6,7 @@ mutant is searched by a strategy:
 - random: uniform programs, the random controlled strategy (a per-seed coin
   at every window, sparse preemptions at any shared access);
 - swarm: swarm programs (per seed a subset of operations with random
-  weights, arguments focused where CPUs meet) of 200 operations per CPU,
+  weights, arguments focused where CPUs meet) of 600 operations per CPU,
   under the random strategy;
 - pct: uniform programs under PCT over accesses; the first run measures how
   many accesses its program makes and later seeds draw the change points
@@ -46,7 +46,7 @@ PMC_TRIES = 8
 PMC_OPS = 12
 FREE_RUN_S = 5.0
 OPS = 40
-SWARM_OPS = 200
+SWARM_OPS = 600
 
 
 @dataclass
@@ -87,8 +87,11 @@ def plan(strategy: str, n: int) -> tuple[str, str, str]:
 def ops_for(name: str, ops: int | None) -> int:
     """Operations per CPU of a seed of strategy `name`: `ops` if given, else OPS, or SWARM_OPS
     for swarm programs.  A swarm configuration narrows the operations and their arguments so
-    that CPUs meet; the rare operations it keeps still meet only over a longer program, and a
-    run's fixed cost (processes, segments: about 40 ms) is spread over five times the work."""
+    that CPUs meet, but a race on state the program builds first (a VMA mapped in the focus,
+    then faulted, then unmapped under a reader) needs a long program: a configuration that can
+    catch reuse_before_flush does in about 1 run in 6 at 200 operations per CPU and in nearly
+    every run from 600 on (1000 is no better), so the chance per second grows sixfold for
+    three times the work."""
     return ops or (SWARM_OPS if name == "swarm" else OPS)
 
 
