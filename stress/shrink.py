@@ -13,11 +13,14 @@ when there are more of them, as a dense access-level schedule has, since
 each one pins the operations around it), move preemptions to simpler
 points (the operation's end, an earlier window or access), lower arguments
 to 0, and when few are left, remove any two elements at once (two
-preemptions, an operation and a preemption, two operations).  The result is replayed strictly once and written as a new report.
+preemptions, an operation and a preemption, two operations).  A candidate
+tried before is not run again.  The result is replayed strictly once and
+written as a new report.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from stress.runner import RunResult, UsageError, stop_if_interrupted
 from stress.schedulers.state import AT_BOUNDARY
 
 Devs = list[list[list[int]]]
-PAIR_LIMIT = 30
+PAIR_LIMIT = 40
 
 
 @dataclass
@@ -104,9 +107,18 @@ class Shrinker:
         self.runs = 0
         self.say = say or (lambda s: None)
         self.policy_modules = policy_modules
+        self.tried: dict[str, Candidate | None] = {}
 
     def _try(self, c: Candidate) -> Candidate | None:
-        """The candidate as it ran, if it still trips the check; else None."""
+        """The candidate as it ran, if it still trips the check; else None (a candidate tried
+        before is not run again)."""
+        key = json.dumps([c.program, c.first, c.deviations])
+        if key in self.tried:
+            return self.tried[key]
+        self.tried[key] = got = self._run(c)
+        return got
+
+    def _run(self, c: Candidate) -> Candidate | None:
         self.runs += 1
         r = stop_if_interrupted(replay(self.report, strict=False, program=c.program, schedule=c.schedule(),
                                        policy_modules=self.policy_modules))
@@ -146,22 +158,21 @@ class Shrinker:
         """Remove two elements at once, operations and preemptions alike: a CPU handed away and
         the hand back, or an operation and the preemption that only served it, are often only
         removable together, and a pass that removes one at a time stops there.  Few are left by
-        then, so all pairs."""
-        changed = True
-        while changed and c.ops + c.preemptions <= PAIR_LIMIT and self._budget():
-            changed = False
-            where = [("dev", cpu, i) for cpu, d in enumerate(c.deviations) for i in range(len(d))]
-            where += [("op", cpu, i) for cpu, p in enumerate(c.program) for i in range(len(p))]
-            for x, a in enumerate(where):
-                for b in where[x + 1:]:
-                    if not self._budget():
-                        break
-                    got = self._try(_without(c, a, b))
-                    if got is not None and (got.ops + got.preemptions, got.ops) < (c.ops + c.preemptions, c.ops):
-                        c, changed = got, True
-                        break
-                if changed:
-                    break
+        then, so all pairs (but a preemption with its own operation, which goes with it anyway),
+        up to the first that works: the passes of one element go on from there."""
+        if c.ops + c.preemptions > PAIR_LIMIT:
+            return c
+        where = [("dev", cpu, i) for cpu, d in enumerate(c.deviations) for i in range(len(d))]
+        where += [("op", cpu, i) for cpu, p in enumerate(c.program) for i in range(len(p))]
+        for x, a in enumerate(where):
+            for b in where[x + 1:]:
+                if not self._budget():
+                    return c
+                if a[0] == "dev" and b[0] == "op" and a[1] == b[1] and c.deviations[a[1]][a[2]][0] == b[2]:
+                    continue
+                got = self._try(_without(c, a, b))
+                if got is not None and (got.ops + got.preemptions, got.ops) < (c.ops + c.preemptions, c.ops):
+                    return got
         return c
 
     def _pass_points(self, c: Candidate) -> Candidate:
