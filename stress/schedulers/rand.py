@@ -80,13 +80,22 @@ class RandomStrategy:
         return splitmix64(self.seed << 32) % self.nparts
 
     def choose(self, st: SchedState, cur: int, cands: list[int], default: int, step: int, why: str) -> int:
-        if self.hold:
-            done = st.mem.load64(st.boundaries_off) + (why == BOUNDARY)
-            if why == BOUNDARY:
-                st.mem.store64(st.boundaries_off, done)
-            free = [c for c in cands if c == cur or st.mem.load64(st.held_until_off[c]) <= done]
-            if free:
-                cands = free
+        if not self.hold:
+            return self._choose(cur, cands, step, why)
+        mem, until = st.mem, st.held_until_off
+        done = mem.load64(st.boundaries_off) + (why == BOUNDARY)
+        if why == BOUNDARY:
+            mem.store64(st.boundaries_off, done)
+        free = [c for c in cands if c == cur or mem.load64(until[c]) <= done]
+        choice = self._choose(cur, free or cands, step, why)
+        if choice != cur and why in (WINDOW, ACCESS):
+            u = unit(splitmix64(splitmix64((self.seed << 32) ^ (step + 1)) ^ 0x401D))
+            mem.store64(until[cur], done + geometric(u, self.hold))
+        if mem.load64(until[choice]) > done:
+            mem.store64(until[choice], 0)  # it runs because nothing else can: its hold is over
+        return choice
+
+    def _choose(self, cur: int, cands: list[int], step: int, why: str) -> int:
         if len(cands) == 1:
             return cands[0]
         h = splitmix64((self.seed << 32) ^ (step + 1))
@@ -96,9 +105,6 @@ class RandomStrategy:
             why = ACCESS
         if why == ACCESS:
             others = [c for c in cands if c != cur]
-            if self.hold:
-                u = unit(splitmix64(h ^ 0x401D))
-                st.mem.store64(st.held_until_off[cur], done + geometric(u, self.hold))
             return others[h % len(others)]
         return cands[h % len(cands)]
 
