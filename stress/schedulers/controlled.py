@@ -139,6 +139,9 @@ class ControlledScheduler(OsScheduler):
         self.npoints = 0
         table = self.replay.deviations[self.me] if self.replay else None
         self.table = table or None
+        # looked up apart: an access point is reached only through the countdown, a window or a boundary never
+        self.access_table = {k: v for k, v in (table or {}).items() if k[1] > 0} or None
+        self.point_table = {k: v for k, v in (table or {}).items() if k[1] <= 0} or None
         self.anchors: dict[int, list[int]] = {}
         for op, point in table or ():
             if point > 0:
@@ -159,6 +162,7 @@ class ControlledScheduler(OsScheduler):
             record(st.seg.view("rec")[me * st.rec_cap : (me + 1) * st.rec_cap])
         set_hook(self._on_access)
         self.arms = self.strategy.preempts_accesses or bool(self.anchors) or self.opstart is not None
+        self.counts = self.strategy.preempts_accesses or self.opstart is not None
 
     # -- the Scheduler protocol -------------------------------------------
     def begin(self, cpu: Cpu) -> None:
@@ -248,8 +252,11 @@ class ControlledScheduler(OsScheduler):
     def _point(self, state: int, why: str, next_op: bool = False) -> bool:
         """A scheduling decision; True if another participant ran before this one continues."""
         st, m, me, cpu = self.st, self.mem, self.me, self.cpu
+        # the access count: for an access point's anchor, an operation's base, and the whole run's count
+        # (what pct and random draw over, and a profile reads); nothing is anchored at an access otherwise
         arms = self.arms
-        now = accesses() if arms or state == EXITED else 0  # nothing is anchored at an access otherwise
+        need = arms and (why is ACCESS or next_op or self.counts) or state == EXITED
+        now = accesses() if need else 0
         op = self.op
         if why is BOUNDARY:
             point = AT_BOUNDARY
@@ -258,8 +265,8 @@ class ControlledScheduler(OsScheduler):
         else:
             self.npoints += 1
             point = -1 - self.npoints
-        if arms or state == EXITED:  # the whole run's count: what strategies draw over
-            m.store64(st.accesses_off, m.load64(st.accesses_off) + now - self.synced)
+        if need and (self.counts or state == EXITED):
+            m.fetch_add64(st.accesses_off, now - self.synced)
             self.synced = now
         m.store32(st.state_off[me], state)
         strong: list[int] = []
@@ -310,7 +317,7 @@ class ControlledScheduler(OsScheduler):
             default = next((c for c in cands if c > me), cands[0])
         step = m.load64(st.step_off)
         choice = self.strategy.choose(st, me, cands, default, step, why)
-        table = self.table
+        table = self.access_table if why is ACCESS else self.point_table
         if table:
             target = table.get((op, point))
             if target is not None:
@@ -334,7 +341,7 @@ class ControlledScheduler(OsScheduler):
                 self.opstart[self.op] = recorded()
         if choice == me:
             m.store32(st.state_off[me], RUNNABLE)
-            if self.arms:
+            if self.arms and (next_op or why is ACCESS):
                 self._resume(next_op, now)
             return False
         m.fetch_add64(st.switches_off, 1)
@@ -349,7 +356,7 @@ class ControlledScheduler(OsScheduler):
         if not self.free:
             m.store32(st.state_off[me], RUNNABLE)
         if self.arms:
-            self._resume(next_op, now)
+            self._resume(next_op, now if need else accesses())
         return True
 
     def _resume(self, next_op: bool, now: int) -> None:
