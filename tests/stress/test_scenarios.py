@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from policies import scenarios
-from stress.hunt import plan
+from stress.hunt import ops_for, plan
 from stress.replay import mismatch, replay
 from stress.report import evidence
 from stress.runner import run
@@ -25,7 +25,6 @@ from stress.runner import run
 CORRECT = [(s.name, p.name) for s in scenarios().values() for p in s.correct_policies()]
 MUTANTS = [(s.name, p.name) for s in scenarios().values() for p in s.mutants()]
 TWIN_SEEDS = 12
-OPS = 40
 
 
 @pytest.mark.parametrize("scenario,policy", CORRECT)
@@ -84,10 +83,10 @@ def test_correct_twin_survives_the_mutants_search_and_reaches_its_race(hunted, s
     seen = 0
     k = 0
     for seed in range(max(row.seeds, TWIN_SEEDS)):
-        _, scheduler, programs = ("", "random", "uniform") if litmus else plan("mix", seed)
-        r = run(scenario, p.twin, cpus=len(litmus) if litmus else 2, ops=0 if litmus else OPS, seed=seed,
-                scheduler=scheduler, programs=programs, pct_steps=k if scheduler == "pct" else 0, program=litmus,
-                progress="off")
+        name, scheduler, programs = ("", "random", "uniform") if litmus else plan("mix", seed)
+        r = run(scenario, p.twin, cpus=len(litmus) if litmus else 2, ops=0 if litmus else ops_for(name, None),
+                seed=seed, scheduler=scheduler, programs=programs, pct_steps=k if scheduler == "pct" else 0,
+                program=litmus, progress="off")
         assert r.findings == [], (seed, [f.format() for f in r.findings])
         assert r.exit_code == 0, r.report["harness_errors"]
         if scheduler == "pct":
