@@ -4,7 +4,8 @@ Blind by default: no litmus program, no window added for a mutant.  Each
 mutant is searched by a strategy:
 
 - random: uniform programs, the random controlled strategy (a per-seed coin
-  at every window, sparse preemptions at any shared access);
+  at every window, sparse preemptions at any shared access, and on half the
+  seeds a preempted CPU held while the others run a few operations);
 - swarm: swarm programs (per seed a subset of operations with random
   weights, arguments focused where CPUs meet) of 600 operations per CPU,
   under the random strategy;
