@@ -82,7 +82,10 @@ class Strategy(Protocol):
 
     def countdown(self, st: SchedState, cur: int, gaccess: int) -> int:
         """Accesses cur makes before its next ACCESS point (0: none), once it runs with the whole
-        run's count of accesses at gaccess."""
+        run's count of accesses at gaccess.  Asked only at an operation's start, at an ACCESS
+        point and when cur gets the token back: a decision that keeps cur running in its operation
+        leaves the countdown in C running, so the answer must not depend on anything such a
+        decision changes."""
 
     def describe(self) -> dict:
         """Parameters to record with the schedule."""
