@@ -84,7 +84,7 @@ def scheduler(doc: dict) -> str:
 
 def vma(doc: dict) -> str:
     sys.path.insert(0, ROOT)
-    from stress.bench import vma_table
+    from stress.bench_vma import vma_table
 
     return vma_table(doc)
 

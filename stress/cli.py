@@ -304,7 +304,8 @@ def _scenario(name: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from stress.bench import bench_primitives, bench_scheduler, bench_vma
+    from stress.bench import bench_primitives, bench_scheduler
+    from stress.bench_vma import bench_vma
 
     check_json_path(args.json)
     check_json_path(args.plot)

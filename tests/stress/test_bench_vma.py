@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from stress.bench import VMA_POLICIES, WORKLOADS, vma_program
+from stress.bench_vma import VMA_POLICIES, WORKLOADS, vma_program
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS))
