@@ -35,7 +35,13 @@ _EV_IRQ_OFF = EV["irq-off"]
 _EV_IRQ_ON = EV["irq-on"]
 _EV_IPI = EV["ipi"]
 
-IRQS_ON, IRQS_OFF, IPI_DELIVERING = 0, 1, 2
+IRQS_ON, IRQS_OFF, IPI_DELIVERING, INSN, TLBI_DELIVERING = 0, 1, 2, 4, 8
+
+
+def irqs_off(word: int) -> bool:
+    """A CPU's irq word says interrupts are disabled by its kernel code (not a user instruction)."""
+    return bool(word & IRQS_OFF) and not word & INSN
+
 
 
 class Cpu:
@@ -56,6 +62,7 @@ class Cpu:
         self.rng = random.Random(seed)
         self.preempt_count = 0
         self.rcu_nesting = 0
+        self.rcu_depth = 0
         self.irqs_disabled = 0
         self.held: list[int] = []
         self.op = -1
@@ -66,6 +73,8 @@ class Cpu:
         self._op_off = machine.cpu_off(cpu_id, "op")
         self._hb_off = machine.cpu_off(cpu_id, "heartbeat")
         self._irq_off = machine.cpu_off(cpu_id, "irqs_disabled")
+        self._rcu_reader_off = machine.rcu.reader_off[cpu_id]
+        self._gp_ctr_off = machine.rcu.gp_ctr_off
         self.waiting_off = machine.cpu_off(cpu_id, "waiting_on")
         self.wait_ns_off = machine.cpu_off(cpu_id, "wait_ns")
         self.wait_since = 0
@@ -127,42 +136,89 @@ class Cpu:
                 locks_held=[self.machine.describe(a) for a in self.held],
             )
 
+    def rcu_reader_enter(self) -> None:
+        """This CPU is now in an RCU read-side critical section, of whatever kind.
+
+        Since the RCU flavours were consolidated (v4.20), synchronize_rcu()
+        waits for a section with preemption or interrupts disabled as for
+        rcu_read_lock(): that is what fast GUP's irqs-off walk relies on when
+        page tables are freed by RCU (MMU_GATHER_RCU_TABLE_FREE)."""
+        d = self.rcu_depth
+        self.rcu_depth = d + 1
+        if d == 0:
+            mem = self.mem
+            mem.store64(self._rcu_reader_off, mem.load64(self._gp_ctr_off))
+
+    def rcu_reader_exit(self) -> None:
+        d = self.rcu_depth - 1
+        self.rcu_depth = d
+        if d == 0:
+            self.mem.store64(self._rcu_reader_off, 0)
+
     def preempt_disable(self) -> None:
         self.preempt_count += 1
+        self.rcu_reader_enter()
 
     def preempt_enable(self) -> None:
         if self.preempt_count <= 0:
             self.report(PREEMPT_IMBALANCE, "preempt_enable() without preempt_disable()")
             return
         self.preempt_count -= 1
+        self.rcu_reader_exit()
 
-    def local_irq_disable(self, quiet: bool = False) -> None:
-        """Interrupts off: from here until local_irq_enable no IPI is taken on this CPU.
+    def local_irq_disable(self) -> None:
+        """Interrupts off: from here until local_irq_enable no IPI is taken on this CPU, and the
+        section is an RCU reader.
 
-        The per-CPU word doubles as the IPI handshake: 0 enabled, IRQS_OFF
-        disabled by this CPU, IPI_DELIVERING while another CPU runs an IPI
-        function on this CPU's behalf (so disabling waits for that to end).
-        `quiet` leaves it out of the trace (a user load's instruction-long
-        section, which would flood the ring)."""
+        The per-CPU word doubles as the IPI handshake, a set of bits: IRQS_OFF
+        (this CPU), IPI_DELIVERING while another CPU runs an IPI function on
+        this CPU's behalf (disabling waits for it to end), INSN while a user
+        instruction is in flight, TLBI_DELIVERING while a broadcast TLB
+        invalidation drops this CPU's entries."""
         self.irqs_disabled += 1
         if self.irqs_disabled == 1:
-            mem, off = self.mem, self._irq_off
-            attempt = 0
-            while (v := mem.cmpxchg32(off, IRQS_ON, IRQS_OFF)) != IRQS_ON:
-                self.sched.spin(self, attempt, mem, off, v)
-                attempt += 1
-            if not quiet:
-                self.trace(_EV_IRQ_OFF)
+            self._irq_word_set(self._irq_off, IRQS_OFF, IPI_DELIVERING)
+            self.rcu_reader_enter()
+            self.trace(_EV_IRQ_OFF)
 
-    def local_irq_enable(self, quiet: bool = False) -> None:
+    def local_irq_enable(self) -> None:
         if self.irqs_disabled <= 0:
             self.report(IRQ_IMBALANCE, "local_irq_enable() with interrupts already enabled")
             return
         self.irqs_disabled -= 1
         if self.irqs_disabled == 0:
-            self.mem.store32(self._irq_off, IRQS_ON)
-            if not quiet:
-                self.trace(_EV_IRQ_ON)
+            self.mem.fetch_and32(self._irq_off, ~IRQS_OFF)
+            self.rcu_reader_exit()
+            self.trace(_EV_IRQ_ON)
+
+    def insn_begin(self) -> None:
+        """A user load or store is in flight: its translation and access are one instruction.
+
+        No IPI lands in the middle (the instruction retires first), and a
+        broadcast TLB invalidation completes only after walks in flight have
+        (what the architecture guarantees of TLBI; DSB waits for it).  User
+        mode is a quiescent state for RCU: this is not a reader."""
+        self._irq_word_set(self._irq_off, IRQS_OFF | INSN, IPI_DELIVERING | TLBI_DELIVERING)
+
+    def insn_end(self) -> None:
+        self.mem.fetch_and32(self._irq_off, ~(IRQS_OFF | INSN))
+
+    def _irq_word_set(self, off: int, bits: int, wait_for: int, target: int = -1) -> int:
+        """Set `bits` in an irq word once it has none of `wait_for`; how many spins it took.
+        Waiting on another CPU's word (target >= 0) is shown as waiting for its IPI."""
+        mem = self.mem
+        attempt = 0
+        v = mem.load32(off)
+        while v & wait_for or (w := mem.cmpxchg32(off, v, v | bits)) != v:
+            if v & wait_for:
+                if attempt == 0 and target >= 0:
+                    self.hmem.store64(self.waiting_off, (WAIT_IPI << WAIT_SHIFT) | target)
+                self.sched.spin(self, attempt, mem, off, v)
+                attempt += 1
+                v = mem.load32(off)
+            else:
+                v = w
+        return attempt
 
     def smp_call_function_many(self, targets: Iterable[int], func: Callable[[int, Any], None],
                                arg: Any = None) -> None:
@@ -177,6 +233,21 @@ class Cpu:
         the handler may touch is the target's shared memory only."""
         if self.irqs_disabled:
             self.report(IPI_IRQS_OFF, "smp_call_function_many() with interrupts disabled (can deadlock)")
+        self._deliver(targets, func, arg, IPI_DELIVERING, IRQS_OFF | IPI_DELIVERING | INSN | TLBI_DELIVERING)
+
+    def tlbi_broadcast(self, targets: Iterable[int], func: Callable[[int, Any], None], arg: Any = None) -> None:
+        """A broadcast TLB invalidation (arm64's TLBI ...IS then DSB ISH; a hypervisor's flush):
+        func(target, arg) drops the target's entries without interrupting it.
+
+        It waits for the target's user instruction in flight, not for a CPU
+        with interrupts off: fast GUP is not held off by it, so a page table
+        may be freed after it only by RCU (tlb_remove_table) or after an
+        explicit IPI (tlb_remove_table_sync_one)."""
+        self._deliver(targets, func, arg, TLBI_DELIVERING, INSN | IPI_DELIVERING | TLBI_DELIVERING)
+
+    def _deliver(self, targets: Iterable[int], func: Callable[[int, Any], None], arg: Any, bit: int,
+                 wait_for: int) -> None:
+        """Run func for each target once its irq word has none of `wait_for`, holding `bit` in it."""
         mem = self.mem
         machine = self.machine
         for t in targets:
@@ -186,19 +257,13 @@ class Cpu:
             if self.hmem.load32(machine.cpu_off(t, "status")) >= CPU_OFFLINE:
                 continue  # a crashed CPU is offline: it holds no TLB worth flushing and acks nothing
             off = machine.cpu_off(t, "irqs_disabled")
-            attempt = 0
-            while (v := mem.cmpxchg32(off, IRQS_ON, IPI_DELIVERING)) != IRQS_ON:
-                if attempt == 0:
-                    self.hmem.store64(self.waiting_off, (WAIT_IPI << WAIT_SHIFT) | t)
-                self.sched.spin(self, attempt, mem, off, v)
-                attempt += 1
-            if attempt:
+            if self._irq_word_set(off, bit, wait_for, t):
                 self.hmem.store64(self.waiting_off, 0)
                 self.hmem.fetch_add64(self._ipi_waits_off, 1)
             try:
                 func(t, arg)
             finally:
-                mem.store32(off, IRQS_ON)
+                mem.fetch_and32(off, ~bit)
             self.trace(_EV_IPI, t)
 
     # -- operations ------------------------------------------------------

@@ -116,6 +116,7 @@ class Spinlock(Handle):
         if self.mem.cmpxchg32(self.off, 0, cpu.me):
             self._lock_slow(cpu)
         cpu.preempt_count += 1
+        cpu.rcu_reader_enter()
         cpu.held.append(self.addr)
         s = cpu._tseq
         cpu._tseq = s + 1
@@ -142,6 +143,7 @@ class Spinlock(Handle):
         if self.mem.cmpxchg32(self.off, 0, cpu.me):
             return False
         cpu.preempt_count += 1
+        cpu.rcu_reader_enter()
         cpu.held.append(self.addr)
         cpu.trace(_EV_LOCK, self.addr)
         return True
@@ -160,6 +162,7 @@ class Spinlock(Handle):
             self._drop_held(cpu, self.addr)
         if cpu.preempt_count > 0:
             cpu.preempt_count -= 1
+            cpu.rcu_reader_exit()
 
     def lock_irq(self, cpu: Cpu) -> None:
         cpu.local_irq_disable()

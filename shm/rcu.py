@@ -1,8 +1,10 @@
 """RCU and SRCU across processes.
 
 RCU follows liburcu's memb flavour (src/urcu.c): a grace-period counter with
-a phase bit, and per-CPU reader words.  rcu_read_lock() copies the counter
-into the CPU's word on the outermost entry; synchronize_rcu() flips the phase
+a phase bit, and per-CPU reader words.  Entering the outermost read-side
+section copies the counter into the CPU's word; since the flavours were
+consolidated, that is rcu_read_lock() or disabling preemption or interrupts
+(Cpu.rcu_reader_enter); synchronize_rcu() flips the phase
 twice, each time waiting until no CPU is still in a read-side critical
 section begun in the old phase.  call_rcu() queues a *named* callback
 (closures cannot cross processes) on the CPU's queue; the grace-period kthread
@@ -148,20 +150,15 @@ class Rcu:
 
     # -- readers ---------------------------------------------------------
     def read_lock(self, cpu: Cpu) -> None:
-        n = cpu.rcu_nesting
-        cpu.rcu_nesting = n + 1
-        if n == 0:
-            mem = self.mem
-            mem.store64(self.reader_off[cpu.id], mem.load64(self.gp_ctr_off))
+        cpu.rcu_nesting += 1
+        cpu.rcu_reader_enter()
 
     def read_unlock(self, cpu: Cpu, token: Any = None) -> None:
-        n = cpu.rcu_nesting
-        if n <= 0:
+        if cpu.rcu_nesting <= 0:
             cpu.report(RCU_UNLOCK_IMBALANCE, "rcu_read_unlock() without rcu_read_lock()")
             return
-        cpu.rcu_nesting = n - 1
-        if n == 1:
-            self.mem.store64(self.reader_off[cpu.id], 0)
+        cpu.rcu_nesting -= 1
+        cpu.rcu_reader_exit()
 
     # -- updaters --------------------------------------------------------
     def synchronize(self, cpu: Cpu) -> None:
@@ -182,7 +179,7 @@ class Rcu:
         gp = mem.load64(self.gp_ctr_off)
         spin = cpu.sched.spin
         for i, off in enumerate(self.reader_off):
-            if i == cpu.id and cpu.rcu_nesting:
+            if i == cpu.id and cpu.rcu_depth:
                 continue  # already reported by might_sleep(); waiting would self-deadlock
             c = mem.load64(off)
             if not (c & NEST_MASK and (c ^ gp) & GP_PHASE):

@@ -162,7 +162,7 @@ class KmemCache:
         h = self.hdr0 + slot * 32
         state = mem.load32(h)
         if self.typesafe_by_rcu:
-            if state == OBJ_ALLOCATED or cpu.rcu_nesting:
+            if state == OBJ_ALLOCATED or cpu.rcu_depth:
                 return True
         elif state == OBJ_ALLOCATED and mem.load32(h + 4) == ref >> SLOT_BITS:
             return True

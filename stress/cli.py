@@ -486,6 +486,7 @@ def _attach_state(m, info: dict) -> list[str]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from shm import LayoutError, Machine
+    from shm.cpu import irqs_off
     from shm.machine import CPU_STATUS
     from stress.watchdog import Watchdog
 
@@ -508,8 +509,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             op = int(c["op"])
             opname = ops[op] if 0 <= op < len(ops) else ("-" if op < 0 else f"operation {op}")
             wait = wd.describe_wait(int(c["waiting_on"])) if c["waiting_on"] else "-"
+            irqs = "off" if irqs_off(int(c["irqs_disabled"])) else "on "
             print(f"  {who:>10}  pid {int(c['pid']):>7}  {status:<8} in {opname:<16} "
-                  f"{int(c['heartbeat']):>9} ops  irqs {'off' if c['irqs_disabled'] else 'on '}  waits for {wait}")
+                  f"{int(c['heartbeat']):>9} ops  irqs {irqs}  waits for {wait}")
         for cpu, locks in wd.held_locks().items():
             print(f"  {cpu} holds {', '.join(locks)}")
     finally:

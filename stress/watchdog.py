@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from shm import Machine
 from shm.checks import LOCK_DEADLOCK_CYCLE, WATCHDOG_STALL, Check
+from shm.cpu import irqs_off
 from shm.events import split_address
 from shm.locks import (
     ADDR_MASK,
@@ -137,7 +138,7 @@ class Watchdog:
             "cpu": i,
             "op": self.op_names[op] if 0 <= op < len(self.op_names) else None,
             "waiting_on": self.describe_wait(int(c["waiting_on"])) if c["waiting_on"] else None,
-            "irqs_disabled": bool(c["irqs_disabled"]),
+            "irqs_disabled": irqs_off(int(c["irqs_disabled"])),
             "ops_done": int(c["heartbeat"]),
         }
 

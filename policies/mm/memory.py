@@ -480,10 +480,10 @@ class Memory(Tlb):
     def access(self, cpu, mm: int, vpn: int, write: bool) -> bool:
         """One user load or store: through the TLB, else the MMU's walk.  False: it must fault.
 
-        The whole translation and the access run with interrupts off, as one
-        instruction does: no flush IPI lands in the middle."""
+        The whole translation and the access are one instruction (insn_begin): no
+        flush IPI lands in the middle, and a broadcast TLBI waits for it."""
         mmid = self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
-        cpu.local_irq_disable(True)
+        cpu.insn_begin()
         smem = self.smem
         off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
         tag = (mmid << 16 | vpn) + 1
@@ -492,12 +492,12 @@ class Memory(Tlb):
         if not via_tlb:
             pte = self.walk(cpu, mm, vpn, "MMU page walk")
             if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
-                cpu.local_irq_enable(True)
+                cpu.insn_end()
                 return False
             smem.store64(off + 8, pte)
             smem.store64(off, tag)
         self._load_store(cpu, mm, vpn, pte, write, via_tlb)
-        cpu.local_irq_enable(True)
+        cpu.insn_end()
         return True
 
     def _load_store(self, cpu, mm: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:

@@ -153,6 +153,7 @@ def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:
     cpu.window("busted_spin_lock:test-then-set")
     mem.store32(off, cpu.me)
     cpu.preempt_count += 1
+    cpu.rcu_reader_enter()
     _mark_acquired(cpu, lock)
 
 

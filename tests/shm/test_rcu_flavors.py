@@ -5,12 +5,12 @@ from __future__ import annotations
 import multiprocess
 import pytest
 
-from shm import Cpu, Layout, Machine, Region, Segment, new_run_id, rcu_callback
+from shm import Cpu, Layout, Machine, Region, Segment, Spinlock, new_run_id, rcu_callback
 
 CTX = multiprocess.get_context("fork")
 FLAVORS = ["rcu", "srcu"]
 SCRATCH = Layout("scratch", [Region("w", "<i4", 8)])
-INSIDE, RELEASE, LEFT, SAW_LEFT = (SCRATCH.offset("w", i) for i in range(4))
+INSIDE, RELEASE, LEFT, SAW_LEFT, SPIN = (SCRATCH.offset("w", i) for i in range(5))
 
 
 def flavor(m: Machine, name: str):
@@ -27,16 +27,23 @@ def set_and_wake(mem, off, v=1):
     mem.futex_wake(off, -1)
 
 
-def reader(mname, sname, fl):
+def reader(mname, sname, fl, kind="read_lock"):
     m = Machine.attach(mname)
     s = Segment.attach(sname, SCRATCH)
     cpu = Cpu(m, 0)
     f = flavor(m, fl)
-    token = f.read_lock(cpu)
+    lock = Spinlock(m, m.add_segment(s), SPIN)
+    enter, leave = {
+        "read_lock": (lambda: f.read_lock(cpu), lambda t: f.read_unlock(cpu, t)),
+        "irqs_off": (cpu.local_irq_disable, lambda t: cpu.local_irq_enable()),
+        "preempt_off": (cpu.preempt_disable, lambda t: cpu.preempt_enable()),
+        "spin_lock": (lambda: lock.lock(cpu), lambda t: lock.unlock(cpu)),
+    }[kind]
+    token = enter()
     set_and_wake(s.mem, INSIDE)
     wait_for(s.mem, RELEASE)
     set_and_wake(s.mem, LEFT)
-    f.read_unlock(cpu, token)
+    leave(token)
 
 
 def writer(mname, sname, fl):
@@ -58,10 +65,13 @@ def world():
     m.close()
 
 
-@pytest.mark.parametrize("fl", FLAVORS)
-def test_grace_period_waits_for_a_reader_in_another_process(world, fl):
+@pytest.mark.parametrize("fl,kind", [(fl, "read_lock") for fl in FLAVORS]
+                         + [("rcu", k) for k in ("irqs_off", "preempt_off", "spin_lock")])
+def test_grace_period_waits_for_a_reader_in_another_process(world, fl, kind):
+    """Since the RCU flavours were consolidated, a section with interrupts or preemption off
+    (a spinlock held) is a read-side critical section too: fast GUP relies on it."""
     m, s = world
-    r = CTX.Process(target=reader, args=(m.seg.name, s.name, fl))
+    r = CTX.Process(target=reader, args=(m.seg.name, s.name, fl, kind))
     r.start()
     wait_for(s.mem, INSIDE)
     w = CTX.Process(target=writer, args=(m.seg.name, s.name, fl))
