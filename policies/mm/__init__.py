@@ -5,7 +5,7 @@ A mechanism builds an `MmModel` in its scenario's `attach` and writes its
 policies against it; it does not copy it.
 """
 
-from policies.mm.memory import (
+from policies.mm.fault import (
     FAULT_RESULTS,
     VM_FAULT_OK,
     VM_FAULT_OOM,

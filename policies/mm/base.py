@@ -1,10 +1,12 @@
 """What every part of the mm model shares: mm_struct's layout, the model's state, its handles.
 
-The model is one class built in layers, each a file: this base (mm_struct
-and the handles of its locks), page tables (pgtable.py), VMAs and their
-index (vma.py), TLBs (tlb.py), faults, zap and fork (memory.py), and the mm
-lifecycle that puts it together (mm.py: `MmModel`).  Each layer may call
-the ones below it.
+The model is one class built in layers, each a file named after the kernel's:
+this base (mm_struct and the handles of its locks), page tables
+(pgtable.py), VMAs and their index (vma.py), TLBs (tlb.py), struct page and
+rmap (rmap.py); on those, side by side, the fault handler (fault.py), zap
+and free_pgtables (zap.py), fork's copy (fork.py), GUP (gup.py) and the
+CPU's own accesses (access.py); and the mm lifecycle that puts them
+together (mm.py: `MmModel`).  Each layer may call the ones below it.
 """
 
 from __future__ import annotations

@@ -17,17 +17,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from policies.mm.access import Access
 from policies.mm.base import MM_DEAD, MM_EXITED, MM_FREE, MM_GLOBAL, MM_LIVE, MM_STRUCT
-from policies.mm.memory import ZERO_SITE, ZERO_STAMP, Memory
+from policies.mm.fault import Fault
+from policies.mm.fork import Fork
+from policies.mm.gup import Gup
 from policies.mm.pgtable import Geometry
+from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
 from policies.mm.tlb import TLB_ENTRY, TLB_SIZE
 from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX
+from policies.mm.zap import Zap
 from shm import GFP_KERNEL, Refcount, Region
 from shm.layout import field_offsets
 from shm.slab import KmemCache
 
 
-class MmModel(Memory):
+class MmModel(Fault, Zap, Fork, Gup, Access):
     """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables.
 
     A mechanism may run a variant of the model (a subclass overriding one of

@@ -244,7 +244,7 @@ def anon_vma_prepare_parent(w: World, mm: int, vma: int) -> None:
     """fork: give the parent's VMA its anon_vma before copying, so that anon_vma_fork and
     vma_needs_copy read the same value although faults do not take mmap_lock (the thread
     does not discuss fork; this is the model's choice for the RCU and SRCU proposals)."""
-    w.mm.anon_vma_prepare(w.cpu, Vmf(mm, vma, 0, True))
+    w.mm.anon_vma_prepare(w.cpu, mm, vma)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,77 @@
+"""The CPU's own loads and stores: the TLB, the MMU's walk, and what the access finds.
+
+The model's checks here: a CPU loads through a translation to a page that
+is freed or that the page table no longer maps while it maps another
+(stale-tlb), or writes a page another mm still shares (a broken COW).
+"""
+
+from __future__ import annotations
+
+from policies.mm.checks import ACCESS_FREED_PAGE, COW_WRITE_SHARED, STALE_TLB
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, describe_entry
+from policies.mm.rmap import _MAPCOUNT, ZERO_STAMP
+from policies.mm.tlb import TLB_SIZE, Tlb
+from shm.pool import PAGE_ALLOCATED, PFN_BITS, PFN_MASK
+
+
+class Access(Tlb):
+    """One user load or store, as the hardware does it."""
+
+    def access(self, cpu, mm: int, vpn: int, write: bool) -> bool:
+        """One user load or store: through the TLB, else the MMU's walk.  False: it must fault.
+
+        The whole translation and the access are one instruction (insn_begin): no
+        flush IPI lands in the middle, and a broadcast TLBI waits for it."""
+        mmid = self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
+        cpu.insn_begin()
+        smem = self.smem
+        off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
+        tag = (mmid << 16 | vpn) + 1
+        pte = smem.load64(off + 8) if smem.load64(off) == tag else 0
+        via_tlb = bool(pte) and (not write or bool(pte & PTE_WRITE))
+        if not via_tlb:
+            pte = self.walk(cpu, mm, vpn, "MMU page walk")
+            if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
+                cpu.insn_end()
+                return False
+            smem.store64(off + 8, pte)
+            smem.store64(off, tag)
+        self._load_store(cpu, mm, vpn, pte, write, via_tlb)
+        cpu.insn_end()
+        return True
+
+    def _load_store(self, cpu, mm: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
+        pool, pmem = self.pool, self.pmem
+        ref = pte >> FLAG_BITS
+        pfn = ref & PFN_MASK
+        f = self.page0 + pfn * 128
+        data = self.pool_data0 + pfn * self.page_size
+        word = pmem.load64(data)
+        alive = pmem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
+        want = ZERO_STAMP if pte & PTE_SPECIAL else None
+        if not alive or (word != want if want is not None else word & 0xFFFF != vpn):
+            stale = via_tlb and self.walk(cpu, mm, vpn, "MMU page walk", report=False) >> FLAG_BITS != ref
+            how = "a TLB entry" if via_tlb else "the page table"
+            if via_tlb and not stale:
+                how = "a TLB entry the page table still backs (the page was freed while mapped)"
+            cpu.report(STALE_TLB if stale else ACCESS_FREED_PAGE,
+                       f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} through "
+                       f"{how} to page {pfn} gen {ref >> PFN_BITS}, which is "
+                       f"{'freed or reused' if not alive else 'another page now (stamp mismatch)'}",
+                       mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn, ref >> PFN_BITS))
+            return
+        if via_tlb:
+            cur = self.walk(cpu, mm, vpn, "MMU page walk")
+            if cur & PTE_PRESENT and cur >> FLAG_BITS != ref:
+                cpu.report(STALE_TLB, f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} "
+                           f"through a stale TLB entry to page {pfn} while the page table maps "
+                           f"{describe_entry(cur)}: two CPUs see different memory at one address",
+                           mm=mm, vpn=vpn, tlb=describe_entry(pte), pte=describe_entry(cur))
+                return
+        if write:
+            if pmem.load32(f + _MAPCOUNT) > 0 and not self.smem.load32(self.mm_off(mm, "forking")):
+                cpu.report(COW_WRITE_SHARED, f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
+                           f"{pmem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
+                           mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn))
+                return
+            pmem.fetch_add64(data + 8, 1)

@@ -1,0 +1,224 @@
+"""mm/memory.c, the fault side: handle_mm_fault, do_anonymous_page, do_wp_page, ->map_pages.
+
+Every function takes the VMA as the caller found and pinned it (a `Vmf`): how
+it was found (mmap_lock, RCU and a refcount, SRCU, a seqcount, a per-VMA
+lock) is the mechanism under test, and lives in the mechanism's module.  A
+mechanism that must revalidate before installing a PTE (the speculative
+fault) gives the Vmf a `validate` callback that runs under the ptl.
+
+The model's WARN_ONs on this side, checked just before set_pte_at: a fault
+installs a PTE for a VMA that munmap has already zapped, every table of it
+(the PTE would outlive its VMA: Vlastimil, 2019-12-10, "a parallel fault
+that started with the old VMA ... doesn't end up being the last to install
+the PTE for the VMA that's going away"); a fault installs a PTE outside its
+VMA, or for a VMA of another mm.
+"""
+
+from __future__ import annotations
+
+from policies.mm.checks import PTE_AFTER_ZAP, PTE_OUTSIDE_VMA
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, mk_pte
+from policies.mm.rmap import ANON_SITE, Rmap, stamp
+from policies.mm.vma import VM_ZAPPED, VMA
+from shm import GFP_KERNEL, GFP_NOWAIT
+from shm.layout import field_offsets
+from shm.pool import PFN_MASK
+from shm.slab import SLOT_MASK
+
+_VMA_FIELDS = field_offsets(VMA)
+_VM_START = _VMA_FIELDS["vm_start"]
+_VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (_VMA_FIELDS[f] - _VM_START for f in (
+    "vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end"))
+
+VM_FAULT_OK = 0
+VM_FAULT_RETRY = 1
+VM_FAULT_SIGSEGV = 2
+VM_FAULT_OOM = 3
+FAULT_RESULTS = ("ok", "retry", "sigsegv", "oom")
+
+
+class Vmf:
+    """struct vm_fault: the VMA as the mechanism pinned it, and what to check before installing."""
+
+    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd")
+
+    def __init__(self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None):
+        self.mm, self.vma, self.vpn, self.write = mm, vma, vpn, write
+        self.how, self.token, self.validate = how, token, validate
+        self.pmd: tuple[int, int] | None = None
+
+
+class Fault(Rmap):
+    """The fault handler: anonymous pages, the zero page, copy-on-write, ->map_pages."""
+
+    def wp_can_reuse_anon_folio(self, ref: int) -> bool:
+        """do_wp_page may write in place only to a page no other mapping shares."""
+        return self.pmem.load32(self._page_word(ref, "_mapcount")) == 0
+
+    def _may_install(self, cpu, vmf: Vmf) -> bool:
+        """Under the ptl, just before set_pte_at: the mechanism's check, then the model's."""
+        if vmf.validate is not None and not vmf.validate(vmf):
+            return False
+        vma = vmf.vma
+        c = self.vma_cache
+        mem = self.smem
+        base = c.base + (vma & SLOT_MASK) * c.stride + _VM_START
+        flags = mem.load32(base + _VM_FLAGS)
+        s, e = mem.load32(base), mem.load32(base + _VM_END)
+        vm_mm = mem.load32(base + _VM_MM)
+        if not c.check(cpu, vma, "set_pte_at: the fault's VMA"):
+            return False
+        if flags & VM_ZAPPED and mem.load32(base + _ZAP_START) <= vmf.vpn < mem.load32(base + _ZAP_END):
+            cpu.report(PTE_AFTER_ZAP, f"fault installs a PTE at {vmf.vpn} for VMA {self._vma_text(vma)} after "
+                       "munmap zapped it: the PTE outlives its VMA (a parallel fault that started with the "
+                       "old VMA ended up the last to install the PTE)", mm=vmf.mm, vpn=vmf.vpn,
+                       **self.vma_describe(vma))
+            return False
+        if not s <= vmf.vpn < e or vm_mm != self.mm_id(vmf.mm):
+            cpu.report(PTE_OUTSIDE_VMA, f"fault installs a PTE at {vmf.vpn} of mm {vmf.mm} through VMA "
+                       f"[{s}, {e}) of mm id {vm_mm}: the VMA it holds is not the one that covers the "
+                       "address (was the slot reused?)", mm=vmf.mm, vpn=vmf.vpn, **self.vma_describe(vma))
+            return False
+        return True
+
+    def _vma_text(self, vma: int) -> str:
+        d = self.vma_describe(vma)
+        return f"{d['vma']} ({d.get('vm_flags', '')})"
+
+    def handle_mm_fault(self, cpu, vmf: Vmf) -> int:
+        """handle_mm_fault() for a private anonymous VMA: anonymous, zero page, or COW."""
+        pmd, pi, table = self.pmd_pte_alloc(cpu, vmf.mm, vmf.vpn)
+        if not table:
+            return VM_FAULT_OOM
+        vmf.pmd = (pmd, pi)
+        pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "handle_pte_fault")
+        if not pte & PTE_PRESENT:
+            return self.do_anonymous_page(cpu, vmf)
+        if vmf.write and not pte & PTE_WRITE:
+            return self.do_wp_page(cpu, vmf)
+        return VM_FAULT_OK
+
+    def _new_anon_page(self, cpu, vmf: Vmf, gfp: int = GFP_KERNEL) -> tuple[int | None, int]:
+        anon = self.anon_vma_prepare(cpu, vmf.mm, vmf.vma)
+        page = self.pool.alloc_page(cpu, gfp, ANON_SITE)
+        if page is not None:
+            data = self.pool_data0 + (page & PFN_MASK) * self.page_size
+            self.pmem.store64(data, stamp(anon, vmf.vpn))
+            self.pmem.store64(data + 8, 0)
+        return page, anon
+
+    def do_anonymous_page(self, cpu, vmf: Vmf, page: int | None = None) -> int:
+        """do_anonymous_page(): the zero page for a read, a new page for a write."""
+        anon = 0
+        if vmf.write and page is None:
+            page, anon = self._new_anon_page(cpu, vmf)
+            if page is None:
+                return VM_FAULT_OOM
+        elif page is not None:
+            anon = self.smem.load32(self.vma_off(vmf.vma, "anon_vma"))
+        cpu.window("do_anonymous_page:before-ptl")
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        if not table:
+            self._drop_new(cpu, page)
+            return VM_FAULT_RETRY
+        off = self.table_off(table, vmf.vpn % self.geometry.pte)
+        if self.pmem.load64(off):
+            ptl.unlock(cpu)
+            self._drop_new(cpu, page)
+            return VM_FAULT_OK
+        if not self._may_install(cpu, vmf):
+            ptl.unlock(cpu)
+            self._drop_new(cpu, page)
+            return VM_FAULT_RETRY
+        if page is None:
+            self.pmem.store64(off, mk_pte(self.zero_page, PTE_PRESENT | PTE_SPECIAL))
+        else:
+            self.page_add_anon_rmap(page, anon, vmf.vpn)
+            self.smem.fetch_add64(self.mm0 + vmf.mm * self.mm_stride + self.rss_field, 1)
+            self.pmem.store64(off, page << FLAG_BITS | PTE_PRESENT | PTE_WRITE)
+        ptl.unlock(cpu)
+        return VM_FAULT_OK
+
+    def _drop_new(self, cpu, page: int | None) -> None:
+        if page is not None:
+            self.pool.free_page(cpu, page, ANON_SITE)
+
+    def do_wp_page(self, cpu, vmf: Vmf) -> int:
+        """do_wp_page(): reuse an exclusive anon page, else copy it (wp_page_copy)."""
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        if not table:
+            return VM_FAULT_RETRY
+        off = self.table_off(table, vmf.vpn % self.geometry.pte)
+        pte = self.pmem.load64(off)
+        if not pte & PTE_PRESENT or pte & PTE_WRITE:
+            ptl.unlock(cpu)
+            return VM_FAULT_OK
+        old = pte >> FLAG_BITS
+        special = bool(pte & PTE_SPECIAL)
+        if not special and self.wp_can_reuse_anon_folio(old):
+            if not self._may_install(cpu, vmf):
+                ptl.unlock(cpu)
+                return VM_FAULT_RETRY
+            self.pmem.store64(off, pte | PTE_WRITE)
+            ptl.unlock(cpu)
+            return VM_FAULT_OK
+        if not special:
+            self.pool.refcount(old & PFN_MASK).inc(cpu)
+            self.count("cow_copies")
+        ptl.unlock(cpu)
+        ret = self.wp_page_copy(cpu, vmf, old, pte, special)
+        if not special:
+            self.pool.put_page(cpu, old, ANON_SITE)
+        return ret
+
+    def wp_page_copy(self, cpu, vmf: Vmf, old: int, orig: int, special: bool) -> int:
+        page, anon = self._new_anon_page(cpu, vmf)
+        if page is None:
+            return VM_FAULT_OOM
+        if not special:
+            writes = self.pool.read(cpu, old, 1, "wp_page_copy: copying the old page")
+            self.pmem.store64(self.pool.data_off(page & PFN_MASK, 1), writes)
+        cpu.window("wp_page_copy:before-ptl")
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        if not table:
+            self._drop_new(cpu, page)
+            return VM_FAULT_RETRY
+        off = self.table_off(table, vmf.vpn % self.geometry.pte)
+        if self.pmem.load64(off) != orig or not self._may_install(cpu, vmf):
+            ptl.unlock(cpu)
+            self._drop_new(cpu, page)
+            return VM_FAULT_OK
+        self.pmem.store64(off, 0)
+        self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
+        self.page_add_anon_rmap(page, anon, vmf.vpn)
+        self.pmem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
+        if special:
+            self.add_rss(vmf.mm, 1)
+        else:
+            self.page_remove_rmap(cpu, old)
+        ptl.unlock(cpu)
+        if not special:
+            self.pool.put_page(cpu, old, ANON_SITE)
+        return VM_FAULT_OK
+
+    def map_pages_nowait(self, cpu, vmf: Vmf) -> int:
+        """The ->map_pages() path under RCU with no VMA reference: it must not sleep.
+
+        Wilcox (2019-12-03): "If it needs to sleep, it should bump the refcount,
+        drop the RCU lock, prepare enough so that the next call will not need
+        to sleep ... and return VM_FAULT_RETRY".  A missing page table or a
+        failed GFP_NOWAIT allocation is that case: VM_FAULT_RETRY."""
+        table = self.walk_pte_table(cpu, vmf.mm, vmf.vpn, "map_pages: walk")
+        if not table:
+            return VM_FAULT_RETRY
+        pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "map_pages: walk")
+        if pte & PTE_PRESENT and (not vmf.write or pte & PTE_WRITE):
+            return VM_FAULT_OK
+        if pte & PTE_PRESENT or not vmf.write:
+            if pte & PTE_PRESENT:
+                return VM_FAULT_RETRY
+            return self.do_anonymous_page(cpu, vmf)
+        page, _ = self._new_anon_page(cpu, vmf, GFP_NOWAIT)
+        if page is None:
+            return VM_FAULT_RETRY
+        return self.do_anonymous_page(cpu, vmf, page)

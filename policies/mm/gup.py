@@ -1,0 +1,68 @@
+"""mm/gup.c: get_user_pages_fast's lockless walk, follow_page, and unpinning."""
+
+from __future__ import annotations
+
+from policies.mm.fault import Vmf
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE
+from policies.mm.rmap import ANON_SITE, Rmap
+from shm.pool import PFN_MASK
+
+
+class Gup(Rmap):
+    """Fast and slow GUP, and what a caller does with the page it pinned."""
+
+    def gup_fast(self, cpu, mm: int, vpn: int, write: bool) -> int:
+        """get_user_pages_fast(): a lockless walk with interrupts off; a page reference or 0.
+
+        The table cannot be freed under it because free_pgtables waits for
+        the flush IPI, which this CPU does not take until irqs are back on."""
+        g = self.geometry
+        got = 0
+        cpu.local_irq_disable()
+        try:
+            pmd, mi = self.walk_pmd(cpu, mm, vpn, "gup_fast: walk")
+            if not pmd:
+                return 0
+            e = self.read_entry(cpu, pmd, mi, "gup_fast: pmd")
+            if not e & PTE_PRESENT:
+                return 0
+            cpu.window("gup_fast:between-pmd-and-pte")
+            table = e >> FLAG_BITS
+            pte = self.read_entry(cpu, table, vpn % g.pte, "gup_fast: pte")
+            if not pte & PTE_PRESENT or pte & PTE_SPECIAL or write and not pte & PTE_WRITE:
+                return 0
+            ref = pte >> FLAG_BITS
+            if not self.pool.refcount(ref & PFN_MASK).inc_not_zero(cpu):
+                return 0
+            if self.read_entry(cpu, table, vpn % g.pte, "gup_fast: recheck") != pte:
+                self.pool.put_page(cpu, ref, ANON_SITE)
+                return 0
+            got = ref
+        finally:
+            cpu.local_irq_enable()
+        return got
+
+    def follow_page(self, cpu, vmf: Vmf) -> int:
+        """follow_page_pte(): under the ptl, take a reference to the mapped page; 0 if none."""
+        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        if not table:
+            return 0
+        pte = self.pmem.load64(self.table_off(table, vmf.vpn % self.geometry.pte))
+        ref = 0
+        if pte & PTE_PRESENT and not pte & PTE_SPECIAL and (not vmf.write or pte & PTE_WRITE):
+            ref = pte >> FLAG_BITS
+            self.pool.refcount(ref & PFN_MASK).inc(cpu)
+        ptl.unlock(cpu)
+        return ref
+
+    def use_pinned_page(self, cpu, ref: int, what: str) -> None:
+        """What a GUP caller does with its page (DMA, a copy): the reference must keep it alive."""
+        self.pool.read(cpu, ref, 0, what)
+        cpu.window("gup:using-the-page")
+        self.pool.read(cpu, ref, 0, what)
+        self.unpin_user_page(cpu, ref)
+
+    def unpin_user_page(self, cpu, ref: int) -> None:
+        """unpin_user_page(): drop the reference GUP took."""
+        self.count("gup_unpins")
+        self.pool.put_page(cpu, ref, ANON_SITE)

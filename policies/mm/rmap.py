@@ -1,0 +1,76 @@
+"""mm/rmap.c and struct page bookkeeping: mapcounts, references, RSS, anon_vma_prepare.
+
+A page's _mapcount counts its mappings (-1: none), its _refcount the
+mappings and every other reference (GUP's, a COW copy in flight); the mm's
+RSS counts the normal pages its tables map (check_mm verifies it at exit).
+The zero page is special: mapped by PTE_SPECIAL entries that count nothing.
+"""
+
+from __future__ import annotations
+
+from policies.mm.checks import RMAP_UNDERFLOW
+from policies.mm.pgtable import FLAG_BITS, PTE_SPECIAL
+from policies.mm.tlb import Tlb
+from shm import alloc_site
+from shm.pool import PAGE_FIELDS, PFN_MASK
+
+ANON_SITE = alloc_site("mm: anonymous page")
+ZERO_SITE = alloc_site("mm: the zero page")
+ZERO_STAMP = 0x5A45524F
+_PRIVATE = PAGE_FIELDS["private"]
+_MAPCOUNT = PAGE_FIELDS["_mapcount"]
+
+
+def stamp(anon: int, vpn: int) -> int:
+    """What a new anonymous page holds in its first word: whose it is, where it was mapped."""
+    return anon << 16 | vpn
+
+
+class Rmap(Tlb):
+    """struct page's mapcount and references, the mm's RSS, and anon_vma_prepare."""
+
+    def _page_word(self, ref: int, field: str) -> int:
+        return self.pool.field_off(ref & PFN_MASK, field)
+
+    def page_add_anon_rmap(self, ref: int, anon: int, vpn: int) -> None:
+        pmem, f = self.pmem, self.page0 + (ref & PFN_MASK) * 128
+        pmem.store32(f + _MAPCOUNT, 0)
+        pmem.store64(f + _PRIVATE, anon)
+        pmem.store64(f + _PRIVATE + 8, vpn)
+
+    def page_dup_rmap(self, cpu, ref: int) -> None:
+        """A second mapping of the page (fork): one more mapcount and one more reference."""
+        self.pmem.fetch_add32(self._page_word(ref, "_mapcount"), 1)
+        self.pool.refcount(ref & PFN_MASK).inc(cpu)
+
+    def page_remove_rmap(self, cpu, ref: int) -> None:
+        if self.pmem.fetch_sub32(self._page_word(ref, "_mapcount"), 1) < 0:
+            cpu.report(RMAP_UNDERFLOW, f"page_remove_rmap: page {ref & PFN_MASK} was not mapped",
+                       **self.pool.describe(ref & PFN_MASK))
+
+    def add_rss(self, mm: int, n: int) -> None:
+        self.smem.fetch_add64(self.mm_off(mm, "rss"), n)
+
+    def add_mm_rss_vec(self, mm: int, n: int) -> None:
+        """add_mm_rss_vec(): what zap_pte_range and copy_pte_range counted, added at the end of a table."""
+        if n:
+            self.add_rss(mm, n)
+
+    def vm_normal_page(self, pte: int) -> int:
+        """vm_normal_page(): the page a present PTE maps, 0 for a special mapping (the zero page)."""
+        return 0 if pte & PTE_SPECIAL else pte >> FLAG_BITS
+
+    def anon_vma_prepare(self, cpu, mm: int, vma: int) -> int:
+        """anon_vma_prepare(): the VMA's anon_vma, allocated under page_table_lock on first use."""
+        off = self.vma_off(vma, "anon_vma")
+        anon = self.smem.load32(off)
+        if anon:
+            return anon
+        lock = self.page_table_lock(mm)
+        lock.lock(cpu)
+        anon = self.smem.load32(off)
+        if not anon:
+            anon = self.smem.fetch_add32(self.global_off("next_anon_vma"), 1) + 1
+            self.smem.store32(off, anon)
+        lock.unlock(cpu)
+        return anon

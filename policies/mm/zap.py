@@ -1,0 +1,145 @@
+"""mm/memory.c unmap_page_range and free_pgtables, mm/mmu_gather.c: zap, flush, free.
+
+Pages a zap clears are gathered and freed after the TLB flush
+(tlb_finish_mmu); page tables are unhooked under page_table_lock and freed
+only when no CPU can still be walking them: after the flush IPI, which a CPU
+walking with interrupts off does not take (tlb_remove_table_sync_one), or
+after an RCU grace period, which such a CPU holds off (tlb_remove_table,
+MMU_GATHER_RCU_TABLE_FREE).  The model's WARN_ON here: a table freed while
+it still maps something.
+"""
+
+from __future__ import annotations
+
+from policies.mm.checks import FREE_MAPPED_TABLE
+from policies.mm.pgtable import FLAG_BITS, PMD_SITE, PTE_PRESENT, PTE_SITE, describe_entry
+from policies.mm.rmap import ANON_SITE, Rmap
+
+
+class Zap(Rmap):
+    """zap_page_range, the mmu_gather's page batch, free_pgtables and the table frees."""
+
+    def zap_page_range(self, cpu, mm: int, start: int, end: int, gather: list[int],
+                       flush_each: bool = False, vmas: tuple[int, ...] | list[int] = ()) -> None:
+        """unmap_page_range() over [start, end): zap_pte_range() table by table.
+
+        The pages are freed by tlb_finish_mmu() after the flush.  With
+        flush_each the TLB is flushed before each ptl is dropped (the
+        force_flush path), so no fault can install a new page behind a CPU
+        that still has the old translation (what MADV_DONTNEED needs here).
+        `vmas` are the VMAs going away: each table the zap has passed is
+        marked on them before its ptl is released (vma_mark_zapped)."""
+        g = self.geometry
+        vpn = start
+        while vpn < end:
+            stop = min(end, (vpn // g.pte + 1) * g.pte)
+            table, ptl = self.pte_offset_map_lock(cpu, mm, vpn)
+            if table:
+                if self.zap_pte_range(cpu, mm, table, vpn, stop, gather) and flush_each:
+                    self.flush_tlb_mm_range(cpu, mm, vpn, stop)
+            for v in vmas:
+                self.vma_mark_zapped(v, start, stop)
+            if table:
+                ptl.unlock(cpu)
+            vpn = stop
+            if vpn < end:
+                cpu.window("zap_pte_range:next-table")
+
+    def zap_pte_range(self, cpu, mm: int, table: int, start: int, end: int, gather: list[int]) -> int:
+        """zap_pte_range(): under the table's ptl, clear [start, end) and gather the pages; how many PTEs."""
+        zapped = rss = 0
+        for v in range(start, end):
+            off = self.table_off(table, v % self.geometry.pte)
+            pte = self.pmem.load64(off)
+            if not pte & PTE_PRESENT:
+                continue
+            self.pmem.store64(off, 0)
+            zapped += 1
+            self.count("ptes_zapped")
+            ref = self.vm_normal_page(pte)
+            if not ref:
+                self.count("zero_pages_zapped")
+                continue
+            self.page_remove_rmap(cpu, ref)
+            rss -= 1
+            gather.append(ref)
+        self.add_mm_rss_vec(mm, rss)
+        return zapped
+
+    def tlb_finish_mmu(self, cpu, mm: int, start: int, end: int, gather: list[int],
+                       flushed: bool = False) -> None:
+        """Flush, then free what was gathered: a page is freed only when no TLB maps it."""
+        if not flushed:
+            self.flush_tlb_mm_range(cpu, mm, start, end)
+        self.free_pages_and_swap_cache(cpu, gather)
+
+    def free_pages_and_swap_cache(self, cpu, pages: list[int]) -> None:
+        """The mmu_gather's batch released (tlb_batch_pages_flush): one put_page each."""
+        for ref in pages:
+            self.pool.put_page(cpu, ref, ANON_SITE)
+
+    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int,
+                      remove_tables=None) -> None:
+        """free_pgtables() of the unmapped [start, end): free the tables whose whole span lies in
+        [floor, ceiling), the gap between the neighbouring VMAs (free_pgd_range's limits: a
+        table a neighbour still uses stays).
+
+        Each is unhooked under page_table_lock; then `remove_tables` frees them,
+        by default tlb_remove_table_sync_one: the flush IPI first, which waits
+        for every CPU walking with interrupts off (fast GUP, the MMU)."""
+        g = self.geometry
+        lock = self.page_table_lock(mm)
+        pgd = self.smem.load64(self.mm_off(mm, "pgd"))
+        if not pgd or floor >= ceiling:
+            return
+        unhooked: list[tuple[int, int]] = []
+        for gi in range(floor // g.pmd_span, (ceiling - 1) // g.pmd_span + 1):
+            pe = self.read_entry(cpu, pgd, gi, "free_pgtables")
+            if not pe & PTE_PRESENT:
+                continue
+            pmd = pe >> FLAG_BITS
+            base = gi * g.pmd_span
+            for mi in range(g.pmd):
+                lo = base + mi * g.pte
+                if lo < floor or lo + g.pte > ceiling:
+                    if lo < end and lo + g.pte > start:
+                        self.count("shared_tables_kept")
+                    continue
+                lock.lock(cpu)
+                off = self.table_off(pmd, mi)
+                e = self.pmem.load64(off)
+                if e & PTE_PRESENT:
+                    self.pmem.store64(off, 0)
+                    unhooked.append((e >> FLAG_BITS, lo))
+                lock.unlock(cpu)
+            if base >= floor and base + g.pmd_span <= ceiling:
+                lock.lock(cpu)
+                if not any(self.pmem.load64(self.table_off(pmd, k)) for k in range(g.pmd)):
+                    self.pmem.store64(self.table_off(pgd, gi), 0)
+                    unhooked.append((pmd, -1))
+                lock.unlock(cpu)
+        if unhooked:
+            cpu.window("free_pgtables:unhooked")
+            (remove_tables or self.tlb_remove_table_sync_one)(cpu, mm, floor, ceiling, unhooked)
+
+    def tlb_remove_table_sync_one(self, cpu, mm: int, floor: int, ceiling: int,
+                                  tables: list[tuple[int, int]]) -> None:
+        self.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+        self.pte_free(cpu, mm, tables)
+
+    def pte_free(self, cpu, mm: int, tables: list[tuple[int, int]]) -> None:
+        for table, lo in tables:
+            for k in range(self.geometry.pte if lo >= 0 else self.geometry.pmd):
+                e = self.pmem.load64(self.table_off(table, k))
+                if e:
+                    where = f"vpn {lo + k}" if lo >= 0 else f"pmd entry {k}"
+                    cpu.report(FREE_MAPPED_TABLE, f"free_pgtables: freeing a table that still maps {where}: "
+                               f"{describe_entry(e)}", mm=mm)
+                    break
+            self.mm_dec_nr_ptes(mm)
+            self.count("tables_freed")
+            self.pool.free_page(cpu, table, PTE_SITE if lo >= 0 else PMD_SITE)
+
+    def mm_dec_nr_ptes(self, mm: int) -> None:
+        """mm_dec_nr_ptes(): the mm holds one table less (pgtable_bytes, which check_mm verifies)."""
+        self.smem.fetch_sub64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
