@@ -136,24 +136,27 @@ class Cpu:
                 locks_held=[self.machine.describe(a) for a in self.held],
             )
 
-    def rcu_reader_enter(self) -> None:
+    def rcu_reader_enter(self, mem: Any = None) -> None:
         """This CPU is now in an RCU read-side critical section, of whatever kind.
 
         Since the RCU flavours were consolidated (v4.20), synchronize_rcu()
         waits for a section with preemption or interrupts disabled as for
         rcu_read_lock(): that is what fast GUP's irqs-off walk relies on when
-        page tables are freed by RCU (MMU_GATHER_RCU_TABLE_FREE)."""
+        page tables are freed by RCU (MMU_GATHER_RCU_TABLE_FREE).  Disabling
+        preemption or interrupts is a CPU-local act, not a shared access: its
+        reader word is written through the harness's memory (no scheduling
+        point) unless `mem` says otherwise (rcu_read_lock's)."""
         d = self.rcu_depth
         self.rcu_depth = d + 1
         if d == 0:
-            mem = self.mem
-            mem.store64(self._rcu_reader_off, mem.load64(self._gp_ctr_off))
+            m = mem or self.hmem
+            m.store64(self._rcu_reader_off, m.load64(self._gp_ctr_off))
 
-    def rcu_reader_exit(self) -> None:
+    def rcu_reader_exit(self, mem: Any = None) -> None:
         d = self.rcu_depth - 1
         self.rcu_depth = d
         if d == 0:
-            self.mem.store64(self._rcu_reader_off, 0)
+            (mem or self.hmem).store64(self._rcu_reader_off, 0)
 
     def preempt_disable(self) -> None:
         self.preempt_count += 1
@@ -208,17 +211,19 @@ class Cpu:
         Waiting on another CPU's word (target >= 0) is shown as waiting for its IPI."""
         mem = self.mem
         attempt = 0
-        v = mem.load32(off)
-        while v & wait_for or (w := mem.cmpxchg32(off, v, v | bits)) != v:
-            if v & wait_for:
-                if attempt == 0 and target >= 0:
-                    self.hmem.store64(self.waiting_off, (WAIT_IPI << WAIT_SHIFT) | target)
-                self.sched.spin(self, attempt, mem, off, v)
-                attempt += 1
-                v = mem.load32(off)
-            else:
+        v = IRQS_ON
+        while True:
+            if not v & wait_for:
+                if (w := mem.cmpxchg32(off, v, v | bits)) == v:
+                    return attempt
                 v = w
-        return attempt
+                if not v & wait_for:
+                    continue
+            if attempt == 0 and target >= 0:
+                self.hmem.store64(self.waiting_off, (WAIT_IPI << WAIT_SHIFT) | target)
+            self.sched.spin(self, attempt, mem, off, v)
+            attempt += 1
+            v = mem.load32(off)
 
     def smp_call_function_many(self, targets: Iterable[int], func: Callable[[int, Any], None],
                                arg: Any = None) -> None:

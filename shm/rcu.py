@@ -151,14 +151,14 @@ class Rcu:
     # -- readers ---------------------------------------------------------
     def read_lock(self, cpu: Cpu) -> None:
         cpu.rcu_nesting += 1
-        cpu.rcu_reader_enter()
+        cpu.rcu_reader_enter(self.mem)
 
     def read_unlock(self, cpu: Cpu, token: Any = None) -> None:
         if cpu.rcu_nesting <= 0:
             cpu.report(RCU_UNLOCK_IMBALANCE, "rcu_read_unlock() without rcu_read_lock()")
             return
         cpu.rcu_nesting -= 1
-        cpu.rcu_reader_exit()
+        cpu.rcu_reader_exit(self.mem)
 
     # -- updaters --------------------------------------------------------
     def synchronize(self, cpu: Cpu) -> None:

@@ -14,8 +14,11 @@ class Gup(Rmap):
     def gup_fast(self, cpu, mm: int, vpn: int, write: bool) -> int:
         """get_user_pages_fast(): a lockless walk with interrupts off; a page reference or 0.
 
-        The table cannot be freed under it because free_pgtables waits for
-        the flush IPI, which this CPU does not take until irqs are back on."""
+        The table cannot be freed under it: free_pgtables waits for an IPI this
+        CPU does not take until interrupts are back on, or for an RCU grace
+        period, which interrupts off hold off.  After taking the reference it
+        checks that neither the pmd nor the PTE changed (gup_fast_pte_range;
+        70cbc3cc78a99, "mm: gup: fix the fast GUP race against THP collapse")."""
         g = self.geometry
         got = 0
         cpu.local_irq_disable()
@@ -29,10 +32,17 @@ class Gup(Rmap):
             cpu.window("gup_fast:between-pmd-and-pte")
             table = e >> FLAG_BITS
             pte = self.read_entry(cpu, table, vpn % g.pte, "gup_fast: pte")
+            pmd_off = self.table_off(pmd, mi)
+            if self.pmem.load64(pmd_off) != e:
+                self.count("gup_fast_unhooked")  # the walk is in a table free_pgtables unhooked
             if not pte & PTE_PRESENT or pte & PTE_SPECIAL or write and not pte & PTE_WRITE:
                 return 0
             ref = pte >> FLAG_BITS
             if not self.pool.refcount(ref & PFN_MASK).inc_not_zero(cpu):
+                return 0
+            if self.pmem.load64(pmd_off) != e:
+                self.count("gup_fast_pmd_changed")
+                self.pool.put_page(cpu, ref, ANON_SITE)
                 return 0
             if self.read_entry(cpu, table, vpn % g.pte, "gup_fast: recheck") != pte:
                 self.pool.put_page(cpu, ref, ANON_SITE)

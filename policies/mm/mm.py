@@ -40,7 +40,8 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
     mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio,
     free_pgtables): that is how a mutant of the model itself is written."""
 
-    COUNTERS = ("cow_copies", "gup_unpins", "ptes_zapped", "zero_pages_zapped", "shared_tables_kept", "tables_freed")
+    COUNTERS = ("cow_copies", "gup_unpins", "ptes_zapped", "zero_pages_zapped", "shared_tables_kept", "tables_freed",
+                "tables_rcu_freed", "gup_fast_unhooked", "gup_fast_pmd_changed")
 
     @staticmethod
     def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:
@@ -174,3 +175,11 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
 
     def live_mms(self) -> list[int]:
         return [mm for mm in range(self.max_mms) if self.mm_state(mm) in (MM_LIVE, MM_EXITED)]
+
+
+class BroadcastTlbiModel(MmModel):
+    """The model on an architecture whose TLB flush is a broadcast instruction, not an IPI
+    (arm64; x86 under a hypervisor's flush): page tables must be freed by RCU
+    (MMU_GATHER_RCU_TABLE_FREE) or after tlb_remove_table_sync_one's IPI."""
+
+    broadcast_tlbi = True

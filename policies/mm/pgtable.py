@@ -193,25 +193,40 @@ class PageTables(MmBase):
                             pmd: tuple[int, int] | None = None) -> tuple[int, Any]:
         """pte_offset_map_lock(): the PTE table and its ptl, locked; (0, None) if there is none.
 
-        `pmd` is the fault's vmf->pmd (table, index) when it has one.  After
-        taking the ptl it checks that the pmd still points to the same table
-        (as since 6.5, when tables can be freed without mmap_lock)."""
+        `pmd` is the fault's vmf->pmd (table, index) when it has one.  As since
+        6.5 (__pte_offset_map), the pmd entry is read under rcu_read_lock, so a
+        table freed by RCU cannot go before its ptl is taken; then the pmd is
+        checked again, since tables can be freed without mmap_lock.  Taking
+        the ptl of a table already freed is a use-after-free."""
+        rcu = self.machine.rcu
         while True:
+            rcu.read_lock(cpu)
             if pmd is None:
                 table, i = self.walk_pmd(cpu, mm, vpn, "pte_offset_map_lock")
                 if not table:
+                    rcu.read_unlock(cpu)
                     return 0, None
             else:
                 table, i = pmd
             off = self.pool_data0 + (table & PFN_MASK) * self.page_size + 8 * i
             e = self.read_entry(cpu, table, i, "pte_offset_map_lock")
             if not e & _PRESENT:
+                rcu.read_unlock(cpu)
                 return 0, None
             ptl = self.pool.ptl((e >> FLAG_BITS) & PFN_MASK)
             ptl.lock(cpu)
+            rcu.read_unlock(cpu)
+            if not self.table_alive(e >> FLAG_BITS):
+                self.pool._report_uaf(cpu, e >> FLAG_BITS, "pte_offset_map_lock: spin_lock(ptl)", WALK_FREED_TABLE)
+                ptl.unlock(cpu)
+                return 0, None
             if self.pmem.load64(off) == e:
                 return e >> FLAG_BITS, ptl
             ptl.unlock(cpu)
+
+    def table_alive(self, ref: int) -> bool:
+        """The page `ref` names is allocated and still of that generation."""
+        return self.pmem.load64(self.page0 + (ref & PFN_MASK) * 128) == (ref >> 24) << 32 | 1
 
     def free_pgd(self, cpu, mm: int) -> None:
         pgd = self.pmem_mm.xchg64(self.mm_off(mm, "pgd"), 0)

@@ -7,6 +7,10 @@ atomic with respect to interrupts).  flush_tlb_mm_range() sends an IPI to
 every CPU (smp_call_function_many) whose handler drops the matching entries;
 a CPU with interrupts off acknowledges only when it enables them.  That is
 what makes it safe to free pages and page tables after the flush.
+
+A model with `broadcast_tlbi` flushes as arm64 does (TLBI ...IS): no IPI,
+the flush waits only for accesses in flight, so a CPU walking with
+interrupts off (fast GUP) is not held off by it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ def tlb_tag(mmid: int, vpn: int) -> int:
 
 class Tlb(VmaTree):
     """TLB lookup, fill and flush: the model's fourth layer."""
+
+    broadcast_tlbi = False
 
     def tlb_fill(self, cpu, mmid: int, vpn: int, pte: int) -> None:
         off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
@@ -51,7 +57,8 @@ class Tlb(VmaTree):
     def flush_tlb_mm_range(self, cpu, mm: int, start: int, end: int) -> None:
         """flush_tlb_mm_range(): on return no CPU holds a translation of mm in [start, end)."""
         cpu.trace(_EV_FLUSH, start)
-        cpu.smp_call_function_many(range(self.ncpus), self._flush_handler, (self.mm_id(mm), start, end))
+        flush = cpu.tlbi_broadcast if self.broadcast_tlbi else cpu.smp_call_function_many
+        flush(range(self.ncpus), self._flush_handler, (self.mm_id(mm), start, end))
 
     def flush_tlb_mm(self, cpu, mm: int) -> None:
         self.flush_tlb_mm_range(cpu, mm, 0, self.geometry.pages)

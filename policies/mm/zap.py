@@ -14,6 +14,17 @@ from __future__ import annotations
 from policies.mm.checks import FREE_MAPPED_TABLE
 from policies.mm.pgtable import FLAG_BITS, PMD_SITE, PTE_PRESENT, PTE_SITE, describe_entry
 from policies.mm.rmap import ANON_SITE, Rmap
+from shm import rcu_callback
+from shm.pool import PFN_MASK
+
+
+def _tlb_remove_table_smp_sync(target: int, arg: object) -> None:
+    """The IPI's function does nothing: that every CPU took it is the point."""
+
+
+@rcu_callback("mm: tlb_remove_table_rcu")
+def tlb_remove_table_rcu(cpu, arg: int) -> None:
+    cpu.ctx.mm.free_table(cpu, arg >> 1, -1 if arg & 1 else None)
 
 
 class Zap(Rmap):
@@ -84,9 +95,10 @@ class Zap(Rmap):
         [floor, ceiling), the gap between the neighbouring VMAs (free_pgd_range's limits: a
         table a neighbour still uses stays).
 
-        Each is unhooked under page_table_lock; then `remove_tables` frees them,
-        by default tlb_remove_table_sync_one: the flush IPI first, which waits
-        for every CPU walking with interrupts off (fast GUP, the MMU)."""
+        Each is unhooked under page_table_lock and subtracted from the mm
+        (free_pte_range: mm_dec_nr_ptes); then `remove_tables` frees them, by
+        default tlb_remove_table_sync_one: after the flush and an IPI that
+        waits for every CPU walking with interrupts off (fast GUP)."""
         g = self.geometry
         lock = self.page_table_lock(mm)
         pgd = self.smem.load64(self.mm_off(mm, "pgd"))
@@ -110,12 +122,14 @@ class Zap(Rmap):
                 e = self.pmem.load64(off)
                 if e & PTE_PRESENT:
                     self.pmem.store64(off, 0)
+                    self.mm_dec_nr_ptes(mm)
                     unhooked.append((e >> FLAG_BITS, lo))
                 lock.unlock(cpu)
             if base >= floor and base + g.pmd_span <= ceiling:
                 lock.lock(cpu)
                 if not any(self.pmem.load64(self.table_off(pmd, k)) for k in range(g.pmd)):
                     self.pmem.store64(self.table_off(pgd, gi), 0)
+                    self.mm_dec_nr_ptes(mm)
                     unhooked.append((pmd, -1))
                 lock.unlock(cpu)
         if unhooked:
@@ -124,21 +138,45 @@ class Zap(Rmap):
 
     def tlb_remove_table_sync_one(self, cpu, mm: int, floor: int, ceiling: int,
                                   tables: list[tuple[int, int]]) -> None:
+        """tlb_remove_table_one(): the flush, then an IPI every CPU must take, then free at once.
+
+        Where the flush is itself an IPI (x86 without a hypervisor) it already
+        waited for the CPUs walking with interrupts off; after a broadcast
+        TLBI, tlb_remove_table_sync_one() sends the IPI that does."""
         self.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+        if self.broadcast_tlbi:
+            cpu.smp_call_function_many(range(self.ncpus), _tlb_remove_table_smp_sync)
         self.pte_free(cpu, mm, tables)
+
+    def tlb_remove_table(self, cpu, mm: int, floor: int, ceiling: int, tables: list[tuple[int, int]]) -> None:
+        """MMU_GATHER_RCU_TABLE_FREE: the flush, then each table freed after an RCU grace period
+        (tlb_table_flush, tlb_remove_table_rcu).
+
+        A CPU walking with interrupts off is an RCU reader, so the grace period
+        waits for fast GUP even where the flush does not interrupt anyone."""
+        self.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+        rcu = self.machine.rcu
+        for table, lo in tables:
+            rcu.call(cpu, tlb_remove_table_rcu, table << 1 | (lo < 0))
+            self.count("tables_rcu_freed")
 
     def pte_free(self, cpu, mm: int, tables: list[tuple[int, int]]) -> None:
         for table, lo in tables:
-            for k in range(self.geometry.pte if lo >= 0 else self.geometry.pmd):
-                e = self.pmem.load64(self.table_off(table, k))
-                if e:
-                    where = f"vpn {lo + k}" if lo >= 0 else f"pmd entry {k}"
-                    cpu.report(FREE_MAPPED_TABLE, f"free_pgtables: freeing a table that still maps {where}: "
-                               f"{describe_entry(e)}", mm=mm)
-                    break
-            self.mm_dec_nr_ptes(mm)
-            self.count("tables_freed")
-            self.pool.free_page(cpu, table, PTE_SITE if lo >= 0 else PMD_SITE)
+            self.free_table(cpu, table, lo)
+
+    def free_table(self, cpu, table: int, lo: int | None) -> None:
+        """Free one unhooked table: a PTE table if lo (its first vpn; None if not known), else a pmd."""
+        pte_level = lo is None or lo >= 0
+        for k in range(self.geometry.pte if pte_level else self.geometry.pmd):
+            e = self.pmem.load64(self.table_off(table, k))
+            if e:
+                where = f"pmd entry {k}" if not pte_level else f"vpn {lo + k}" if lo is not None else f"entry {k}"
+                cpu.report(FREE_MAPPED_TABLE, f"free_pgtables: freeing a table that still maps {where}: "
+                           f"{describe_entry(e)}",
+                           mm=self.pmem.load64(self.pool.field_off(table & PFN_MASK, "private")))
+                break
+        self.count("tables_freed")
+        self.pool.free_page(cpu, table, PTE_SITE if pte_level else PMD_SITE)
 
     def mm_dec_nr_ptes(self, mm: int) -> None:
         """mm_dec_nr_ptes(): the mm holds one table less (pgtable_bytes, which check_mm verifies)."""

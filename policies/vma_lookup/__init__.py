@@ -6,6 +6,8 @@ mapped.  Each policy answers "how does a fault pin its VMA, and how does an
 unmapper wait for it" differently:
 
   mmap_lock         the baseline: mmap_lock read for faults, write for changes.
+  rcu_table_free    the baseline where the TLB flush is a broadcast, not an
+                    IPI: tables freed by RCU (MMU_GATHER_RCU_TABLE_FREE).
   rcu_vma_refcount  Wilcox (2019-12-03): lookup under RCU, a per-VMA refcount,
                     munmap waits for it, synchronize_rcu, then frees and
                     flushes; BABY/ZOMBIE (Glisse, 2019-12-05) and the ZERO
@@ -36,7 +38,7 @@ from policies.vma_lookup.common import VmaPolicy
 from policies.vma_lookup.scenario import VmaLookup
 
 register(VmaLookup(policies=(
-    mmap_lock.mmap_lock, *mmap_lock.MUTANTS,
+    mmap_lock.mmap_lock, mmap_lock.rcu_table_free, *mmap_lock.MUTANTS,
     rcu_vma_refcount.rcu_vma_refcount, *rcu_vma_refcount.MUTANTS,
     srcu.srcu, *srcu.MUTANTS,
     speculative.speculative, *speculative.MUTANTS,

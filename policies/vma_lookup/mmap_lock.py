@@ -6,6 +6,8 @@ model's own functions broken one at a time (policies/mm/broken.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from policies.mm import (
     MAX_VMAS,
     VM_DETACHED,
@@ -15,6 +17,7 @@ from policies.mm import (
     Vmf,
     broken,
 )
+from policies.mm.mm import BroadcastTlbiModel
 from policies.mm.checks import (
     ACCESS_FREED_PAGE,
     BAD_PAGE_REFS,
@@ -181,7 +184,36 @@ mmap_lock = VmaPolicy(
 
 
 
+def tlb_remove_table(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
+    cpu.ctx.mm.tlb_remove_table(cpu, mm, floor, ceiling, tables)
+
+
+rcu_table_free = replace(
+    mmap_lock, name="rcu_table_free",
+    doc="the baseline on a broadcast-TLBI arch: page tables freed by RCU, fast GUP held off by irqs off alone",
+    model=BroadcastTlbiModel, remove_tables=tlb_remove_table)
+
+
+def pte_free_after_tlbi(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
+    """DELIBERATELY BROKEN: frees the unhooked tables right after the broadcast TLBI, as a kernel
+    whose flush is an IPI may.
+
+    A broadcast TLBI does not interrupt anyone: the fast-GUP walker that
+    read the pmd entry before it was cleared, with interrupts off, is still
+    in the table (mm/mmu_gather.c: hence tlb_remove_table_sync_one's IPI, or
+    the RCU grace period).  Must produce a use-after-free."""
+    model = cpu.ctx.mm
+    model.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+    cpu.window("pte_free:after-the-tlbi")
+    model.pte_free(cpu, mm, tables)
+
+
 MUTANTS = (
+    mutant(rcu_table_free, "tables_freed_after_tlbi", WALK_FREED_TABLE,
+           "mm/mmu_gather.c tlb_remove_table_sync_one(): 'semi RCU' for architectures whose TLB flush is not "
+           "an IPI (fast GUP walks with irqs off)",
+           "page tables freed right after a broadcast TLBI, with no grace period and no IPI", "gup_fast_unhooked",
+           remove_tables=pte_free_after_tlbi),
     mutant(mmap_lock, "free_pgtables_no_ipi", WALK_FREED_TABLE,
            "mm/mmu_gather.c: tlb_remove_table_sync_one (a table is freed only after the IPI that fast GUP, "
            "walking with interrupts off, holds back)",

@@ -109,6 +109,7 @@ LITMUS = {
     "fault_without_srcu": [_repeat([["access", 0, 4, 1]], 8), _UNMAP_REMAP],
     "no_revalidate": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
     "free_pgtables_no_ipi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
+    "tables_freed_after_tlbi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
     "skip_gp_single_thread": [
         [["fork", 0]] + _repeat([["munmap", 2, 0, 11], ["mmap", 2, 0, 11, 1]], 6),
         [["access", 1, 40 + i, 0] for i in range(12)] + _repeat([["remote", 2, 4]], 16)],
