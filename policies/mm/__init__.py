@@ -6,6 +6,7 @@ policies against it; it does not copy it.
 """
 
 from policies.mm.fault import (
+    FAULT_FLAG_SPECULATIVE,
     FAULT_RESULTS,
     VM_FAULT_OK,
     VM_FAULT_OOM,
@@ -28,7 +29,7 @@ from policies.mm.vma import (
 )
 
 __all__ = [
-    "FAULT_RESULTS", "MAX_VMAS", "MM_EXITED", "MM_LIVE", "RESERVED", "VM_BABY", "VM_DETACHED",
+    "FAULT_FLAG_SPECULATIVE", "FAULT_RESULTS", "MAX_VMAS", "MM_EXITED", "MM_LIVE", "RESERVED", "VM_BABY", "VM_DETACHED",
     "VM_FAULT_OK", "VM_FAULT_OOM", "VM_FAULT_RETRY", "VM_FAULT_SIGSEGV", "VM_READ", "VM_WRITE",
     "VM_ZAPPED", "VM_ZOMBIE", "Geometry", "MmModel", "Vmf", "sweep",
 ]

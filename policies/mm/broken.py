@@ -94,6 +94,18 @@ class DropsGatherBatch(MmModel):
         pass
 
 
+class SpfWalksWithIrqsOn(MmModel):
+    """DELIBERATELY BROKEN: the speculative fault walks the page tables with interrupts on.
+
+    Dufour's SPF walks with interrupts disabled because nothing else keeps
+    the tables: it holds no mmap_lock, and a munmap's free_pgtables waits
+    only for the IPI.  With interrupts on, the table it read from the pmd
+    may be freed before it reads the PTE.  Must trip mm.walk-freed-table."""
+
+    def spf_walk(self, cpu, vmf) -> int:
+        return self._spf_walk(cpu, vmf)
+
+
 class FreesTablesPastNeighbours(MmModel):
     """DELIBERATELY BROKEN: free_pgtables() frees every table the unmapped range touches,
     ignoring floor and ceiling.
@@ -110,5 +122,5 @@ class FreesTablesPastNeighbours(MmModel):
 
 __all__ = [
     "DropsGatherBatch", "FreesTablesPastNeighbours", "IgnoresSpecialPtes", "KeepsPgtableBytes", "LeaksGupPin",
-    "LosesRssBatch", "ReusesSharedPage", "SkipsLastPte", "UnpinsTwice",
+    "LosesRssBatch", "ReusesSharedPage", "SkipsLastPte", "SpfWalksWithIrqsOn", "UnpinsTwice",
 ]

@@ -37,15 +37,24 @@ VM_FAULT_OOM = 3
 FAULT_RESULTS = ("ok", "retry", "sigsegv", "oom")
 
 
+FAULT_FLAG_SPECULATIVE = 0x1
+
+
 class Vmf:
-    """struct vm_fault: the VMA as the mechanism pinned it, and what to check before installing."""
+    """struct vm_fault: the VMA as the mechanism pinned it, and what to check before installing.
 
-    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd")
+    FAULT_FLAG_SPECULATIVE (Dufour's SPF) is a fault that holds neither
+    mmap_lock nor anything that keeps page tables: it walks them with
+    interrupts off and takes the ptl by trylock (spf_walk, pte_map_lock)."""
 
-    def __init__(self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None):
+    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags")
+
+    def __init__(self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None,
+                 flags: int = 0):
         self.mm, self.vma, self.vpn, self.write = mm, vma, vpn, write
-        self.how, self.token, self.validate = how, token, validate
+        self.how, self.token, self.validate, self.flags = how, token, validate, flags
         self.pmd: tuple[int, int] | None = None
+        self.orig_pmd = 0
 
 
 class Fault(Rmap):
@@ -87,16 +96,73 @@ class Fault(Rmap):
 
     def handle_mm_fault(self, cpu, vmf: Vmf) -> int:
         """handle_mm_fault() for a private anonymous VMA: anonymous, zero page, or COW."""
-        pmd, pi, table = self.pmd_pte_alloc(cpu, vmf.mm, vmf.vpn)
-        if not table:
-            return VM_FAULT_OOM
-        vmf.pmd = (pmd, pi)
-        pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "handle_pte_fault")
+        if vmf.flags & FAULT_FLAG_SPECULATIVE:
+            pte = self.spf_walk(cpu, vmf)
+            if pte < 0:
+                return VM_FAULT_RETRY
+        else:
+            pmd, pi, table = self.pmd_pte_alloc(cpu, vmf.mm, vmf.vpn)
+            if not table:
+                return VM_FAULT_OOM
+            vmf.pmd = (pmd, pi)
+            pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "handle_pte_fault")
         if not pte & PTE_PRESENT:
             return self.do_anonymous_page(cpu, vmf)
         if vmf.write and not pte & PTE_WRITE:
             return self.do_wp_page(cpu, vmf)
         return VM_FAULT_OK
+
+    def spf_walk(self, cpu, vmf: Vmf) -> int:
+        """handle_speculative_fault's walk to the PTE (Dufour, "Speculative page faults"): with
+        interrupts off, so that free_pgtables' IPI waits for it; a missing table is not
+        allocated speculatively.  The PTE, or -1 to fall back to mmap_lock."""
+        cpu.local_irq_disable()
+        try:
+            return self._spf_walk(cpu, vmf)
+        finally:
+            cpu.local_irq_enable()
+
+    def _spf_walk(self, cpu, vmf: Vmf) -> int:
+        pmd, mi = self.walk_pmd(cpu, vmf.mm, vmf.vpn, "spf: walk")
+        if not pmd:
+            return -1
+        e = self.read_entry(cpu, pmd, mi, "spf: pmd")
+        if not e & PTE_PRESENT:
+            self.count("spf_no_table")
+            return -1
+        cpu.window("spf:between-pmd-and-pte")
+        pte = self.read_entry(cpu, e >> FLAG_BITS, vmf.vpn % self.geometry.pte, "spf: pte")
+        if self.pmem.load64(self.table_off(pmd, mi)) != e:
+            self.count("spf_walk_unhooked")  # the walk is in a table free_pgtables unhooked
+        vmf.pmd, vmf.orig_pmd = (pmd, mi), e
+        return pte
+
+    def pte_map_lock(self, cpu, vmf: Vmf):
+        """The fault's PTE table and ptl, locked; (0, None): retry (or fall back, if speculative).
+
+        A speculative fault (Dufour's pte_map_lock) disables interrupts,
+        checks that its VMA did not change (so a munmap that starts after
+        that waits for it in free_pgtables' IPI), that the pmd still holds
+        the table it walked, and takes the ptl by trylock: spinning on it
+        with interrupts off could deadlock against a holder that waits for
+        this CPU's IPI."""
+        if not vmf.flags & FAULT_FLAG_SPECULATIVE:
+            return self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        assert vmf.pmd is not None
+        cpu.local_irq_disable()
+        try:
+            if vmf.validate is not None and not vmf.validate(vmf):
+                return 0, None
+            pmd, mi = vmf.pmd
+            if self.read_entry(cpu, pmd, mi, "pte_map_lock") != vmf.orig_pmd:
+                return 0, None
+            ptl = self.pool.ptl((vmf.orig_pmd >> FLAG_BITS) & PFN_MASK)
+            if not ptl.trylock(cpu):
+                self.count("spf_ptl_busy")
+                return 0, None
+            return vmf.orig_pmd >> FLAG_BITS, ptl
+        finally:
+            cpu.local_irq_enable()
 
     def _new_anon_page(self, cpu, vmf: Vmf, gfp: int = GFP_KERNEL) -> tuple[int | None, int]:
         anon = self.anon_vma_prepare(cpu, vmf.mm, vmf.vma)
@@ -117,7 +183,7 @@ class Fault(Rmap):
         elif page is not None:
             anon = self.smem.load32(self.vma_off(vmf.vma, "anon_vma"))
         cpu.window("do_anonymous_page:before-ptl")
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        table, ptl = self.pte_map_lock(cpu, vmf)
         if not table:
             self._drop_new(cpu, page)
             return VM_FAULT_RETRY
@@ -145,7 +211,7 @@ class Fault(Rmap):
 
     def do_wp_page(self, cpu, vmf: Vmf) -> int:
         """do_wp_page(): reuse an exclusive anon page, else copy it (wp_page_copy)."""
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        table, ptl = self.pte_map_lock(cpu, vmf)
         if not table:
             return VM_FAULT_RETRY
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
@@ -179,7 +245,7 @@ class Fault(Rmap):
             writes = self.pool.read(cpu, old, 1, "wp_page_copy: copying the old page")
             self.pmem.store64(self.pool.data_off(page & PFN_MASK, 1), writes)
         cpu.window("wp_page_copy:before-ptl")
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        table, ptl = self.pte_map_lock(cpu, vmf)
         if not table:
             self._drop_new(cpu, page)
             return VM_FAULT_RETRY

@@ -43,7 +43,6 @@ class VmaPolicy(Policy):
     new_vma: Callable[[World, int, int, int, int], int | None]
     before_unmap: Callable[[World, int, int], None] | None = None
     after_unpublish: Callable[[World, int], None] | None = None
-    free_tables: bool = True
     remove_tables: Callable | None = None
     write_unlock: Callable[[World, int], None]
     dup_lock_vma: Callable[[World, int, int], None] | None = None
@@ -113,7 +112,7 @@ def unmap_region(w: World, mm: int, start: int, end: int, removed, floor: int, c
     gather: list[int] = []
     m.zap_page_range(cpu, mm, start, end, gather, vmas=removed)
     policy: VmaPolicy = w.policy
-    if policy.free_tables and floor < ceiling:
+    if floor < ceiling:
         m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages), policy.remove_tables)
     m.tlb_finish_mmu(cpu, mm, start, end, gather)
 

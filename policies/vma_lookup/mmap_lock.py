@@ -17,7 +17,6 @@ from policies.mm import (
     Vmf,
     broken,
 )
-from policies.mm.mm import BroadcastTlbiModel
 from policies.mm.checks import (
     ACCESS_FREED_PAGE,
     BAD_PAGE_REFS,
@@ -29,6 +28,7 @@ from policies.mm.checks import (
     RMAP_UNDERFLOW,
     WALK_FREED_TABLE,
 )
+from policies.mm.mm import BroadcastTlbiModel
 from policies.scenario import World, mutant
 from policies.vma_lookup.common import (
     VmaPolicy,

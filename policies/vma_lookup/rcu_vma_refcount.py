@@ -25,7 +25,15 @@ from policies.mm.checks import (
     STALE_TLB,
 )
 from policies.scenario import World, mutant
-from policies.vma_lookup.common import FAULT_TRIES, GIANT, VmaPolicy, handle_with, new_vma_plain, split_range
+from policies.vma_lookup.common import (
+    FAULT_TRIES,
+    GIANT,
+    VmaPolicy,
+    entries_around,
+    handle_with,
+    new_vma_plain,
+    split_range,
+)
 from policies.vma_lookup.mmap_lock import mmap_locked, mmap_write_unlock_plain, vma_free_rcu
 from shm import wait_var_event, wake_up_var
 from shm.checks import SLAB_UAF
@@ -119,8 +127,10 @@ def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserv
     then (the ZERO entry).  A use-after-free of the VMA shows as such; a fault that
     installs a PTE between the zap and the free shows as an invariant.
 
-    Empty page tables are left for exit_mmap: freeing them under lockless
-    faults is what the pte_ref seed is about."""
+    The tables of the gap are freed too (Kirill, 2019-12-03: "munmap() would
+    free them"), with the neighbours read under mmap_lock for read: no VMA
+    is mapped beside the gap while they go, and a fault only walks the
+    tables of a VMA it found, which the RESERVED or BABY range is not."""
     m, cpu = w.mm, w.cpu
     for v in removed:
         w.policy.put_base(w, v)
@@ -132,12 +142,17 @@ def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserv
         w.count("munmap_gps")
     gather: list[int] = []
     m.zap_page_range(cpu, mm, start, end, gather, vmas=removed)
+    lock = m.mmap_lock(mm)
+    lock.down_read(cpu)
+    floor, ceiling = entries_around([x for x in m.index_entries(mm) if not start <= x[0] < end], start, end)
+    if floor < ceiling:
+        m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages), w.policy.remove_tables)
+    lock.up_read(cpu)
     for v in removed:
         m.vm_area_free(cpu, v)
     cpu.window("munmap:zapped-before-flush")
     m.tlb_finish_mmu(cpu, mm, start, end, gather)
     if reserve:
-        lock = m.mmap_lock(mm)
         lock.down_write(cpu)
         m.index_publish(cpu, mm, [x for x in m.index_entries(mm) if not (x[2] == RESERVED and x[0] == start)])
         lock.up_write(cpu)

@@ -108,6 +108,7 @@ LITMUS = {
     "munmap_no_refcount_wait": [_repeat([["access", 0, 4, 1]], 8), _UNMAP_REMAP],
     "fault_without_srcu": [_repeat([["access", 0, 4, 1]], 8), _UNMAP_REMAP],
     "no_revalidate": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
+    "spf_walk_irqs_on": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
     "free_pgtables_no_ipi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
     "tables_freed_after_tlbi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
     "skip_gp_single_thread": [

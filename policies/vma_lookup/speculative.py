@@ -1,13 +1,21 @@
-"""speculative: Dufour's SPF (2020-02-07), a lockless lookup validated again under the ptl."""
+"""speculative: Dufour's SPF (2020-02-07), a lockless lookup validated again under the ptl.
+
+The fault holds neither mmap_lock nor anything that keeps page tables, and
+munmap frees them: the walk runs with interrupts off, a missing table makes
+it fall back, and the ptl is taken by trylock (FAULT_FLAG_SPECULATIVE in the
+model)."""
 
 from __future__ import annotations
 
 from policies.mm import (
+    FAULT_FLAG_SPECULATIVE,
     VM_FAULT_RETRY,
     Vmf,
+    broken,
 )
 from policies.mm.checks import (
     PTE_AFTER_ZAP,
+    WALK_FREED_TABLE,
 )
 from policies.scenario import World, mutant
 from policies.vma_lookup.common import VmaPolicy, new_vma_plain, vm_area_free_rcu
@@ -42,7 +50,8 @@ def _spf_fault(w: World, mm: int, vpn: int, write: bool, validate: bool) -> int:
     seq = w.mem.load32(m.vma_off(vma, "vm_seq")) if got else 1
     rcu.read_unlock(cpu)
     if got and not seq & 1 and (not write or w.mem.load32(m.vma_off(vma, "anon_vma"))):
-        vmf = Vmf(mm, vma, vpn, write, "speculative", validate=_spf_validate(w, seq) if validate else None)
+        vmf = Vmf(mm, vma, vpn, write, "speculative", validate=_spf_validate(w, seq) if validate else None,
+                  flags=FAULT_FLAG_SPECULATIVE)
         cpu.window("spf:after-lookup")
         ret = m.handle_mm_fault(cpu, vmf)
         vma_put_spf(w, vma)
@@ -80,11 +89,9 @@ speculative = VmaPolicy(
     munmap=munmap_locked,
     new_vma=new_vma_plain,
     before_unmap=spf_before_unmap,
-    free_tables=False,
     write_unlock=mmap_write_unlock_plain,
     vma_free=spf_vma_free,
 )
-
 
 
 MUTANTS = (
@@ -93,4 +100,9 @@ MUTANTS = (
            "last to install the PTE for the VMA that's going away'",
            "the speculative fault installs the PTE without validating the VMA under the ptl", "spf_bail",
            fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, False)),
+    mutant(speculative, "spf_walk_irqs_on", WALK_FREED_TABLE,
+           "Dufour, SPF: handle_speculative_fault walks the page tables with interrupts disabled, so that "
+           "free_pgtables' IPI waits for it",
+           "the speculative fault walks the page tables with interrupts on", "spf_walk_unhooked",
+           model=broken.SpfWalksWithIrqsOn),
 )

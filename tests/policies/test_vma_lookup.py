@@ -24,7 +24,8 @@ def test_a_speculative_race_shrinks_to_the_fault_and_the_munmap(mmtorture_run):
     r = next(r for seed in range(100)
              if (r := mmtorture_run("vma_lookup", "no_revalidate", cpus=2, seed=seed, scheduler="random",
                                     program=litmus)).findings)
-    small = shrink(r.report, max_runs=150)
+    small = shrink(r.report, max_runs=400)
+    assert small.runs < 400, small.summary()
     ops = [op[0] for p in small.after.program for op in p]
     assert small.check == "mm.pte-after-zap" and "mm.pte-after-zap" in small.final.checks
     assert len(ops) < small.before.ops and small.after.preemptions < small.before.preemptions
