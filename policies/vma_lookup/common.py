@@ -45,6 +45,7 @@ class VmaPolicy(Policy):
     after_unpublish: Callable[[World, int], None] | None = None
     remove_tables: Callable | None = None
     write_unlock: Callable[[World, int], None]
+    write_downgrade: Callable[[World, int], None]
     dup_lock_vma: Callable[[World, int, int], None] | None = None
     vma_free: Callable[[Any, int], None]
     typesafe_vmas: bool = False

@@ -81,12 +81,13 @@ def vma_free_rcu(cpu, vma: int) -> None:
     cpu.ctx.rcu.call(cpu, vm_area_free_rcu, vma)
 
 
-def _unmap_under_write(w: World, mm: int, entries, start: int, end: int) -> tuple[list, list] | None:
-    """Remove [start, end) from the index and tear it down; mmap_lock is held for write.
+def _detach_under_write(w: World, mm: int, entries, start: int, end: int) -> tuple[list, list] | None:
+    """Take [start, end) out of the index; mmap_lock is held for write.  (kept, removed), or
+    None on ENOMEM.
 
     The policy's hooks say what its readers need: `before_unmap` on each VMA
     before it leaves the index (vma_start_write, vm_write_begin),
-    `after_unpublish` before the zap (synchronize_srcu)."""
+    `after_unpublish` once they are out (synchronize_srcu)."""
     m, cpu, policy = w.mm, w.cpu, w.policy
     r = split_range(w, mm, entries, start, end, policy.new_vma)
     if r is None:
@@ -103,11 +104,15 @@ def _unmap_under_write(w: World, mm: int, entries, start: int, end: int) -> tupl
     cpu.window("munmap:unpublished")
     if policy.after_unpublish is not None:
         policy.after_unpublish(w, mm)
+    return kept, removed
+
+
+def _tear_down(w: World, mm: int, start: int, end: int, kept, removed) -> None:
+    """Zap, free the gap's tables, flush, free the VMAs: mmap_lock is held, for write or read."""
     floor, ceiling = entries_around(kept, start, end)
     unmap_region(w, mm, start, end, removed, floor, ceiling)
     for v in removed:
-        policy.vma_free(cpu, v)
-    return kept, removed
+        w.policy.vma_free(w.cpu, v)
 
 
 def mmap_write_lock(w: World, mm: int) -> None:
@@ -126,10 +131,12 @@ def mmap_locked(w: World, mm: int, start: int, npages: int, fixed: bool) -> None
         entries = m.index_entries(mm)
         end = min(start + npages, m.geometry.pages)
         if fixed:
-            r = _unmap_under_write(w, mm, entries, start, end)
+            r = _detach_under_write(w, mm, entries, start, end)
             if r is None:
                 return
             entries = r[0]
+            if r[1]:
+                _tear_down(w, mm, start, end, *r)
         else:
             start = m.get_unmapped_area(entries, npages, start)
             if start < 0 or len(entries) >= MAX_VMAS:
@@ -147,14 +154,30 @@ def mmap_locked(w: World, mm: int, start: int, npages: int, fixed: bool) -> None
 
 
 def munmap_locked(w: World, mm: int, start: int, end: int) -> None:
-    """do_munmap() under mmap_lock for write."""
+    """do_munmap() as mm/vma.c does it: the VMAs detached under mmap_lock for write, then the
+    lock downgraded for the zap, free_pgtables and the flush (vms_complete_munmap_vmas), so
+    that faults elsewhere in the mm run beside the teardown.  A new VMA cannot appear beside
+    the gap meanwhile: mmap needs the lock for write."""
     mmap_write_lock(w, mm)
     try:
-        r = _unmap_under_write(w, mm, w.mm.index_entries(mm), start, end)
-        if r is not None and r[1]:
-            w.count("munmaps")
-    finally:
+        r = _detach_under_write(w, mm, w.mm.index_entries(mm), start, end)
+    except BaseException:
         w.policy.write_unlock(w, mm)
+        raise
+    if r is None or not r[1]:
+        w.policy.write_unlock(w, mm)
+        return
+    w.policy.write_downgrade(w, mm)
+    try:
+        w.cpu.window("munmap:downgraded")
+        _tear_down(w, mm, start, end, *r)
+        w.count("munmaps")
+    finally:
+        w.mm.mmap_lock(mm).up_read(w.cpu)
+
+
+def mmap_write_downgrade_plain(w: World, mm: int) -> None:
+    w.mm.mmap_lock(mm).downgrade_write(w.cpu)
 
 
 def pte_free_without_ipi(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
@@ -179,6 +202,7 @@ mmap_lock = VmaPolicy(
     munmap=munmap_locked,
     new_vma=new_vma_plain,
     write_unlock=mmap_write_unlock_plain,
+    write_downgrade=mmap_write_downgrade_plain,
     vma_free=vma_free_now,
 )
 

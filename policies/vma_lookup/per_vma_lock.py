@@ -117,6 +117,12 @@ def mmap_write_unlock(w: World, mm: int) -> None:
     w.mm.mmap_lock(mm).up_write(w.cpu)
 
 
+def mmap_write_downgrade(w: World, mm: int) -> None:
+    """mmap_write_downgrade(): vma_end_write_all() first, as mmap_write_unlock does."""
+    w.mem.fetch_add32(w.mm.mm_off(mm, "mm_lock_seq"), 1)
+    w.mm.mmap_lock(mm).downgrade_write(w.cpu)
+
+
 per_vma_lock = VmaPolicy(
     "per_vma_lock",
     doc="6.4+: lock_vma_under_rcu with vm_lock_seq vs mm_lock_seq, typesafe VMA slots, mmap_lock fallback",
@@ -128,6 +134,7 @@ per_vma_lock = VmaPolicy(
     new_vma=new_vma_locked,
     before_unmap=vma_start_write,
     write_unlock=mmap_write_unlock,
+    write_downgrade=mmap_write_downgrade,
     dup_lock_vma=vma_start_write,
     vma_free=vma_free_now,
     typesafe_vmas=True,

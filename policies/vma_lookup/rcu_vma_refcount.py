@@ -34,7 +34,7 @@ from policies.vma_lookup.common import (
     new_vma_plain,
     split_range,
 )
-from policies.vma_lookup.mmap_lock import mmap_locked, mmap_write_unlock_plain, vma_free_rcu
+from policies.vma_lookup.mmap_lock import mmap_locked, mmap_write_downgrade_plain, mmap_write_unlock_plain, vma_free_rcu
 from shm import wait_var_event, wake_up_var
 from shm.checks import SLAB_UAF
 
@@ -280,6 +280,7 @@ rcu_vma_refcount = RcuRefcountPolicy(
     munmap=munmap_rcu_refcount,
     new_vma=new_vma_plain,
     write_unlock=mmap_write_unlock_plain,
+    write_downgrade=mmap_write_downgrade_plain,
     dup_lock_vma=anon_vma_prepare_parent,
     vma_free=vma_free_rcu,
     put_base=vma_put_base,

@@ -23,6 +23,7 @@ from policies.vma_lookup.mmap_lock import (
     fault_mmap_lock,
     lookup_mmap_lock,
     mmap_locked,
+    mmap_write_downgrade_plain,
     mmap_write_unlock_plain,
     munmap_locked,
     release_mmap_lock,
@@ -90,6 +91,7 @@ speculative = VmaPolicy(
     new_vma=new_vma_plain,
     before_unmap=spf_before_unmap,
     write_unlock=mmap_write_unlock_plain,
+    write_downgrade=mmap_write_downgrade_plain,
     vma_free=spf_vma_free,
 )
 

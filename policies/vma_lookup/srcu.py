@@ -10,7 +10,13 @@ from policies.mm.checks import (
 )
 from policies.scenario import World, mutant
 from policies.vma_lookup.common import VmaPolicy, fault_generic, new_vma_plain
-from policies.vma_lookup.mmap_lock import mmap_locked, mmap_write_unlock_plain, munmap_locked, vma_free_now
+from policies.vma_lookup.mmap_lock import (
+    mmap_locked,
+    mmap_write_downgrade_plain,
+    mmap_write_unlock_plain,
+    munmap_locked,
+    vma_free_now,
+)
 from policies.vma_lookup.rcu_vma_refcount import anon_vma_prepare_parent
 from shm.checks import SLAB_UAF
 
@@ -76,6 +82,7 @@ srcu = VmaPolicy(
     new_vma=new_vma_plain,
     after_unpublish=synchronize_vma_srcu,
     write_unlock=mmap_write_unlock_plain,
+    write_downgrade=mmap_write_downgrade_plain,
     dup_lock_vma=anon_vma_prepare_parent,
     vma_free=vma_free_now,
 )

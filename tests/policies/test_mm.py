@@ -292,3 +292,26 @@ def test_an_ipi_skips_a_crashed_cpu():
     finally:
         m.unlink()
         m.close()
+
+
+def test_munmap_tears_down_under_mmap_lock_downgraded_to_read(world, monkeypatch):
+    """vms_complete_munmap_vmas: the VMAs are detached under the write lock, the zap and
+    free_pgtables run under the read lock, so another thread's fault can take it meanwhile."""
+    w = world
+    touch(w, 2)
+    other = Cpu(w.machine, 1)
+    lock = w.mm.mmap_lock(0)
+    seen = []
+    zap = w.mm.zap_page_range
+
+    def zap_and_look(cpu, mm, start, end, gather, **k):
+        got = lock.down_read_trylock(other)
+        seen.append((got, lock.is_write_locked()))
+        if got:
+            lock.up_read(other)
+        return zap(cpu, mm, start, end, gather, **k)
+
+    monkeypatch.setattr(w.mm, "zap_page_range", zap_and_look)
+    w.policy.munmap(w, 0, 0, 4)
+    assert seen == [(True, False)]
+    assert not lock.is_write_locked() and lock.readers() == [] and checks(w) == []
