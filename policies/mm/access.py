@@ -40,6 +40,14 @@ class Access(Tlb):
         cpu.insn_end()
         return True
 
+    def _unflushed_fork_write(self, cpu, mm: int, vpn: int) -> bool:
+        """A write to a page fork shares, through a writable translation taken before fork
+        write-protected the PTE: allowed while the fork runs, since dup_mmap flushes at its end
+        (and the flush waits for the instruction); what it can break, a COW copy taken
+        meanwhile, is checked as a lost write."""
+        return (bool(self.smem.load32(self.mm_off(mm, "forking")))
+                and not self.walk(cpu, mm, vpn, "MMU page walk", report=False) & PTE_WRITE)
+
     def _load_store(self, cpu, mm: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
         pool, pmem = self.pool, self.pmem
         ref = pte >> FLAG_BITS
@@ -69,7 +77,7 @@ class Access(Tlb):
                            mm=mm, vpn=vpn, tlb=describe_entry(pte), pte=describe_entry(cur))
                 return
         if write:
-            if pmem.load32(f + _MAPCOUNT) > 0 and not self.smem.load32(self.mm_off(mm, "forking")):
+            if pmem.load32(f + _MAPCOUNT) > 0 and not self._unflushed_fork_write(cpu, mm, vpn):
                 cpu.report(COW_WRITE_SHARED, f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
                            f"{pmem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
                            mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn))

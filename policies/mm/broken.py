@@ -106,6 +106,17 @@ class SpfWalksWithIrqsOn(MmModel):
         return self._spf_walk(cpu, vmf)
 
 
+class SkipsAnonVmaFork(MmModel):
+    """DELIBERATELY BROKEN: anon_vma_fork() leaves the child's VMA without the parent's anon_vma.
+
+    copy_page_range still shares the parent's anonymous pages with the child,
+    which rmap then cannot reach through the child's VMA.  Must trip
+    mm.fork-no-anon-vma."""
+
+    def anon_vma_fork(self, cpu, dst_vma: int, src_vma: int) -> None:
+        pass
+
+
 class FreesTablesPastNeighbours(MmModel):
     """DELIBERATELY BROKEN: free_pgtables() frees every table the unmapped range touches,
     ignoring floor and ceiling.
@@ -122,5 +133,5 @@ class FreesTablesPastNeighbours(MmModel):
 
 __all__ = [
     "DropsGatherBatch", "FreesTablesPastNeighbours", "IgnoresSpecialPtes", "KeepsPgtableBytes", "LeaksGupPin",
-    "LosesRssBatch", "ReusesSharedPage", "SkipsLastPte", "SpfWalksWithIrqsOn", "UnpinsTwice",
+    "LosesRssBatch", "ReusesSharedPage", "SkipsAnonVmaFork", "SkipsLastPte", "SpfWalksWithIrqsOn", "UnpinsTwice",
 ]

@@ -31,7 +31,16 @@ PTE_OUTSIDE_VMA = define_check(
     "a fault installs a PTE outside the VMA it holds, or through a VMA of another mm (a reused slot)")
 FORK_NO_ANON_VMA = define_check(
     "mm.fork-no-anon-vma", "invariant",
-    "fork copies an anon page into a child VMA without anon_vma: the parent's VMA changed under dup_mmap")
+    "fork copies an anon page into a child VMA without anon_vma: anon_vma_fork did not run, or the parent's "
+    "VMA changed under dup_mmap")
+ANON_VMA_UNLOCKED = define_check(
+    "mm.anon-vma-unlocked", "lock-misuse",
+    "anon_vma_prepare() without mmap_lock (mmap_assert_locked in __anon_vma_prepare): a fault that holds only "
+    "its VMA must fall back to mmap_lock for a VMA's first anonymous page")
+LOST_WRITE = define_check(
+    "mm.lost-write", "invariant",
+    "a write landed in a page after copy-on-write copied it: the writer's mm now maps the copy and the write "
+    "is lost (a writable TLB entry fork write-protected but did not flush yet)")
 FREE_MAPPED_TABLE = define_check(
     "mm.free-mapped-table", "invariant", "free_pgtables frees a page table that still maps a page")
 COW_WRITE_SHARED = define_check(

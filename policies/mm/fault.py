@@ -16,7 +16,7 @@ VMA, or for a VMA of another mm.
 
 from __future__ import annotations
 
-from policies.mm.checks import PTE_AFTER_ZAP, PTE_OUTSIDE_VMA
+from policies.mm.checks import LOST_WRITE, PTE_AFTER_ZAP, PTE_OUTSIDE_VMA
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, mk_pte
 from policies.mm.rmap import ANON_SITE, Rmap, stamp
 from policies.mm.vma import VM_ZAPPED, VMA
@@ -238,9 +238,16 @@ class Fault(Rmap):
         return ret
 
     def wp_page_copy(self, cpu, vmf: Vmf, old: int, orig: int, special: bool) -> int:
+        """wp_page_copy(): copy the page, then clear and flush the PTE and install the copy.
+
+        The copy is taken before the flush: a write through a writable TLB entry
+        that lands in between is lost to this mm (the race fork's
+        vma_start_write closes, fb49c455323f).  The page's write count against
+        what the copy carried shows it."""
         page, anon = self._new_anon_page(cpu, vmf)
         if page is None:
             return VM_FAULT_OOM
+        writes = 0
         if not special:
             writes = self.pool.read(cpu, old, 1, "wp_page_copy: copying the old page")
             self.pmem.store64(self.pool.data_off(page & PFN_MASK, 1), writes)
@@ -256,6 +263,11 @@ class Fault(Rmap):
             return VM_FAULT_OK
         self.pmem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
+        if not special and (now := self.pool.read(cpu, old, 1, "wp_page_copy: after the flush")) != writes:
+            cpu.report(LOST_WRITE, f"wp_page_copy: {now - writes} write(s) landed in page {old & PFN_MASK} after "
+                       f"it was copied for vpn {vmf.vpn} of mm {vmf.mm}: the mm now maps the copy, which lacks "
+                       "them (a writable TLB entry outlived the write-protect)", mm=vmf.mm, vpn=vmf.vpn,
+                       **self.pool.describe(old & PFN_MASK))
         self.page_add_anon_rmap(page, anon, vmf.vpn)
         self.pmem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
         if special:

@@ -13,7 +13,12 @@ from shm.pool import PFN_MASK
 
 
 class Fork(Rmap):
-    """copy_page_range and copy_pte_range."""
+    """anon_vma_fork, copy_page_range and copy_pte_range."""
+
+    def anon_vma_fork(self, cpu, dst_vma: int, src_vma: int) -> None:
+        """anon_vma_fork(): the child's VMA joins the parent's anon_vma, so rmap reaches the
+        pages the two share."""
+        self.smem.store32(self.vma_off(dst_vma, "anon_vma"), self.vma_field(cpu, src_vma, "anon_vma", "anon_vma_fork"))
 
     def copy_page_range(self, cpu, dst_mm: int, src_mm: int, dst_vma: int, start: int, end: int) -> bool:
         """copy_page_range(): share every present page with the child, write-protected in both."""

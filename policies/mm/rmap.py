@@ -8,7 +8,7 @@ The zero page is special: mapped by PTE_SPECIAL entries that count nothing.
 
 from __future__ import annotations
 
-from policies.mm.checks import RMAP_UNDERFLOW
+from policies.mm.checks import ANON_VMA_UNLOCKED, RMAP_UNDERFLOW
 from policies.mm.pgtable import FLAG_BITS, PTE_SPECIAL
 from policies.mm.tlb import Tlb
 from shm import alloc_site
@@ -61,11 +61,18 @@ class Rmap(Tlb):
         return 0 if pte & PTE_SPECIAL else pte >> FLAG_BITS
 
     def anon_vma_prepare(self, cpu, mm: int, vma: int) -> int:
-        """anon_vma_prepare(): the VMA's anon_vma, allocated under page_table_lock on first use."""
+        """anon_vma_prepare(): the VMA's anon_vma, allocated under page_table_lock on first use.
+
+        Allocating needs mmap_lock (__anon_vma_prepare: mmap_assert_locked):
+        find_mergeable_anon_vma reads the neighbouring VMAs, and fork reads
+        the anon_vma twice (anon_vma_fork, vma_needs_copy)."""
         off = self.vma_off(vma, "anon_vma")
         anon = self.smem.load32(off)
         if anon:
             return anon
+        if self.mmap_lock(mm).addr not in cpu.held:
+            cpu.report(ANON_VMA_UNLOCKED, f"anon_vma_prepare of VMA {self.vma_describe(vma)['vma']} in mm {mm} "
+                       "without mmap_lock: the fault holds only its VMA", mm=mm, **self.vma_describe(vma))
         lock = self.page_table_lock(mm)
         lock.lock(cpu)
         anon = self.smem.load32(off)

@@ -46,6 +46,7 @@ class VmaPolicy(Policy):
     remove_tables: Callable | None = None
     write_unlock: Callable[[World, int], None]
     write_downgrade: Callable[[World, int], None]
+    dup_begin: Callable[[World, int], None] | None = None
     dup_lock_vma: Callable[[World, int, int], None] | None = None
     vma_free: Callable[[Any, int], None]
     typesafe_vmas: bool = False
@@ -130,7 +131,3 @@ def handle_with(w: World, vmf: Vmf | None) -> int:
         return w.mm.handle_mm_fault(w.cpu, vmf)
     finally:
         policy.release(w, vmf)
-
-
-def fault_generic(w: World, mm: int, vpn: int, write: bool) -> int:
-    return handle_with(w, w.policy.lookup(w, mm, vpn, write))

@@ -23,6 +23,7 @@ from policies.mm.checks import (
     BAD_PGTABLE_BYTES,
     BAD_RSS,
     COW_WRITE_SHARED,
+    FORK_NO_ANON_VMA,
     FREE_MAPPED_TABLE,
     PTE_IN_NO_VMA,
     RMAP_UNDERFLOW,
@@ -33,6 +34,7 @@ from policies.scenario import World, mutant
 from policies.vma_lookup.common import (
     VmaPolicy,
     entries_around,
+    handle_with,
     new_vma_plain,
     split_range,
     unmap_region,
@@ -65,6 +67,22 @@ def fault_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> int:
         return w.mm.handle_mm_fault(cpu, Vmf(mm, vma, vpn, write, "mmap_lock")) if vma else VM_FAULT_SIGSEGV
     finally:
         lock.up_read(cpu)
+
+
+def fault_or_fall_back(w: World, mm: int, vpn: int, write: bool, vmf: Vmf | None) -> int:
+    """Handle the fault on the VMA the policy pinned, or release it and fault under mmap_lock
+    when the write fault would allocate the VMA's anon_vma (__anon_vma_prepare needs mmap_lock:
+    every lockless fault that landed falls back so, SPF and per-VMA locks, 657b5146955e), or
+    when the mm is forking (checked after the VMA was pinned: the fork waits for the faults
+    that pinned it before, as vma_start_write does, fb49c455323f)."""
+    if vmf is None:
+        return VM_FAULT_SIGSEGV
+    m = w.mm
+    if write and (not w.mem.load32(m.vma_off(vmf.vma, "anon_vma")) or w.mem.load32(m.mm_off(mm, "forking"))):
+        w.policy.release(w, vmf)
+        w.count("fallbacks")
+        return fault_mmap_lock(w, mm, vpn, write)
+    return handle_with(w, vmf)
 
 
 def vma_free_now(cpu, vma: int) -> None:
@@ -269,6 +287,10 @@ MUTANTS = (
            model=broken.DropsGatherBatch),
     mutant(mmap_lock, "vma_never_freed", SLAB_LEAK, "mm/vma.c remove_vma(): vm_area_free() of every VMA munmap "
            "took out", "a VMA munmap took out of the tree is never freed", "munmaps", vma_free=vma_free_forgotten),
+    mutant(mmap_lock, "fork_skips_anon_vma_fork", FORK_NO_ANON_VMA,
+           "mm/rmap.c anon_vma_fork(): the child's VMA is linked to the parent's anon_vma before its pages are "
+           "copied", "dup_mmap does not give the child's VMA the parent's anon_vma", "forks",
+           model=broken.SkipsAnonVmaFork),
     mutant(mmap_lock, "free_pgtables_past_neighbours", FREE_MAPPED_TABLE,
            "mm/memory.c free_pgd_range(): floor and ceiling keep the tables neighbouring VMAs use",
            "free_pgtables ignores floor and ceiling", "shared_tables_kept", model=broken.FreesTablesPastNeighbours),

@@ -8,7 +8,8 @@ from policies.mm import (
     Vmf,
 )
 from policies.mm.checks import (
-    FORK_NO_ANON_VMA,
+    ANON_VMA_UNLOCKED,
+    LOST_WRITE,
     PTE_OUTSIDE_VMA,
 )
 from policies.scenario import World, mutant
@@ -53,28 +54,33 @@ def vma_start_write(w: World, mm: int, vma: int) -> None:
     lock.up_write(w.cpu)
 
 
-def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True) -> int:
+def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True, anon_first: bool = False) -> int:
     """lock_vma_under_rcu(): the VMA read-locked, or 0 to fall back to mmap_lock.
 
     The VMA cache is SLAB_TYPESAFE_BY_RCU, so the object found may have been
     freed and reused by the time it is locked: check it is attached, of this
-    mm and covers the address (mm/memory.c, 6.15)."""
-    m, cpu, rcu = w.mm, w.cpu, w.rcu
+    mm and covers the address (mm/memory.c, 6.15).  A VMA without anon_vma
+    falls back too, checked under the lock (657b5146955e): a fault never
+    runs anon_vma_prepare under the VMA lock alone."""
+    m, cpu, rcu, mem = w.mm, w.cpu, w.rcu, w.mem
     rcu.read_lock(cpu)
     vma = m.find_vma(cpu, mm, vpn)
     if not vma:
         rcu.read_unlock(cpu)
         return 0
+    if anon_first and not mem.load32(m.vma_off(vma, "anon_vma")):
+        rcu.read_unlock(cpu)
+        w.count("vma_no_anon")
+        return 0
     cpu.window("lock_vma_under_rcu:found")
     if not vma_start_read(w, mm, vma):
         rcu.read_unlock(cpu)
         w.count("vma_lock_busy")
-        if w.mem.load32(m.mm_off(mm, "forking")):
+        if mem.load32(m.mm_off(mm, "forking")):
             w.count("fork_locked_vma")
         return 0
     vma = m.vma_cache.ref(vma & SLOT_MASK)
     if check:
-        mem = w.mem
         bad = (mem.load32(m.vma_off(vma, "vm_flags")) & VM_DETACHED
                or mem.load32(m.vma_off(vma, "vm_mm")) != m.mm_id(mm)
                or not mem.load32(m.vma_off(vma, "vm_start")) <= vpn < mem.load32(m.vma_off(vma, "vm_end")))
@@ -83,12 +89,17 @@ def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True) -> int:
             rcu.read_unlock(cpu)
             w.count("vma_lock_miss")
             return 0
+    if not anon_first and not mem.load32(m.vma_off(vma, "anon_vma")):
+        m.vma_lock(vma).up_read(cpu)
+        rcu.read_unlock(cpu)
+        w.count("vma_no_anon")
+        return 0
     rcu.read_unlock(cpu)
     return vma
 
 
-def _per_vma_fault(w: World, mm: int, vpn: int, write: bool, check: bool) -> int:
-    vma = lock_vma_under_rcu(w, mm, vpn, check)
+def _per_vma_fault(w: World, mm: int, vpn: int, write: bool, check: bool = True, anon_first: bool = False) -> int:
+    vma = lock_vma_under_rcu(w, mm, vpn, check, anon_first)
     if vma:
         cpu = w.cpu
         cpu.window("fault:holding-vma-lock")
@@ -128,7 +139,7 @@ per_vma_lock = VmaPolicy(
     doc="6.4+: lock_vma_under_rcu with vm_lock_seq vs mm_lock_seq, typesafe VMA slots, mmap_lock fallback",
     lookup=lookup_mmap_lock,
     release=release_mmap_lock,
-    fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, True),
+    fault=_per_vma_fault,
     mmap=mmap_locked,
     munmap=munmap_locked,
     new_vma=new_vma_locked,
@@ -143,12 +154,16 @@ per_vma_lock = VmaPolicy(
 
 
 MUTANTS = (
-    mutant(per_vma_lock, "fork_without_vma_start_write", FORK_NO_ANON_VMA,
+    mutant(per_vma_lock, "fork_without_vma_start_write", LOST_WRITE,
            "fb49c455323f 'fork: lock VMAs of the parent process when forking' (the per-VMA lock's fork race)",
            "dup_mmap does not vma_start_write the parent's VMAs while faults run under the VMA lock",
            "fork_locked_vma", dup_lock_vma=None),
     mutant(per_vma_lock, "typesafe_no_recheck", PTE_OUTSIDE_VMA,
            "mm/memory.c lock_vma_under_rcu (SLAB_TYPESAFE_BY_RCU): check vm_mm and the range after locking",
            "a reused VMA slot is used without checking vm_mm and the range after taking the lock",
-           "vma_lock_miss", fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, False)),
+           "vma_lock_miss", fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, check=False)),
+    mutant(per_vma_lock, "anon_vma_checked_before_lock", ANON_VMA_UNLOCKED,
+           "657b5146955e 'mm: lock_vma_under_rcu() must check vma->anon_vma under vma lock'",
+           "lock_vma_under_rcu checks anon_vma before taking the VMA lock: the slot may be reused by then",
+           "vma_no_anon", fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, anon_first=True)),
 )

@@ -30,11 +30,16 @@ from policies.vma_lookup.common import (
     GIANT,
     VmaPolicy,
     entries_around,
-    handle_with,
     new_vma_plain,
     split_range,
 )
-from policies.vma_lookup.mmap_lock import mmap_locked, mmap_write_downgrade_plain, mmap_write_unlock_plain, vma_free_rcu
+from policies.vma_lookup.mmap_lock import (
+    fault_or_fall_back,
+    mmap_locked,
+    mmap_write_downgrade_plain,
+    mmap_write_unlock_plain,
+    vma_free_rcu,
+)
 from shm import wait_var_event, wake_up_var
 from shm.checks import SLAB_UAF
 
@@ -117,7 +122,7 @@ def release_rcu_refcount(w: World, vmf: Vmf) -> None:
 
 def fault_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> int:
     vmf = rcu_refcount_lookup(w, mm, vpn, write, map_pages=True)
-    return vmf if isinstance(vmf, int) else handle_with(w, vmf)
+    return vmf if isinstance(vmf, int) else fault_or_fall_back(w, mm, vpn, write, vmf)
 
 
 def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserve: bool,
@@ -255,11 +260,21 @@ def munmap_rcu_refcount(w: World, mm: int, start: int, end: int) -> None:
     _rcu_write_side(w, mm, start, end, False, w.policy.reserve, w.policy.baby)
 
 
-def anon_vma_prepare_parent(w: World, mm: int, vma: int) -> None:
-    """fork: give the parent's VMA its anon_vma before copying, so that anon_vma_fork and
-    vma_needs_copy read the same value although faults do not take mmap_lock (the thread
-    does not discuss fork; this is the model's choice for the RCU and SRCU proposals)."""
-    w.mm.anon_vma_prepare(w.cpu, mm, vma)
+def vma_wait_refs(w: World, mm: int, vma: int) -> None:
+    """fork: wait until no fault holds the parent's VMA but the index's own reference.
+
+    A fault checks mm->forking after taking its reference and then falls back
+    to mmap_lock, which fork holds; so once this returns, no fault runs on
+    the VMA until the fork is done (what vma_start_write gives per-VMA locks,
+    fb49c455323f; the thread does not discuss fork: the model's choice)."""
+    m, cpu = w.mm, w.cpu
+    off = m.vma_off(vma, "vm_refcnt")
+    attempt = 0
+    while (v := w.mem.load32(off)) > 1:
+        if attempt == 0:
+            w.count("refcount_waits")
+        cpu.sched.spin(cpu, attempt, w.mem, off, v)
+        attempt += 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,9 +294,9 @@ rcu_vma_refcount = RcuRefcountPolicy(
     mmap=mmap_rcu_refcount,
     munmap=munmap_rcu_refcount,
     new_vma=new_vma_plain,
+    dup_lock_vma=vma_wait_refs,
     write_unlock=mmap_write_unlock_plain,
     write_downgrade=mmap_write_downgrade_plain,
-    dup_lock_vma=anon_vma_prepare_parent,
     vma_free=vma_free_rcu,
     put_base=vma_put_base,
     single_threaded=single_threaded_mm_users,

@@ -26,9 +26,9 @@ class VmaLookup(Scenario):
     name = "vma_lookup"
     doc = "splitting the mmap_sem: faults find and pin VMAs while mmap/munmap/fork change them"
     counters = ("accesses", "faults", "sigsegv", "retries", "fallbacks", "spf", "spf_bail", "vma_locked",
-                "vma_lock_busy", "fork_locked_vma", "vma_lock_miss", "map_pages", "mmaps", "munmaps", "madvises",
-                "forks", "exits", "gups", "gup_fast", "remote", "nomm", "enomem", "oom", "munmap_gps", "remote_gp",
-                "baby_waits", "refcount_waits", "srcu_waits", *MmModel.COUNTERS)
+                "vma_lock_busy", "fork_locked_vma", "vma_lock_miss", "vma_no_anon", "map_pages", "mmaps", "munmaps",
+                "madvises", "forks", "exits", "gups", "gup_fast", "remote", "nomm", "enomem", "oom", "munmap_gps",
+                "fork_gps", "remote_gp", "baby_waits", "refcount_waits", "srcu_waits", *MmModel.COUNTERS)
 
     def __init__(self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = (),
                  name: str = "vma_lookup"):
@@ -104,9 +104,12 @@ def _repeat(ops: list, n: int) -> list:
 # Per mutant, a program in which its race is reachable (tasks 0 and 1 are threads of mm 0;
 # task 2 is the first forked child).  The setup maps [0, 16) and [32, 72).
 _UNMAP_REMAP = _repeat([["munmap", 1, 0, 11], ["mmap", 1, 0, 11, 1]], 6)
+# Write faults over several pages: a fresh VMA's first one takes mmap_lock (it allocates the
+# anon_vma), the next ones take the policy's lockless path.
+_WRITES = [["access", 0, 4 + i % 6, 1] for i in range(12)]
 LITMUS = {
-    "munmap_no_refcount_wait": [_repeat([["access", 0, 4, 1]], 8), _UNMAP_REMAP],
-    "fault_without_srcu": [_repeat([["access", 0, 4, 1]], 8), _UNMAP_REMAP],
+    "munmap_no_refcount_wait": [_WRITES, _UNMAP_REMAP],
+    "fault_without_srcu": [_WRITES, _UNMAP_REMAP],
     "no_revalidate": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
     "spf_walk_irqs_on": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
     "free_pgtables_no_ipi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
@@ -117,10 +120,15 @@ LITMUS = {
     "reuse_before_flush": [
         _repeat([["access", 0, 4, 1], ["mmap", 0, 0, 11, 1], ["gup", 0, 4, 0], ["access", 0, 4, 0]], 3),
         _UNMAP_REMAP],
-    "fork_without_vma_start_write": [_repeat([["fork", 0], ["exit", 2]], 6),
-                                     _repeat([["mmap", 1, 0, 15, 1], ["access", 1, 5, 1]], 6)],
+    # cpu 0 keeps a writable TLB entry for vpn 5; cpu 2 evicts its own (vpn 37 shares the slot)
+    # and write-faults vpn 5 while cpu 1 forks.
+    "fork_without_vma_start_write": [_repeat([["access", 0, 5, 1]], 24), _repeat([["fork", 1], ["exit", 2]], 6),
+                                     _repeat([["access", 0, 37, 0], ["access", 0, 5, 1]], 12)],
+    "anon_vma_checked_before_lock": [
+        _WRITES,
+        _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3)],
     "typesafe_no_recheck": [
-        _repeat([["access", 0, 4, 1]], 8),
+        _WRITES,
         _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3)],
     # Two of the model's mutants show another way too in generated programs (a PTE to a freed page is
     # also a mapped page below its mappings at the sweep; a PTE left behind is also a table freed under
@@ -277,10 +285,13 @@ def op_fork(w: World, task: int) -> None:
 def dup_mmap(w: World, oldmm: int) -> int:
     """dup_mmap(): copy every VMA and share its pages write-protected, under mmap_lock for write.
 
-    anon_vma_fork reads the parent's anon_vma, and copy_page_range reads it
-    again (vma_needs_copy); a fault that sets it in between is what
-    vma_start_write on the parent's VMAs prevents (fb49c455323f, "fork:
-    lock VMAs of the parent process when forking")."""
+    No fault may run on the parent's VMAs while they are copied: copy_pte_range
+    write-protects the parent's PTEs but flushes only at the end, so a write
+    fault meanwhile copies a page that another thread still writes through
+    its stale TLB entry, and the write is lost (fb49c455323f, "fork: lock
+    VMAs of the parent process when forking").  mmap_lock for write keeps
+    out the faults that take it; the policy's dup_begin and dup_lock_vma
+    keep out its own."""
     m, cpu, policy = w.mm, w.cpu, w.policy
     new = m.mm_alloc(cpu)
     if new < 0:
@@ -291,6 +302,8 @@ def dup_mmap(w: World, oldmm: int) -> int:
     entries: list[tuple[int, int, int]] = []
     ok = True
     try:
+        if policy.dup_begin is not None:
+            policy.dup_begin(w, oldmm)
         for s, e, v in m.index_entries(oldmm):
             if v == RESERVED:
                 continue
@@ -300,7 +313,7 @@ def dup_mmap(w: World, oldmm: int) -> int:
             if nv is None:
                 ok = False
                 break
-            w.mem.store32(m.vma_off(nv, "anon_vma"), m.vma_field(cpu, v, "anon_vma", "anon_vma_fork"))
+            m.anon_vma_fork(cpu, nv, v)
             entries.append((s, e, nv))
             cpu.window("dup_mmap:after-anon_vma_fork")
             if m.vma_field(cpu, v, "anon_vma", "vma_needs_copy") and not m.copy_page_range(cpu, new, oldmm, nv, s, e):

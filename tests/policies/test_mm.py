@@ -214,6 +214,7 @@ def test_fork_copying_an_anon_page_into_a_vma_without_anon_vma_is_an_invariant(w
 
 def test_installing_a_pte_for_a_zapped_vma_is_an_invariant(world):
     w = world
+    touch(w, 0)
     vma = w.mm.find_vma(w.cpu, 0, 3)
     w.mm.vma_mark_zapped(vma, 0, 4)
     w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 3, True))
@@ -226,10 +227,25 @@ def test_a_pte_in_the_part_of_a_zapped_vma_a_split_kept_is_not_a_finding(world):
     split kept: the zap never took that table's ptl, and the PTE is in a live VMA
     (found free-running on 4 CPUs; the check was wrong, not the design)."""
     w = world
+    touch(w, 0)
     vma = w.mm.find_vma(w.cpu, 0, 8)
     w.mm.vma_mark_zapped(vma, 0, 4)
     w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 8, True))
     assert checks(w) == []
+
+
+def test_a_first_anonymous_page_needs_mmap_lock(world):
+    """__anon_vma_prepare asserts mmap_lock: a fault holding only its VMA must fall back."""
+    w = world
+    vma = w.mm.find_vma(w.cpu, 0, 3)
+    lock = w.mm.mmap_lock(0)
+    lock.down_read(w.cpu)
+    w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 3, True))
+    lock.up_read(w.cpu)
+    assert checks(w) == []
+    other = w.mm.find_vma(w.cpu, 0, 40)
+    w.mm.handle_mm_fault(w.cpu, Vmf(0, other, 40, True))
+    assert checks(w) == ["mm.anon-vma-unlocked"]
 
 
 def test_freeing_a_table_that_still_maps_a_page_is_an_invariant(world):
