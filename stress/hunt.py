@@ -96,6 +96,14 @@ def ops_for(name: str, ops: int | None) -> int:
     return ops or (SWARM_OPS if name == "swarm" else OPS)
 
 
+def cpus_for(name: str, n: int, cpus: int) -> int:
+    """CPUs of the n-th seed of a hunt: `cpus`, or for a swarm configuration one more on every
+    other seed.  Swarm varies what a run is made of, and the number of threads is part of it:
+    some races need three (a fork write-protects a page while one thread still writes it
+    through its TLB and another write-faults on it)."""
+    return cpus + n % 2 if name == "swarm" else cpus
+
+
 def reproduce_command(scenario: str, policy: str, seed: int, scheduler: str, cpus: int, ops: int, depth: int,
                       k: int, litmus: bool, policy_modules=(), programs: str = "uniform") -> str:
     """The `mmtorture run` that makes the same run again (same program, same schedule)."""
@@ -141,9 +149,10 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
             n -= 1
             break
         name, scheduler, gen = plan(strategy, seed - first_seed)
+        ncpus = cpus if program else cpus_for(name, seed - first_seed, cpus)
         cmd = None
         if name == "pmc":
-            r = _pmc_seed(scenario, policy, seed, cpus, policy_modules, accept)
+            r = _pmc_seed(scenario, policy, seed, ncpus, policy_modules, accept)
         else:
             knobs: dict = {"scheduler": scheduler, "programs": gen}
             if scheduler == "free":
@@ -152,13 +161,13 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
             else:
                 knobs.update(ops=0 if program else ops_for(name, ops), pct_depth=depth, pct_steps=k)
             used_k = k
-            r = stop_if_interrupted(run(scenario, policy, cpus=cpus, seed=seed, progress="off",
+            r = stop_if_interrupted(run(scenario, policy, cpus=ncpus, seed=seed, progress="off",
                                         policy_modules=policy_modules, program=program, **knobs))
             s = r.report.get("schedule") or {}
             steps = int(s.get("steps", 0))
             if scheduler == "pct":
                 k = k or max(int(s.get("accesses", 0)), 1)
-            cmd = reproduce_command(scenario, policy, seed, scheduler, cpus, ops_for(name, ops), depth,
+            cmd = reproduce_command(scenario, policy, seed, scheduler, ncpus, ops_for(name, ops), depth,
                                     int(s.get("k", used_k)), bool(program), r.report.get("policy_modules", []), gen)
         row = HuntRow(scenario, policy, list(expect), None, n, seed, steps, 0.0, scheduler, kind, strategy=name,
                       others=others, run_report=r.report)

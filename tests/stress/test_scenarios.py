@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from policies import scenarios
-from stress.hunt import ops_for, plan
+from stress.hunt import cpus_for, ops_for, plan
 from stress.replay import mismatch, replay
 from stress.report import evidence
 from stress.runner import run
@@ -84,7 +84,8 @@ def test_correct_twin_survives_the_mutants_search_and_reaches_its_race(hunted, s
     k = 0
     for seed in range(max(row.seeds, TWIN_SEEDS)):
         name, scheduler, programs = ("", "random", "uniform") if litmus else plan("mix", seed)
-        r = run(scenario, p.twin, cpus=len(litmus) if litmus else 2, ops=0 if litmus else ops_for(name, None),
+        r = run(scenario, p.twin, cpus=len(litmus) if litmus else cpus_for(name, seed, 2),
+                ops=0 if litmus else ops_for(name, None),
                 seed=seed, scheduler=scheduler, programs=programs, pct_steps=k if scheduler == "pct" else 0,
                 program=litmus, progress="off")
         assert r.findings == [], (seed, [f.format() for f in r.findings])
