@@ -18,6 +18,7 @@ from shm.layout import Region
 _REGISTRY: dict[str, Scenario] = {}
 _BUILTIN = (
     "policies.primitives.locks",
+    "policies.primitives.rwsem",
     "policies.primitives.refcount",
     "policies.primitives.pipe",
     "policies.primitives.seqcount",

@@ -21,10 +21,9 @@ import numpy as np
 
 from policies import register
 from policies.scenario import Arg, Operation, Policy, Region, Scenario, World, mutant
-from shm import MUTEX, RWSEM, SPINLOCK, Cpu, Mutex, Rwsem, Spinlock
+from shm import MUTEX, SPINLOCK, Cpu, Mutex, Spinlock
 from shm.checks import LOCK_BAD_UNLOCK, LOCK_DEADLOCK_CYCLE, LOCK_HELD_AT_RETURN, LOCK_RECURSIVE, define_check
 from shm.events import EV, SEQ_MASK, TRACE_MASK
-from shm.locks import RWSEM_LOCKED
 
 NLOCKS = 4
 ERROR_PATH = 4
@@ -102,7 +101,7 @@ def count_outside_the_lock_on_error(w: World, i: int) -> None:
     them is lost, which the sweep finds (locktorture.lost-update); no holder
     ever overlaps another inside the section, so the online check is silent."""
     w.policy.unlock(w.locks[i], w.cpu)
-    _add(w, i)
+    add_guarded(w, i)
 
 
 def unlock_twice_on_error(w: World, i: int) -> None:
@@ -122,15 +121,7 @@ class LockPolicy(Policy):
     error_exit: Callable[[World, int], None] = unlock_on_error
 
 
-@dataclass(frozen=True, kw_only=True)
-class RwsemPolicy(Policy):
-    down_read: Callable[[Rwsem, Cpu], None]
-    up_read: Callable[[Rwsem, Cpu], None]
-    down_write: Callable[[Rwsem, Cpu], None]
-    up_write: Callable[[Rwsem, Cpu], None]
-
-
-def _mark_acquired(cpu: Cpu, lock) -> None:
+def mark_acquired(cpu: Cpu, lock) -> None:
     cpu.held.append(lock.addr)
     s = cpu._tseq
     cpu._tseq = s + 1
@@ -154,41 +145,10 @@ def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:
     mem.store32(off, cpu.me)
     cpu.preempt_count += 1
     cpu.rcu_reader_enter()
-    _mark_acquired(cpu, lock)
+    mark_acquired(cpu, lock)
 
 
-def up_read_twice(sem: Rwsem, cpu: Cpu) -> None:
-    """DELIBERATELY BROKEN: the read side is released twice (an error path and the common exit).
-
-    Must trip lock.bad-unlock (the second up_read is of a lock this CPU does not hold)."""
-    sem.up_read(cpu)
-    sem.up_read(cpu)
-
-
-def busted_down_write(sem: Rwsem, cpu: Cpu) -> None:
-    """DELIBERATELY BROKEN: the writer sets the writer bit but does not wait for readers.
-
-    New readers are held off, the ones already inside carry on and see a
-    half-done update.  Must trip locktorture.exclusion."""
-    cpu.might_sleep("down_write")
-    mem, off = sem.mem, sem.off
-    attempt = 0
-    while True:
-        c = mem.load32(off)
-        if not c & RWSEM_LOCKED:
-            seen = mem.cmpxchg32(off, c, c | RWSEM_LOCKED)
-            if seen == c:
-                break
-            if not seen & RWSEM_LOCKED:
-                continue
-            c = seen
-        cpu.sched.spin(cpu, attempt, mem, off, c)
-        attempt += 1
-    mem.store32(off + 4, cpu.me)
-    _mark_acquired(cpu, sem)
-
-
-def _enter(w: World, i: int) -> None:
+def enter_critical(w: World, i: int) -> None:
     prev = w.mem.xchg32(w.holder_off[i], w.cpu.me)
     if prev:
         w.cpu.report(
@@ -200,7 +160,7 @@ def _enter(w: World, i: int) -> None:
         )
 
 
-def _leave(w: World, i: int) -> None:
+def leave_critical(w: World, i: int) -> None:
     prev = w.mem.cmpxchg32(w.holder_off[i], w.cpu.me, 0)
     if prev != w.cpu.me:
         w.cpu.report(
@@ -212,7 +172,7 @@ def _leave(w: World, i: int) -> None:
         w.mem.store32(w.holder_off[i], 0)
 
 
-def _add(w: World, i: int) -> None:
+def add_guarded(w: World, i: int) -> None:
     mem = w.mem
     v = mem.load64(w.counter_off[i])
     w.cpu.window("counter:load-then-store")
@@ -221,7 +181,7 @@ def _add(w: World, i: int) -> None:
     mem.store64(w.mine_off[i], w.mine[i])
 
 
-class _GuardedCounters(Scenario):
+class GuardedCounters(Scenario):
     """Shared state and checks of the lock scenarios."""
 
     lock_dtype: np.dtype = SPINLOCK
@@ -257,7 +217,7 @@ class _GuardedCounters(Scenario):
             )
 
 
-class ExclusiveLockScenario(_GuardedCounters):
+class ExclusiveLockScenario(GuardedCounters):
     counters = ("same_lock", "error_exits")
 
     def operations(self, policy: LockPolicy) -> tuple[Operation, ...]:
@@ -271,18 +231,18 @@ class ExclusiveLockScenario(_GuardedCounters):
                 w.count("error_exits")
                 error_exit(w, i)
                 return
-            _enter(w, i)
-            _add(w, i)
-            _leave(w, i)
+            enter_critical(w, i)
+            add_guarded(w, i)
+            leave_critical(w, i)
             unlock(L, w.cpu)
 
         def increment_pair(w: World, i: int, j: int, flip: int) -> None:
             first, second = order(flip, i, j)
             take_both(w, first, second)
             for k in dict.fromkeys((first, second)):
-                _enter(w, k)
-                _add(w, k)
-                _leave(w, k)
+                enter_critical(w, k)
+                add_guarded(w, k)
+                leave_critical(w, k)
             if second != first:
                 unlock(w.locks[second], w.cpu)
             unlock(w.locks[first], w.cpu)
@@ -361,84 +321,7 @@ MutexScenario.policies = (
 )
 
 
-class RwsemScenario(_GuardedCounters):
-    name = "rwsem"
-    doc = "rw_semaphore: readers see a and b equal, writers exclusive (locktorture rwsem_lock)"
-    lock_dtype = RWSEM
-    handle = Rwsem
-
-    def operations(self, policy: RwsemPolicy) -> tuple[Operation, ...]:
-        down_read, up_read = policy.down_read, policy.up_read
-        down_write, up_write = policy.down_write, policy.up_write
-
-        def read(w: World, i: int) -> None:
-            L = w.locks[i]
-            mem, cpu = w.mem, w.cpu
-            down_read(L, cpu)
-            mem.fetch_add32(w.readers_off[i], 1)
-            writer = mem.load32(w.holder_off[i])
-            a = mem.load64(w.a_off[i])
-            cpu.window("read:between-a-and-b")
-            b = mem.load64(w.b_off[i])
-            if writer or a != b:
-                cpu.report(
-                    EXCLUSION,
-                    f"reader of {L.name()} overlapped a writer"
-                    + (f" (cpu {writer - 1} inside)" if writer else "")
-                    + (f": saw a={a} b={b}" if a != b else ""),
-                    lock=L.name(),
-                )
-            mem.fetch_sub32(w.readers_off[i], 1)
-            up_read(L, cpu)
-
-        def write(w: World, i: int) -> None:
-            L = w.locks[i]
-            mem, cpu = w.mem, w.cpu
-            down_write(L, cpu)
-            _enter(w, i)
-            readers = mem.load32(w.readers_off[i])
-            if readers:
-                cpu.report(EXCLUSION, f"writer of {L.name()} inside with {readers} readers inside",
-                           lock=L.name())
-            mem.store64(w.a_off[i], mem.load64(w.a_off[i]) + 1)
-            cpu.window("write:between-a-and-b")
-            mem.store64(w.b_off[i], mem.load64(w.b_off[i]) + 1)
-            _add(w, i)
-            _leave(w, i)
-            up_write(L, cpu)
-
-        which = Arg("lock", NLOCKS)
-        return (Operation("read", 6, read, (which,)), Operation("write", 3, write, (which,)))
-
-    def sweep(self, w: World) -> None:
-        super().sweep(w)
-        g = w.view("guarded")
-        for i in np.flatnonzero((g["a"] != g["b"]) | (g["a"] != g["counter"])):
-            w.cpu.report(LOST_UPDATE, f"rwsem record {i} inconsistent at the end: a={int(g['a'][i])} "
-                         f"b={int(g['b'][i])} counter={int(g['counter'][i])}")
-
-
-rwsem_lock = RwsemPolicy(
-    "rwsem_lock",
-    doc="shm's rw_semaphore: reader count, writer bit, waiting-writer bit, futex sleep",
-    down_read=Rwsem.down_read,
-    up_read=Rwsem.up_read,
-    down_write=Rwsem.down_write,
-    up_write=Rwsem.up_write,
-)
-RwsemScenario.policies = (
-    rwsem_lock,
-    # DELIBERATELY BROKEN below.
-    mutant(rwsem_lock, "busted", EXCLUSION,
-           f"{LOCKTORTURE}: a writer that does not wait for the readers to drain",
-           "down_write sets the writer bit without waiting for readers", "lock_waits",
-           down_write=busted_down_write),
-    mutant(rwsem_lock, "up_read_twice", LOCK_BAD_UNLOCK,
-           "kernel/locking/rwsem.c: DEBUG_RWSEMS_WARN_ON on an up_read the reader does not hold",
-           "a reader's error path releases its read lock twice", "op:read", up_read=up_read_twice),
-)
-
-for _s in (SpinlockScenario(), MutexScenario(), RwsemScenario()):
+for _s in (SpinlockScenario(), MutexScenario()):
     register(_s)
 
-__all__ = ["LockPolicy", "RwsemPolicy", "busted_down_write", "busted_spin_lock"]
+__all__ = ["LockPolicy", "busted_spin_lock"]
