@@ -37,6 +37,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check shm policies stress tests docs
+	$(BIN)/ruff format --check shm policies stress tests docs
 
 # The static checks CI runs before the tests: lint, types, and the layering contract.
 check: lint

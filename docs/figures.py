@@ -49,28 +49,37 @@ def primitives(doc: dict) -> str:
             rows.append(f"| {label} | {_n(res[key], 'x')} | {'' if t is None else f'>= {t:g}x'} | {verdict} |")
         else:
             rows.append(f"| {label} | {_n(res[key])} | {'' if t is None else f'< {t:g}'} | {verdict} |")
-    return "\n".join(rows) + (f"\n\nPython {doc['python']}, best of {doc['repeats']} repeats of "
-                              f"{doc['iterations']:,} iterations.")
+    return "\n".join(rows) + (
+        f"\n\nPython {doc['python']}, best of {doc['repeats']} repeats of {doc['iterations']:,} iterations."
+    )
 
 
 def scheduler(doc: dict) -> str:
     res = doc["results"]
-    rows = ["| measure | per second | target | |", "|---|---:|---|---|",
-            f"| bare futex ping-pong between two Python processes (switches) | {res['pingpong_switches_per_s']:,} "
-            "| | |"]
+    rows = [
+        "| measure | per second | target | |",
+        "|---|---:|---|---|",
+        f"| bare futex ping-pong between two Python processes (switches) | {res['pingpong_switches_per_s']:,} | | |",
+    ]
     for cpus in (2, 4):
         key = f"controlled_switches_per_s_{cpus}cpu"
         t = doc["targets"].get(key)
         met = "" if key not in doc["met"] else "met" if doc["met"][key] else "MISSED"
-        rows.append(f"| controlled switches, {cpus} CPUs | {res[key]:,} | {'' if t is None else f'>= {t:,.0f}'} "
-                    f"| {met} |")
+        rows.append(
+            f"| controlled switches, {cpus} CPUs | {res[key]:,} | {'' if t is None else f'>= {t:,.0f}'} | {met} |"
+        )
     rows.append(f"| controlled scheduling decisions, 2 CPUs | {res['controlled_decisions_per_s_2cpu']:,} | | |")
-    rows += ["", "| scenario/policy (2 CPUs) | free | random | pct | no preemption | armed |",
-             "|---|---:|---:|---:|---:|---:|"]
+    rows += [
+        "",
+        "| scenario/policy (2 CPUs) | free | random | pct | no preemption | armed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, row in res["scenarios"].items():
         np_ = row["no_preemption"]
-        rows.append(f"| {name} | {row['free_ops_per_s']:,} | {row['random_ops_per_s']:,} "
-                    f"| {row['pct_ops_per_s']:,} | {np_['points_at_calls']:,} | {np_['ratio']:.2f}x |")
+        rows.append(
+            f"| {name} | {row['free_ops_per_s']:,} | {row['random_ops_per_s']:,} "
+            f"| {row['pct_ops_per_s']:,} | {np_['points_at_calls']:,} | {np_['ratio']:.2f}x |"
+        )
     cost_met, armed_met = doc["met"]["ratio_to_pingpong"], doc["met"]["no_preemption_ratio"]
     return "\n".join(rows) + (
         f"\n\nOperations per second. *No preemption*: one program under the controlled scheduler with "
@@ -79,7 +88,8 @@ def scheduler(doc: dict) -> str:
         f"(geometric mean; the slowest {doc['no_preemption_slowest']:.2f}x; target >= "
         f"{doc['targets']['no_preemption_ratio']}: {'met' if armed_met else 'MISSED'}). The controlled scheduler costs "
         f"{doc['ratio_to_pingpong']:.2f}x a bare ping-pong per switch (target <= 1.0: "
-        f"{'met' if cost_met else 'MISSED'}).")
+        f"{'met' if cost_met else 'MISSED'})."
+    )
 
 
 def vma(doc: dict) -> str:

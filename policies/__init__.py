@@ -82,8 +82,10 @@ def get_scenario(name: str) -> Scenario:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise LookupError(f"unknown scenario {name!r} (known: {known}; a scenario of your own is loaded "
-                          f"with --policy-module FILE.py or {POLICY_MODULE_ENV})") from None
+        raise LookupError(
+            f"unknown scenario {name!r} (known: {known}; a scenario of your own is loaded "
+            f"with --policy-module FILE.py or {POLICY_MODULE_ENV})"
+        ) from None
 
 
 def env_modules() -> list[str]:
@@ -122,7 +124,22 @@ def load_module(spec: str) -> None:
 
 
 __all__ = [
-    "POLICY_MODULE_ENV", "Arg", "Check", "Needs", "Operation", "Policy", "Region", "Scenario", "World",
-    "define_check", "env_modules", "get_scenario", "load_module", "module_spec", "mutant", "register",
-    "scenario_module", "scenarios",
+    "POLICY_MODULE_ENV",
+    "Arg",
+    "Check",
+    "Needs",
+    "Operation",
+    "Policy",
+    "Region",
+    "Scenario",
+    "World",
+    "define_check",
+    "env_modules",
+    "get_scenario",
+    "load_module",
+    "module_spec",
+    "mutant",
+    "register",
+    "scenario_module",
+    "scenarios",
 ]

@@ -71,6 +71,7 @@ class Policy:
         return tuple(get_check(c) for c in self.expect)
 
     if TYPE_CHECKING:
+
         def __getattr__(self, name: str) -> Any:
             """A scenario's policy class declares its operations as fields (w.policy.lookup...)."""
 
@@ -78,12 +79,22 @@ class Policy:
 P = TypeVar("P", bound=Policy)
 
 
-def mutant(correct: P, name: str, expect: tuple[Check, ...] | Check, source: str, doc: str,
-           witness: str, **ops: Any) -> P:
+def mutant(
+    correct: P, name: str, expect: tuple[Check, ...] | Check, source: str, doc: str, witness: str, **ops: Any
+) -> P:
     """A deliberately broken twin of `correct`, differing only in `ops`."""
     checks = (expect,) if isinstance(expect, Check) else expect
-    return dataclasses.replace(correct, name=name, mutant=True, expect=tuple(c.id for c in checks),
-                               source=source, doc=doc, twin=correct.name, witness=witness, **ops)
+    return dataclasses.replace(
+        correct,
+        name=name,
+        mutant=True,
+        expect=tuple(c.id for c in checks),
+        source=source,
+        doc=doc,
+        twin=correct.name,
+        witness=witness,
+        **ops,
+    )
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,7 @@ class World:
     counts: list[int] = field(default_factory=list)
 
     if TYPE_CHECKING:
+
         def __getattr__(self, name: str) -> Any:
             """A scenario attaches its per-process handles in attach() (w.mm, w.locks...)."""
 

@@ -43,7 +43,6 @@ def irqs_off(word: int) -> bool:
     return bool(word & IRQS_OFF) and not word & INSN
 
 
-
 class Cpu:
     def __init__(
         self,
@@ -225,8 +224,7 @@ class Cpu:
             attempt += 1
             v = mem.load32(off)
 
-    def smp_call_function_many(self, targets: Iterable[int], func: Callable[[int, Any], None],
-                               arg: Any = None) -> None:
+    def smp_call_function_many(self, targets: Iterable[int], func: Callable[[int, Any], None], arg: Any = None) -> None:
         """smp_call_function_many(..., wait=true): func(target, arg) runs for every target CPU,
         and this returns once each has acknowledged.
 
@@ -250,8 +248,9 @@ class Cpu:
         explicit IPI (tlb_remove_table_sync_one)."""
         self._deliver(targets, func, arg, TLBI_DELIVERING, INSN | IPI_DELIVERING | TLBI_DELIVERING)
 
-    def _deliver(self, targets: Iterable[int], func: Callable[[int, Any], None], arg: Any, bit: int,
-                 wait_for: int) -> None:
+    def _deliver(
+        self, targets: Iterable[int], func: Callable[[int, Any], None], arg: Any, bit: int, wait_for: int
+    ) -> None:
         """Run func for each target once its irq word has none of `wait_for`, holding `bit` in it."""
         mem = self.mem
         machine = self.machine

@@ -274,8 +274,11 @@ class Rwsem(Handle):
         mem, off = self.mem, self.off
         cpu.trace(_EV_RUNLOCK, self.addr)
         if not mem.fetch_and64(off + 8, ~(1 << cpu.id)) & (1 << cpu.id):
-            cpu.report(LOCK_BAD_UNLOCK, f"up_read of {self.name()} by cpu {cpu.id}, which does not hold it for read",
-                       lock=self.name())
+            cpu.report(
+                LOCK_BAD_UNLOCK,
+                f"up_read of {self.name()} by cpu {cpu.id}, which does not hold it for read",
+                lock=self.name(),
+            )
             return
         old = mem.fetch_sub32(off, 1)
         self._drop_held(cpu, self.addr)
@@ -364,8 +367,10 @@ class Seqcount(Handle):
 
     def write_begin(self, cpu: Cpu) -> None:
         if self.mem.fetch_add32(self.off, 1) & 1:
-            cpu.report(SEQCOUNT_CONCURRENT_WRITERS, f"write_seqcount_begin of {self.name()}: another writer is "
-                       "inside (writers not serialised)")
+            cpu.report(
+                SEQCOUNT_CONCURRENT_WRITERS,
+                f"write_seqcount_begin of {self.name()}: another writer is inside (writers not serialised)",
+            )
 
     def write_end(self, cpu: Cpu) -> None:
         if not self.mem.fetch_add32(self.off, 1) & 1:

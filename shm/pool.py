@@ -246,7 +246,8 @@ class Pool:
             now, state = old >> 32, old & 0xFFFFFFFF
             cpu.report(
                 POOL_DOUBLE_FREE,
-                f"free of page {pfn} through a stale reference (gen {gen}, page is gen {now})" if now != gen
+                f"free of page {pfn} through a stale reference (gen {gen}, page is gen {now})"
+                if now != gen
                 else f"free of page {pfn} that is {PAGE_STATES.get(state, state)}",
                 **self.describe(pfn, expected_gen=gen),
             )
@@ -287,8 +288,7 @@ class Pool:
         gen = ref >> PFN_BITS
         cpu.report(
             check,
-            f"{what}: page {pfn} gen {gen} is {PAGE_STATES.get(self.state(pfn), '?')}"
-            f" (now gen {self.gen(pfn)})",
+            f"{what}: page {pfn} gen {gen} is {PAGE_STATES.get(self.state(pfn), '?')} (now gen {self.gen(pfn)})",
             **self.describe(pfn, expected_gen=gen),
         )
 

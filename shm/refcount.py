@@ -132,8 +132,9 @@ class PercpuRef(Handle):
     def reinit(self, cpu: Cpu) -> None:
         """percpu_ref_reinit(): back to live per-CPU mode; only once it has been released."""
         if not self.released():
-            cpu.report(PERCPU_REF_REINIT_LIVE, f"percpu_ref_reinit of {self.name()} before it was released",
-                       count=self.read())
+            cpu.report(
+                PERCPU_REF_REINIT_LIVE, f"percpu_ref_reinit of {self.name()} before it was released", count=self.read()
+            )
             return
         self.init(cpu, self.mem.load32(self.off + 8))
 
@@ -175,11 +176,15 @@ class PercpuRef(Handle):
         if new == 0:
             self._release(cpu)
         elif new < 0:
-            cpu.report(PERCPU_REF_UNDERFLOW, f"percpu ref {self.name()} underflow (count {old} -> {new})",
-                       object=self.name())
+            cpu.report(
+                PERCPU_REF_UNDERFLOW, f"percpu ref {self.name()} underflow (count {old} -> {new})", object=self.name()
+            )
         elif delta > 0 and old == 0:
-            cpu.report(PERCPU_REF_GET_AFTER_RELEASE, f"percpu ref {self.name()}: get after release "
-                       f"(count {old} -> {new})", object=self.name())
+            cpu.report(
+                PERCPU_REF_GET_AFTER_RELEASE,
+                f"percpu ref {self.name()}: get after release (count {old} -> {new})",
+                object=self.name(),
+            )
 
     def _release(self, cpu: Cpu) -> None:
         """Run the release callback, then complete: a waiter must not see the ref released
@@ -193,8 +198,9 @@ class PercpuRef(Handle):
     def kill(self, cpu: Cpu) -> None:
         """percpu_ref_kill(): mark dead, switch to atomic mode, drop the initial reference."""
         if self.mem.fetch_or32(self.off, PCREF_DEAD) & PCREF_DEAD:
-            cpu.report(PERCPU_REF_DOUBLE_KILL, f"percpu_ref_kill() called more than once on {self.name()}",
-                       object=self.name())
+            cpu.report(
+                PERCPU_REF_DOUBLE_KILL, f"percpu_ref_kill() called more than once on {self.name()}", object=self.name()
+            )
             return
         self.switch_to_atomic(cpu)
         self.put(cpu)

@@ -29,8 +29,9 @@ class Scheduler(Protocol):
     def window(self, cpu: Cpu, name: str) -> bool:
         """A preemption point in policy code; True if another CPU ran or a delay was injected."""
 
-    def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
-             bits: int = 32) -> None:
+    def spin(
+        self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0, bits: int = 32
+    ) -> None:
         """One iteration of a spin loop (lock contention, waiting for a counter).
 
         When the loop waits for one word to change, it names it (`mem`, `off`,
@@ -61,8 +62,9 @@ class OsScheduler:
     def window(self, cpu: Cpu, name: str) -> bool:
         return False
 
-    def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
-             bits: int = 32) -> None:
+    def spin(
+        self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0, bits: int = 32
+    ) -> None:
         if attempt < SPINS_BEFORE_YIELD:
             cpu_relax()
         else:

@@ -37,8 +37,7 @@ OBJ_FREE, OBJ_ALLOCATED = 0, 1
 
 CACHE_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("allocs", "<i4")])
 OBJ_HEADER = np.dtype(
-    [("state", "<i4"), ("gen", "<i4"), ("next", "<i4"), ("alloc_cpu", "<i4"), ("free_cpu", "<i4"),
-     ("pad", "<i4", (3,))]
+    [("state", "<i4"), ("gen", "<i4"), ("next", "<i4"), ("alloc_cpu", "<i4"), ("free_cpu", "<i4"), ("pad", "<i4", (3,))]
 )
 
 _EV_ALLOC = EV["alloc"]
@@ -72,8 +71,11 @@ class KmemCache:
     def regions(name: str, dtype: np.dtype, count: int) -> list[Region]:
         if not 1 <= count <= SLOT_MASK:
             raise ValueError(f"cache {name}: between 1 and {SLOT_MASK} objects")
-        return [Region(f"{name}_cache", CACHE_STATE), Region(f"{name}_hdr", OBJ_HEADER, count),
-                Region(name, dtype, count)]
+        return [
+            Region(f"{name}_cache", CACHE_STATE),
+            Region(f"{name}_hdr", OBJ_HEADER, count),
+            Region(name, dtype, count),
+        ]
 
     def __init__(self, machine: Machine, seg_index: int, name: str, typesafe_by_rcu: bool = False):
         self.machine = machine
@@ -114,6 +116,7 @@ class KmemCache:
 
     def address(self, ref: int, field: str) -> int:
         from shm.events import address
+
         return address(self.seg_index, self.off(ref, field))
 
     def ref(self, slot: int) -> int:
@@ -145,9 +148,12 @@ class KmemCache:
         h = self.hdr0 + slot * 32
         now = mem.load32(h + 4)
         if now != ref >> SLOT_BITS or mem.cmpxchg32(h, OBJ_ALLOCATED, OBJ_FREE) != OBJ_ALLOCATED:
-            cpu.report(SLAB_DOUBLE_FREE, f"kmem_cache_free({self.name}) of object {slot} gen {ref >> SLOT_BITS}"
-                       f" that is {'free' if mem.load32(h) == OBJ_FREE else f'now gen {now}'}",
-                       **self.describe(ref))
+            cpu.report(
+                SLAB_DOUBLE_FREE,
+                f"kmem_cache_free({self.name}) of object {slot} gen {ref >> SLOT_BITS}"
+                f" that is {'free' if mem.load32(h) == OBJ_FREE else f'now gen {now}'}",
+                **self.describe(ref),
+            )
             return False
         mem.store32(h + 16, cpu.id)
         freelist_push(mem, self.head_off, self._next_off, slot)
@@ -166,9 +172,12 @@ class KmemCache:
                 return True
         elif state == OBJ_ALLOCATED and mem.load32(h + 4) == ref >> SLOT_BITS:
             return True
-        cpu.report(SLAB_UAF, f"{what}: {self.name} object {slot} gen {ref >> SLOT_BITS} is "
-                   f"{'free' if state == OBJ_FREE else 'reallocated'} (now gen {mem.load32(h + 4)})",
-                   **self.describe(ref))
+        cpu.report(
+            SLAB_UAF,
+            f"{what}: {self.name} object {slot} gen {ref >> SLOT_BITS} is "
+            f"{'free' if state == OBJ_FREE else 'reallocated'} (now gen {mem.load32(h + 4)})",
+            **self.describe(ref),
+        )
         return False
 
     def load32(self, cpu: Cpu, ref: int, field: str, what: str = "read") -> int:
@@ -180,9 +189,15 @@ class KmemCache:
     def describe(self, ref: int) -> dict:
         slot = ref & SLOT_MASK
         hd = self.headers[slot]
-        return {"cache": self.name, "slot": int(slot), "ref_gen": int(ref >> SLOT_BITS), "gen": int(hd["gen"]),
-                "state": "allocated" if hd["state"] == OBJ_ALLOCATED else "free",
-                "alloc_cpu": int(hd["alloc_cpu"]), "free_cpu": int(hd["free_cpu"])}
+        return {
+            "cache": self.name,
+            "slot": int(slot),
+            "ref_gen": int(ref >> SLOT_BITS),
+            "gen": int(hd["gen"]),
+            "state": "allocated" if hd["state"] == OBJ_ALLOCATED else "free",
+            "alloc_cpu": int(hd["alloc_cpu"]),
+            "free_cpu": int(hd["free_cpu"]),
+        }
 
     def allocated(self) -> np.ndarray:
         return np.flatnonzero(self.headers["state"] != OBJ_FREE)

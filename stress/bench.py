@@ -242,18 +242,31 @@ def _no_preemption(scenario: str, policy: str, ops: int, repeats: int = 5) -> di
     sc = get_scenario(scenario)
     ops_of = sc.operations(sc.policy(policy))
     js = to_json(generate_program(ops_of, 1, 2, ops), ops_of)
-    schedules = {"points_at_calls": [[], []],
-                 "access_points_armed": [[[op, FAR_ACCESS, 1 - cpu] for op in range(ops)] for cpu in range(2)]}
+    schedules = {
+        "points_at_calls": [[], []],
+        "access_points_armed": [[[op, FAR_ACCESS, 1 - cpu] for op in range(ops)] for cpu in range(2)],
+    }
     best = dict.fromkeys(schedules, 0.0)
     for _ in range(repeats):
         for name, devs in schedules.items():
-            r = stop_if_interrupted(run(scenario, policy, cpus=2, seed=1, program=js, progress="off", strict=False,
-                                        schedule={"first": 0, "deviations": devs}))
+            r = stop_if_interrupted(
+                run(
+                    scenario,
+                    policy,
+                    cpus=2,
+                    seed=1,
+                    program=js,
+                    progress="off",
+                    strict=False,
+                    schedule={"first": 0, "deviations": devs},
+                )
+            )
             if r.findings or r.exit_code:
                 raise RuntimeError(f"{scenario}/{policy}: a run with no preemption failed (exit {r.exit_code})")
             best[name] = max(best[name], r.report["ops"] / max(r.report["duration_s"], 1e-9))
     return {k: round(v) for k, v in best.items()} | {
-        "ratio": round(best["access_points_armed"] / max(best["points_at_calls"], 1e-9), 2)}
+        "ratio": round(best["access_points_armed"] / max(best["points_at_calls"], 1e-9), 2)
+    }
 
 
 def bench_scheduler(json_path: str | None = None, quick: bool = False, out: TextIO | None = None) -> dict:
@@ -266,8 +279,9 @@ def bench_scheduler(json_path: str | None = None, quick: bool = False, out: Text
     ops = 4000 if quick else 40000
     results: dict = {"pingpong_switches_per_s": round(_futex_pingpong(5000 if quick else 20000))}
     for cpus in (2, 4):
-        r = stop_if_interrupted(run("seqcount", "seqcount", cpus=cpus, ops=ops // cpus * 2, seed=1,
-                                    scheduler="random", progress="off"))
+        r = stop_if_interrupted(
+            run("seqcount", "seqcount", cpus=cpus, ops=ops // cpus * 2, seed=1, scheduler="random", progress="off")
+        )
         s = r.report["schedule"]
         results[f"controlled_switches_per_s_{cpus}cpu"] = round(s["switches"] / r.report["duration_s"])
         results[f"controlled_decisions_per_s_{cpus}cpu"] = round(s["steps"] / r.report["duration_s"])
@@ -276,8 +290,19 @@ def bench_scheduler(json_path: str | None = None, quick: bool = False, out: Text
         for pol in sc.correct_policies():
             row = {}
             for sched in ("free", "random", "pct"):
-                r = stop_if_interrupted(run(sc.name, pol.name, cpus=2, ops=ops // 2, seed=1, scheduler=sched,
-                                            window_rate=0.0, delay_every=0, progress="off"))
+                r = stop_if_interrupted(
+                    run(
+                        sc.name,
+                        pol.name,
+                        cpus=2,
+                        ops=ops // 2,
+                        seed=1,
+                        scheduler=sched,
+                        window_rate=0.0,
+                        delay_every=0,
+                        progress="off",
+                    )
+                )
                 row[f"{sched}_ops_per_s"] = round(r.report["ops"] / max(r.report["duration_s"], 1e-9))
             row["no_preemption"] = _no_preemption(sc.name, pol.name, ops // 4)
             per[f"{sc.name}/{pol.name}"] = row
@@ -292,30 +317,47 @@ def bench_scheduler(json_path: str | None = None, quick: bool = False, out: Text
         "machine": platform.machine(),
         "cpus_online": os.cpu_count(),
         "results": results,
-        "targets": {"controlled_switches_per_s_2cpu": SCHEDULER_TARGET_SWITCHES, "ratio_to_pingpong": 1.0,
-                    "no_preemption_ratio": NO_PREEMPTION_TARGET},
-        "met": {"controlled_switches_per_s_2cpu": best >= SCHEDULER_TARGET_SWITCHES, "ratio_to_pingpong": cost <= 1.0,
-                "no_preemption_ratio": armed >= NO_PREEMPTION_TARGET},
+        "targets": {
+            "controlled_switches_per_s_2cpu": SCHEDULER_TARGET_SWITCHES,
+            "ratio_to_pingpong": 1.0,
+            "no_preemption_ratio": NO_PREEMPTION_TARGET,
+        },
+        "met": {
+            "controlled_switches_per_s_2cpu": best >= SCHEDULER_TARGET_SWITCHES,
+            "ratio_to_pingpong": cost <= 1.0,
+            "no_preemption_ratio": armed >= NO_PREEMPTION_TARGET,
+        },
         "ratio_to_pingpong": cost,
         "no_preemption_ratio": armed,
         "no_preemption_slowest": min(ratios),
     }
     print(f"futex ping-pong: {results['pingpong_switches_per_s']}/s switches", file=out)
     for cpus in (2, 4):
-        print(f"controlled ({cpus} CPUs): {results[f'controlled_switches_per_s_{cpus}cpu']}/s switches, "
-              f"{results[f'controlled_decisions_per_s_{cpus}cpu']}/s decisions", file=out)
+        print(
+            f"controlled ({cpus} CPUs): {results[f'controlled_switches_per_s_{cpus}cpu']}/s switches, "
+            f"{results[f'controlled_decisions_per_s_{cpus}cpu']}/s decisions",
+            file=out,
+        )
     for name, row in per.items():
         np_ = row["no_preemption"]
-        print(f"  {name:<28} " + "  ".join(f"{k.removesuffix('_ops_per_s')} {v:>8}/s" for k, v in row.items()
-                                           if k != "no_preemption")
-              + f"  no preemption {np_['points_at_calls']:>7}/s, armed {np_['ratio']:.2f}x", file=out)
+        print(
+            f"  {name:<28} "
+            + "  ".join(f"{k.removesuffix('_ops_per_s')} {v:>8}/s" for k, v in row.items() if k != "no_preemption")
+            + f"  no preemption {np_['points_at_calls']:>7}/s, armed {np_['ratio']:.2f}x",
+            file=out,
+        )
     met = "met" if doc["met"]["controlled_switches_per_s_2cpu"] else "NOT met"
     print(f"target >= {SCHEDULER_TARGET_SWITCHES:.0f} switches/s on 2 CPUs: {met}", file=out)
-    print(f"no preemption drawn, access points armed: {armed:.2f}x the runs with points only where the code "
-          f"calls the scheduler (geometric mean; the slowest scenario {min(ratios):.2f}x; "
-          f"target >= {NO_PREEMPTION_TARGET}): {'met' if armed >= NO_PREEMPTION_TARGET else 'NOT met'}", file=out)
-    print(f"a switch costs {cost:.2f}x a bare futex ping-pong (target <= 1.0): "
-          f"{'met' if cost <= 1.0 else 'NOT met'}", file=out)
+    print(
+        f"no preemption drawn, access points armed: {armed:.2f}x the runs with points only where the code "
+        f"calls the scheduler (geometric mean; the slowest scenario {min(ratios):.2f}x; "
+        f"target >= {NO_PREEMPTION_TARGET}): {'met' if armed >= NO_PREEMPTION_TARGET else 'NOT met'}",
+        file=out,
+    )
+    print(
+        f"a switch costs {cost:.2f}x a bare futex ping-pong (target <= 1.0): {'met' if cost <= 1.0 else 'NOT met'}",
+        file=out,
+    )
     if json_path:
         with open(json_path, "w") as fh:
             json.dump(doc, fh, indent=1)

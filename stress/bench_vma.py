@@ -43,8 +43,19 @@ def _vma_run(policy: str, workload: str, cpus: int, cycles: int, seed: int = 0) 
     from stress.runner import run, stop_if_interrupted
 
     program = [vma_program(workload, c, cycles) for c in range(cpus)]
-    r = stop_if_interrupted(run("vma_lookup", policy, cpus=cpus, seed=seed, scheduler="free", window_rate=0.0,
-                                delay_every=0, progress="off", program=program))
+    r = stop_if_interrupted(
+        run(
+            "vma_lookup",
+            policy,
+            cpus=cpus,
+            seed=seed,
+            scheduler="free",
+            window_rate=0.0,
+            delay_every=0,
+            progress="off",
+            program=program,
+        )
+    )
     if r.findings or r.report.get("error"):
         raise RuntimeError(f"bench vma {policy}/{workload}: {r.report.get('error') or r.findings[0].format()}")
     c, dur = r.report["counters"], max(r.report["duration_s"], 1e-9)
@@ -65,15 +76,29 @@ def _munmap_cycle_us(policy: str, cycles: int) -> float:
     fault is an SRCU reader; only the lookup is an RCU reader)."""
     from stress.runner import run, stop_if_interrupted
 
-    program = [[["mmap", 0, 80, 7, 1], ["access", 0, 80, 1], ["munmap", 0, 80, 7]] * cycles,
-               vma_program("disjoint", 1, cycles * 2)]
-    r = stop_if_interrupted(run("vma_lookup", policy, cpus=2, seed=0, scheduler="free", window_rate=0.0,
-                                delay_every=0, progress="off", program=program))
+    program = [
+        [["mmap", 0, 80, 7, 1], ["access", 0, 80, 1], ["munmap", 0, 80, 7]] * cycles,
+        vma_program("disjoint", 1, cycles * 2),
+    ]
+    r = stop_if_interrupted(
+        run(
+            "vma_lookup",
+            policy,
+            cpus=2,
+            seed=0,
+            scheduler="free",
+            window_rate=0.0,
+            delay_every=0,
+            progress="off",
+            program=program,
+        )
+    )
     return round(r.report["run_ms"][0] * 1e3 / cycles, 1)
 
 
-def bench_vma(json_path: str | None = None, quick: bool = False, out: TextIO | None = None,
-              plot: str | None = None) -> dict:
+def bench_vma(
+    json_path: str | None = None, quick: bool = False, out: TextIO | None = None, plot: str | None = None
+) -> dict:
     """Faults per second per CPU for every vma_lookup policy, workloads (a)-(c), 1 and 2 CPUs.
 
     Each figure is the best of `repeats` runs (the least disturbed: the
@@ -94,8 +119,7 @@ def bench_vma(json_path: str | None = None, quick: bool = False, out: TextIO | N
             results[policy]["munmap_cycle_us"] = min(us, results[policy].get("munmap_cycle_us", us))
     base = results["mmap_lock"]["disjoint"]["1"]["faults_per_s_per_cpu"]
     churn_base = results["mmap_lock"]["churn"]["2"]["faults_per_s_per_cpu"]
-    ratios = {p: round(results[p]["churn"]["2"]["faults_per_s_per_cpu"] / max(churn_base, 1), 2)
-              for p in VMA_POLICIES}
+    ratios = {p: round(results[p]["churn"]["2"]["faults_per_s_per_cpu"] / max(churn_base, 1), 2) for p in VMA_POLICIES}
     doc = {
         "schema": "mmtorture-bench/1",
         "bench": "vma",
@@ -106,11 +130,14 @@ def bench_vma(json_path: str | None = None, quick: bool = False, out: TextIO | N
         "workloads": WORKLOADS,
         "results": results,
         "churn_ratio_vs_mmap_lock_2cpu": ratios,
-        "targets": {"baseline_faults_per_s_per_cpu": VMA_TARGET_BASELINE_FAULTS,
-                    "churn_ratio_2cpu": VMA_TARGET_CHURN_RATIO},
-        "met": {"baseline_faults_per_s_per_cpu": base >= VMA_TARGET_BASELINE_FAULTS,
-                **{f"churn_ratio_2cpu:{p}": ratios[p] >= VMA_TARGET_CHURN_RATIO
-                   for p in VMA_POLICIES if p != "mmap_lock"}},
+        "targets": {
+            "baseline_faults_per_s_per_cpu": VMA_TARGET_BASELINE_FAULTS,
+            "churn_ratio_2cpu": VMA_TARGET_CHURN_RATIO,
+        },
+        "met": {
+            "baseline_faults_per_s_per_cpu": base >= VMA_TARGET_BASELINE_FAULTS,
+            **{f"churn_ratio_2cpu:{p}": ratios[p] >= VMA_TARGET_CHURN_RATIO for p in VMA_POLICIES if p != "mmap_lock"},
+        },
     }
     print(vma_table(doc), file=out)
     if json_path:
@@ -126,21 +153,28 @@ def bench_vma(json_path: str | None = None, quick: bool = False, out: TextIO | N
 def vma_table(doc: dict) -> str:
     """The README's table: faults/s per CPU (1 CPU / 2 CPUs), lock wait share, GPs per munmap."""
     res = doc["results"]
-    lines = ["| policy | (a) disjoint 1 / 2 CPUs | (b) giant 1 / 2 | (c) churn 1 / 2 | (c) vs mmap_lock "
-             "| lock wait (c, 2 CPUs) | GPs per munmap | munmap beside faults, µs |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| policy | (a) disjoint 1 / 2 CPUs | (b) giant 1 / 2 | (c) churn 1 / 2 | (c) vs mmap_lock "
+        "| lock wait (c, 2 CPUs) | GPs per munmap | munmap beside faults, µs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for p, r in res.items():
         cells = [f"{r[w]['1']['faults_per_s_per_cpu']:,} / {r[w]['2']['faults_per_s_per_cpu']:,}" for w in WORKLOADS]
         c2 = r["churn"]["2"]
-        lines.append(f"| {p} | " + " | ".join(cells)
-                     + f" | {doc['churn_ratio_vs_mmap_lock_2cpu'][p]:.2f}x | {c2['lock_wait_share']:.0%} "
-                       f"| {c2['grace_periods_per_munmap']:.2f} | {r['munmap_cycle_us']:,.0f} |")
+        lines.append(
+            f"| {p} | "
+            + " | ".join(cells)
+            + f" | {doc['churn_ratio_vs_mmap_lock_2cpu'][p]:.2f}x | {c2['lock_wait_share']:.0%} "
+            f"| {c2['grace_periods_per_munmap']:.2f} | {r['munmap_cycle_us']:,.0f} |"
+        )
     met = doc["met"]
     lines.append("")
-    lines.append(f"baseline (a) at 1 CPU >= {VMA_TARGET_BASELINE_FAULTS:,.0f} faults/s: "
-                 f"{'met' if met['baseline_faults_per_s_per_cpu'] else 'NOT met'}; "
-                 f"(c) at 2 CPUs >= {VMA_TARGET_CHURN_RATIO}x mmap_lock: "
-                 + ", ".join(f"{k.split(':')[1]} {'met' if v else 'not met'}" for k, v in met.items() if ":" in k))
+    lines.append(
+        f"baseline (a) at 1 CPU >= {VMA_TARGET_BASELINE_FAULTS:,.0f} faults/s: "
+        f"{'met' if met['baseline_faults_per_s_per_cpu'] else 'NOT met'}; "
+        f"(c) at 2 CPUs >= {VMA_TARGET_CHURN_RATIO}x mmap_lock: "
+        + ", ".join(f"{k.split(':')[1]} {'met' if v else 'not met'}" for k, v in met.items() if ":" in k)
+    )
     return "\n".join(lines)
 
 

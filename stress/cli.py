@@ -27,8 +27,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-MODULE_HELP = ("import a module or .py file that registers scenarios (repeatable; also "
-               "MMTORTURE_POLICY_MODULE, several separated by ':')")
+MODULE_HELP = (
+    "import a module or .py file that registers scenarios (repeatable; also "
+    "MMTORTURE_POLICY_MODULE, several separated by ':')"
+)
 
 
 def _add_knobs(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
@@ -47,22 +49,32 @@ def _add_knobs(p: argparse.ArgumentParser, defaults: dict | None = None) -> None
 def _run_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     p.add_argument("--scenario", "-s", help="scenario name (see `mmtorture list`)")
     p.add_argument("--policy", "-p", help="policy name; default the scenario's first correct one")
-    p.add_argument("--all", action="store_true",
-                   help="every scenario's correct policies, the duration shared among them")
-    p.add_argument("--litmus", nargs="?", const="", metavar="MUTANT",
-                   help="run a litmus program (a mutant's small program in which its race is reachable; "
-                        "default: the policy's own, which must be a mutant) instead of a generated one")
-    p.add_argument("--json", metavar="PATH",
-                   help="write the JSON report here (default: a failing run writes "
-                        "mmtorture-report-RUN.json in the working directory)")
+    p.add_argument(
+        "--all", action="store_true", help="every scenario's correct policies, the duration shared among them"
+    )
+    p.add_argument(
+        "--litmus",
+        nargs="?",
+        const="",
+        metavar="MUTANT",
+        help="run a litmus program (a mutant's small program in which its race is reachable; "
+        "default: the policy's own, which must be a mutant) instead of a generated one",
+    )
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the JSON report here (default: a failing run writes "
+        "mmtorture-report-RUN.json in the working directory)",
+    )
     p.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     p.add_argument("--quiet", "-q", action="store_true", help="only the summary's last line")
     _add_knobs(p, defaults)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="A userspace torture laboratory for Linux MM "
-                     "page-table concurrency designs.")
+    parser = _Parser(
+        prog=PROG, description="A userspace torture laboratory for Linux MM page-table concurrency designs."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _run_args(sub.add_parser("run", help="run a scenario/policy (or --all) and report findings"))
@@ -71,53 +83,86 @@ def build_parser() -> argparse.ArgumentParser:
         {"duration": 600.0, "keep_going": True},
     )
     lp = sub.add_parser("list", help="scenarios and policies, correct and mutant (or --checks)")
-    lp.add_argument("--checks", action="store_true",
-                    help="every check: its id, kind, meaning and the mutants that prove it")
+    lp.add_argument(
+        "--checks", action="store_true", help="every check: its id, kind, meaning and the mutants that prove it"
+    )
     lp.add_argument("--json", action="store_true", help="machine-readable list")
     lp.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     rp = sub.add_parser("replay", help="run a report's program and schedule again; same findings?")
     rp.add_argument("report", help="a JSON report of a controlled run")
     rp.add_argument("--times", type=_count, default=1, metavar="N", help="replay N times (default 1)")
     rp.add_argument("--json", metavar="PATH", help="write the (last) replay's report here")
-    rp.add_argument("--policy-module", action="append", default=[], metavar="MOD",
-                    help=MODULE_HELP + "; the report's own modules are loaded too")
+    rp.add_argument(
+        "--policy-module",
+        action="append",
+        default=[],
+        metavar="MOD",
+        help=MODULE_HELP + "; the report's own modules are loaded too",
+    )
     rp.add_argument("--quiet", "-q", action="store_true", help="only the verdict")
     sp = sub.add_parser("shrink", help="reduce a failing report's program and schedule; write a new report")
     sp.add_argument("report", help="a JSON report of a controlled run with a finding")
-    sp.add_argument("--json", metavar="PATH", help="where to write the shrunk report "
-                    "(default REPORT.shrunk.json)")
-    sp.add_argument("--check", help="the check the shrunk run must still trip (default: the report's first "
-                    "finding's)")
+    sp.add_argument("--json", metavar="PATH", help="where to write the shrunk report (default REPORT.shrunk.json)")
+    sp.add_argument("--check", help="the check the shrunk run must still trip (default: the report's first finding's)")
     sp.add_argument("--max-runs", type=_count, default=2000, metavar="N", help="replay budget (default 2000)")
-    sp.add_argument("--policy-module", action="append", default=[], metavar="MOD",
-                    help=MODULE_HELP + "; the report's own modules are loaded too")
+    sp.add_argument(
+        "--policy-module",
+        action="append",
+        default=[],
+        metavar="MOD",
+        help=MODULE_HELP + "; the report's own modules are loaded too",
+    )
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
-    rp = sub.add_parser("reproduce", help="a free-running finding made replayable: search the last operations "
-                        "of every CPU under control until the same check fires; shrink it")
+    rp = sub.add_parser(
+        "reproduce",
+        help="a free-running finding made replayable: search the last operations "
+        "of every CPU under control until the same check fires; shrink it",
+    )
     rp.add_argument("report", help="a JSON report of a free-running run with a finding")
     rp.add_argument("--json", metavar="PATH", help="where to write the reproducer (default REPORT.reproduced.json)")
-    rp.add_argument("--max-runs", type=_count, default=None, metavar="N",
-                    help="search budget in runs (default: none, --seconds bounds it)")
-    rp.add_argument("--seconds", type=float, default=120.0, metavar="S", help="search budget in seconds "
-                    "(default 120)")
+    rp.add_argument(
+        "--max-runs",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="search budget in runs (default: none, --seconds bounds it)",
+    )
+    rp.add_argument("--seconds", type=float, default=120.0, metavar="S", help="search budget in seconds (default 120)")
     rp.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     hp = sub.add_parser("hunt", help="every mutant, seed after seed, until caught by the check it names")
     hp.add_argument("--scenario", "-s", help="only this scenario's mutants")
     hp.add_argument("--max-seeds", type=_count, default=300, metavar="N", help="seeds per mutant (default 300)")
-    hp.add_argument("--seconds", type=float, default=60.0, metavar="S",
-                    help="seconds per mutant, whichever budget ends first (default 60)")
-    hp.add_argument("--strategy", default="mix", choices=HUNT_STRATEGIES,
-                    help="how to search: mix (random, swarm and pct by turns; the default), random, swarm, pct, "
-                    "free (free-running with delays at sampled accesses), pmc (communication-directed)")
-    hp.add_argument("--litmus", action="store_true",
-                    help="hunt a mutant that has a litmus program on it (a regression test, not a blind hunt)")
-    hp.add_argument("--ops", type=_count, metavar="N",
-                    help="operations per CPU (default 40, and 200 for swarm programs)")
+    hp.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds per mutant, whichever budget ends first (default 60)",
+    )
+    hp.add_argument(
+        "--strategy",
+        default="mix",
+        choices=HUNT_STRATEGIES,
+        help="how to search: mix (random, swarm and pct by turns; the default), random, swarm, pct, "
+        "free (free-running with delays at sampled accesses), pmc (communication-directed)",
+    )
+    hp.add_argument(
+        "--litmus",
+        action="store_true",
+        help="hunt a mutant that has a litmus program on it (a regression test, not a blind hunt)",
+    )
+    hp.add_argument(
+        "--ops", type=_count, metavar="N", help="operations per CPU (default 40, and 200 for swarm programs)"
+    )
     hp.add_argument("--cpus", type=_count, default=2, metavar="N", help="CPUs (default 2)")
     hp.add_argument("--pct-depth", type=_count, default=3, metavar="D", help="PCT depth (default 3)")
     hp.add_argument("--json", metavar="PATH", help="write the table as JSON here")
-    hp.add_argument("--reports", metavar="DIR", help="keep the report of each catch in this directory, "
-                    "to replay and shrink (the printed command reproduces each catch either way)")
+    hp.add_argument(
+        "--reports",
+        metavar="DIR",
+        help="keep the report of each catch in this directory, "
+        "to replay and shrink (the printed command reproduces each catch either way)",
+    )
     hp.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     bp = sub.add_parser("bench", help="benchmarks (JSON output)")
     bp.add_argument("what", choices=["primitives", "scheduler", "vma", "detection"], help="which benchmark")
@@ -168,8 +213,9 @@ def _litmus(args: argparse.Namespace, knobs: dict) -> list | None:
     program = sc.litmus(owner)
     if program is None:
         have = [p.name for p in sc.policies if sc.litmus(p)]
-        raise UsageError(f"{sc.name}/{name} has no litmus program"
-                         + (f" (these have: {', '.join(have)})" if have else ""))
+        raise UsageError(
+            f"{sc.name}/{name} has no litmus program" + (f" (these have: {', '.join(have)})" if have else "")
+        )
     if knobs.get("cpus") not in (None, len(program)):
         raise UsageError(f"the litmus program of {name} runs on {len(program)} CPUs, not {knobs['cpus']}")
     knobs["cpus"] = len(program)
@@ -187,8 +233,16 @@ def cmd_run(args: argparse.Namespace, soak: bool = False) -> int:
     if args.all:
         return _run_suite(args, knobs)
     program = _litmus(args, knobs)
-    r = Runner(args.scenario, args.policy, knobs, args.json, policy_modules=args.policy_module,
-               quiet=args.quiet, program=program, save_failing=os.getcwd())
+    r = Runner(
+        args.scenario,
+        args.policy,
+        knobs,
+        args.json,
+        policy_modules=args.policy_module,
+        quiet=args.quiet,
+        program=program,
+        save_failing=os.getcwd(),
+    )
     result = r.run()
     if args.quiet:
         from stress.report import reproduce_lines
@@ -213,24 +267,30 @@ def _run_suite(args: argparse.Namespace, knobs: dict) -> int:
     reports, worst = [], EXIT_OK
     for name, pol in pairs:
         k = dict(knobs, duration=share, stat_interval=knobs.get("stat_interval", max(share / 2, 1)))
-        result = Runner(name, pol, k, None, policy_modules=modules, quiet=args.quiet, verdict=False,
-                        save_failing=os.getcwd()).run()
+        result = Runner(
+            name, pol, k, None, policy_modules=modules, quiet=args.quiet, verdict=False, save_failing=os.getcwd()
+        ).run()
         reports.append(result.report)
         worst = max(worst, result.exit_code) if result.exit_code < 128 else result.exit_code
         if result.exit_code >= 128:
             break
     failed = [f"{r['scenario']}/{r['policy']}" for r in reports if r["findings"] or r.get("harness_errors")]
-    print(f"suite: {len(reports)} of {len(pairs)} runs, {sum(r['ops'] for r in reports)} ops in "
-          f"{duration_text(sum(r['duration_s'] for r in reports))}, "
-          + (f"{len(failed)} failed: {', '.join(failed)}" if failed else "every run clean")
-          + (" (interrupted)" if worst >= 128 else ""))
+    print(
+        f"suite: {len(reports)} of {len(pairs)} runs, {sum(r['ops'] for r in reports)} ops in "
+        f"{duration_text(sum(r['duration_s'] for r in reports))}, "
+        + (f"{len(failed)} failed: {', '.join(failed)}" if failed else "every run clean")
+        + (" (interrupted)" if worst >= 128 else "")
+    )
     if args.json:
-        write_json(args.json, {
-            "schema": SUITE_SCHEMA,
-            "runs": reports,
-            "findings": sum(len(r["findings"]) for r in reports),
-            "interrupted": worst >= 128,
-        })
+        write_json(
+            args.json,
+            {
+                "schema": SUITE_SCHEMA,
+                "runs": reports,
+                "findings": sum(len(r["findings"]) for r in reports),
+                "interrupted": worst >= 128,
+            },
+        )
     print(end_line(worst))
     return worst
 
@@ -245,8 +305,9 @@ def check_table() -> list[dict]:
         for p in s.mutants():
             for c in p.expect:
                 provers.setdefault(c, []).append(f"{s.name}/{p.name}")
-    return [{"check": c.id, "kind": c.kind, "meaning": c.meaning, "mutants": provers.get(c.id, [])}
-            for c in all_checks()]
+    return [
+        {"check": c.id, "kind": c.kind, "meaning": c.meaning, "mutants": provers.get(c.id, [])} for c in all_checks()
+    ]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -335,8 +396,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     code = EXIT_OK
     for i in range(1, args.times + 1):
         last = i == args.times
-        r = replay(report, json_path=args.json if last else None, quiet=args.quiet or not last,
-                   policy_modules=args.policy_module)
+        r = replay(
+            report,
+            json_path=args.json if last else None,
+            quiet=args.quiet or not last,
+            policy_modules=args.policy_module,
+        )
         if r.exit_code >= 128 or r.exit_code == EXIT_HARNESS:
             return r.exit_code
         if r.report.get("diverged"):
@@ -348,8 +413,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         code = r.exit_code
     n = len(report["findings"])
-    print(f"replay: reproduced {args.times}/{args.times}: "
-          + (f"{n} finding(s), first [{report['findings'][0]['check']}]" if n else "no finding"))
+    print(
+        f"replay: reproduced {args.times}/{args.times}: "
+        + (f"{n} finding(s), first [{report['findings'][0]['check']}]" if n else "no finding")
+    )
     return code
 
 
@@ -362,8 +429,9 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     check_json_path(out)
     _load_modules(args.policy_module)
     say = None if args.quiet else (lambda s: print(f"shrink: {s}", flush=True))
-    res = shrink(report, check=args.check, max_runs=args.max_runs, json_path=out, say=say,
-                 policy_modules=args.policy_module)
+    res = shrink(
+        report, check=args.check, max_runs=args.max_runs, json_path=out, say=say, policy_modules=args.policy_module
+    )
     return _print_shrunk(report, res, out)
 
 
@@ -407,14 +475,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     found = reproduce(report, max_runs=args.max_runs, max_seconds=args.seconds, say=say)
     if found is None:
         runs = f"{args.max_runs} runs or " if args.max_runs else ""
-        print(f"reproduce: no controlled run of the last operations tripped {report['findings'][0]['check']} "
-              f"within {runs}{args.seconds:g} s")
+        print(
+            f"reproduce: no controlled run of the last operations tripped {report['findings'][0]['check']} "
+            f"within {runs}{args.seconds:g} s"
+        )
         return EXIT_FINDINGS
-    print(f"reproduce: [{found.check}] on the last {found.window} operations of each CPU, seed {found.seed}, "
-          f"after {found.runs} runs in {found.seconds:.1f}s")
+    print(
+        f"reproduce: [{found.check}] on the last {found.window} operations of each CPU, seed {found.seed}, "
+        f"after {found.runs} runs in {found.seconds:.1f}s"
+    )
     res = shrink(found.result.report, json_path=out)
-    res.final.report["reproduces"] = {"report": os.path.abspath(args.report), "window": found.window,
-                                      "seed": found.seed, "runs": found.runs}
+    res.final.report["reproduces"] = {
+        "report": os.path.abspath(args.report),
+        "window": found.window,
+        "seed": found.seed,
+        "runs": found.runs,
+    }
     write_json(out, res.final.report)
     return _print_shrunk(found.result.report, res, out)
 
@@ -435,9 +511,20 @@ def cmd_hunt(args: argparse.Namespace) -> int:
         raise UsageError(f"--seconds must be a positive number, not {args.seconds}")
     rows: list = []
     try:
-        hunt(scenario=args.scenario, max_seeds=args.max_seeds, ops=args.ops, cpus=args.cpus,
-             depth=args.pct_depth, say=lambda s: print(s, flush=True), policy_modules=args.policy_module,
-             reports=args.reports, strategy=args.strategy, litmus=args.litmus, max_seconds=args.seconds, rows=rows)
+        hunt(
+            scenario=args.scenario,
+            max_seeds=args.max_seeds,
+            ops=args.ops,
+            cpus=args.cpus,
+            depth=args.pct_depth,
+            say=lambda s: print(s, flush=True),
+            policy_modules=args.policy_module,
+            reports=args.reports,
+            strategy=args.strategy,
+            litmus=args.litmus,
+            max_seconds=args.seconds,
+            rows=rows,
+        )
     except KeyboardInterrupt:
         if args.json:
             write_json(args.json, {"schema": HUNT_SCHEMA, "interrupted": True, "rows": [r.to_json() for r in rows]})
@@ -445,17 +532,28 @@ def cmd_hunt(args: argparse.Namespace) -> int:
     errors = [r for r in rows if r.error]
     missed = [r for r in rows if r.caught is None and not r.error]
     wrong = [r for r in missed if r.others]
-    ops = f"{PMC_OPS} ops" if args.strategy == "pmc" else f"{args.ops} ops" if args.ops else \
-        f"{SWARM_OPS} ops" if args.strategy == "swarm" else \
-        f"{OPS} ops ({SWARM_OPS} for swarm)" if args.strategy == "mix" else f"{OPS} ops"
+    ops = (
+        f"{PMC_OPS} ops"
+        if args.strategy == "pmc"
+        else f"{args.ops} ops"
+        if args.ops
+        else f"{SWARM_OPS} ops"
+        if args.strategy == "swarm"
+        else f"{OPS} ops ({SWARM_OPS} for swarm)"
+        if args.strategy == "mix"
+        else f"{OPS} ops"
+    )
     programs = f"runs of {FREE_RUN_S:g} s" if args.strategy == "free" else f"generated programs of {ops} per CPU"
-    print(f"hunt: {len(rows) - len(missed) - len(errors)}/{len(rows)} mutants caught by the check they name"
-          + (f"; {len(missed)} not caught" if missed else "")
-          + (f" ({len(wrong)} found only by another check)" if wrong else "")
-          + (f"; {len(errors)} ended in a harness error" if errors else "")
-          + f" ({'blind, ' if not args.litmus else ''}{args.strategy} on {programs} "
-          f"on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
-          + ("; random on litmus programs" if args.litmus else "") + ")")
+    print(
+        f"hunt: {len(rows) - len(missed) - len(errors)}/{len(rows)} mutants caught by the check they name"
+        + (f"; {len(missed)} not caught" if missed else "")
+        + (f" ({len(wrong)} found only by another check)" if wrong else "")
+        + (f"; {len(errors)} ended in a harness error" if errors else "")
+        + f" ({'blind, ' if not args.litmus else ''}{args.strategy} on {programs} "
+        f"on {args.cpus} CPUs, at most {args.max_seeds} seeds or {args.seconds:g} s per mutant"
+        + ("; random on litmus programs" if args.litmus else "")
+        + ")"
+    )
     if args.json:
         write_json(args.json, {"schema": HUNT_SCHEMA, "rows": [r.to_json() for r in rows]})
     if errors:
@@ -499,9 +597,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ops = _attach_state(m, info)
         wd = Watchdog(m, 1.0, ops)
         label = f"{info.get('scenario', '?')}/{info.get('policy', '?')} (runner pid {info.get('pid', '?')})"
-        print(f"{args.segment}: {label}, {m.ncpus} CPUs, {'stopping' if m.stop_requested() else 'running'}, "
-              f"{m.finding_count()} finding(s), {m.pool.nr_free()} of {m.pool.npages} pages free, "
-              f"{m.rcu.gp_seq()} grace periods")
+        print(
+            f"{args.segment}: {label}, {m.ncpus} CPUs, {'stopping' if m.stop_requested() else 'running'}, "
+            f"{m.finding_count()} finding(s), {m.pool.nr_free()} of {m.pool.npages} pages free, "
+            f"{m.rcu.gp_seq()} grace periods"
+        )
         for i in range(m.nslots):
             c = m.cpus[i]
             who = "gp kthread" if i == m.gp_cpu else "boot" if i == m.boot_cpu else f"cpu {i}"
@@ -510,8 +610,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             opname = ops[op] if 0 <= op < len(ops) else ("-" if op < 0 else f"operation {op}")
             wait = wd.describe_wait(int(c["waiting_on"])) if c["waiting_on"] else "-"
             irqs = "off" if irqs_off(int(c["irqs_disabled"])) else "on "
-            print(f"  {who:>10}  pid {int(c['pid']):>7}  {status:<8} in {opname:<16} "
-                  f"{int(c['heartbeat']):>9} ops  irqs {irqs}  waits for {wait}")
+            print(
+                f"  {who:>10}  pid {int(c['pid']):>7}  {status:<8} in {opname:<16} "
+                f"{int(c['heartbeat']):>9} ops  irqs {irqs}  waits for {wait}"
+            )
         for cpu, locks in wd.held_locks().items():
             print(f"  {cpu} holds {', '.join(locks)}")
     finally:

@@ -41,8 +41,15 @@ TARGET_MEDIAN_S = 5.0
 SLOW_S = 1.0
 
 
-def bench_detection(json_path: str | None = None, *, quick: bool = False, plot: str | None = None,
-                    strategies=STRATEGIES, scenario: str | None = None, out: TextIO | None = None) -> dict:
+def bench_detection(
+    json_path: str | None = None,
+    *,
+    quick: bool = False,
+    plot: str | None = None,
+    strategies=STRATEGIES,
+    scenario: str | None = None,
+    out: TextIO | None = None,
+) -> dict:
     """Hunt every mutant by every strategy from each first seed (`quick`: two of them, the same
     budget); write the JSON and the chart."""
     out = out or sys.stdout
@@ -59,8 +66,10 @@ def bench_detection(json_path: str | None = None, *, quick: bool = False, plot: 
                 print(_line(rows[-1]), file=out, flush=True)
     except KeyboardInterrupt:
         if json_path:
-            write_json(json_path, _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0)
-                       | {"interrupted": True})
+            write_json(
+                json_path,
+                _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0) | {"interrupted": True},
+            )
         raise
     doc = _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0)
     print(detection_table(doc), file=out)
@@ -76,21 +85,32 @@ def _hunted(scenario: str, p, strategies, first_seeds, max_seconds: float) -> di
     """One mutant's row: each strategy's hunts from each first seed, the best, the reproducer."""
     row: dict = {"scenario": scenario, "mutant": p.name, "expected": list(p.expect), "strategies": {}}
     for strategy in strategies:
-        hunts = [hunt_one(scenario, p.name, p.expect, max_seeds=MAX_SEEDS, first_seed=s, strategy=strategy,
-                          max_seconds=max_seconds) for s in first_seeds]
+        hunts = [
+            hunt_one(
+                scenario,
+                p.name,
+                p.expect,
+                max_seeds=MAX_SEEDS,
+                first_seed=s,
+                strategy=strategy,
+                max_seconds=max_seconds,
+            )
+            for s in first_seeds
+        ]
         right = [h for h in hunts if h.right_check]
         if strategy == "free" and right and right[0].run_report:
             row["reproduce"] = reproduction(right[0].run_report)
         row["strategies"][strategy] = {
-            "caught": len(right), "hunts": len(hunts),
+            "caught": len(right),
+            "hunts": len(hunts),
             "other_checks": sorted({c for h in hunts if not h.right_check for c in h.others}),
             "errors": [h.error for h in hunts if h.error],
             "median_seeds": statistics.median(h.seeds if h.right_check else MAX_SEEDS for h in hunts),
-            "median_seconds": round(statistics.median(h.seconds if h.right_check else max_seconds
-                                                      for h in hunts), 3),
+            "median_seconds": round(statistics.median(h.seconds if h.right_check else max_seconds for h in hunts), 3),
         }
-    row["best"] = min(row["strategies"], key=lambda s: (-row["strategies"][s]["caught"],
-                                                        row["strategies"][s]["median_seconds"]))
+    row["best"] = min(
+        row["strategies"], key=lambda s: (-row["strategies"][s]["caught"], row["strategies"][s]["median_seconds"])
+    )
     return row
 
 
@@ -99,10 +119,17 @@ def reproduction(report: dict) -> dict:
     found = reproduce(report, max_seconds=REPRODUCE_S)
     if found is None:
         return {"reproduced": False, "replayed": 0, "replays": 0}
-    again = sum(mismatch(found.result.report, stop_if_interrupted(replay(found.result.report))) is None
-                for _ in range(REPLAYS))
-    return {"reproduced": True, "window": found.window, "runs": found.runs, "seconds": found.seconds,
-            "replayed": again, "replays": REPLAYS}
+    again = sum(
+        mismatch(found.result.report, stop_if_interrupted(replay(found.result.report))) is None for _ in range(REPLAYS)
+    )
+    return {
+        "reproduced": True,
+        "window": found.window,
+        "runs": found.runs,
+        "seconds": found.seconds,
+        "replayed": again,
+        "replays": REPLAYS,
+    }
 
 
 def _line(row: dict) -> str:
@@ -141,56 +168,87 @@ def _summary(rows: list[dict], strategies, first_seeds, max_seconds: float, seco
         "rows": rows,
         "mutants": len(rows),
         "caught_by_best": len(caught_best),
-        "caught_by": {s: sum(r["strategies"][s]["caught"] * 2 > r["strategies"][s]["hunts"] for r in rows)
-                      for s in strategies},
+        "caught_by": {
+            s: sum(r["strategies"][s]["caught"] * 2 > r["strategies"][s]["hunts"] for r in rows) for s in strategies
+        },
         "median_seconds_best": overall,
         "max_seconds_best": max(medians) if medians else 0.0,
         "free_caught": len(tried),
         "reproduced": len(replayable),
-        "targets": {"caught_by_best": len(rows), "median_seconds_best": TARGET_MEDIAN_S,
-                    "max_seconds_best": MAX_SECONDS, "reproduced": len(tried)},
-        "met": {"caught_by_best": len(caught_best) == len(rows), "median_seconds_best": overall <= TARGET_MEDIAN_S,
-                "max_seconds_best": bool(medians) and max(medians) < MAX_SECONDS and len(caught_best) == len(rows),
-                "reproduced": len(replayable) == len(tried)},
+        "targets": {
+            "caught_by_best": len(rows),
+            "median_seconds_best": TARGET_MEDIAN_S,
+            "max_seconds_best": MAX_SECONDS,
+            "reproduced": len(tried),
+        },
+        "met": {
+            "caught_by_best": len(caught_best) == len(rows),
+            "median_seconds_best": overall <= TARGET_MEDIAN_S,
+            "max_seconds_best": bool(medians) and max(medians) < MAX_SECONDS and len(caught_best) == len(rows),
+            "reproduced": len(replayable) == len(tried),
+        },
     }
 
 
 def detection_table(doc: dict) -> str:
     """The README's table: mutants caught (by most hunts) per strategy, then the ones the best misses."""
     s = doc["strategies"]
-    lines = ["| | " + " | ".join(s) + " | best of each mutant |", "|---" * (len(s) + 2) + "|",
-             "| mutants caught | " + " | ".join(f"{doc['caught_by'][x]} / {doc['mutants']}" for x in s)
-             + f" | {doc['caught_by_best']} / {doc['mutants']} |"]
+    lines = [
+        "| | " + " | ".join(s) + " | best of each mutant |",
+        "|---" * (len(s) + 2) + "|",
+        "| mutants caught | "
+        + " | ".join(f"{doc['caught_by'][x]} / {doc['mutants']}" for x in s)
+        + f" | {doc['caught_by_best']} / {doc['mutants']} |",
+    ]
     missed = [r for r in doc["rows"] if r["strategies"][r["best"]]["caught"] * 2 <= r["strategies"][r["best"]]["hunts"]]
     met = doc["met"]
     lines.append("")
-    lines.append(f"Blind, {doc['cpus']} CPUs, at most {doc['max_seeds']} seeds or {doc['max_seconds']:g} s per hunt, "
-                 f"{len(doc['first_seeds'])} first seeds per mutant and strategy. Median time to the first catch "
-                 f"with each mutant's best strategy: {doc['median_seconds_best']:.2f} s (target <= "
-                 f"{TARGET_MEDIAN_S:g} s: {'met' if met['median_seconds_best'] else 'MISSED'}); the slowest: "
-                 f"{doc['max_seconds_best']:.1f} s (target < {doc['max_seconds']:g} s: "
-                 f"{'met' if met['max_seconds_best'] else 'MISSED'}); every mutant caught: "
-                 f"{'met' if met['caught_by_best'] else 'MISSED'}.")
-    slow = sorted((r for r in doc["rows"] if r["strategies"][r["best"]]["median_seconds"] >= SLOW_S),
-                  key=lambda r: -r["strategies"][r["best"]]["median_seconds"])
+    lines.append(
+        f"Blind, {doc['cpus']} CPUs, at most {doc['max_seeds']} seeds or {doc['max_seconds']:g} s per hunt, "
+        f"{len(doc['first_seeds'])} first seeds per mutant and strategy. Median time to the first catch "
+        f"with each mutant's best strategy: {doc['median_seconds_best']:.2f} s (target <= "
+        f"{TARGET_MEDIAN_S:g} s: {'met' if met['median_seconds_best'] else 'MISSED'}); the slowest: "
+        f"{doc['max_seconds_best']:.1f} s (target < {doc['max_seconds']:g} s: "
+        f"{'met' if met['max_seconds_best'] else 'MISSED'}); every mutant caught: "
+        f"{'met' if met['caught_by_best'] else 'MISSED'}."
+    )
+    slow = sorted(
+        (r for r in doc["rows"] if r["strategies"][r["best"]]["median_seconds"] >= SLOW_S),
+        key=lambda r: -r["strategies"][r["best"]]["median_seconds"],
+    )
     if slow:
-        lines += ["", f"The mutants whose best median is {SLOW_S:g} s or more (caught by how many hunts, median "
-                  "seconds; a miss counts as the whole budget):", "",
-                  "| mutant | " + " | ".join(s) + " | best |", "|---" * (len(s) + 2) + "|"]
+        lines += [
+            "",
+            f"The mutants whose best median is {SLOW_S:g} s or more (caught by how many hunts, median "
+            "seconds; a miss counts as the whole budget):",
+            "",
+            "| mutant | " + " | ".join(s) + " | best |",
+            "|---" * (len(s) + 2) + "|",
+        ]
         for r in slow:
-            cells = [f"{x['caught']}/{x['hunts']}, {x['median_seconds']:.1f} s"
-                     for x in (r["strategies"][k] for k in s)]
+            cells = [
+                f"{x['caught']}/{x['hunts']}, {x['median_seconds']:.1f} s" for x in (r["strategies"][k] for k in s)
+            ]
             lines.append(f"| {r['scenario']}/{r['mutant']} | " + " | ".join(cells) + f" | {r['best']} |")
     if doc.get("free_caught"):
         lines.append("")
-        lines.append(f"Free-running catches made replayable (`mmtorture reproduce`, then replayed {REPLAYS} times, the "
-                     f"same check every time): {doc['reproduced']} of {doc['free_caught']}"
-                     + "".join(f"; not {r['scenario']}/{r['mutant']}" for r in doc["rows"]
-                               if "reproduce" in r and not _replayable(r["reproduce"])) + ".")
+        lines.append(
+            f"Free-running catches made replayable (`mmtorture reproduce`, then replayed {REPLAYS} times, the "
+            f"same check every time): {doc['reproduced']} of {doc['free_caught']}"
+            + "".join(
+                f"; not {r['scenario']}/{r['mutant']}"
+                for r in doc["rows"]
+                if "reproduce" in r and not _replayable(r["reproduce"])
+            )
+            + "."
+        )
     if missed:
         lines.append("")
-        lines.append("Not caught by most hunts of any strategy: "
-                     + ", ".join(f"{r['scenario']}/{r['mutant']}" for r in missed) + ".")
+        lines.append(
+            "Not caught by most hunts of any strategy: "
+            + ", ".join(f"{r['scenario']}/{r['mutant']}" for r in missed)
+            + "."
+        )
     return "\n".join(lines)
 
 
@@ -204,11 +262,12 @@ def detection_plot(doc: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for s in [*doc["strategies"], "best"]:
         times = sorted(
-            (r["strategies"][r["best"] if s == "best" else s] for r in doc["rows"]),
-            key=lambda x: x["median_seconds"])
+            (r["strategies"][r["best"] if s == "best" else s] for r in doc["rows"]), key=lambda x: x["median_seconds"]
+        )
         xs = [t["median_seconds"] for t in times if t["caught"] * 2 > t["hunts"]]
-        ax.step([max(x, 1e-3) for x in xs], range(1, len(xs) + 1), where="post", label=s,
-                lw=2.2 if s == "best" else 1.2)
+        ax.step(
+            [max(x, 1e-3) for x in xs], range(1, len(xs) + 1), where="post", label=s, lw=2.2 if s == "best" else 1.2
+        )
     ax.set_xscale("log")
     ax.axhline(doc["mutants"], color="grey", lw=0.8, ls="--")
     ax.set_xlabel("median seconds to the first blind catch")

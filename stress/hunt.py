@@ -104,8 +104,19 @@ def cpus_for(name: str, n: int, cpus: int) -> int:
     return cpus + n % 2 if name == "swarm" else cpus
 
 
-def reproduce_command(scenario: str, policy: str, seed: int, scheduler: str, cpus: int, ops: int, depth: int,
-                      k: int, litmus: bool, policy_modules=(), programs: str = "uniform") -> str:
+def reproduce_command(
+    scenario: str,
+    policy: str,
+    seed: int,
+    scheduler: str,
+    cpus: int,
+    ops: int,
+    depth: int,
+    k: int,
+    litmus: bool,
+    policy_modules=(),
+    programs: str = "uniform",
+) -> str:
     """The `mmtorture run` that makes the same run again (same program, same schedule)."""
     args = ["mmtorture", "run", "-s", scenario, "-p", policy, "--seed", str(seed), "--scheduler", scheduler]
     if litmus:
@@ -122,14 +133,29 @@ def reproduce_command(scenario: str, policy: str, seed: int, scheduler: str, cpu
 
 
 def _error(r) -> str:
-    return f"exit {r.exit_code}: " + ("; ".join(r.report.get("harness_errors") or [])
-                                      or (r.report.get("diverged") or {}).get("message", "interrupted"))
+    return f"exit {r.exit_code}: " + (
+        "; ".join(r.report.get("harness_errors") or [])
+        or (r.report.get("diverged") or {}).get("message", "interrupted")
+    )
 
 
-def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: int = 1000, ops: int | None = None,
-             cpus: int = 2, first_seed: int = 0, depth: int = 3, policy_modules=(),
-             program: list | None = None, strategy: str = "mix", reports: str | None = None,
-             want: str | None = None, max_seconds: float | None = None) -> HuntRow:
+def hunt_one(
+    scenario: str,
+    policy: str,
+    expect: tuple[str, ...],
+    *,
+    max_seeds: int = 1000,
+    ops: int | None = None,
+    cpus: int = 2,
+    first_seed: int = 0,
+    depth: int = 3,
+    policy_modules=(),
+    program: list | None = None,
+    strategy: str = "mix",
+    reports: str | None = None,
+    want: str | None = None,
+    max_seconds: float | None = None,
+) -> HuntRow:
     """Seeds of `strategy` until a run's first finding is a check of `expect` (with `want`, that
     check), within `max_seeds` and `max_seconds`; on `program` (a litmus test) if given, else
     on generated programs of `ops` operations per CPU (by default as `ops_for` says)."""
@@ -156,21 +182,54 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
         else:
             knobs: dict = {"scheduler": scheduler, "programs": gen}
             if scheduler == "free":
-                knobs.update(duration=min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)), ops=0,
-                             delay_every=DELAY_EVERY)
+                knobs.update(duration=min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)), ops=0, delay_every=DELAY_EVERY)
             else:
                 knobs.update(ops=0 if program else ops_for(name, ops), pct_depth=depth, pct_steps=k)
             used_k = k
-            r = stop_if_interrupted(run(scenario, policy, cpus=ncpus, seed=seed, progress="off",
-                                        policy_modules=policy_modules, program=program, **knobs))
+            r = stop_if_interrupted(
+                run(
+                    scenario,
+                    policy,
+                    cpus=ncpus,
+                    seed=seed,
+                    progress="off",
+                    policy_modules=policy_modules,
+                    program=program,
+                    **knobs,
+                )
+            )
             s = r.report.get("schedule") or {}
             steps = int(s.get("steps", 0))
             if scheduler == "pct":
                 k = k or max(int(s.get("accesses", 0)), 1)
-            cmd = reproduce_command(scenario, policy, seed, scheduler, ncpus, ops_for(name, ops), depth,
-                                    int(s.get("k", used_k)), bool(program), r.report.get("policy_modules", []), gen)
-        row = HuntRow(scenario, policy, list(expect), None, n, seed, steps, 0.0, scheduler, kind, strategy=name,
-                      others=others, run_report=r.report)
+            cmd = reproduce_command(
+                scenario,
+                policy,
+                seed,
+                scheduler,
+                ncpus,
+                ops_for(name, ops),
+                depth,
+                int(s.get("k", used_k)),
+                bool(program),
+                r.report.get("policy_modules", []),
+                gen,
+            )
+        row = HuntRow(
+            scenario,
+            policy,
+            list(expect),
+            None,
+            n,
+            seed,
+            steps,
+            0.0,
+            scheduler,
+            kind,
+            strategy=name,
+            others=others,
+            run_report=r.report,
+        )
         if r.exit_code not in (EXIT_OK, EXIT_FINDINGS):
             row.error = _error(r)
         elif not r.findings:
@@ -183,12 +242,27 @@ def hunt_one(scenario: str, policy: str, expect: tuple[str, ...], *, max_seeds: 
             if reports:
                 row.report = os.path.join(reports, f"{scenario}-{policy}.json")
                 write_json(row.report, r.report)
-            row.command = cmd or (f"mmtorture replay {shlex.quote(row.report)}" if row.report else
-                                  "mmtorture replay REPORT (its program and schedule: keep it with --reports)")
+            row.command = cmd or (
+                f"mmtorture replay {shlex.quote(row.report)}"
+                if row.report
+                else "mmtorture replay REPORT (its program and schedule: keep it with --reports)"
+            )
         row.seconds = round(time.monotonic() - t0, 3)
         return row
-    return HuntRow(scenario, policy, list(expect), None, n, None, steps, round(time.monotonic() - t0, 3),
-                   scheduler, kind, strategy=strategy, others=others)
+    return HuntRow(
+        scenario,
+        policy,
+        list(expect),
+        None,
+        n,
+        None,
+        steps,
+        round(time.monotonic() - t0, 3),
+        scheduler,
+        kind,
+        strategy=strategy,
+        others=others,
+    )
 
 
 def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, accept: tuple[str, ...]):
@@ -203,8 +277,20 @@ def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, 
     ops = sc.operations(sc.policy(policy))
     prog = generate_program(ops, seed, cpus, PMC_OPS, "swarm")
     js = to_json(prog, ops)
-    r = stop_if_interrupted(run(scenario, policy, cpus=cpus, seed=seed, program=js, schedule=pmc.turns(js),
-                                strict=False, profile=True, progress="off", policy_modules=policy_modules))
+    r = stop_if_interrupted(
+        run(
+            scenario,
+            policy,
+            cpus=cpus,
+            seed=seed,
+            program=js,
+            schedule=pmc.turns(js),
+            strict=False,
+            profile=True,
+            progress="off",
+            policy_modules=policy_modules,
+        )
+    )
     if r.findings or r.exit_code not in (EXIT_OK, EXIT_FINDINGS) or not r.profile:
         return r
     profile = r.profile
@@ -214,9 +300,19 @@ def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, 
         ch = pmc.pick(chans, rng)
         if ch is None:
             break
-        rr = stop_if_interrupted(run(scenario, policy, cpus=cpus, seed=seed, program=js,
-                                     schedule=pmc.schedule(js, profile, ch, rng.random() < 0.5), strict=False,
-                                     progress="off", policy_modules=policy_modules))
+        rr = stop_if_interrupted(
+            run(
+                scenario,
+                policy,
+                cpus=cpus,
+                seed=seed,
+                program=js,
+                schedule=pmc.schedule(js, profile, ch, rng.random() < 0.5),
+                strict=False,
+                progress="off",
+                policy_modules=policy_modules,
+            )
+        )
         if rr.findings and rr.findings[0].check in accept or rr.exit_code not in (EXIT_OK, EXIT_FINDINGS):
             return rr
         if rr.findings and not r.findings:
@@ -224,23 +320,58 @@ def _pmc_seed(scenario: str, policy: str, seed: int, cpus: int, policy_modules, 
     return r
 
 
-def hunt_mutant(scenario: str, policy: str, *, max_seeds: int = 1000, ops: int | None = None, cpus: int = 2,
-                depth: int = 3, policy_modules=(), reports: str | None = None, want: str | None = None,
-                strategy: str = "mix", litmus: bool = False, max_seconds: float | None = None) -> HuntRow:
+def hunt_mutant(
+    scenario: str,
+    policy: str,
+    *,
+    max_seeds: int = 1000,
+    ops: int | None = None,
+    cpus: int = 2,
+    depth: int = 3,
+    policy_modules=(),
+    reports: str | None = None,
+    want: str | None = None,
+    strategy: str = "mix",
+    litmus: bool = False,
+    max_seconds: float | None = None,
+) -> HuntRow:
     """One mutant searched as `hunt` searches it: blind by `strategy`, or with `litmus` on its
     litmus program if it has one (random)."""
     sc = get_scenario(scenario)
     p = sc.policy(policy)
     prog = sc.litmus(p) if litmus else None
-    return hunt_one(sc.name, p.name, p.expect, max_seeds=max_seeds, ops=ops, cpus=len(prog) if prog else cpus,
-                    depth=depth, policy_modules=policy_modules, program=prog,
-                    strategy="random" if prog else strategy, reports=reports, want=want, max_seconds=max_seconds)
+    return hunt_one(
+        sc.name,
+        p.name,
+        p.expect,
+        max_seeds=max_seeds,
+        ops=ops,
+        cpus=len(prog) if prog else cpus,
+        depth=depth,
+        policy_modules=policy_modules,
+        program=prog,
+        strategy="random" if prog else strategy,
+        reports=reports,
+        want=want,
+        max_seconds=max_seconds,
+    )
 
 
-def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int | None = None, cpus: int = 2,
-         depth: int = 3, say: Callable[[str], None] | None = None, policy_modules=(),
-         reports: str | None = None, strategy: str = "mix", litmus: bool = False,
-         max_seconds: float | None = None, rows: list[HuntRow] | None = None) -> list[HuntRow]:
+def hunt(
+    *,
+    scenario: str | None = None,
+    max_seeds: int = 1000,
+    ops: int | None = None,
+    cpus: int = 2,
+    depth: int = 3,
+    say: Callable[[str], None] | None = None,
+    policy_modules=(),
+    reports: str | None = None,
+    strategy: str = "mix",
+    litmus: bool = False,
+    max_seconds: float | None = None,
+    rows: list[HuntRow] | None = None,
+) -> list[HuntRow]:
     """Every mutant (of `scenario`), one after another, each row appended to `rows` as it ends
     (what a signal that stops the hunt leaves)."""
     rows = [] if rows is None else rows
@@ -248,29 +379,43 @@ def hunt(*, scenario: str | None = None, max_seeds: int = 1000, ops: int | None 
         if scenario is not None and sc.name != scenario:
             continue
         for p in sc.mutants():
-            row = hunt_mutant(sc.name, p.name, max_seeds=max_seeds, ops=ops, cpus=cpus, depth=depth,
-                              policy_modules=policy_modules, reports=reports, strategy=strategy, litmus=litmus,
-                              max_seconds=max_seconds)
+            row = hunt_mutant(
+                sc.name,
+                p.name,
+                max_seeds=max_seeds,
+                ops=ops,
+                cpus=cpus,
+                depth=depth,
+                policy_modules=policy_modules,
+                reports=reports,
+                strategy=strategy,
+                litmus=litmus,
+                max_seconds=max_seconds,
+            )
             rows.append(row)
             if say:
                 say(format_row(row))
     return rows
 
 
-HEADER = (f"{'MUTANT':<44} {'EXPECTED CHECK':<36} {'CAUGHT BY':<28} {'SEED':>5} {'TRIED':>5} {'STEPS':>6} "
-          f"{'TIME':>7}  SEARCH")
+HEADER = (
+    f"{'MUTANT':<44} {'EXPECTED CHECK':<36} {'CAUGHT BY':<28} {'SEED':>5} {'TRIED':>5} {'STEPS':>6} {'TIME':>7}  SEARCH"
+)
 
 
 def format_row(r: HuntRow) -> str:
     caught = "HARNESS ERROR" if r.error else r.caught or "NOT CAUGHT"
-    line = (f"{r.scenario + '/' + r.mutant:<44} {' or '.join(r.expected):<36} {caught:<28} "
-            f"{'-' if r.seed is None else r.seed:>5} {r.seeds:>5} {r.steps:>6} {r.seconds:>6.1f}s  "
-            f"{r.strategy} on {r.program}")
+    line = (
+        f"{r.scenario + '/' + r.mutant:<44} {' or '.join(r.expected):<36} {caught:<28} "
+        f"{'-' if r.seed is None else r.seed:>5} {r.seeds:>5} {r.steps:>6} {r.seconds:>6.1f}s  "
+        f"{r.strategy} on {r.program}"
+    )
     if r.command:
         line += f"\n    reproduce: {r.command}" + (f"\n    report: {r.report}" if r.report else "")
     if r.error:
         line += f"\n    {r.error} at seed {r.seed}"
     if r.others:
         line += "\n    found first by another check, search went on: " + ", ".join(
-            f"{c} (seed {s})" for c, s in r.others.items())
+            f"{c} (seed {s})" for c, s in r.others.items()
+        )
     return line

@@ -119,36 +119,83 @@ class Knob:
 
 
 KNOBS: tuple[Knob, ...] = (
-    Knob("cpus", _positive_int, _default_cpus, "worker CPU processes", metavar="N",
-         default_text="the machine's cores, 2 to 8"),
-    Knob("duration", _positive_float, None, "wall-clock limit of a run", unit="s", metavar="S",
-         default_text="10 s, or none when --ops is given"),
-    Knob("ops", _nonneg_int, 0, "operations per CPU, 0 for no limit", metavar="N",
-         default_text="no limit free-running, 2000 under --scheduler random or pct"),
+    Knob(
+        "cpus",
+        _positive_int,
+        _default_cpus,
+        "worker CPU processes",
+        metavar="N",
+        default_text="the machine's cores, 2 to 8",
+    ),
+    Knob(
+        "duration",
+        _positive_float,
+        None,
+        "wall-clock limit of a run",
+        unit="s",
+        metavar="S",
+        default_text="10 s, or none when --ops is given",
+    ),
+    Knob(
+        "ops",
+        _nonneg_int,
+        0,
+        "operations per CPU, 0 for no limit",
+        metavar="N",
+        default_text="no limit free-running, 2000 under --scheduler random or pct",
+    ),
     Knob("seed", _int, None, "seed of every CPU's generator", metavar="N", default_text="from the clock"),
     Knob("keep_going", bool, False, "count findings instead of stopping at the first", flag=True),
-    Knob("scheduler", _choice("free", "random", "pct"), "free",
-         "free (OS scheduling), or controlled: random or pct", metavar="NAME"),
-    Knob("programs", _choice("uniform", "swarm"), "uniform",
-         "how programs are generated: uniform (the scenario's weights), or swarm (per seed a subset of "
-         "operations with random weights, arguments focused where CPUs meet)", metavar="GEN"),
+    Knob(
+        "scheduler",
+        _choice("free", "random", "pct"),
+        "free",
+        "free (OS scheduling), or controlled: random or pct",
+        metavar="NAME",
+    ),
+    Knob(
+        "programs",
+        _choice("uniform", "swarm"),
+        "uniform",
+        "how programs are generated: uniform (the scenario's weights), or swarm (per seed a subset of "
+        "operations with random weights, arguments focused where CPUs meet)",
+        metavar="GEN",
+    ),
     Knob("pct_depth", _positive_int, 3, "pct: bug depth d (d-1 priority change points)", metavar="D"),
-    Knob("pct_steps", _nonneg_int, 0, "pct: shared accesses k the change points are drawn from, 0 to estimate",
-         metavar="K"),
-    Knob("preempt_every", _nonneg_int, 0, "random: mean shared accesses between preemptions, 0 to draw per seed",
-         metavar="N"),
+    Knob(
+        "pct_steps",
+        _nonneg_int,
+        0,
+        "pct: shared accesses k the change points are drawn from, 0 to estimate",
+        metavar="K",
+    ),
+    Knob(
+        "preempt_every",
+        _nonneg_int,
+        0,
+        "random: mean shared accesses between preemptions, 0 to draw per seed",
+        metavar="N",
+    ),
     Knob("window_rate", _rate, 0.05, "chance of a delay at each preemption window", metavar="P"),
-    Knob("delay_every", _nonneg_int, 500, "free: mean shared accesses between injected delays (KCSAN-style), "
-         "0 for none", metavar="N"),
-    Knob("window_delay", _nonneg_float, 50.0, "longest injected delay at a window", unit="us",
-         metavar="US"),
+    Knob(
+        "delay_every",
+        _nonneg_int,
+        500,
+        "free: mean shared accesses between injected delays (KCSAN-style), 0 for none",
+        metavar="N",
+    ),
+    Knob("window_delay", _nonneg_float, 50.0, "longest injected delay at a window", unit="us", metavar="US"),
     Knob("stat_interval", _positive_float, 5.0, "seconds between stat lines", unit="s", metavar="S"),
-    Knob("stall_timeout", _positive_float, 10.0, "a CPU without progress this long is stuck",
-         unit="s", metavar="S"),
-    Knob("nowait_fail_rate", _rate, None, "chance that a GFP_NOWAIT allocation fails", metavar="P",
-         default_text="the scenario's, 0 for most"),
-    Knob("start_method", _choice("fork", "spawn", "forkserver"), "fork",
-         "how CPU processes are started", metavar="M"),
+    Knob("stall_timeout", _positive_float, 10.0, "a CPU without progress this long is stuck", unit="s", metavar="S"),
+    Knob(
+        "nowait_fail_rate",
+        _rate,
+        None,
+        "chance that a GFP_NOWAIT allocation fails",
+        metavar="P",
+        default_text="the scenario's, 0 for most",
+    ),
+    Knob("start_method", _choice("fork", "spawn", "forkserver"), "fork", "how CPU processes are started", metavar="M"),
     Knob("progress", _choice("auto", "on", "off"), "auto", "progress bar on stderr", metavar="WHEN"),
 )
 KNOB = {k.name: k for k in KNOBS}
@@ -171,5 +218,8 @@ def echo(values: dict[str, Any]) -> str:
     def show(v: Any) -> str:
         return f"{round(v, 3):g}" if isinstance(v, float) else "none" if v is None else str(v)
 
-    return " ".join(f"{k.name}={show(values[k.name])}{k.unit if values[k.name] is not None else ''}"
-                    for k in KNOBS if k.name in values)
+    return " ".join(
+        f"{k.name}={show(values[k.name])}{k.unit if values[k.name] is not None else ''}"
+        for k in KNOBS
+        if k.name in values
+    )

@@ -119,8 +119,9 @@ def generate(ops: Sequence[Operation], seed: int, cpu: int, mix: Mix | None = No
         yield k, tuple(randrange(v) if isinstance(v, int) else choice(v) for v in values[k])
 
 
-def generate_program(ops: Sequence[Operation], seed: int, ncpus: int, length: int,
-                     generator: str = "uniform") -> Program:
+def generate_program(
+    ops: Sequence[Operation], seed: int, ncpus: int, length: int, generator: str = "uniform"
+) -> Program:
     out = []
     for cpu, mix in enumerate(mixes(ops, seed, ncpus, generator)):
         g = generate(ops, seed, cpu, mix)
@@ -155,8 +156,7 @@ def from_json(data: object, ops: Sequence[Operation], ncpus: int | None = None) 
                 raise ProgramError(f"{where}: {step[0]} takes {len(spec)} argument(s), got {len(args)}")
             for a, v in zip(spec, args):
                 if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < a.bound:
-                    raise ProgramError(f"{where}: {step[0]} argument {a.name} must be in 0..{a.bound - 1},"
-                                       f" not {v!r}")
+                    raise ProgramError(f"{where}: {step[0]} argument {a.name} must be in 0..{a.bound - 1}, not {v!r}")
             prog.append((k, tuple(args)))
         out.append(prog)
     return out

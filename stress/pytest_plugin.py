@@ -19,12 +19,16 @@ _RUNS = pytest.StashKey[list]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mmtorture")
-    group.addoption("--soak", action="store_true", default=False,
-                    help="also run tests marked soak (long torture runs)")
-    group.addoption("--mmtorture-seed", default=None, metavar="N",
-                    help="seed of every mmtorture_run that does not give one")
-    group.addoption("--mmtorture-scheduler", default=None, metavar="NAME",
-                    help="scheduler (free, random, pct) of every mmtorture_run that does not give one")
+    group.addoption("--soak", action="store_true", default=False, help="also run tests marked soak (long torture runs)")
+    group.addoption(
+        "--mmtorture-seed", default=None, metavar="N", help="seed of every mmtorture_run that does not give one"
+    )
+    group.addoption(
+        "--mmtorture-scheduler",
+        default=None,
+        metavar="NAME",
+        help="scheduler (free, random, pct) of every mmtorture_run that does not give one",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

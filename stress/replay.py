@@ -18,17 +18,27 @@ from typing import Any
 from stress.report import SCHEMA, Finding
 from stress.runner import RunResult, UsageError, run
 
-REPLAYED_KNOBS = ("cpus", "seed", "keep_going", "nowait_fail_rate", "start_method", "stall_timeout",
-                  "pct_depth", "pct_steps")
+REPLAYED_KNOBS = (
+    "cpus",
+    "seed",
+    "keep_going",
+    "nowait_fail_rate",
+    "start_method",
+    "stall_timeout",
+    "pct_depth",
+    "pct_steps",
+)
 
 
 def load_report(path: str) -> dict:
     """A report that can be replayed, or a UsageError saying in one line why not."""
     report = read_report(path)
     if not isinstance(report.get("schedule"), dict) or not isinstance(report.get("program"), list):
-        raise UsageError(f"{path} has no program and schedule: only controlled runs "
-                         f"(--scheduler random or pct) can be replayed; `mmtorture reproduce {path}` "
-                         f"searches one for a free-running finding")
+        raise UsageError(
+            f"{path} has no program and schedule: only controlled runs "
+            f"(--scheduler random or pct) can be replayed; `mmtorture reproduce {path}` "
+            f"searches one for a free-running finding"
+        )
     if not report["schedule"].get("complete", True):
         raise UsageError(f"{path}: the schedule was truncated when it was recorded; it cannot be replayed")
     return report
@@ -48,8 +58,10 @@ def read_report(path: str) -> dict:
     if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("mmtorture-report/"):
         raise UsageError(f"{path} is not an mmtorture report (schema {SCHEMA})")
     if report["schema"] != SCHEMA:
-        raise UsageError(f"{path} is a report of another version ({report['schema']}; this mmtorture reads "
-                         f"{SCHEMA}): run it again to replay it")
+        raise UsageError(
+            f"{path} is a report of another version ({report['schema']}; this mmtorture reads "
+            f"{SCHEMA}): run it again to replay it"
+        )
     for key in ("scenario", "policy", "knobs", "findings"):
         if key not in report:
             raise UsageError(f"{path} is a corrupt report: no {key!r}")
@@ -72,17 +84,31 @@ def replay_knobs(report: dict, **overrides: Any) -> dict:
     return knobs
 
 
-def replay(report: dict, *, strict: bool = True, json_path: str | None = None, quiet: bool = True,
-           policy_modules=(), program: list | None = None, schedule: dict | None = None,
-           **overrides: Any) -> RunResult:
+def replay(
+    report: dict,
+    *,
+    strict: bool = True,
+    json_path: str | None = None,
+    quiet: bool = True,
+    policy_modules=(),
+    program: list | None = None,
+    schedule: dict | None = None,
+    **overrides: Any,
+) -> RunResult:
     """Run a report's (program, schedule) again; program/schedule may be replaced (shrinking)."""
     modules = [*report.get("policy_modules", []), *policy_modules]
     try:
-        return run(report["scenario"], report["policy"], json_path=json_path, quiet=quiet,
-                   policy_modules=modules,
-                   program=report["program"] if program is None else program,
-                   schedule=report["schedule"] if schedule is None else schedule,
-                   strict=strict, **replay_knobs(report, **overrides))
+        return run(
+            report["scenario"],
+            report["policy"],
+            json_path=json_path,
+            quiet=quiet,
+            policy_modules=modules,
+            program=report["program"] if program is None else program,
+            schedule=report["schedule"] if schedule is None else schedule,
+            strict=strict,
+            **replay_knobs(report, **overrides),
+        )
     except TypeError as e:
         raise UsageError(f"corrupt report: {e}") from None
 

@@ -61,8 +61,9 @@ class Finding:
 
     def format(self, tail: int = 12) -> str:
         lines = [self.headline()]
-        lines.append(f"    {self.kind}, seed {self.seed}"
-                     + (f", operation #{self.step} of {self.where}" if self.op else ""))
+        lines.append(
+            f"    {self.kind}, seed {self.seed}" + (f", operation #{self.step} of {self.where}" if self.op else "")
+        )
         for k, v in self.objects.items():
             if k != "traceback":
                 lines.append(f"    {k}: {_show(v)}")
@@ -79,8 +80,11 @@ def _show(v: Any) -> str:
     if isinstance(v, dict):
         return "; ".join(f"{k}: {_show(x)}" for k, x in v.items()) or "none"
     if isinstance(v, list | tuple):
-        return "; ".join(_show(x) for x in v) if any(isinstance(x, dict | list) for x in v) \
+        return (
+            "; ".join(_show(x) for x in v)
+            if any(isinstance(x, dict | list) for x in v)
             else ", ".join(str(x) for x in v) or "none"
+        )
     return str(v)
 
 
@@ -217,7 +221,8 @@ def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
     if r.program is not None:
         status = m.cpus["op"][: k["cpus"]]
         report["program"] = to_json(
-            [p[: n + (int(status[i]) >= 0)] for i, (p, n) in enumerate(zip(r.program, per_cpu))], r.ops)
+            [p[: n + (int(status[i]) >= 0)] for i, (p, n) in enumerate(zip(r.program, per_cpu))], r.ops
+        )
     if r.sched is not None:
         report["schedule"] = r._schedule()
         if r.divergence:
@@ -225,8 +230,9 @@ def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
     return findings, report
 
 
-def stat_line(label: str, elapsed: float, cpus: int, ops: int, kinds: dict[str, int],
-              extra: dict[str, Any], tail: str = "") -> str:
+def stat_line(
+    label: str, elapsed: float, cpus: int, ops: int, kinds: dict[str, int], extra: dict[str, Any], tail: str = ""
+) -> str:
     """rcutorture's stat line: what a person scans (the rest is in the JSON report)."""
     errors = sum(kinds.values())
     parts = [f"{label} t={elapsed:.0f}s cpus: {cpus} ops: {ops}"]
@@ -280,19 +286,25 @@ def summary(report: dict, saved_to: str | None = None) -> str:
         lines.append(f"  mutant, expected {' or '.join(report['expect'])}: " + mutant_verdict(report))
     sched = report.get("schedule")
     if sched:
-        lines.append(f"  schedule: {sched['strategy']}, {sched['steps']} decisions, {sched['switches']} switches, "
-                     f"{sched['preemptions']} preemption(s) recorded"
-                     + ("" if sched.get("complete", True) else " (TRUNCATED: not replayable)"))
+        lines.append(
+            f"  schedule: {sched['strategy']}, {sched['steps']} decisions, {sched['switches']} switches, "
+            f"{sched['preemptions']} preemption(s) recorded"
+            + ("" if sched.get("complete", True) else " (TRUNCATED: not replayable)")
+        )
     if report.get("diverged"):
         lines.append(f"  replay diverged: {report['diverged']['message']}")
     for f in kept[:SHOWN_FINDINGS]:
         lines.append("  " + Finding(**f).format().replace("\n", "\n  "))
     if total > min(len(kept), SHOWN_FINDINGS):
-        lines.append(f"  findings by check (every one counted; {len(kept)} kept in the JSON report, at most "
-                     "4 of each check): " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+        lines.append(
+            f"  findings by check (every one counted; {len(kept)} kept in the JSON report, at most "
+            "4 of each check): " + ", ".join(f"{c} {n}" for c, n in counts.items())
+        )
     if report.get("findings_after_first"):
-        lines.append(f"  {report['findings_after_first']} more finding(s) while the CPUs stopped, after the first: "
-                     "its consequences, not kept (--keep-going keeps counting)")
+        lines.append(
+            f"  {report['findings_after_first']} more finding(s) while the CPUs stopped, after the first: "
+            "its consequences, not kept (--keep-going keeps counting)"
+        )
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
     for err in report.get("harness_errors", []):
@@ -311,8 +323,10 @@ def reproduce_lines(report: dict, saved_to: str | None) -> list[str]:
         out.append(f"  replay: mmtorture replay {path}")
         out.append(f"  shrink: mmtorture shrink {path}")
     else:
-        out.append(f"  free-running: make it replayable (a controlled search of the last operations of every "
-                   f"CPU, shrunk) with: mmtorture reproduce {path}")
+        out.append(
+            f"  free-running: make it replayable (a controlled search of the last operations of every "
+            f"CPU, shrunk) with: mmtorture reproduce {path}"
+        )
     return out
 
 

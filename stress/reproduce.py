@@ -48,7 +48,7 @@ def suffix_program(report: dict, window: int) -> list:
     """Per CPU, the last `window` operations it ran (and the one it may have been in), in JSON form:
     from the report's program if it ran a given one, else drawn again from the seeded generator."""
     if isinstance(report.get("program"), list):
-        return [p[max(0, len(p) - window):] for p in report["program"]]
+        return [p[max(0, len(p) - window) :] for p in report["program"]]
     for m in report.get("policy_modules", []):
         load_module(m)
     sc = get_scenario(report["scenario"])
@@ -62,7 +62,7 @@ def suffix_program(report: dict, window: int) -> list:
     for cpu, (n, mix) in enumerate(zip(done, mixes(ops, seed, ncpus, gen))):
         stream = generate(ops, seed, cpu, mix)
         steps = [next(stream) for _ in range(n + 1)]
-        out.append(steps[max(0, n + 1 - window):])
+        out.append(steps[max(0, n + 1 - window) :])
     return to_json(out, ops)
 
 
@@ -72,8 +72,9 @@ def same_finding(want: dict, got) -> bool:
     return got.check == want["check"] or want.get("kind") == "hang" and got.kind in ("hang", "deadlock")
 
 
-def reproduce(report: dict, *, max_runs: int | None = None, max_seconds: float = 120.0,
-              say: Callable[[str], None] | None = None) -> Reproduction | None:
+def reproduce(
+    report: dict, *, max_runs: int | None = None, max_seconds: float = 120.0, say: Callable[[str], None] | None = None
+) -> Reproduction | None:
     """The first controlled run of a suffix program whose first finding is the report's: SEEDS_PER_WINDOW
     seeds for each window, and the rest of the budget for the whole program."""
     if report.get("schedule") is not None:
@@ -95,9 +96,18 @@ def reproduce(report: dict, *, max_runs: int | None = None, max_seconds: float =
             if (max_runs is not None and runs >= max_runs) or time.monotonic() - t0 > max_seconds:
                 return None
             _, scheduler, _ = plan("mix", seed)  # the program is given: swarm's turn is the random strategy's
-            r = stop_if_interrupted(run(
-                    report["scenario"], report["policy"], cpus=report["cpus"], seed=seed, program=program,
-                    scheduler=scheduler, progress="off", policy_modules=report.get("policy_modules", [])))
+            r = stop_if_interrupted(
+                run(
+                    report["scenario"],
+                    report["policy"],
+                    cpus=report["cpus"],
+                    seed=seed,
+                    program=program,
+                    scheduler=scheduler,
+                    progress="off",
+                    policy_modules=report.get("policy_modules", []),
+                )
+            )
             runs += 1
             if r.findings and same_finding(want, r.findings[0]):
                 return Reproduction(r.findings[0].check, window, seed, runs, round(time.monotonic() - t0, 3), r)

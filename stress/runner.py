@@ -336,11 +336,18 @@ class Runner:
         self.run_id = run_id
         needs = sc.needs
         m = self.machine = Machine.create(
-            run_id, ncpus, needs.pool_pages, needs.page_size, needs.srcu_domains,
-            k["keep_going"], self.seed, k["nowait_fail_rate"],
+            run_id,
+            ncpus,
+            needs.pool_pages,
+            needs.page_size,
+            needs.srcu_domains,
+            k["keep_going"],
+            self.seed,
+            k["nowait_fail_rate"],
         )
-        m.set_run_info({"scenario": sc.name, "policy": pol.name, "policy_modules": self.policy_modules,
-                        "pid": os.getpid()})
+        m.set_run_info(
+            {"scenario": sc.name, "policy": pol.name, "policy_modules": self.policy_modules, "pid": os.getpid()}
+        )
         state = Segment.create(sc.layout(ncpus), run_id, 1)
         m.add_segment(state)
         self.boot_sched = DeadlineScheduler()
@@ -356,17 +363,31 @@ class Runner:
             self.boot_sched.deadline = None
         if m.finding_count():
             raise HarnessError(f"{sc.name} setup reported a finding: {m.findings()[0]['message']}")
-        spec = ProcessSpec(m.seg.name, state.name, sc.name, pol.name, self.seed, k["ops"],
-                           self.sched_name, dict(k), self.policy_modules, os.getpid(),
-                           program=self.program, replay=self.replay)
+        spec = ProcessSpec(
+            m.seg.name,
+            state.name,
+            sc.name,
+            pol.name,
+            self.seed,
+            k["ops"],
+            self.sched_name,
+            dict(k),
+            self.policy_modules,
+            os.getpid(),
+            program=self.program,
+            replay=self.replay,
+        )
         if self.controlled:
             sched = self.sched = SchedState.create(run_id, 2, ncpus + 1, PROFILE_CAP if self.profile else 0)
             self.strategy = make_strategy(self.sched_name, self.seed, ncpus + 1, k, self.replay)
             self.strategy.init(sched)
             spec.sched_segment = sched.seg.name
-        self.say(f"{self.label} {echo(k)}" + (" MUTANT" if pol.mutant else "")
-                 + (f" (replaying a schedule, {'strict' if self.replay.strict else 'lenient'})"
-                    if self.replay else "") + f"; machine segment {m.seg.name} (mmtorture inspect)")
+        self.say(
+            f"{self.label} {echo(k)}"
+            + (" MUTANT" if pol.mutant else "")
+            + (f" (replaying a schedule, {'strict' if self.replay.strict else 'lenient'})" if self.replay else "")
+            + f"; machine segment {m.seg.name} (mmtorture inspect)"
+        )
         ctx = multiprocess.get_context(k["start_method"])
         self.gp = ctx.Process(target=gp_main, args=(spec, m.gp_cpu), name="mmtorture-gp", daemon=True)
         self.gp.start()
@@ -411,8 +432,15 @@ class Runner:
         m = self.m
         ops, _ = self._ops_done()
         extra = {"rcu_gp": m.rcu.gp_seq(), "free": f"{m.pool.nr_free()}/{m.pool.npages}"}
-        return stat_line(self.label, time.monotonic() - self.t_start, self.knobs["cpus"], ops,
-                         m.kind_counts(), extra, self.scenario.stat_text(self._counters()))
+        return stat_line(
+            self.label,
+            time.monotonic() - self.t_start,
+            self.knobs["cpus"],
+            ops,
+            m.kind_counts(),
+            extra,
+            self.scenario.stat_text(self._counters()),
+        )
 
     def _make_bar(self):
         want = self.knobs["progress"]
@@ -426,8 +454,13 @@ class Runner:
         budget = self.knobs["ops"] * self.knobs["cpus"]
         if budget:
             return tqdm(total=budget, desc=self.label, unit="op", file=sys.stderr, leave=False)
-        return tqdm(total=round(self.knobs["duration"]), desc=self.label, file=sys.stderr, leave=False,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s")
+        return tqdm(
+            total=round(self.knobs["duration"]),
+            desc=self.label,
+            file=sys.stderr,
+            leave=False,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s",
+        )
 
     def _watch(self) -> None:
         m, k = self.m, self.knobs
@@ -491,10 +524,16 @@ class Runner:
             name = "grace-period kthread" if cpu == m.gp_cpu else f"cpu {cpu}"
             opname = self.op_names[op] if 0 <= op < len(self.op_names) else None
             m.record_finding(
-                CPU_CRASH, cpu, op, int(m.cpus["heartbeat"][cpu]),
+                CPU_CRASH,
+                cpu,
+                op,
+                int(m.cpus["heartbeat"][cpu]),
                 f"{name} (pid {p.pid}) died: {how}" + (f" in {opname}" if opname else ""),
-                {"pid": p.pid, "exitcode": p.exitcode,
-                 "locks_held": self.watchdog.held_locks() if hasattr(self, "watchdog") else {}},
+                {
+                    "pid": p.pid,
+                    "exitcode": p.exitcode,
+                    "locks_held": self.watchdog.held_locks() if hasattr(self, "watchdog") else {},
+                },
                 m.traces[cpu].copy(),
             )
             found = True
@@ -516,8 +555,12 @@ class Runner:
                 p.join(max(0.0, deadline - time.monotonic()))
         stuck = [i for i, p in enumerate(self.procs) if p.is_alive()]
         if stuck and not m.finding_count() and not self.signum and not wedged:
-            self.watchdog.fire(WATCHDOG_STALL, stuck[0], f"cpu {', '.join(map(str, stuck))} did not stop "
-                               f"within {grace:g}s of the stop request", stuck)
+            self.watchdog.fire(
+                WATCHDOG_STALL,
+                stuck[0],
+                f"cpu {', '.join(map(str, stuck))} did not stop within {grace:g}s of the stop request",
+                stuck,
+            )
         for i in stuck:
             self.procs[i].kill()
             self.procs[i].join(5)
@@ -546,16 +589,18 @@ class Runner:
             self.sched.dissolve()
         m.control["stop"] = 0  # teardown findings are recorded, not a reason to skip the rest
         after_finding = m.finding_count() > 0
-        limit = min(self.knobs["stall_timeout"], AFTER_FINDING_DEADLINE_S) if after_finding \
-            else self.knobs["stall_timeout"]
+        limit = (
+            min(self.knobs["stall_timeout"], AFTER_FINDING_DEADLINE_S) if after_finding else self.knobs["stall_timeout"]
+        )
         # The kthread invokes what the run queued and leaves; from here the boot CPU is the only
         # CPU and runs every callback itself (rcu_barrier), so what the sweeps and the teardown
         # find does not depend on how the OS interleaves two processes, and a replay agrees.
         m.rcu.stop_kthread()
         self.gp.join(BARRIER_TIMEOUT_S)
         if self.gp.exitcode is None:
-            return self._skip_sweeps(f"the grace-period kthread did not finish the run's callbacks within "
-                                     f"{BARRIER_TIMEOUT_S:g}s")
+            return self._skip_sweeps(
+                f"the grace-period kthread did not finish the run's callbacks within {BARRIER_TIMEOUT_S:g}s"
+            )
         self._check_dead()
         self.boot_sched.deadline = time.monotonic() + limit
         phase = "sweep"
@@ -565,14 +610,17 @@ class Runner:
             self.scenario.teardown(self.world)
             phase = "rcu_barrier"
             if not m.rcu.barrier(self.boot, timeout=BARRIER_TIMEOUT_S):
-                return self._skip_sweeps(f"rcu_barrier did not finish within {BARRIER_TIMEOUT_S:g}s, so the leak "
-                                         "sweep did not run")
+                return self._skip_sweeps(
+                    f"rcu_barrier did not finish within {BARRIER_TIMEOUT_S:g}s, so the leak sweep did not run"
+                )
         except TeardownStall as stall:
             wait = int(m.cpus["waiting_on"][m.boot_cpu])
             what = self.watchdog.describe_wait(wait) if wait else "nothing it published"
-            message = (f"the {self.scenario.name} {phase} waits for {what}, and no other CPU is left to end "
-                       "the wait" if stall.alone else
-                       f"the {self.scenario.name} {phase} stalled for {limit:g}s waiting for {what}")
+            message = (
+                f"the {self.scenario.name} {phase} waits for {what}, and no other CPU is left to end the wait"
+                if stall.alone
+                else f"the {self.scenario.name} {phase} stalled for {limit:g}s waiting for {what}"
+            )
             if after_finding:  # the state is already broken; the stall is a consequence, not news
                 self.notes.append(f"{message} (after the first finding); leak sweep skipped")
                 return
@@ -583,8 +631,7 @@ class Runner:
         finally:
             self.boot_sched.deadline = None
         for leak in m.pool.leaks():
-            self.boot.report(POOL_LEAK, f"{leak['pages']} page(s) allocated at '{leak['site']}' never freed",
-                             **leak)
+            self.boot.report(POOL_LEAK, f"{leak['pages']} page(s) allocated at '{leak['site']}' never freed", **leak)
 
     def _reap(self) -> None:
         """Every child ends and is joined, whatever happened before."""
@@ -627,27 +674,41 @@ class Runner:
         if div is None and self.replay is not None and self.replay.strict and not self.signum:
             want = self.replay.steps
             if want is not None and want != summ["steps"] and not summ["wedged"]:
-                div = {"step": min(want, summ["steps"]), "cpu": -1, "op": -1, "point": -1, "target": -1,
-                       "message": f"the run made {summ['steps']} scheduling decisions, "
-                                  f"the schedule recorded {want}"}
+                div = {
+                    "step": min(want, summ["steps"]),
+                    "cpu": -1,
+                    "op": -1,
+                    "point": -1,
+                    "target": -1,
+                    "message": f"the run made {summ['steps']} scheduling decisions, the schedule recorded {want}",
+                }
         if div is not None:
             if "message" not in div:
                 who = "the grace-period kthread" if div["cpu"] == self.knobs["cpus"] else f"cpu {div['cpu']}"
                 if div.get("unreached"):
-                    div["message"] = (f"{who} never reached {describe_point(div['op'], div['point'])}, where "
-                                      f"the schedule switches to cpu {div['target']}")
+                    div["message"] = (
+                        f"{who} never reached {describe_point(div['op'], div['point'])}, where "
+                        f"the schedule switches to cpu {div['target']}"
+                    )
                 else:
-                    div["message"] = (f"at step {div['step']}, {who} at {describe_point(div['op'], div['point'])} "
-                                      f"should switch to cpu {div['target']}, which cannot run there")
+                    div["message"] = (
+                        f"at step {div['step']}, {who} at {describe_point(div['op'], div['point'])} "
+                        f"should switch to cpu {div['target']}, which cannot run there"
+                    )
             self.divergence = div
         return out
 
     def _report(self) -> tuple[list[Finding], dict]:
         """The report, whatever happened; a failure while building it is the harness's (exit 3)."""
         report = report_head(self) | {
-            "run_id": self.run_id, "stop_reason": self.stop_reason, "duration_s": round(self.elapsed, 3),
-            "interrupted": bool(self.signum), "signal": self.signum or None, "notes": self.notes,
-            "policy_modules": self.policy_modules}
+            "run_id": self.run_id,
+            "stop_reason": self.stop_reason,
+            "duration_s": round(self.elapsed, 3),
+            "interrupted": bool(self.signum),
+            "signal": self.signum or None,
+            "notes": self.notes,
+            "policy_modules": self.policy_modules,
+        }
         findings: list[Finding] = []
         try:
             findings, report = build_report(self, report)
@@ -674,15 +735,26 @@ def stop_if_interrupted(r: RunResult) -> RunResult:
     return r
 
 
-def run(scenario: str, policy: str | None = None, *, json_path: str | None = None,
-        out: TextIO | None = None, quiet: bool = True, policy_modules=(), program: list | None = None,
-        schedule: dict | None = None, strict: bool = True, profile: bool = False, **knobs: Any) -> RunResult:
+def run(
+    scenario: str,
+    policy: str | None = None,
+    *,
+    json_path: str | None = None,
+    out: TextIO | None = None,
+    quiet: bool = True,
+    policy_modules=(),
+    program: list | None = None,
+    schedule: dict | None = None,
+    strict: bool = True,
+    profile: bool = False,
+    **knobs: Any,
+) -> RunResult:
     """Run one scenario/policy; knobs as in stress.knobs (cpus=, ops=, seed=, scheduler=...).
 
     `program` and `schedule` as in Runner: a run that replays (program, schedule)."""
-    return Runner(scenario, policy, knobs, json_path, out, policy_modules, quiet, program, schedule,
-                  strict, profile=profile).run()
+    return Runner(
+        scenario, policy, knobs, json_path, out, policy_modules, quiet, program, schedule, strict, profile=profile
+    ).run()
 
 
-__all__ = ["HarnessError", "Interrupted", "KINDS", "RunResult", "Runner", "UsageError", "run",
-           "stop_if_interrupted"]
+__all__ = ["HarnessError", "Interrupted", "KINDS", "RunResult", "Runner", "UsageError", "run", "stop_if_interrupted"]

@@ -55,8 +55,9 @@ class Candidate:
         del prog[cpu][start : start + n]
         devs = [list(d) for d in self.deviations]
         if cpu < len(devs):
-            devs[cpu] = [[op - n if op >= start + n else op, pt, t] for op, pt, t in devs[cpu]
-                         if not start <= op < start + n]
+            devs[cpu] = [
+                [op - n if op >= start + n else op, pt, t] for op, pt, t in devs[cpu] if not start <= op < start + n
+            ]
         return Candidate(prog, self.first, devs)
 
     def without_devs(self, cpu: int, start: int, n: int) -> Candidate:
@@ -69,8 +70,11 @@ def _without(c: Candidate, *elements: tuple[str, int, int]) -> Candidate:
     """c without the given preemptions and operations ("dev" or "op", cpu, index): preemptions
     first, by index, then operations from the last, so that each index still names its element."""
     devs = {(cpu, i) for kind, cpu, i in elements if kind == "dev"}
-    c = Candidate(c.program, c.first, [[d for j, d in enumerate(lst) if (cpu, j) not in devs]
-                                       for cpu, lst in enumerate(c.deviations)])
+    c = Candidate(
+        c.program,
+        c.first,
+        [[d for j, d in enumerate(lst) if (cpu, j) not in devs] for cpu, lst in enumerate(c.deviations)],
+    )
     for _, cpu, i in sorted((e for e in elements if e[0] == "op"), key=lambda e: -e[2]):
         c = c.without_ops(cpu, i, 1)
     return c
@@ -89,13 +93,21 @@ class ShrinkResult:
     def summary(self) -> str:
         b, a = self.before, self.after
         per = lambda c: "+".join(str(len(p)) for p in c.program)  # noqa: E731
-        return (f"shrunk [{self.check}]: program {b.ops} ops ({per(b)}) -> {a.ops} ({per(a)}), "
-                f"preemptions {b.preemptions} -> {a.preemptions}, {self.runs} runs in {self.seconds:.1f}s")
+        return (
+            f"shrunk [{self.check}]: program {b.ops} ops ({per(b)}) -> {a.ops} ({per(a)}), "
+            f"preemptions {b.preemptions} -> {a.preemptions}, {self.runs} runs in {self.seconds:.1f}s"
+        )
 
 
 class Shrinker:
-    def __init__(self, report: dict, check: str | None = None, max_runs: int = 2000,
-                 say: Callable[[str], None] | None = None, policy_modules=()):
+    def __init__(
+        self,
+        report: dict,
+        check: str | None = None,
+        max_runs: int = 2000,
+        say: Callable[[str], None] | None = None,
+        policy_modules=(),
+    ):
         self.report = report
         checks = [f["check"] for f in report["findings"]]
         if not checks:
@@ -120,8 +132,11 @@ class Shrinker:
 
     def _run(self, c: Candidate) -> Candidate | None:
         self.runs += 1
-        r = stop_if_interrupted(replay(self.report, strict=False, program=c.program, schedule=c.schedule(),
-                                       policy_modules=self.policy_modules))
+        r = stop_if_interrupted(
+            replay(
+                self.report, strict=False, program=c.program, schedule=c.schedule(), policy_modules=self.policy_modules
+            )
+        )
         if r.exit_code not in (0, 1) or self.check not in r.checks:
             return None
         s = r.report["schedule"]
@@ -130,9 +145,13 @@ class Shrinker:
     def _budget(self) -> bool:
         return self.runs < self.max_runs
 
-    def _ddmin(self, c: Candidate, lists: Callable[[Candidate], list[list]],
-               remove: Callable[[Candidate, int, int, int], Candidate],
-               size: Callable[[Candidate], tuple[int, int]]) -> Candidate:
+    def _ddmin(
+        self,
+        c: Candidate,
+        lists: Callable[[Candidate], list[list]],
+        remove: Callable[[Candidate, int, int, int], Candidate],
+        size: Callable[[Candidate], tuple[int, int]],
+    ) -> Candidate:
         """Remove chunks (halving in size) of each CPU's list while the failure stays."""
         for cpu in range(len(lists(c))):
             n = max(1, len(lists(c)[cpu]) // 2)
@@ -151,8 +170,7 @@ class Shrinker:
         return self._ddmin(c, lambda x: x.program, Candidate.without_ops, lambda x: (x.ops, x.preemptions))
 
     def _pass_devs(self, c: Candidate) -> Candidate:
-        return self._ddmin(c, lambda x: x.deviations, Candidate.without_devs,
-                           lambda x: (x.preemptions, x.ops))
+        return self._ddmin(c, lambda x: x.deviations, Candidate.without_devs, lambda x: (x.preemptions, x.ops))
 
     def _pass_pairs(self, c: Candidate) -> Candidate:
         """Remove two elements at once, operations and preemptions alike: a CPU handed away and
@@ -165,7 +183,7 @@ class Shrinker:
         where = [("dev", cpu, i) for cpu, d in enumerate(c.deviations) for i in range(len(d))]
         where += [("op", cpu, i) for cpu, p in enumerate(c.program) for i in range(len(p))]
         for x, a in enumerate(where):
-            for b in where[x + 1:]:
+            for b in where[x + 1 :]:
                 if not self._budget():
                     return c
                 if a[0] == "dev" and b[0] == "op" and a[1] == b[1] and c.deviations[a[1]][a[2]][0] == b[2]:
@@ -219,14 +237,17 @@ class Shrinker:
         start = Candidate(r["program"], int(r["schedule"].get("first", 0)), r["schedule"]["deviations"])
         c = self._try(start)
         if c is None:
-            raise UsageError(f"the report's program and schedule do not trip {self.check} "
-                             f"when replayed: nothing to shrink")
-        self.say(f"start: {start.ops} ops, {start.preemptions} preemptions; as run: {c.ops} ops, "
-                 f"{c.preemptions} preemptions")
+            raise UsageError(
+                f"the report's program and schedule do not trip {self.check} when replayed: nothing to shrink"
+            )
+        self.say(
+            f"start: {start.ops} ops, {start.preemptions} preemptions; as run: {c.ops} ops, {c.preemptions} preemptions"
+        )
         while self._budget():
             before = (c.ops, c.preemptions, c.program)
-            for remove in (self._pass_devs, self._pass_ops) if c.preemptions > c.ops else \
-                    (self._pass_ops, self._pass_devs):
+            for remove in (
+                (self._pass_devs, self._pass_ops) if c.preemptions > c.ops else (self._pass_ops, self._pass_devs)
+            ):
                 c = remove(c)
             c = self._pass_pairs(c)
             c = self._pass_points(c)
@@ -237,20 +258,39 @@ class Shrinker:
         return start, c
 
 
-def shrink(report: dict, *, check: str | None = None, max_runs: int = 2000, json_path: str | None = None,
-           say: Callable[[str], None] | None = None, policy_modules=()) -> ShrinkResult:
+def shrink(
+    report: dict,
+    *,
+    check: str | None = None,
+    max_runs: int = 2000,
+    json_path: str | None = None,
+    say: Callable[[str], None] | None = None,
+    policy_modules=(),
+) -> ShrinkResult:
     """Shrink a report's failure; the smallest one is replayed strictly and written to json_path."""
     t0 = time.monotonic()
     s = Shrinker(report, check, max_runs, say, policy_modules)
     before, after = s.shrink()
-    final = stop_if_interrupted(replay(report, strict=True, program=after.program, schedule=after.schedule(),
-                                       json_path=json_path, policy_modules=policy_modules))
+    final = stop_if_interrupted(
+        replay(
+            report,
+            strict=True,
+            program=after.program,
+            schedule=after.schedule(),
+            json_path=json_path,
+            policy_modules=policy_modules,
+        )
+    )
     s.runs += 1
     if s.check not in final.checks:
         raise UsageError("the shrunk program and schedule did not fail again when replayed strictly")
     res = ShrinkResult(s.check, before, after, s.runs, time.monotonic() - t0, final)
-    final.report["shrunk_from"] = {"ops": before.ops, "preemptions": before.preemptions,
-                                   "runs": s.runs, "seed": report.get("seed")}
+    final.report["shrunk_from"] = {
+        "ops": before.ops,
+        "preemptions": before.preemptions,
+        "runs": s.runs,
+        "seed": report.get("seed"),
+    }
     if json_path:
         from stress.report import write_json
 

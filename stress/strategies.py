@@ -46,16 +46,24 @@ def steps(draw, scenario: str, policy: str | None = None) -> list:
     return [op.name] + [draw(st.integers(0, a.bound - 1)) for a in op.args]
 
 
-def programs(scenario: str, policy: str | None = None, ncpus: int = 2, min_ops: int = 1,
-             max_ops: int = 6) -> st.SearchStrategy[list]:
+def programs(
+    scenario: str, policy: str | None = None, ncpus: int = 2, min_ops: int = 1, max_ops: int = 6
+) -> st.SearchStrategy[list]:
     """Per CPU, a list of operations with arguments (JSON form, as in a report)."""
     one = st.lists(steps(scenario, policy), min_size=min_ops, max_size=max_ops)
     return st.lists(one, min_size=ncpus, max_size=ncpus)
 
 
 @st.composite
-def schedules(draw, program: list, max_preemptions: int = 6, max_points: int = MAX_POINTS,
-              max_windows: int = MAX_WINDOWS, max_access_preemptions: int = 2, kthread: bool = True) -> dict:
+def schedules(
+    draw,
+    program: list,
+    max_preemptions: int = 6,
+    max_points: int = MAX_POINTS,
+    max_windows: int = MAX_WINDOWS,
+    max_access_preemptions: int = 2,
+    kthread: bool = True,
+) -> dict:
     """Preemptions anchored in the program's operations (CPU c at operation o, point p, switch to t).
 
     First up to `max_preemptions` at windows and spins (p = -2 - w for the w-th, where a
@@ -86,12 +94,31 @@ def schedules(draw, program: list, max_preemptions: int = 6, max_points: int = M
     return {"first": draw(st.integers(0, ncpus - 1)), "deviations": devs}
 
 
-def run_program(scenario: str, policy: str, program: list, schedule: dict, *, seed: int = 0,
-                json_path: str | None = None, **knobs: Any) -> RunResult:
+def run_program(
+    scenario: str,
+    policy: str,
+    program: list,
+    schedule: dict,
+    *,
+    seed: int = 0,
+    json_path: str | None = None,
+    **knobs: Any,
+) -> RunResult:
     """One controlled run of (program, schedule), replayed leniently: any schedule fits."""
     knobs.setdefault("progress", "off")
-    return stop_if_interrupted(run(scenario, policy, cpus=len(program), seed=seed, program=program,
-                                   schedule=schedule, strict=False, json_path=json_path, **knobs))
+    return stop_if_interrupted(
+        run(
+            scenario,
+            policy,
+            cpus=len(program),
+            seed=seed,
+            program=program,
+            schedule=schedule,
+            strict=False,
+            json_path=json_path,
+            **knobs,
+        )
+    )
 
 
 __all__ = ["programs", "run_program", "schedules", "steps"]

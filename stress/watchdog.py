@@ -44,8 +44,13 @@ CYCLE_CHECKS = 3
 
 
 class Watchdog:
-    def __init__(self, machine: Machine, stall_timeout: float, op_names: list[str],
-                 progress: Callable[[], tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        machine: Machine,
+        stall_timeout: float,
+        op_names: list[str],
+        progress: Callable[[], tuple[int, int]] | None = None,
+    ):
         """`progress`, for a controlled run: (decisions so far, CPU holding the token)."""
         self.machine = machine
         self.progress = progress
@@ -94,8 +99,11 @@ class Watchdog:
         if what == WAIT_PAGE:
             pool = self.machine.pool
             owners = sorted(pool.owners().items(), key=lambda kv: -kv[1])[:4]
-            return (f"a free page ({pool.npages - pool.nr_free()} of {pool.npages} allocated: "
-                    + ", ".join(f"{n} x {site}" for site, n in owners) + ")")
+            return (
+                f"a free page ({pool.npages - pool.nr_free()} of {pool.npages} allocated: "
+                + ", ".join(f"{n} x {site}" for site, n in owners)
+                + ")"
+            )
         return f"{WAIT_NAMES.get(what, what)} {self.machine.describe(addr)}"
 
     def describe_cpu(self, i: int) -> str:
@@ -217,8 +225,12 @@ class Watchdog:
             return False
         st = self.cpu_state(holder) if holder < self.machine.ncpus else {"op": None, "waiting_on": None}
         who = f"cpu {holder}" if holder < self.machine.ncpus else "the grace-period kthread"
-        self.fire(WATCHDOG_STALL, holder, f"{who} ran for {now - since:.1f}s without reaching a scheduling "
-                  f"point, in {st['op']}", [holder] if holder < self.machine.ncpus else [])
+        self.fire(
+            WATCHDOG_STALL,
+            holder,
+            f"{who} ran for {now - since:.1f}s without reaching a scheduling point, in {st['op']}",
+            [holder] if holder < self.machine.ncpus else [],
+        )
         return True
 
     def fire(self, check: Check, cpu: int, message: str, cpus: list[int]) -> None:
@@ -230,5 +242,4 @@ class Watchdog:
             "locks_held": self.held_locks(),
         }
         ring = self.machine.traces[cpu].copy()
-        self.machine.record_finding(check, cpu, op, int(self.machine.cpus["heartbeat"][cpu]),
-                                    message, objects, ring)
+        self.machine.record_finding(check, cpu, op, int(self.machine.cpus["heartbeat"][cpu]), message, objects, ring)

@@ -47,8 +47,15 @@ class ProcessSpec:
     replay: Replay | None = None
 
     def scheduler_for(self, machine: Machine, cpu_id: int):
-        return make_scheduler(self.scheduler, self.seed, self.knobs, cpu_seed(self.seed, cpu_id),
-                              self.sched_segment, machine.ncpus + 1, self.replay)
+        return make_scheduler(
+            self.scheduler,
+            self.seed,
+            self.knobs,
+            cpu_seed(self.seed, cpu_id),
+            self.sched_segment,
+            machine.ncpus + 1,
+            self.replay,
+        )
 
 
 def cpu_seed(seed: int, cpu: int) -> int:
@@ -104,8 +111,7 @@ def _flush(stats, done: int, opcounts: list[int], counts: list[int]) -> None:
     stats[STAT_COUNTERS : STAT_COUNTERS + len(counts)] = counts
 
 
-def _process(spec: ProcessSpec, cpu_id: int, what: str, controlled: bool,
-             run: Callable[[World], None]) -> None:
+def _process(spec: ProcessSpec, cpu_id: int, what: str, controlled: bool, run: Callable[[World], None]) -> None:
     """What every process of a run does around its work: signals, attach, status, the
     scheduler's begin and exit, and any exception turned into a cpu-crash finding."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

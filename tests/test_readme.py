@@ -56,8 +56,11 @@ def console_steps(block: str) -> list[tuple[str, list[str]]]:
 
 
 def test_every_command_block_gives_the_outcome_it_shows(tmp_path):
-    env = dict(os.environ, MMTORTURE_PROGRESS="off", PATH=os.path.dirname(sys.executable) + os.pathsep
-               + os.environ.get("PATH", ""))
+    env = dict(
+        os.environ,
+        MMTORTURE_PROGRESS="off",
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
     env.pop("MMTORTURE_POLICY_MODULE", None)
     ran = 0
     for lang, body in BLOCKS:
@@ -67,8 +70,7 @@ def test_every_command_block_gives_the_outcome_it_shows(tmp_path):
         if lang != "console":
             continue
         for command, claimed in console_steps(body):
-            p = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=300)
+            p = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
             out = p.stdout + p.stderr
             missing = in_order(claimed, out)
             assert missing is None, f"$ {command}\nclaimed line not found: {missing!r}\noutput:\n{out}"
@@ -87,8 +89,12 @@ def test_the_make_targets_it_names_exist():
 
 
 def test_the_benchmark_figures_are_rendered_from_the_json():
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "figures.py"), "--check"],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "docs", "figures.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert "<!-- figures:vma -->\n| policy |" in README
 

@@ -29,7 +29,24 @@ from policies.mm.vma import (
 )
 
 __all__ = [
-    "FAULT_FLAG_SPECULATIVE", "FAULT_RESULTS", "MAX_VMAS", "MM_EXITED", "MM_LIVE", "RESERVED", "VM_BABY", "VM_DETACHED",
-    "VM_FAULT_OK", "VM_FAULT_OOM", "VM_FAULT_RETRY", "VM_FAULT_SIGSEGV", "VM_READ", "VM_WRITE",
-    "VM_ZAPPED", "VM_ZOMBIE", "Geometry", "MmModel", "Vmf", "sweep",
+    "FAULT_FLAG_SPECULATIVE",
+    "FAULT_RESULTS",
+    "MAX_VMAS",
+    "MM_EXITED",
+    "MM_LIVE",
+    "RESERVED",
+    "VM_BABY",
+    "VM_DETACHED",
+    "VM_FAULT_OK",
+    "VM_FAULT_OOM",
+    "VM_FAULT_RETRY",
+    "VM_FAULT_SIGSEGV",
+    "VM_READ",
+    "VM_WRITE",
+    "VM_ZAPPED",
+    "VM_ZOMBIE",
+    "Geometry",
+    "MmModel",
+    "Vmf",
+    "sweep",
 ]

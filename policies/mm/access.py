@@ -45,8 +45,10 @@ class Access(Tlb):
         write-protected the PTE: allowed while the fork runs, since dup_mmap flushes at its end
         (and the flush waits for the instruction); what it can break, a COW copy taken
         meanwhile, is checked as a lost write."""
-        return (bool(self.smem.load32(self.mm_off(mm, "forking")))
-                and not self.walk(cpu, mm, vpn, "MMU page walk", report=False) & PTE_WRITE)
+        return (
+            bool(self.smem.load32(self.mm_off(mm, "forking")))
+            and not self.walk(cpu, mm, vpn, "MMU page walk", report=False) & PTE_WRITE
+        )
 
     def _load_store(self, cpu, mm: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
         pool, pmem = self.pool, self.pmem
@@ -62,24 +64,41 @@ class Access(Tlb):
             how = "a TLB entry" if via_tlb else "the page table"
             if via_tlb and not stale:
                 how = "a TLB entry the page table still backs (the page was freed while mapped)"
-            cpu.report(STALE_TLB if stale else ACCESS_FREED_PAGE,
-                       f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} through "
-                       f"{how} to page {pfn} gen {ref >> PFN_BITS}, which is "
-                       f"{'freed or reused' if not alive else 'another page now (stamp mismatch)'}",
-                       mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn, ref >> PFN_BITS))
+            cpu.report(
+                STALE_TLB if stale else ACCESS_FREED_PAGE,
+                f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} through "
+                f"{how} to page {pfn} gen {ref >> PFN_BITS}, which is "
+                f"{'freed or reused' if not alive else 'another page now (stamp mismatch)'}",
+                mm=mm,
+                vpn=vpn,
+                entry=describe_entry(pte),
+                **pool.describe(pfn, ref >> PFN_BITS),
+            )
             return
         if via_tlb:
             cur = self.walk(cpu, mm, vpn, "MMU page walk")
             if cur & PTE_PRESENT and cur >> FLAG_BITS != ref:
-                cpu.report(STALE_TLB, f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} "
-                           f"through a stale TLB entry to page {pfn} while the page table maps "
-                           f"{describe_entry(cur)}: two CPUs see different memory at one address",
-                           mm=mm, vpn=vpn, tlb=describe_entry(pte), pte=describe_entry(cur))
+                cpu.report(
+                    STALE_TLB,
+                    f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} "
+                    f"through a stale TLB entry to page {pfn} while the page table maps "
+                    f"{describe_entry(cur)}: two CPUs see different memory at one address",
+                    mm=mm,
+                    vpn=vpn,
+                    tlb=describe_entry(pte),
+                    pte=describe_entry(cur),
+                )
                 return
         if write:
             if pmem.load32(f + _MAPCOUNT) > 0 and not self._unflushed_fork_write(cpu, mm, vpn):
-                cpu.report(COW_WRITE_SHARED, f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
-                           f"{pmem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
-                           mm=mm, vpn=vpn, entry=describe_entry(pte), **pool.describe(pfn))
+                cpu.report(
+                    COW_WRITE_SHARED,
+                    f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
+                    f"{pmem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
+                    mm=mm,
+                    vpn=vpn,
+                    entry=describe_entry(pte),
+                    **pool.describe(pfn),
+                )
                 return
             pmem.fetch_add64(data + 8, 1)

@@ -124,14 +124,22 @@ class FreesTablesPastNeighbours(MmModel):
     free_pgd_range() takes the neighbouring VMAs' limits precisely so that a
     table a neighbour still maps stays.  Must trip mm.free-mapped-table."""
 
-    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int,
-                      remove_tables=None) -> None:
+    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int, remove_tables=None) -> None:
         span = self.geometry.pte
         low, high = start // span * span, -(-end // span) * span
         super().free_pgtables(cpu, mm, start, end, low, high, remove_tables)
 
 
 __all__ = [
-    "DropsGatherBatch", "FreesTablesPastNeighbours", "IgnoresSpecialPtes", "KeepsPgtableBytes", "LeaksGupPin",
-    "LosesRssBatch", "ReusesSharedPage", "SkipsAnonVmaFork", "SkipsLastPte", "SpfWalksWithIrqsOn", "UnpinsTwice",
+    "DropsGatherBatch",
+    "FreesTablesPastNeighbours",
+    "IgnoresSpecialPtes",
+    "KeepsPgtableBytes",
+    "LeaksGupPin",
+    "LosesRssBatch",
+    "ReusesSharedPage",
+    "SkipsAnonVmaFork",
+    "SkipsLastPte",
+    "SpfWalksWithIrqsOn",
+    "UnpinsTwice",
 ]

@@ -21,44 +21,61 @@ from __future__ import annotations
 from shm.checks import define_check
 
 WALK_FREED_TABLE = define_check(
-    "mm.walk-freed-table", "use-after-free",
-    "a page-table walk (the MMU, fast GUP, a fault, zap) reads a table that was freed or reused")
+    "mm.walk-freed-table",
+    "use-after-free",
+    "a page-table walk (the MMU, fast GUP, a fault, zap) reads a table that was freed or reused",
+)
 PTE_AFTER_ZAP = define_check(
-    "mm.pte-after-zap", "invariant",
-    "a fault installs a PTE for a VMA that munmap has already zapped: the PTE outlives its VMA")
+    "mm.pte-after-zap",
+    "invariant",
+    "a fault installs a PTE for a VMA that munmap has already zapped: the PTE outlives its VMA",
+)
 PTE_OUTSIDE_VMA = define_check(
-    "mm.pte-outside-vma", "invariant",
-    "a fault installs a PTE outside the VMA it holds, or through a VMA of another mm (a reused slot)")
+    "mm.pte-outside-vma",
+    "invariant",
+    "a fault installs a PTE outside the VMA it holds, or through a VMA of another mm (a reused slot)",
+)
 FORK_NO_ANON_VMA = define_check(
-    "mm.fork-no-anon-vma", "invariant",
+    "mm.fork-no-anon-vma",
+    "invariant",
     "fork copies an anon page into a child VMA without anon_vma: anon_vma_fork did not run, or the parent's "
-    "VMA changed under dup_mmap")
+    "VMA changed under dup_mmap",
+)
 ANON_VMA_UNLOCKED = define_check(
-    "mm.anon-vma-unlocked", "lock-misuse",
+    "mm.anon-vma-unlocked",
+    "lock-misuse",
     "anon_vma_prepare() without mmap_lock (mmap_assert_locked in __anon_vma_prepare): a fault that holds only "
-    "its VMA must fall back to mmap_lock for a VMA's first anonymous page")
+    "its VMA must fall back to mmap_lock for a VMA's first anonymous page",
+)
 LOST_WRITE = define_check(
-    "mm.lost-write", "invariant",
+    "mm.lost-write",
+    "invariant",
     "a write landed in a page after copy-on-write copied it: the writer's mm now maps the copy and the write "
-    "is lost (a writable TLB entry fork write-protected but did not flush yet)")
+    "is lost (a writable TLB entry fork write-protected but did not flush yet)",
+)
 FREE_MAPPED_TABLE = define_check(
-    "mm.free-mapped-table", "invariant", "free_pgtables frees a page table that still maps a page")
+    "mm.free-mapped-table", "invariant", "free_pgtables frees a page table that still maps a page"
+)
 COW_WRITE_SHARED = define_check(
-    "mm.cow-write-shared", "invariant", "a CPU writes a page another mm still maps: copy-on-write broken")
+    "mm.cow-write-shared", "invariant", "a CPU writes a page another mm still maps: copy-on-write broken"
+)
 STALE_TLB = define_check(
-    "tlb.stale", "stale-tlb",
+    "tlb.stale",
+    "stale-tlb",
     "a CPU loads or stores through a TLB entry that the page tables no longer back (the page was freed, "
-    "or the PTE now maps another page)")
+    "or the PTE now maps another page)",
+)
 ACCESS_FREED_PAGE = define_check(
-    "mm.pte-maps-freed-page", "use-after-free",
-    "a CPU's load or store goes through a present PTE to a page that was freed or reused")
-RMAP_UNDERFLOW = define_check(
-    "mm.rmap-underflow", "refcount", "page_remove_rmap() of a page that is not mapped")
-PTE_IN_NO_VMA = define_check(
-    "mm.pte-in-no-vma", "invariant", "quiescent: a present PTE lies in no VMA of its mm")
-BAD_RSS = define_check(
-    "mm.rss", "invariant", "quiescent: an mm's RSS counter differs from the pages its tables map")
+    "mm.pte-maps-freed-page",
+    "use-after-free",
+    "a CPU's load or store goes through a present PTE to a page that was freed or reused",
+)
+RMAP_UNDERFLOW = define_check("mm.rmap-underflow", "refcount", "page_remove_rmap() of a page that is not mapped")
+PTE_IN_NO_VMA = define_check("mm.pte-in-no-vma", "invariant", "quiescent: a present PTE lies in no VMA of its mm")
+BAD_RSS = define_check("mm.rss", "invariant", "quiescent: an mm's RSS counter differs from the pages its tables map")
 BAD_PGTABLE_BYTES = define_check(
-    "mm.pgtable-bytes", "invariant", "quiescent: an mm's pgtable_bytes differs from the tables it holds")
+    "mm.pgtable-bytes", "invariant", "quiescent: an mm's pgtable_bytes differs from the tables it holds"
+)
 BAD_PAGE_REFS = define_check(
-    "mm.page-refs", "refcount", "quiescent: a page's _mapcount or _refcount differs from its mappings")
+    "mm.page-refs", "refcount", "quiescent: a page's _mapcount or _refcount differs from its mappings"
+)

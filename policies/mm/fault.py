@@ -27,8 +27,9 @@ from shm.slab import SLOT_MASK
 
 _VMA_FIELDS = field_offsets(VMA)
 _VM_START = _VMA_FIELDS["vm_start"]
-_VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (_VMA_FIELDS[f] - _VM_START for f in (
-    "vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end"))
+_VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (
+    _VMA_FIELDS[f] - _VM_START for f in ("vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end")
+)
 
 VM_FAULT_OK = 0
 VM_FAULT_RETRY = 1
@@ -49,8 +50,9 @@ class Vmf:
 
     __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags")
 
-    def __init__(self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None,
-                 flags: int = 0):
+    def __init__(
+        self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None, flags: int = 0
+    ):
         self.mm, self.vma, self.vpn, self.write = mm, vma, vpn, write
         self.how, self.token, self.validate, self.flags = how, token, validate, flags
         self.pmd: tuple[int, int] | None = None
@@ -78,15 +80,26 @@ class Fault(Rmap):
         if not c.check(cpu, vma, "set_pte_at: the fault's VMA"):
             return False
         if flags & VM_ZAPPED and mem.load32(base + _ZAP_START) <= vmf.vpn < mem.load32(base + _ZAP_END):
-            cpu.report(PTE_AFTER_ZAP, f"fault installs a PTE at {vmf.vpn} for VMA {self._vma_text(vma)} after "
-                       "munmap zapped it: the PTE outlives its VMA (a parallel fault that started with the "
-                       "old VMA ended up the last to install the PTE)", mm=vmf.mm, vpn=vmf.vpn,
-                       **self.vma_describe(vma))
+            cpu.report(
+                PTE_AFTER_ZAP,
+                f"fault installs a PTE at {vmf.vpn} for VMA {self._vma_text(vma)} after "
+                "munmap zapped it: the PTE outlives its VMA (a parallel fault that started with the "
+                "old VMA ended up the last to install the PTE)",
+                mm=vmf.mm,
+                vpn=vmf.vpn,
+                **self.vma_describe(vma),
+            )
             return False
         if not s <= vmf.vpn < e or vm_mm != self.mm_id(vmf.mm):
-            cpu.report(PTE_OUTSIDE_VMA, f"fault installs a PTE at {vmf.vpn} of mm {vmf.mm} through VMA "
-                       f"[{s}, {e}) of mm id {vm_mm}: the VMA it holds is not the one that covers the "
-                       "address (was the slot reused?)", mm=vmf.mm, vpn=vmf.vpn, **self.vma_describe(vma))
+            cpu.report(
+                PTE_OUTSIDE_VMA,
+                f"fault installs a PTE at {vmf.vpn} of mm {vmf.mm} through VMA "
+                f"[{s}, {e}) of mm id {vm_mm}: the VMA it holds is not the one that covers the "
+                "address (was the slot reused?)",
+                mm=vmf.mm,
+                vpn=vmf.vpn,
+                **self.vma_describe(vma),
+            )
             return False
         return True
 
@@ -264,10 +277,15 @@ class Fault(Rmap):
         self.pmem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
         if not special and (now := self.pool.read(cpu, old, 1, "wp_page_copy: after the flush")) != writes:
-            cpu.report(LOST_WRITE, f"wp_page_copy: {now - writes} write(s) landed in page {old & PFN_MASK} after "
-                       f"it was copied for vpn {vmf.vpn} of mm {vmf.mm}: the mm now maps the copy, which lacks "
-                       "them (a writable TLB entry outlived the write-protect)", mm=vmf.mm, vpn=vmf.vpn,
-                       **self.pool.describe(old & PFN_MASK))
+            cpu.report(
+                LOST_WRITE,
+                f"wp_page_copy: {now - writes} write(s) landed in page {old & PFN_MASK} after "
+                f"it was copied for vpn {vmf.vpn} of mm {vmf.mm}: the mm now maps the copy, which lacks "
+                "them (a writable TLB entry outlived the write-protect)",
+                mm=vmf.mm,
+                vpn=vmf.vpn,
+                **self.pool.describe(old & PFN_MASK),
+            )
         self.page_add_anon_rmap(page, anon, vmf.vpn)
         self.pmem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
         if special:

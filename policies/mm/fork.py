@@ -46,11 +46,16 @@ class Fork(Rmap):
                     ref = self.vm_normal_page(pte)
                     if ref:
                         if not dst_anon:
-                            cpu.report(FORK_NO_ANON_VMA, f"copy_present_pte: anon page {ref & PFN_MASK} (anon_vma "
-                                       f"{self.pmem.load64(self._page_word(ref, 'private'))}) copied into a child "
-                                       f"VMA without anon_vma at vpn {v}: the parent's VMA changed under dup_mmap, "
-                                       "so rmap cannot reach the child's mapping and the child sees a page the "
-                                       "parent is changing", mm=dst_mm, vpn=v)
+                            cpu.report(
+                                FORK_NO_ANON_VMA,
+                                f"copy_present_pte: anon page {ref & PFN_MASK} (anon_vma "
+                                f"{self.pmem.load64(self._page_word(ref, 'private'))}) copied into a child "
+                                f"VMA without anon_vma at vpn {v}: the parent's VMA changed under dup_mmap, "
+                                "so rmap cannot reach the child's mapping and the child sees a page the "
+                                "parent is changing",
+                                mm=dst_mm,
+                                vpn=v,
+                            )
                         self.page_dup_rmap(cpu, ref)
                         rss += 1
                         if pte & PTE_WRITE:

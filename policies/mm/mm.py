@@ -40,9 +40,20 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
     mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio,
     free_pgtables): that is how a mutant of the model itself is written."""
 
-    COUNTERS = ("cow_copies", "gup_unpins", "ptes_zapped", "zero_pages_zapped", "shared_tables_kept", "tables_freed",
-                "tables_rcu_freed", "gup_fast_unhooked", "gup_fast_pmd_changed", "spf_no_table", "spf_ptl_busy",
-                "spf_walk_unhooked")
+    COUNTERS = (
+        "cow_copies",
+        "gup_unpins",
+        "ptes_zapped",
+        "zero_pages_zapped",
+        "shared_tables_kept",
+        "tables_freed",
+        "tables_rcu_freed",
+        "gup_fast_unhooked",
+        "gup_fast_pmd_changed",
+        "spf_no_table",
+        "spf_ptl_busy",
+        "spf_walk_unhooked",
+    )
 
     @staticmethod
     def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:

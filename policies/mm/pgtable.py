@@ -33,8 +33,15 @@ PTE_SWAP = _SWAP
 PTE_COW_SHARED = _COW_SHARED
 FLAG_BITS = 8
 FLAG_MASK = (1 << FLAG_BITS) - 1
-FLAG_NAMES = {_PRESENT: "present", _WRITE: "write", _DIRTY: "dirty", _SPECIAL: "special", _HUGE: "huge",
-              _SWAP: "swap", _COW_SHARED: "cow-shared"}
+FLAG_NAMES = {
+    _PRESENT: "present",
+    _WRITE: "write",
+    _DIRTY: "dirty",
+    _SPECIAL: "special",
+    _HUGE: "huge",
+    _SWAP: "swap",
+    _COW_SHARED: "cow-shared",
+}
 
 PGD_SITE = alloc_site("mm: pgd_alloc")
 PMD_SITE = alloc_site("mm: pmd_alloc")
@@ -189,8 +196,7 @@ class PageTables(MmBase):
         self.pool.free_page(cpu, new, site)
         return e >> FLAG_BITS
 
-    def pte_offset_map_lock(self, cpu, mm: int, vpn: int,
-                            pmd: tuple[int, int] | None = None) -> tuple[int, Any]:
+    def pte_offset_map_lock(self, cpu, mm: int, vpn: int, pmd: tuple[int, int] | None = None) -> tuple[int, Any]:
         """pte_offset_map_lock(): the PTE table and its ptl, locked; (0, None) if there is none.
 
         `pmd` is the fault's vmf->pmd (table, index) when it has one.  As since

@@ -45,8 +45,11 @@ class Rmap(Tlb):
 
     def page_remove_rmap(self, cpu, ref: int) -> None:
         if self.pmem.fetch_sub32(self._page_word(ref, "_mapcount"), 1) < 0:
-            cpu.report(RMAP_UNDERFLOW, f"page_remove_rmap: page {ref & PFN_MASK} was not mapped",
-                       **self.pool.describe(ref & PFN_MASK))
+            cpu.report(
+                RMAP_UNDERFLOW,
+                f"page_remove_rmap: page {ref & PFN_MASK} was not mapped",
+                **self.pool.describe(ref & PFN_MASK),
+            )
 
     def add_rss(self, mm: int, n: int) -> None:
         self.smem.fetch_add64(self.mm_off(mm, "rss"), n)
@@ -71,8 +74,13 @@ class Rmap(Tlb):
         if anon:
             return anon
         if self.mmap_lock(mm).addr not in cpu.held:
-            cpu.report(ANON_VMA_UNLOCKED, f"anon_vma_prepare of VMA {self.vma_describe(vma)['vma']} in mm {mm} "
-                       "without mmap_lock: the fault holds only its VMA", mm=mm, **self.vma_describe(vma))
+            cpu.report(
+                ANON_VMA_UNLOCKED,
+                f"anon_vma_prepare of VMA {self.vma_describe(vma)['vma']} in mm {mm} "
+                "without mmap_lock: the fault holds only its VMA",
+                mm=mm,
+                **self.vma_describe(vma),
+            )
         lock = self.page_table_lock(mm)
         lock.lock(cpu)
         anon = self.smem.load32(off)

@@ -63,8 +63,12 @@ def sweep(model, cpu) -> None:
                     vpn = base + k
                     if not covered[vpn] and reported < 4:
                         reported += 1
-                        cpu.report(PTE_IN_NO_VMA, f"mm {mm}: present PTE at vpn {vpn} lies in no VMA "
-                                   f"({describe_entry(pte)})", mm=mm, vpn=vpn)
+                        cpu.report(
+                            PTE_IN_NO_VMA,
+                            f"mm {mm}: present PTE at vpn {vpn} lies in no VMA ({describe_entry(pte)})",
+                            mm=mm,
+                            vpn=vpn,
+                        )
                     if pte & PTE_SPECIAL:
                         continue
                     pfn = (pte >> FLAG_BITS) & PFN_MASK
@@ -72,27 +76,42 @@ def sweep(model, cpu) -> None:
                     rss += 1
         want_rss = int(model.smem.load64(model.mm_off(mm, "rss")))
         if want_rss != rss:
-            cpu.report(BAD_RSS, f"mm {mm}: RSS counter says {want_rss}, the page tables map {rss} pages",
-                       mm=mm, rss=want_rss, mapped=rss)
+            cpu.report(
+                BAD_RSS,
+                f"mm {mm}: RSS counter says {want_rss}, the page tables map {rss} pages",
+                mm=mm,
+                rss=want_rss,
+                mapped=rss,
+            )
         bytes_ = int(model.smem.load64(model.mm_off(mm, "pgtable_bytes")))
         if bytes_ != tables * model.page_size:
-            cpu.report(BAD_PGTABLE_BYTES, f"mm {mm}: pgtable_bytes is {bytes_}, the mm holds {tables} tables "
-                       f"({tables * model.page_size} bytes)", mm=mm)
+            cpu.report(
+                BAD_PGTABLE_BYTES,
+                f"mm {mm}: pgtable_bytes is {bytes_}, the mm holds {tables} tables ({tables * model.page_size} bytes)",
+                mm=mm,
+            )
     pages = pool.pages
     for pfn, n in sorted(mapped.items()):
         owned.add(pfn)
         mc, rc = int(pages["_mapcount"][pfn]) + 1, int(pages["_refcount"][pfn])
         if mc != n or rc != n:
-            cpu.report(BAD_PAGE_REFS, f"page {pfn}: mapped {n} times, but _mapcount+1 = {mc} and "
-                       f"_refcount = {rc}", **pool.describe(pfn))
+            cpu.report(
+                BAD_PAGE_REFS,
+                f"page {pfn}: mapped {n} times, but _mapcount+1 = {mc} and _refcount = {rc}",
+                **pool.describe(pfn),
+            )
             break
     for pfn in pool.allocated():
         if int(pfn) not in owned:
-            cpu.report(POOL_LEAK, f"page {int(pfn)} is allocated but no page table, mapping or mm refers to it",
-                       **pool.describe(int(pfn)))
+            cpu.report(
+                POOL_LEAK,
+                f"page {int(pfn)} is allocated but no page table, mapping or mm refers to it",
+                **pool.describe(int(pfn)),
+            )
             break
     for cache, live in ((model.vma_cache, live_vmas), (model.index_cache, live_index)):
         stray = [int(s) for s in cache.allocated() if int(s) not in live]
         if stray:
-            cpu.report(SLAB_LEAK, f"{len(stray)} {cache.name} object(s) allocated that no live mm refers to",
-                       slots=stray[:16])
+            cpu.report(
+                SLAB_LEAK, f"{len(stray)} {cache.name} object(s) allocated that no live mm refers to", slots=stray[:16]
+            )

@@ -29,8 +29,14 @@ VM_BABY = 0x100
 VM_ZOMBIE = 0x200
 VM_DETACHED = 0x400
 VM_ZAPPED = 0x800
-VM_FLAG_NAMES = {VM_READ: "read", VM_WRITE: "write", VM_BABY: "BABY", VM_ZOMBIE: "ZOMBIE",
-                 VM_DETACHED: "detached", VM_ZAPPED: "zapped"}
+VM_FLAG_NAMES = {
+    VM_READ: "read",
+    VM_WRITE: "write",
+    VM_BABY: "BABY",
+    VM_ZOMBIE: "ZOMBIE",
+    VM_DETACHED: "detached",
+    VM_ZAPPED: "zapped",
+}
 
 VMA = np.dtype(
     [
@@ -123,9 +129,13 @@ class VmaTree(PageTables):
             return {"vma": "none"}
         slot = vma & SLOT_MASK
         o = self.vma_cache.objects[slot]
-        return {"vma": f"[{int(o['vm_start'])}, {int(o['vm_end'])})", "vma_slot": int(slot),
-                "vm_flags": vm_flags_text(int(o["vm_flags"])), "vm_mm": int(o["vm_mm"]),
-                **{k: v for k, v in self.vma_cache.describe(vma).items() if k in ("gen", "ref_gen", "state")}}
+        return {
+            "vma": f"[{int(o['vm_start'])}, {int(o['vm_end'])})",
+            "vma_slot": int(slot),
+            "vm_flags": vm_flags_text(int(o["vm_flags"])),
+            "vm_mm": int(o["vm_mm"]),
+            **{k: v for k, v in self.vma_cache.describe(vma).items() if k in ("gen", "ref_gen", "state")},
+        }
 
     # -- the index -------------------------------------------------------------
     def find_vma(self, cpu, mm: int, vpn: int) -> int:
@@ -157,8 +167,14 @@ class VmaTree(PageTables):
             return []
         base = self.index_cache.off(idx, "nr")
         mem = self.smem
-        return [(mem.load32(base + 8 + 4 * i), mem.load32(base + 8 + 4 * MAX_VMAS + 4 * i),
-                 mem.load64(base + 8 + 8 * MAX_VMAS + 8 * i)) for i in range(mem.load32(base))]
+        return [
+            (
+                mem.load32(base + 8 + 4 * i),
+                mem.load32(base + 8 + 4 * MAX_VMAS + 4 * i),
+                mem.load64(base + 8 + 8 * MAX_VMAS + 8 * i),
+            )
+            for i in range(mem.load32(base))
+        ]
 
     def index_publish(self, cpu, mm: int, entries: list[tuple[int, int, int]]) -> bool:
         """Publish a new sorted array and retire the old one after a grace period.

@@ -30,8 +30,16 @@ def tlb_remove_table_rcu(cpu, arg: int) -> None:
 class Zap(Rmap):
     """zap_page_range, the mmu_gather's page batch, free_pgtables and the table frees."""
 
-    def zap_page_range(self, cpu, mm: int, start: int, end: int, gather: list[int],
-                       flush_each: bool = False, vmas: tuple[int, ...] | list[int] = ()) -> None:
+    def zap_page_range(
+        self,
+        cpu,
+        mm: int,
+        start: int,
+        end: int,
+        gather: list[int],
+        flush_each: bool = False,
+        vmas: tuple[int, ...] | list[int] = (),
+    ) -> None:
         """unmap_page_range() over [start, end): zap_pte_range() table by table.
 
         The pages are freed by tlb_finish_mmu() after the flush.  With
@@ -77,8 +85,7 @@ class Zap(Rmap):
         self.add_mm_rss_vec(mm, rss)
         return zapped
 
-    def tlb_finish_mmu(self, cpu, mm: int, start: int, end: int, gather: list[int],
-                       flushed: bool = False) -> None:
+    def tlb_finish_mmu(self, cpu, mm: int, start: int, end: int, gather: list[int], flushed: bool = False) -> None:
         """Flush, then free what was gathered: a page is freed only when no TLB maps it."""
         if not flushed:
             self.flush_tlb_mm_range(cpu, mm, start, end)
@@ -89,8 +96,7 @@ class Zap(Rmap):
         for ref in pages:
             self.pool.put_page(cpu, ref, ANON_SITE)
 
-    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int,
-                      remove_tables=None) -> None:
+    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int, remove_tables=None) -> None:
         """free_pgtables() of the unmapped [start, end): free the tables whose whole span lies in
         [floor, ceiling), the gap between the neighbouring VMAs (free_pgd_range's limits: a
         table a neighbour still uses stays).
@@ -136,8 +142,7 @@ class Zap(Rmap):
             cpu.window("free_pgtables:unhooked")
             (remove_tables or self.tlb_remove_table_sync_one)(cpu, mm, floor, ceiling, unhooked)
 
-    def tlb_remove_table_sync_one(self, cpu, mm: int, floor: int, ceiling: int,
-                                  tables: list[tuple[int, int]]) -> None:
+    def tlb_remove_table_sync_one(self, cpu, mm: int, floor: int, ceiling: int, tables: list[tuple[int, int]]) -> None:
         """tlb_remove_table_one(): the flush, then an IPI every CPU must take, then free at once.
 
         Where the flush is itself an IPI (x86 without a hypervisor) it already
@@ -171,9 +176,11 @@ class Zap(Rmap):
             e = self.pmem.load64(self.table_off(table, k))
             if e:
                 where = f"pmd entry {k}" if not pte_level else f"vpn {lo + k}" if lo is not None else f"entry {k}"
-                cpu.report(FREE_MAPPED_TABLE, f"free_pgtables: freeing a table that still maps {where}: "
-                           f"{describe_entry(e)}",
-                           mm=self.pmem.load64(self.pool.field_off(table & PFN_MASK, "private")))
+                cpu.report(
+                    FREE_MAPPED_TABLE,
+                    f"free_pgtables: freeing a table that still maps {where}: {describe_entry(e)}",
+                    mm=self.pmem.load64(self.pool.field_off(table & PFN_MASK, "private")),
+                )
                 break
         self.count("tables_freed")
         self.pool.free_page(cpu, table, PTE_SITE if pte_level else PMD_SITE)

@@ -201,8 +201,11 @@ class ContextScenario(Scenario):
     counters = ("nowait_failed",)
 
     def regions(self, ncpus: int) -> list[Region]:
-        return [Region("slot", np.dtype("<i8"), NSLOTS), Region("object_slot", np.dtype("<i8"), NSLOTS),
-                *KmemCache.regions("object", OBJECT, NOBJECTS)]
+        return [
+            Region("slot", np.dtype("<i8"), NSLOTS),
+            Region("object_slot", np.dtype("<i8"), NSLOTS),
+            *KmemCache.regions("object", OBJECT, NOBJECTS),
+        ]
 
     def attach(self, w: World) -> None:
         w.slot_off = [w.offset("slot", i) for i in range(NSLOTS)]
@@ -252,8 +255,9 @@ class ContextScenario(Scenario):
         held = {int(w.mem.load64(off)) & 0xFFFF for off in w.object_off if w.mem.load64(off)}
         stray = [int(s) for s in w.objects.allocated() if int(s) not in held]
         if stray:
-            w.cpu.report(SLAB_LEAK, f"{len(stray)} {w.objects.name} object(s) allocated that no slot refers to",
-                         slots=stray[:16])
+            w.cpu.report(
+                SLAB_LEAK, f"{len(stray)} {w.objects.name} object(s) allocated that no slot refers to", slots=stray[:16]
+            )
 
     def teardown(self, w: World) -> None:
         for off in w.slot_off:
@@ -276,39 +280,104 @@ correct = ContextPolicy(
 ContextScenario.policies = (
     correct,
     # DELIBERATELY BROKEN below.
-    mutant(correct, "sync_in_rcu", SLEEP_IN_ATOMIC,
-           "Documentation/RCU/checklist.rst: no synchronize_rcu() in a read-side section",
-           "synchronize_rcu inside rcu_read_lock", "op:read_side", read_side=synchronize_inside_read_section),
-    mutant(correct, "double_free", POOL_DOUBLE_FREE,
-           "mm/page_alloc.c: free_page_is_bad() (a page freed twice)",
-           "a page freed twice", "op:temporary", free_temporary=free_twice),
-    mutant(correct, "write_after_free", POOL_UAF,
-           "lib/test_kasan.c: kmalloc_uaf (a write to freed memory)",
-           "an error path writes a page after freeing it", "op:temporary", free_temporary=write_after_free),
-    mutant(correct, "slab_double_free", SLAB_DOUBLE_FREE,
-           "mm/slub.c: free_consistency_checks / set_freepointer double free detection",
-           "a kmem_cache object freed twice", "op:replace_object", drop_object=kmem_cache_free_twice),
-    mutant(correct, "slab_leak", SLAB_LEAK,
-           "mm/kmemleak.c: a slab object that nothing references",
-           "a replaced kmem_cache object is never freed", "op:replace_object", drop_object=kmem_cache_forget),
-    mutant(correct, "slab_uaf", SLAB_UAF,
-           "lib/test_kasan.c: kmem_cache use after free",
-           "a kmem_cache object read after it was freed", "op:replace_object",
-           drop_object=kmem_cache_free_then_read),
-    mutant(correct, "leak", (POOL_LEAK, SCHED_ALL_BLOCKED),
-           "mm/kmemleak.c: an allocated object that nothing references",
-           "a replaced page is never freed", "op:keep", drop_replaced=replace_and_forget_old),
-    mutant(correct, "unchecked_nowait", CPU_CRASH,
-           "include/linux/gfp.h: a GFP_NOWAIT allocation may fail and must be checked",
-           "a failed GFP_NOWAIT allocation is used", "nowait_failed", nowait_result=use_unchecked),
-    mutant(correct, "preempt_enable_twice", PREEMPT_IMBALANCE,
-           "include/linux/preempt.h: preempt_enable() pairs with one preempt_disable()",
-           "an error path re-enables preemption twice", "op:atomic_section", atomic_section=preempt_enable_twice),
-    mutant(correct, "irq_enable_twice", IRQ_IMBALANCE,
-           "include/linux/irqflags.h: local_irq_enable() pairs with one local_irq_disable()",
-           "interrupts enabled where they already are", "op:atomic_section", atomic_section=irq_enable_twice),
-    mutant(correct, "ipi_irqs_off", IPI_IRQS_OFF,
-           "kernel/smp.c smp_call_function_many_cond: WARN_ON_ONCE(... irqs_disabled() ...)",
-           "an IPI sent with interrupts off", "op:ipi", ipi=ipi_with_irqs_off),
+    mutant(
+        correct,
+        "sync_in_rcu",
+        SLEEP_IN_ATOMIC,
+        "Documentation/RCU/checklist.rst: no synchronize_rcu() in a read-side section",
+        "synchronize_rcu inside rcu_read_lock",
+        "op:read_side",
+        read_side=synchronize_inside_read_section,
+    ),
+    mutant(
+        correct,
+        "double_free",
+        POOL_DOUBLE_FREE,
+        "mm/page_alloc.c: free_page_is_bad() (a page freed twice)",
+        "a page freed twice",
+        "op:temporary",
+        free_temporary=free_twice,
+    ),
+    mutant(
+        correct,
+        "write_after_free",
+        POOL_UAF,
+        "lib/test_kasan.c: kmalloc_uaf (a write to freed memory)",
+        "an error path writes a page after freeing it",
+        "op:temporary",
+        free_temporary=write_after_free,
+    ),
+    mutant(
+        correct,
+        "slab_double_free",
+        SLAB_DOUBLE_FREE,
+        "mm/slub.c: free_consistency_checks / set_freepointer double free detection",
+        "a kmem_cache object freed twice",
+        "op:replace_object",
+        drop_object=kmem_cache_free_twice,
+    ),
+    mutant(
+        correct,
+        "slab_leak",
+        SLAB_LEAK,
+        "mm/kmemleak.c: a slab object that nothing references",
+        "a replaced kmem_cache object is never freed",
+        "op:replace_object",
+        drop_object=kmem_cache_forget,
+    ),
+    mutant(
+        correct,
+        "slab_uaf",
+        SLAB_UAF,
+        "lib/test_kasan.c: kmem_cache use after free",
+        "a kmem_cache object read after it was freed",
+        "op:replace_object",
+        drop_object=kmem_cache_free_then_read,
+    ),
+    mutant(
+        correct,
+        "leak",
+        (POOL_LEAK, SCHED_ALL_BLOCKED),
+        "mm/kmemleak.c: an allocated object that nothing references",
+        "a replaced page is never freed",
+        "op:keep",
+        drop_replaced=replace_and_forget_old,
+    ),
+    mutant(
+        correct,
+        "unchecked_nowait",
+        CPU_CRASH,
+        "include/linux/gfp.h: a GFP_NOWAIT allocation may fail and must be checked",
+        "a failed GFP_NOWAIT allocation is used",
+        "nowait_failed",
+        nowait_result=use_unchecked,
+    ),
+    mutant(
+        correct,
+        "preempt_enable_twice",
+        PREEMPT_IMBALANCE,
+        "include/linux/preempt.h: preempt_enable() pairs with one preempt_disable()",
+        "an error path re-enables preemption twice",
+        "op:atomic_section",
+        atomic_section=preempt_enable_twice,
+    ),
+    mutant(
+        correct,
+        "irq_enable_twice",
+        IRQ_IMBALANCE,
+        "include/linux/irqflags.h: local_irq_enable() pairs with one local_irq_disable()",
+        "interrupts enabled where they already are",
+        "op:atomic_section",
+        atomic_section=irq_enable_twice,
+    ),
+    mutant(
+        correct,
+        "ipi_irqs_off",
+        IPI_IRQS_OFF,
+        "kernel/smp.c smp_call_function_many_cond: WARN_ON_ONCE(... irqs_disabled() ...)",
+        "an IPI sent with interrupts off",
+        "op:ipi",
+        ipi=ipi_with_irqs_off,
+    ),
 )
 register(ContextScenario())

@@ -30,11 +30,15 @@ ERROR_PATH = 4
 LOCKTORTURE = "kernel/locking/locktorture.c"
 
 EXCLUSION = define_check(
-    "locktorture.exclusion", "invariant",
-    "two CPUs inside one critical section: a lock let a second holder in, or a writer in with readers")
+    "locktorture.exclusion",
+    "invariant",
+    "two CPUs inside one critical section: a lock let a second holder in, or a writer in with readers",
+)
 LOST_UPDATE = define_check(
-    "locktorture.lost-update", "invariant",
-    "at the end, a counter a lock guards is not the sum of what the CPUs added (an update was lost)")
+    "locktorture.lost-update",
+    "invariant",
+    "at the end, a counter a lock guards is not the sum of what the CPUs added (an update was lost)",
+)
 
 
 def guarded(lock_dtype: np.dtype) -> np.dtype:
@@ -125,8 +129,7 @@ def mark_acquired(cpu: Cpu, lock) -> None:
     cpu.held.append(lock.addr)
     s = cpu._tseq
     cpu._tseq = s + 1
-    cpu.mem.store64(cpu._tbase + ((s & TRACE_MASK) << 3),
-                    ((s & SEQ_MASK) << 44) | (EV["lock"] << 36) | lock.addr)
+    cpu.mem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | (EV["lock"] << 36) | lock.addr)
 
 
 def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:
@@ -211,8 +214,7 @@ class GuardedCounters(Scenario):
         for i in np.flatnonzero(g["counter"] != added):
             w.cpu.report(
                 LOST_UPDATE,
-                f"lost update: counter {i} is {int(g['counter'][i])} but the CPUs added "
-                f"{int(added[i])}",
+                f"lost update: counter {i} is {int(g['counter'][i])} but the CPUs added {int(added[i])}",
                 counter=int(i),
             )
 
@@ -270,27 +272,60 @@ spin_lock = LockPolicy(
 SpinlockScenario.policies = (
     spin_lock,
     # DELIBERATELY BROKEN below.
-    mutant(spin_lock, "busted", (EXCLUSION, LOCK_BAD_UNLOCK),
-           f"{LOCKTORTURE}: lock_busted_ops (acquire that is not atomic)",
-           "acquire as a load then a store", "lock_waits", lock=busted_spin_lock),
-    mutant(spin_lock, "abba", LOCK_DEADLOCK_CYCLE,
-           f"{LOCKTORTURE}: two locks taken in opposite orders (ABBA)",
-           "pairs of locks taken in either order", "window:pair:between-the-two-locks",
-           pair_order=either_order),
-    mutant(spin_lock, "double_lock_same", LOCK_RECURSIVE,
-           "kernel/sched/core.c double_rq_lock(): 'if (rq1 == rq2) raw_spin_rq_lock(rq1)'",
-           "a pair naming one lock twice takes it twice", "same_lock", double_lock=double_lock_twice),
-    mutant(spin_lock, "error_keeps_lock", LOCK_HELD_AT_RETURN,
-           "lib/locking-selftest.c; lockdep: lock held when returning to user space",
-           "the error path returns with the lock held", "error_exits", error_exit=keep_lock_on_error),
-    mutant(spin_lock, "count_after_unlock", LOST_UPDATE,
-           f"{LOCKTORTURE}: lock_torture_writer's counter is updated only under the lock",
-           "the error path updates the guarded counter after dropping the lock", "error_exits",
-           error_exit=count_outside_the_lock_on_error),
-    mutant(spin_lock, "error_unlocks_twice", LOCK_BAD_UNLOCK,
-           "lib/locking-selftest.c: double unlock",
-           "the error path unlocks, then the common exit unlocks again", "error_exits",
-           error_exit=unlock_twice_on_error),
+    mutant(
+        spin_lock,
+        "busted",
+        (EXCLUSION, LOCK_BAD_UNLOCK),
+        f"{LOCKTORTURE}: lock_busted_ops (acquire that is not atomic)",
+        "acquire as a load then a store",
+        "lock_waits",
+        lock=busted_spin_lock,
+    ),
+    mutant(
+        spin_lock,
+        "abba",
+        LOCK_DEADLOCK_CYCLE,
+        f"{LOCKTORTURE}: two locks taken in opposite orders (ABBA)",
+        "pairs of locks taken in either order",
+        "window:pair:between-the-two-locks",
+        pair_order=either_order,
+    ),
+    mutant(
+        spin_lock,
+        "double_lock_same",
+        LOCK_RECURSIVE,
+        "kernel/sched/core.c double_rq_lock(): 'if (rq1 == rq2) raw_spin_rq_lock(rq1)'",
+        "a pair naming one lock twice takes it twice",
+        "same_lock",
+        double_lock=double_lock_twice,
+    ),
+    mutant(
+        spin_lock,
+        "error_keeps_lock",
+        LOCK_HELD_AT_RETURN,
+        "lib/locking-selftest.c; lockdep: lock held when returning to user space",
+        "the error path returns with the lock held",
+        "error_exits",
+        error_exit=keep_lock_on_error,
+    ),
+    mutant(
+        spin_lock,
+        "count_after_unlock",
+        LOST_UPDATE,
+        f"{LOCKTORTURE}: lock_torture_writer's counter is updated only under the lock",
+        "the error path updates the guarded counter after dropping the lock",
+        "error_exits",
+        error_exit=count_outside_the_lock_on_error,
+    ),
+    mutant(
+        spin_lock,
+        "error_unlocks_twice",
+        LOCK_BAD_UNLOCK,
+        "lib/locking-selftest.c: double unlock",
+        "the error path unlocks, then the common exit unlocks again",
+        "error_exits",
+        error_exit=unlock_twice_on_error,
+    ),
 )
 
 
@@ -310,14 +345,24 @@ mutex_lock = LockPolicy(
 MutexScenario.policies = (
     mutex_lock,
     # DELIBERATELY BROKEN below.
-    mutant(mutex_lock, "error_unlocks_twice", LOCK_BAD_UNLOCK,
-           "kernel/locking/mutex.c: DEBUG_LOCKS_WARN_ON(__owner_task(owner) != current)",
-           "the error path unlocks, then the common exit unlocks again", "error_exits",
-           error_exit=unlock_twice_on_error),
-    mutant(mutex_lock, "abba", LOCK_DEADLOCK_CYCLE,
-           f"{LOCKTORTURE}: two mutexes taken in opposite orders (ABBA)",
-           "pairs of mutexes taken in either order", "window:pair:between-the-two-locks",
-           pair_order=either_order),
+    mutant(
+        mutex_lock,
+        "error_unlocks_twice",
+        LOCK_BAD_UNLOCK,
+        "kernel/locking/mutex.c: DEBUG_LOCKS_WARN_ON(__owner_task(owner) != current)",
+        "the error path unlocks, then the common exit unlocks again",
+        "error_exits",
+        error_exit=unlock_twice_on_error,
+    ),
+    mutant(
+        mutex_lock,
+        "abba",
+        LOCK_DEADLOCK_CYCLE,
+        f"{LOCKTORTURE}: two mutexes taken in opposite orders (ABBA)",
+        "pairs of mutexes taken in either order",
+        "window:pair:between-the-two-locks",
+        pair_order=either_order,
+    ),
 )
 
 

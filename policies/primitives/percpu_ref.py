@@ -36,8 +36,10 @@ SLOT = np.dtype([("ref", PERCPU_REF), ("obj", "<i8"), ("kill_lock", MUTEX)], ali
 OBJ_DELTA = field_offsets(SLOT)["obj"] - field_offsets(SLOT)["ref"]
 
 HOLDER_SAW_RELEASE = define_check(
-    "percpu_ref.holder-saw-release", "use-after-free",
-    "a CPU holding a reference finds the guarded object already released")
+    "percpu_ref.holder-saw-release",
+    "use-after-free",
+    "a CPU holding a reference finds the guarded object already released",
+)
 
 
 @rcu_callback("percpu_ref: release frees the object")
@@ -169,8 +171,11 @@ class PercpuRefScenario(Scenario):
             obj = w.mem.load64(w.obj_off[i])
             for _ in range(2):
                 if not obj or w.mem.load64(w.obj_off[i]) != obj:
-                    cpu.report(HOLDER_SAW_RELEASE, f"percpu_ref holder of slot {i}: the object it holds a "
-                               "reference to was released", slot=i)
+                    cpu.report(
+                        HOLDER_SAW_RELEASE,
+                        f"percpu_ref holder of slot {i}: the object it holds a reference to was released",
+                        slot=i,
+                    )
                     break
                 w.pool.read(cpu, obj, 0, "percpu_ref holder: use of the object")
                 cpu.window("holder:using-the-object")
@@ -194,8 +199,10 @@ class PercpuRefScenario(Scenario):
                 w.kill_locks[i].unlock(cpu)
 
         slot = Arg("slot", NSLOTS)
-        return (Operation("get_put", 12, get_put, (slot, Arg("use", 4))),
-                Operation("kill_reinit", 1, kill_reinit, (slot,)))
+        return (
+            Operation("get_put", 12, get_put, (slot, Arg("use", 4))),
+            Operation("kill_reinit", 1, kill_reinit, (slot,)),
+        )
 
     def teardown(self, w: World) -> None:
         for ref in w.refs:
@@ -213,24 +220,59 @@ percpu_ref = PercpuRefPolicy(
 PercpuRefScenario.policies = (
     percpu_ref,
     # DELIBERATELY BROKEN below.
-    mutant(percpu_ref, "kill_no_atomic", (HOLDER_SAW_RELEASE, PERCPU_REF_UNDERFLOW),
-           "lib/percpu-refcount.c: percpu_ref_kill_and_confirm must __percpu_ref_switch_to_atomic",
-           "kill without the switch to atomic mode", "tryget_failed", percpu_ref_kill=kill_without_atomic_switch),
-    mutant(percpu_ref, "get_after_kill", PERCPU_REF_GET_AFTER_RELEASE,
-           "mm/memremap.c get_dev_pagemap: percpu_ref_tryget_live(&pgmap->ref)",
-           "percpu_ref_get where percpu_ref_tryget_live is needed", "tryget_failed", tryget=get_without_tryget),
-    mutant(percpu_ref, "double_kill", PERCPU_REF_DOUBLE_KILL,
-           "lib/percpu-refcount.c percpu_ref_kill_and_confirm: 'called more than once'",
-           "two killers of one ref, not serialised", "kill_busy", kill_lock=False),
-    mutant(percpu_ref, "reinit_unreleased", PERCPU_REF_REINIT_LIVE,
-           "lib/percpu-refcount.c percpu_ref_reinit: 'percpu_ref_is_zero(ref)' must hold",
-           "reinit without waiting for the release", "release_waits", wait_for_zero=reinit_without_waiting),
-    mutant(percpu_ref, "leak_on_error", (SCHED_ALL_BLOCKED, WATCHDOG_STALL),
-           "lib/percpu-refcount.c: every percpu_ref_tryget_live that succeeds is paired with a put",
-           "an error path returns holding the ref", "error_exits", error_exit=return_holding_the_ref),
-    mutant(percpu_ref, "lost_wakeup", (SCHED_ALL_BLOCKED, WATCHDOG_STALL),
-           "Documentation/memory-barriers.txt: SLEEP AND WAKE-UP FUNCTIONS",
-           "the killer tests for the release, then sleeps: the wakeup in between is lost",
-           "release_waits", wait_for_zero=wait_with_lost_wakeup),
+    mutant(
+        percpu_ref,
+        "kill_no_atomic",
+        (HOLDER_SAW_RELEASE, PERCPU_REF_UNDERFLOW),
+        "lib/percpu-refcount.c: percpu_ref_kill_and_confirm must __percpu_ref_switch_to_atomic",
+        "kill without the switch to atomic mode",
+        "tryget_failed",
+        percpu_ref_kill=kill_without_atomic_switch,
+    ),
+    mutant(
+        percpu_ref,
+        "get_after_kill",
+        PERCPU_REF_GET_AFTER_RELEASE,
+        "mm/memremap.c get_dev_pagemap: percpu_ref_tryget_live(&pgmap->ref)",
+        "percpu_ref_get where percpu_ref_tryget_live is needed",
+        "tryget_failed",
+        tryget=get_without_tryget,
+    ),
+    mutant(
+        percpu_ref,
+        "double_kill",
+        PERCPU_REF_DOUBLE_KILL,
+        "lib/percpu-refcount.c percpu_ref_kill_and_confirm: 'called more than once'",
+        "two killers of one ref, not serialised",
+        "kill_busy",
+        kill_lock=False,
+    ),
+    mutant(
+        percpu_ref,
+        "reinit_unreleased",
+        PERCPU_REF_REINIT_LIVE,
+        "lib/percpu-refcount.c percpu_ref_reinit: 'percpu_ref_is_zero(ref)' must hold",
+        "reinit without waiting for the release",
+        "release_waits",
+        wait_for_zero=reinit_without_waiting,
+    ),
+    mutant(
+        percpu_ref,
+        "leak_on_error",
+        (SCHED_ALL_BLOCKED, WATCHDOG_STALL),
+        "lib/percpu-refcount.c: every percpu_ref_tryget_live that succeeds is paired with a put",
+        "an error path returns holding the ref",
+        "error_exits",
+        error_exit=return_holding_the_ref,
+    ),
+    mutant(
+        percpu_ref,
+        "lost_wakeup",
+        (SCHED_ALL_BLOCKED, WATCHDOG_STALL),
+        "Documentation/memory-barriers.txt: SLEEP AND WAKE-UP FUNCTIONS",
+        "the killer tests for the release, then sleeps: the wakeup in between is lost",
+        "release_waits",
+        wait_for_zero=wait_with_lost_wakeup,
+    ),
 )
 register(PercpuRefScenario())

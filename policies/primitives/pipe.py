@@ -38,9 +38,11 @@ OBJ_SITE = alloc_site("pipe: rcu_torture object")
 MAGIC = 0x7070E
 
 PIPE_AGE = define_check(
-    "rcu.pipe-age", "use-after-free",
+    "rcu.pipe-age",
+    "use-after-free",
     "rcutorture's pipe: a reader saw an object aged by a whole grace period, so the grace period did not "
-    "wait for the reader")
+    "wait for the reader",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +162,7 @@ class PipeScenario(Scenario):
 
 # -- RCU -------------------------------------------------------------------
 
+
 def rcu_read_lock(w: World) -> None:
     w.rcu.read_lock(w.cpu)
 
@@ -215,19 +218,31 @@ register(
         (
             rcu,
             # DELIBERATELY BROKEN below.
-            mutant(rcu, "no_wait_gp", PIPE_AGE,
-                   "kernel/rcu/rcutorture.c: rcu_busted_ops (a grace period that does not wait)",
-                   "synchronize_rcu that does not wait for readers", "pipe1",
-                   synchronize=synchronize_rcu_no_wait),
-            mutant(rcu, "unlock_twice", RCU_UNLOCK_IMBALANCE,
-                   "Documentation/RCU/checklist.rst: every rcu_read_lock() has exactly one rcu_read_unlock()",
-                   "an error path calls rcu_read_unlock() twice", "op:read", read_unlock=rcu_read_unlock_twice),
+            mutant(
+                rcu,
+                "no_wait_gp",
+                PIPE_AGE,
+                "kernel/rcu/rcutorture.c: rcu_busted_ops (a grace period that does not wait)",
+                "synchronize_rcu that does not wait for readers",
+                "pipe1",
+                synchronize=synchronize_rcu_no_wait,
+            ),
+            mutant(
+                rcu,
+                "unlock_twice",
+                RCU_UNLOCK_IMBALANCE,
+                "Documentation/RCU/checklist.rst: every rcu_read_lock() has exactly one rcu_read_unlock()",
+                "an error path calls rcu_read_unlock() twice",
+                "op:read",
+                read_unlock=rcu_read_unlock_twice,
+            ),
         ),
     )
 )
 
 
 # -- SRCU ------------------------------------------------------------------
+
 
 def srcu_read_lock(w: World) -> int:
     return w.srcu[0].read_lock(w.cpu)
@@ -284,16 +299,34 @@ register(
         (
             srcu,
             # DELIBERATELY BROKEN below.
-            mutant(srcu, "uncounted_read_lock", PIPE_AGE,
-                   "kernel/rcu/srcutree.c: __srcu_read_lock must count the reader on its index",
-                   "srcu_read_lock that does not count", "pipe1",
-                   read_lock=srcu_read_lock_uncounted, read_unlock=srcu_read_unlock_uncounted),
-            mutant(srcu, "unlock_without_index", SRCU_BAD_INDEX,
-                   "include/linux/srcu.h: srcu_read_unlock(ssp, idx) takes what srcu_read_lock(ssp) returned",
-                   "srcu_read_unlock without the index", "op:read", read_unlock=srcu_read_unlock_without_index),
-            mutant(srcu, "unlock_other_index", (SCHED_LIVELOCK, WATCHDOG_STALL),
-                   "include/linux/srcu.h: srcu_read_unlock(ssp, idx) takes what srcu_read_lock(ssp) returned",
-                   "srcu_read_unlock on the other index", "pipe1", read_unlock=srcu_read_unlock_other_index),
+            mutant(
+                srcu,
+                "uncounted_read_lock",
+                PIPE_AGE,
+                "kernel/rcu/srcutree.c: __srcu_read_lock must count the reader on its index",
+                "srcu_read_lock that does not count",
+                "pipe1",
+                read_lock=srcu_read_lock_uncounted,
+                read_unlock=srcu_read_unlock_uncounted,
+            ),
+            mutant(
+                srcu,
+                "unlock_without_index",
+                SRCU_BAD_INDEX,
+                "include/linux/srcu.h: srcu_read_unlock(ssp, idx) takes what srcu_read_lock(ssp) returned",
+                "srcu_read_unlock without the index",
+                "op:read",
+                read_unlock=srcu_read_unlock_without_index,
+            ),
+            mutant(
+                srcu,
+                "unlock_other_index",
+                (SCHED_LIVELOCK, WATCHDOG_STALL),
+                "include/linux/srcu.h: srcu_read_unlock(ssp, idx) takes what srcu_read_lock(ssp) returned",
+                "srcu_read_unlock on the other index",
+                "pipe1",
+                read_unlock=srcu_read_unlock_other_index,
+            ),
         ),
     )
 )

@@ -25,8 +25,10 @@ OBJ_SITE = alloc_site("refcount: object")
 MAGIC = 0x5EF0000
 
 OBJECT_COUNT = define_check(
-    "refcount.object-count", "refcount",
-    "quiescent: an object's refcount is not the number of references to it (one, its slot's)")
+    "refcount.object-count",
+    "refcount",
+    "quiescent: an object's refcount is not the number of references to it (one, its slot's)",
+)
 
 
 def put_nothing(w: World, ref: int) -> None:
@@ -154,8 +156,7 @@ class RefcountScenario(Scenario):
                 put(w, old)
 
         slot = Arg("slot", NSLOTS)
-        return (Operation("get_put", 10, get_put, (slot, Arg("use", 4))),
-                Operation("replace", 2, replace, (slot,)))
+        return (Operation("get_put", 10, get_put, (slot, Arg("use", 4))), Operation("replace", 2, replace, (slot,)))
 
     def sweep(self, w: World) -> None:
         """Every object alive is in a slot with refcount 1; one in no slot was leaked by a
@@ -173,12 +174,16 @@ class RefcountScenario(Scenario):
                 continue
             n = pool.refcount(pfn).read()
             if pfn in in_slots and n != 1:
-                w.cpu.report(OBJECT_COUNT, f"slot {in_slots[pfn]}: object refcount {n}, but one reference",
-                             **pool.describe(pfn))
+                w.cpu.report(
+                    OBJECT_COUNT, f"slot {in_slots[pfn]}: object refcount {n}, but one reference", **pool.describe(pfn)
+                )
                 return
             if pfn not in in_slots:
-                w.cpu.report(OBJECT_COUNT, f"object page {pfn} is in no slot but has refcount {n}: a "
-                             "reference was never put", **pool.describe(pfn))
+                w.cpu.report(
+                    OBJECT_COUNT,
+                    f"object page {pfn} is in no slot but has refcount {n}: a reference was never put",
+                    **pool.describe(pfn),
+                )
                 return
 
     def teardown(self, w: World) -> None:
@@ -198,20 +203,41 @@ refcount_t = RefcountPolicy(
 RefcountScenario.policies = (
     refcount_t,
     # DELIBERATELY BROKEN below.
-    mutant(refcount_t, "nonatomic_inc", (REFCOUNT_UNDERFLOW, POOL_UAF),
-           "lib/refcount.c: refcount_inc_not_zero must be one atomic cmpxchg",
-           "refcount_inc_not_zero as a plain load and store", "shared",
-           refcount_inc_not_zero=nonatomic_inc_not_zero),
-    mutant(refcount_t, "inc_not_unless_zero", REFCOUNT_INC_ON_ZERO,
-           "pte_ref document (Qi Zheng, 2021-11-10): pte_get vs pte_get_unless_zero",
-           "refcount_inc on an object found under RCU", "missed",
-           refcount_inc_not_zero=inc_where_inc_not_zero_is_needed),
-    mutant(refcount_t, "leak_on_error", OBJECT_COUNT,
-           "lib/refcount.c: every refcount_inc_not_zero that succeeds is paired with a put",
-           "an error path returns with the reference held", "error_exits", error_exit=return_without_put),
-    mutant(refcount_t, "put_after_failed_get", REFCOUNT_UNDERFLOW,
-           "lib/refcount.c: refcount_dec_and_test underflow (a put without its get)",
-           "a failed refcount_inc_not_zero is followed by a put", "missed",
-           after_failed_get=put_after_failed_get),
+    mutant(
+        refcount_t,
+        "nonatomic_inc",
+        (REFCOUNT_UNDERFLOW, POOL_UAF),
+        "lib/refcount.c: refcount_inc_not_zero must be one atomic cmpxchg",
+        "refcount_inc_not_zero as a plain load and store",
+        "shared",
+        refcount_inc_not_zero=nonatomic_inc_not_zero,
+    ),
+    mutant(
+        refcount_t,
+        "inc_not_unless_zero",
+        REFCOUNT_INC_ON_ZERO,
+        "pte_ref document (Qi Zheng, 2021-11-10): pte_get vs pte_get_unless_zero",
+        "refcount_inc on an object found under RCU",
+        "missed",
+        refcount_inc_not_zero=inc_where_inc_not_zero_is_needed,
+    ),
+    mutant(
+        refcount_t,
+        "leak_on_error",
+        OBJECT_COUNT,
+        "lib/refcount.c: every refcount_inc_not_zero that succeeds is paired with a put",
+        "an error path returns with the reference held",
+        "error_exits",
+        error_exit=return_without_put,
+    ),
+    mutant(
+        refcount_t,
+        "put_after_failed_get",
+        REFCOUNT_UNDERFLOW,
+        "lib/refcount.c: refcount_dec_and_test underflow (a put without its get)",
+        "a failed refcount_inc_not_zero is followed by a put",
+        "missed",
+        after_failed_get=put_after_failed_get,
+    ),
 )
 register(RefcountScenario())

@@ -102,8 +102,7 @@ class RwsemScenario(GuardedCounters):
             enter_critical(w, i)
             readers = mem.load32(w.readers_off[i])
             if readers:
-                cpu.report(EXCLUSION, f"writer of {L.name()} inside with {readers} readers inside",
-                           lock=L.name())
+                cpu.report(EXCLUSION, f"writer of {L.name()} inside with {readers} readers inside", lock=L.name())
             mem.store64(w.a_off[i], mem.load64(w.a_off[i]) + 1)
             cpu.window("write:between-a-and-b")
             mem.store64(w.b_off[i], mem.load64(w.b_off[i]) + 1)
@@ -118,8 +117,11 @@ class RwsemScenario(GuardedCounters):
         super().sweep(w)
         g = w.view("guarded")
         for i in np.flatnonzero((g["a"] != g["b"]) | (g["a"] != g["counter"])):
-            w.cpu.report(LOST_UPDATE, f"rwsem record {i} inconsistent at the end: a={int(g['a'][i])} "
-                         f"b={int(g['b'][i])} counter={int(g['counter'][i])}")
+            w.cpu.report(
+                LOST_UPDATE,
+                f"rwsem record {i} inconsistent at the end: a={int(g['a'][i])} "
+                f"b={int(g['b'][i])} counter={int(g['counter'][i])}",
+            )
 
 
 rwsem_lock = RwsemPolicy(
@@ -133,13 +135,24 @@ rwsem_lock = RwsemPolicy(
 RwsemScenario.policies = (
     rwsem_lock,
     # DELIBERATELY BROKEN below.
-    mutant(rwsem_lock, "busted", EXCLUSION,
-           f"{LOCKTORTURE}: a writer that does not wait for the readers to drain",
-           "down_write sets the writer bit without waiting for readers", "lock_waits",
-           down_write=busted_down_write),
-    mutant(rwsem_lock, "up_read_twice", LOCK_BAD_UNLOCK,
-           "kernel/locking/rwsem.c: DEBUG_RWSEMS_WARN_ON on an up_read the reader does not hold",
-           "a reader's error path releases its read lock twice", "op:read", up_read=up_read_twice),
+    mutant(
+        rwsem_lock,
+        "busted",
+        EXCLUSION,
+        f"{LOCKTORTURE}: a writer that does not wait for the readers to drain",
+        "down_write sets the writer bit without waiting for readers",
+        "lock_waits",
+        down_write=busted_down_write,
+    ),
+    mutant(
+        rwsem_lock,
+        "up_read_twice",
+        LOCK_BAD_UNLOCK,
+        "kernel/locking/rwsem.c: DEBUG_RWSEMS_WARN_ON on an up_read the reader does not hold",
+        "a reader's error path releases its read lock twice",
+        "op:read",
+        up_read=up_read_twice,
+    ),
 )
 
 register(RwsemScenario())

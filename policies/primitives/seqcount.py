@@ -20,7 +20,8 @@ from shm.checks import SEQCOUNT_CONCURRENT_WRITERS, SEQCOUNT_END_WITHOUT_BEGIN, 
 
 NWORDS = 4
 TORN_READ = define_check(
-    "seqcount.torn-read", "invariant", "a seqcount reader returned a record a writer was halfway through")
+    "seqcount.torn-read", "invariant", "a seqcount reader returned a record a writer was halfway through"
+)
 RECORD = np.dtype(
     [("seq", SEQCOUNT), ("lock", SPINLOCK), ("words", "<i8", (NWORDS,)), ("pad", "<i8", (3,))],
     align=True,
@@ -127,19 +128,36 @@ class SeqcountScenario(Scenario):
         return (Operation("read", 6, read), Operation("write", 2, policy.write))
 
 
-seqcount = SeqcountPolicy("seqcount", doc="read_seqcount_begin / read_seqcount_retry",
-                          read_section=read_with_retry)
+seqcount = SeqcountPolicy("seqcount", doc="read_seqcount_begin / read_seqcount_retry", read_section=read_with_retry)
 SeqcountScenario.policies = (
     seqcount,
     # DELIBERATELY BROKEN below.
-    mutant(seqcount, "no_retry", TORN_READ,
-           "include/linux/seqlock.h: a reader must retry when read_seqcount_retry() says so",
-           "reader that does not retry", "retries", read_section=read_without_retry),
-    mutant(seqcount, "unserialised_writers", SEQCOUNT_CONCURRENT_WRITERS,
-           "include/linux/seqlock.h: seqcount_t writers must be serialised (seqcount_LOCKNAME_t)",
-           "the writer does not take the lock", "lock_waits", write=write_unlocked),
-    mutant(seqcount, "end_twice", SEQCOUNT_END_WITHOUT_BEGIN,
-           "include/linux/seqlock.h: write_seqcount_end() pairs with one write_seqcount_begin()",
-           "an error path ends the write section twice", "writes", write=write_ended_twice),
+    mutant(
+        seqcount,
+        "no_retry",
+        TORN_READ,
+        "include/linux/seqlock.h: a reader must retry when read_seqcount_retry() says so",
+        "reader that does not retry",
+        "retries",
+        read_section=read_without_retry,
+    ),
+    mutant(
+        seqcount,
+        "unserialised_writers",
+        SEQCOUNT_CONCURRENT_WRITERS,
+        "include/linux/seqlock.h: seqcount_t writers must be serialised (seqcount_LOCKNAME_t)",
+        "the writer does not take the lock",
+        "lock_waits",
+        write=write_unlocked,
+    ),
+    mutant(
+        seqcount,
+        "end_twice",
+        SEQCOUNT_END_WITHOUT_BEGIN,
+        "include/linux/seqlock.h: write_seqcount_end() pairs with one write_seqcount_begin()",
+        "an error path ends the write section twice",
+        "writes",
+        write=write_ended_twice,
+    ),
 )
 register(SeqcountScenario())

@@ -37,12 +37,22 @@ from policies.vma_lookup import mmap_lock, per_vma_lock, rcu_vma_refcount, specu
 from policies.vma_lookup.common import VmaPolicy
 from policies.vma_lookup.scenario import VmaLookup
 
-register(VmaLookup(policies=(
-    mmap_lock.mmap_lock, mmap_lock.rcu_table_free, *mmap_lock.MUTANTS,
-    rcu_vma_refcount.rcu_vma_refcount, *rcu_vma_refcount.MUTANTS,
-    srcu.srcu, *srcu.MUTANTS,
-    speculative.speculative, *speculative.MUTANTS,
-    per_vma_lock.per_vma_lock, *per_vma_lock.MUTANTS,
-)))
+register(
+    VmaLookup(
+        policies=(
+            mmap_lock.mmap_lock,
+            mmap_lock.rcu_table_free,
+            *mmap_lock.MUTANTS,
+            rcu_vma_refcount.rcu_vma_refcount,
+            *rcu_vma_refcount.MUTANTS,
+            srcu.srcu,
+            *srcu.MUTANTS,
+            speculative.speculative,
+            *speculative.MUTANTS,
+            per_vma_lock.per_vma_lock,
+            *per_vma_lock.MUTANTS,
+        )
+    )
+)
 
 __all__ = ["VmaLookup", "VmaPolicy"]

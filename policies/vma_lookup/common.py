@@ -55,6 +55,7 @@ class VmaPolicy(Policy):
 
 # -- helpers every policy shares --------------------------------------------------
 
+
 def entries_around(entries, start: int, end: int) -> tuple[int, int]:
     """floor and ceiling for free_pgtables: the gap [start, end) lies in, between its neighbours."""
     floor = max((e for s, e, _ in entries if e <= start), default=0)

@@ -225,15 +225,17 @@ mmap_lock = VmaPolicy(
 )
 
 
-
 def tlb_remove_table(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
     cpu.ctx.mm.tlb_remove_table(cpu, mm, floor, ceiling, tables)
 
 
 rcu_table_free = replace(
-    mmap_lock, name="rcu_table_free",
+    mmap_lock,
+    name="rcu_table_free",
     doc="the baseline on a broadcast-TLBI arch: page tables freed by RCU, fast GUP held off by irqs off alone",
-    model=BroadcastTlbiModel, remove_tables=tlb_remove_table)
+    model=BroadcastTlbiModel,
+    remove_tables=tlb_remove_table,
+)
 
 
 def pte_free_after_tlbi(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
@@ -251,47 +253,124 @@ def pte_free_after_tlbi(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
 
 
 MUTANTS = (
-    mutant(rcu_table_free, "tables_freed_after_tlbi", WALK_FREED_TABLE,
-           "mm/mmu_gather.c tlb_remove_table_sync_one(): 'semi RCU' for architectures whose TLB flush is not "
-           "an IPI (fast GUP walks with irqs off)",
-           "page tables freed right after a broadcast TLBI, with no grace period and no IPI", "gup_fast_unhooked",
-           remove_tables=pte_free_after_tlbi),
-    mutant(mmap_lock, "free_pgtables_no_ipi", WALK_FREED_TABLE,
-           "mm/mmu_gather.c: tlb_remove_table_sync_one (a table is freed only after the IPI that fast GUP, "
-           "walking with interrupts off, holds back)",
-           "page tables freed before the flush IPI, while fast GUP walks them with irqs off", "ipi_waits",
-           remove_tables=pte_free_without_ipi),
+    mutant(
+        rcu_table_free,
+        "tables_freed_after_tlbi",
+        WALK_FREED_TABLE,
+        "mm/mmu_gather.c tlb_remove_table_sync_one(): 'semi RCU' for architectures whose TLB flush is not "
+        "an IPI (fast GUP walks with irqs off)",
+        "page tables freed right after a broadcast TLBI, with no grace period and no IPI",
+        "gup_fast_unhooked",
+        remove_tables=pte_free_after_tlbi,
+    ),
+    mutant(
+        mmap_lock,
+        "free_pgtables_no_ipi",
+        WALK_FREED_TABLE,
+        "mm/mmu_gather.c: tlb_remove_table_sync_one (a table is freed only after the IPI that fast GUP, "
+        "walking with interrupts off, holds back)",
+        "page tables freed before the flush IPI, while fast GUP walks them with irqs off",
+        "ipi_waits",
+        remove_tables=pte_free_without_ipi,
+    ),
     # The model's own functions, broken one at a time (policies/mm/broken.py), under the baseline.
-    mutant(mmap_lock, "zap_zero_page", RMAP_UNDERFLOW, "mm/memory.c vm_normal_page(): special mappings have no "
-           "struct page to unmap", "zap treats the zero page as a normal page", "zero_pages_zapped",
-           model=broken.IgnoresSpecialPtes),
-    mutant(mmap_lock, "rss_batch_lost", BAD_RSS, "kernel/fork.c check_mm(): 'BUG: Bad rss-counter state'",
-           "zap_pte_range's RSS batch is never added", "ptes_zapped", model=broken.LosesRssBatch),
-    mutant(mmap_lock, "pgtable_bytes_kept", BAD_PGTABLE_BYTES,
-           "kernel/fork.c check_mm(): 'non-zero pgtables_bytes on freeing mm'",
-           "a freed page table is not subtracted from pgtable_bytes", "tables_freed", model=broken.KeepsPgtableBytes),
-    mutant(mmap_lock, "gup_pin_leak", BAD_PAGE_REFS, "mm/gup.c: every pin_user_pages() needs its unpin_user_page()",
-           "GUP never drops the reference it took", "gup_unpins", model=broken.LeaksGupPin),
-    mutant(mmap_lock, "gup_unpins_twice", ACCESS_FREED_PAGE,
-           "mm/gup.c: unpin_user_page() drops exactly the reference GUP took",
-           "GUP drops its reference twice: the page is freed while mapped", "gup_unpins",
-           model=broken.UnpinsTwice),
-    mutant(mmap_lock, "cow_reuse_shared", COW_WRITE_SHARED,
-           "mm/memory.c do_wp_page() / wp_can_reuse_anon_folio(): reuse only an exclusive page",
-           "a write fault reuses a page fork shares", "cow_copies", model=broken.ReusesSharedPage),
-    mutant(mmap_lock, "zap_skips_last_pte", PTE_IN_NO_VMA,
-           "mm/memory.c zap_pte_range(): 'do { ... } while (pte++, addr += PAGE_SIZE, addr != end)'",
-           "zap stops one entry early", "ptes_zapped", model=broken.SkipsLastPte),
-    mutant(mmap_lock, "zap_leaks_pages", POOL_LEAK, "mm/mmu_gather.c tlb_batch_pages_flush(): the gathered "
-           "pages are released after the flush", "zap's gathered pages are never released", "ptes_zapped",
-           model=broken.DropsGatherBatch),
-    mutant(mmap_lock, "vma_never_freed", SLAB_LEAK, "mm/vma.c remove_vma(): vm_area_free() of every VMA munmap "
-           "took out", "a VMA munmap took out of the tree is never freed", "munmaps", vma_free=vma_free_forgotten),
-    mutant(mmap_lock, "fork_skips_anon_vma_fork", FORK_NO_ANON_VMA,
-           "mm/rmap.c anon_vma_fork(): the child's VMA is linked to the parent's anon_vma before its pages are "
-           "copied", "dup_mmap does not give the child's VMA the parent's anon_vma", "forks",
-           model=broken.SkipsAnonVmaFork),
-    mutant(mmap_lock, "free_pgtables_past_neighbours", FREE_MAPPED_TABLE,
-           "mm/memory.c free_pgd_range(): floor and ceiling keep the tables neighbouring VMAs use",
-           "free_pgtables ignores floor and ceiling", "shared_tables_kept", model=broken.FreesTablesPastNeighbours),
+    mutant(
+        mmap_lock,
+        "zap_zero_page",
+        RMAP_UNDERFLOW,
+        "mm/memory.c vm_normal_page(): special mappings have no struct page to unmap",
+        "zap treats the zero page as a normal page",
+        "zero_pages_zapped",
+        model=broken.IgnoresSpecialPtes,
+    ),
+    mutant(
+        mmap_lock,
+        "rss_batch_lost",
+        BAD_RSS,
+        "kernel/fork.c check_mm(): 'BUG: Bad rss-counter state'",
+        "zap_pte_range's RSS batch is never added",
+        "ptes_zapped",
+        model=broken.LosesRssBatch,
+    ),
+    mutant(
+        mmap_lock,
+        "pgtable_bytes_kept",
+        BAD_PGTABLE_BYTES,
+        "kernel/fork.c check_mm(): 'non-zero pgtables_bytes on freeing mm'",
+        "a freed page table is not subtracted from pgtable_bytes",
+        "tables_freed",
+        model=broken.KeepsPgtableBytes,
+    ),
+    mutant(
+        mmap_lock,
+        "gup_pin_leak",
+        BAD_PAGE_REFS,
+        "mm/gup.c: every pin_user_pages() needs its unpin_user_page()",
+        "GUP never drops the reference it took",
+        "gup_unpins",
+        model=broken.LeaksGupPin,
+    ),
+    mutant(
+        mmap_lock,
+        "gup_unpins_twice",
+        ACCESS_FREED_PAGE,
+        "mm/gup.c: unpin_user_page() drops exactly the reference GUP took",
+        "GUP drops its reference twice: the page is freed while mapped",
+        "gup_unpins",
+        model=broken.UnpinsTwice,
+    ),
+    mutant(
+        mmap_lock,
+        "cow_reuse_shared",
+        COW_WRITE_SHARED,
+        "mm/memory.c do_wp_page() / wp_can_reuse_anon_folio(): reuse only an exclusive page",
+        "a write fault reuses a page fork shares",
+        "cow_copies",
+        model=broken.ReusesSharedPage,
+    ),
+    mutant(
+        mmap_lock,
+        "zap_skips_last_pte",
+        PTE_IN_NO_VMA,
+        "mm/memory.c zap_pte_range(): 'do { ... } while (pte++, addr += PAGE_SIZE, addr != end)'",
+        "zap stops one entry early",
+        "ptes_zapped",
+        model=broken.SkipsLastPte,
+    ),
+    mutant(
+        mmap_lock,
+        "zap_leaks_pages",
+        POOL_LEAK,
+        "mm/mmu_gather.c tlb_batch_pages_flush(): the gathered pages are released after the flush",
+        "zap's gathered pages are never released",
+        "ptes_zapped",
+        model=broken.DropsGatherBatch,
+    ),
+    mutant(
+        mmap_lock,
+        "vma_never_freed",
+        SLAB_LEAK,
+        "mm/vma.c remove_vma(): vm_area_free() of every VMA munmap took out",
+        "a VMA munmap took out of the tree is never freed",
+        "munmaps",
+        vma_free=vma_free_forgotten,
+    ),
+    mutant(
+        mmap_lock,
+        "fork_skips_anon_vma_fork",
+        FORK_NO_ANON_VMA,
+        "mm/rmap.c anon_vma_fork(): the child's VMA is linked to the parent's anon_vma before its pages are copied",
+        "dup_mmap does not give the child's VMA the parent's anon_vma",
+        "forks",
+        model=broken.SkipsAnonVmaFork,
+    ),
+    mutant(
+        mmap_lock,
+        "free_pgtables_past_neighbours",
+        FREE_MAPPED_TABLE,
+        "mm/memory.c free_pgd_range(): floor and ceiling keep the tables neighbouring VMAs use",
+        "free_pgtables ignores floor and ceiling",
+        "shared_tables_kept",
+        model=broken.FreesTablesPastNeighbours,
+    ),
 )

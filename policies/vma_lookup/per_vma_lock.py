@@ -81,9 +81,11 @@ def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True, anon_fir
         return 0
     vma = m.vma_cache.ref(vma & SLOT_MASK)
     if check:
-        bad = (mem.load32(m.vma_off(vma, "vm_flags")) & VM_DETACHED
-               or mem.load32(m.vma_off(vma, "vm_mm")) != m.mm_id(mm)
-               or not mem.load32(m.vma_off(vma, "vm_start")) <= vpn < mem.load32(m.vma_off(vma, "vm_end")))
+        bad = (
+            mem.load32(m.vma_off(vma, "vm_flags")) & VM_DETACHED
+            or mem.load32(m.vma_off(vma, "vm_mm")) != m.mm_id(mm)
+            or not mem.load32(m.vma_off(vma, "vm_start")) <= vpn < mem.load32(m.vma_off(vma, "vm_end"))
+        )
         if bad:
             m.vma_lock(vma).up_read(cpu)
             rcu.read_unlock(cpu)
@@ -152,18 +154,32 @@ per_vma_lock = VmaPolicy(
 )
 
 
-
 MUTANTS = (
-    mutant(per_vma_lock, "fork_without_vma_start_write", LOST_WRITE,
-           "fb49c455323f 'fork: lock VMAs of the parent process when forking' (the per-VMA lock's fork race)",
-           "dup_mmap does not vma_start_write the parent's VMAs while faults run under the VMA lock",
-           "fork_locked_vma", dup_lock_vma=None),
-    mutant(per_vma_lock, "typesafe_no_recheck", PTE_OUTSIDE_VMA,
-           "mm/memory.c lock_vma_under_rcu (SLAB_TYPESAFE_BY_RCU): check vm_mm and the range after locking",
-           "a reused VMA slot is used without checking vm_mm and the range after taking the lock",
-           "vma_lock_miss", fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, check=False)),
-    mutant(per_vma_lock, "anon_vma_checked_before_lock", ANON_VMA_UNLOCKED,
-           "657b5146955e 'mm: lock_vma_under_rcu() must check vma->anon_vma under vma lock'",
-           "lock_vma_under_rcu checks anon_vma before taking the VMA lock: the slot may be reused by then",
-           "vma_no_anon", fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, anon_first=True)),
+    mutant(
+        per_vma_lock,
+        "fork_without_vma_start_write",
+        LOST_WRITE,
+        "fb49c455323f 'fork: lock VMAs of the parent process when forking' (the per-VMA lock's fork race)",
+        "dup_mmap does not vma_start_write the parent's VMAs while faults run under the VMA lock",
+        "fork_locked_vma",
+        dup_lock_vma=None,
+    ),
+    mutant(
+        per_vma_lock,
+        "typesafe_no_recheck",
+        PTE_OUTSIDE_VMA,
+        "mm/memory.c lock_vma_under_rcu (SLAB_TYPESAFE_BY_RCU): check vm_mm and the range after locking",
+        "a reused VMA slot is used without checking vm_mm and the range after taking the lock",
+        "vma_lock_miss",
+        fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, check=False),
+    ),
+    mutant(
+        per_vma_lock,
+        "anon_vma_checked_before_lock",
+        ANON_VMA_UNLOCKED,
+        "657b5146955e 'mm: lock_vma_under_rcu() must check vma->anon_vma under vma lock'",
+        "lock_vma_under_rcu checks anon_vma before taking the VMA lock: the slot may be reused by then",
+        "vma_no_anon",
+        fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, anon_first=True),
+    ),
 )

@@ -112,8 +112,10 @@ def rcu_refcount_lookup(w: World, mm: int, vpn: int, write: bool, map_pages: boo
 
 def _giant(w: World, vma: int) -> bool:
     m = w.mm
-    return (m.vma_field(w.cpu, vma, "vm_end") - m.vma_field(w.cpu, vma, "vm_start") >= GIANT
-            and w.mem.load32(m.vma_off(vma, "anon_vma")) != 0)
+    return (
+        m.vma_field(w.cpu, vma, "vm_end") - m.vma_field(w.cpu, vma, "vm_start") >= GIANT
+        and w.mem.load32(m.vma_off(vma, "anon_vma")) != 0
+    )
 
 
 def release_rcu_refcount(w: World, vmf: Vmf) -> None:
@@ -125,8 +127,9 @@ def fault_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> int:
     return vmf if isinstance(vmf, int) else fault_or_fall_back(w, mm, vpn, write, vmf)
 
 
-def _rcu_unmap_deferred(w: World, mm: int, start: int, end: int, removed, reserve: bool,
-                        single_threaded: Callable[[World, int], bool]) -> None:
+def _rcu_unmap_deferred(
+    w: World, mm: int, start: int, end: int, removed, reserve: bool, single_threaded: Callable[[World, int], bool]
+) -> None:
     """Steps 3-6 of Wilcox's mmap(): wait for the old VMAs' refcounts, synchronize_rcu,
     zap, free the old VMAs, flush (and free the pages); the range stays RESERVED until
     then (the ZERO entry).  A use-after-free of the VMA shows as such; a fault that
@@ -200,8 +203,7 @@ def single_threaded_nr_threads(w: World, mm: int) -> bool:
     return w.mem.load32(w.mm.mm_off(mm, "nr_threads")) <= 1
 
 
-def _rcu_write_side(w: World, mm: int, start: int, end: int, fixed_new: bool, reserve: bool,
-                    baby: bool) -> None:
+def _rcu_write_side(w: World, mm: int, start: int, end: int, fixed_new: bool, reserve: bool, baby: bool) -> None:
     """Steps 1-2 under mmap_lock for write (the new VMA, BABY while the old range is torn
     down, or the RESERVED range; the old VMAs ZOMBIE), then the deferred steps without it."""
     m, cpu = w.mm, w.cpu
@@ -303,19 +305,34 @@ rcu_vma_refcount = RcuRefcountPolicy(
 )
 
 
-
 MUTANTS = (
-    mutant(rcu_vma_refcount, "munmap_no_refcount_wait", (SLAB_UAF, PTE_AFTER_ZAP),
-           "Wilcox 2019-12-03: '3 sleep until old VMAs have a zero refcount'",
-           "munmap does not wait for the VMA refcount before freeing it", "refcount_waits",
-           put_base=vma_put_base_no_wait),
-    mutant(rcu_vma_refcount, "reuse_before_flush", STALE_TLB,
-           "Glisse 2019-12-09: 'any new mmap might install itself in the unmaped area but can not service "
-           "fault until the munmap is fully done (ie all cache and TLB are flush)'",
-           "no BABY flag for MAP_FIXED and no ZERO entry for munmap: the range is reused before the flush",
-           "baby_waits", baby=False, reserve=False),
-    mutant(rcu_vma_refcount, "skip_gp_single_thread", SLAB_UAF,
-           "Kirill 2019-12-13 / Wilcox 2019-12-13: 'Those users call mmget() which increases mm_users'",
-           "synchronize_rcu skipped for a single-threaded process although a remote accessor holds mmget",
-           "remote_gp", single_threaded=single_threaded_nr_threads),
+    mutant(
+        rcu_vma_refcount,
+        "munmap_no_refcount_wait",
+        (SLAB_UAF, PTE_AFTER_ZAP),
+        "Wilcox 2019-12-03: '3 sleep until old VMAs have a zero refcount'",
+        "munmap does not wait for the VMA refcount before freeing it",
+        "refcount_waits",
+        put_base=vma_put_base_no_wait,
+    ),
+    mutant(
+        rcu_vma_refcount,
+        "reuse_before_flush",
+        STALE_TLB,
+        "Glisse 2019-12-09: 'any new mmap might install itself in the unmaped area but can not service "
+        "fault until the munmap is fully done (ie all cache and TLB are flush)'",
+        "no BABY flag for MAP_FIXED and no ZERO entry for munmap: the range is reused before the flush",
+        "baby_waits",
+        baby=False,
+        reserve=False,
+    ),
+    mutant(
+        rcu_vma_refcount,
+        "skip_gp_single_thread",
+        SLAB_UAF,
+        "Kirill 2019-12-13 / Wilcox 2019-12-13: 'Those users call mmget() which increases mm_users'",
+        "synchronize_rcu skipped for a single-threaded process although a remote accessor holds mmget",
+        "remote_gp",
+        single_threaded=single_threaded_nr_threads,
+    ),
 )

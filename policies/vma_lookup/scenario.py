@@ -25,13 +25,43 @@ from shm.checks import SLAB_LEAK
 class VmaLookup(Scenario):
     name = "vma_lookup"
     doc = "splitting the mmap_sem: faults find and pin VMAs while mmap/munmap/fork change them"
-    counters = ("accesses", "faults", "sigsegv", "retries", "fallbacks", "spf", "spf_bail", "vma_locked",
-                "vma_lock_busy", "fork_locked_vma", "vma_lock_miss", "vma_no_anon", "map_pages", "mmaps", "munmaps",
-                "madvises", "forks", "exits", "gups", "gup_fast", "remote", "nomm", "enomem", "oom", "munmap_gps",
-                "fork_gps", "remote_gp", "baby_waits", "refcount_waits", "srcu_waits", *MmModel.COUNTERS)
+    counters = (
+        "accesses",
+        "faults",
+        "sigsegv",
+        "retries",
+        "fallbacks",
+        "spf",
+        "spf_bail",
+        "vma_locked",
+        "vma_lock_busy",
+        "fork_locked_vma",
+        "vma_lock_miss",
+        "vma_no_anon",
+        "map_pages",
+        "mmaps",
+        "munmaps",
+        "madvises",
+        "forks",
+        "exits",
+        "gups",
+        "gup_fast",
+        "remote",
+        "nomm",
+        "enomem",
+        "oom",
+        "munmap_gps",
+        "fork_gps",
+        "remote_gp",
+        "baby_waits",
+        "refcount_waits",
+        "srcu_waits",
+        *MmModel.COUNTERS,
+    )
 
-    def __init__(self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = (),
-                 name: str = "vma_lookup"):
+    def __init__(
+        self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = (), name: str = "vma_lookup"
+    ):
         """`geometry` sizes the page tables (a user registers another instance under another
         name for a larger address space); the setup, the litmus programs and the benchmark
         place their VMAs in the first 128 pages."""
@@ -40,8 +70,9 @@ class VmaLookup(Scenario):
             raise ValueError(f"{name}: the geometry must map at least 128 pages, not {self.geometry.pages}")
         self.name = name
         self.policies = policies
-        self.needs = Needs(pool_pages=4 * self.geometry.pages + 512, page_size=self.geometry.page_size_needed(),
-                           srcu_domains=1)
+        self.needs = Needs(
+            pool_pages=4 * self.geometry.pages + 512, page_size=self.geometry.page_size_needed(), srcu_domains=1
+        )
 
     def regions(self, ncpus: int) -> list[Region]:
         return MmModel.regions(ncpus, MAX_MMS)
@@ -85,8 +116,11 @@ class VmaLookup(Scenario):
         for cache in (m.vma_cache, m.index_cache):
             left = cache.allocated()
             if len(left):
-                w.cpu.report(SLAB_LEAK, f"{len(left)} {cache.name} object(s) never freed after exit",
-                             slots=[int(s) for s in left[:16]])
+                w.cpu.report(
+                    SLAB_LEAK,
+                    f"{len(left)} {cache.name} object(s) never freed after exit",
+                    slots=[int(s) for s in left[:16]],
+                )
 
     def litmus(self, policy: Policy) -> list | None:
         return LITMUS.get(policy.name)
@@ -94,7 +128,6 @@ class VmaLookup(Scenario):
     def stat_text(self, counters: dict[str, int]) -> str:
         keys = ("faults", "retries", "fallbacks", "mmaps", "munmaps", "forks", "munmap_gps")
         return " ".join(f"{k}: {counters.get(k, 0)}" for k in keys)
-
 
 
 def _repeat(ops: list, n: int) -> list:
@@ -116,20 +149,27 @@ LITMUS = {
     "tables_freed_after_tlbi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
     "skip_gp_single_thread": [
         [["fork", 0]] + _repeat([["munmap", 2, 0, 11], ["mmap", 2, 0, 11, 1]], 6),
-        [["access", 1, 40 + i, 0] for i in range(12)] + _repeat([["remote", 2, 4]], 16)],
+        [["access", 1, 40 + i, 0] for i in range(12)] + _repeat([["remote", 2, 4]], 16),
+    ],
     "reuse_before_flush": [
         _repeat([["access", 0, 4, 1], ["mmap", 0, 0, 11, 1], ["gup", 0, 4, 0], ["access", 0, 4, 0]], 3),
-        _UNMAP_REMAP],
+        _UNMAP_REMAP,
+    ],
     # cpu 0 keeps a writable TLB entry for vpn 5; cpu 2 evicts its own (vpn 37 shares the slot)
     # and write-faults vpn 5 while cpu 1 forks.
-    "fork_without_vma_start_write": [_repeat([["access", 0, 5, 1]], 24), _repeat([["fork", 1], ["exit", 2]], 6),
-                                     _repeat([["access", 0, 37, 0], ["access", 0, 5, 1]], 12)],
+    "fork_without_vma_start_write": [
+        _repeat([["access", 0, 5, 1]], 24),
+        _repeat([["fork", 1], ["exit", 2]], 6),
+        _repeat([["access", 0, 37, 0], ["access", 0, 5, 1]], 12),
+    ],
     "anon_vma_checked_before_lock": [
         _WRITES,
-        _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3)],
+        _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3),
+    ],
     "typesafe_no_recheck": [
         _WRITES,
-        _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3)],
+        _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3),
+    ],
     # Two of the model's mutants show another way too in generated programs (a PTE to a freed page is
     # also a mapped page below its mappings at the sweep; a PTE left behind is also a table freed under
     # it): their programs pin the way their check sees.  The model's other mutants are hunted blind.
@@ -139,6 +179,7 @@ LITMUS = {
 
 
 # -- operations (the harness draws the arguments) ------------------------------------------
+
 
 def enter(w: World, mm: int) -> bool:
     """Run as a thread of mm: mm 0's threads are the CPUs; a child is single-threaded."""

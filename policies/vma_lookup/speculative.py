@@ -37,6 +37,7 @@ def _spf_validate(w: World, seq: int):
             return True
         w.count("spf_bail")
         return False
+
     return validate
 
 
@@ -51,8 +52,15 @@ def _spf_fault(w: World, mm: int, vpn: int, write: bool, validate: bool) -> int:
     seq = w.mem.load32(m.vma_off(vma, "vm_seq")) if got else 1
     rcu.read_unlock(cpu)
     if got and not seq & 1 and (not write or w.mem.load32(m.vma_off(vma, "anon_vma"))):
-        vmf = Vmf(mm, vma, vpn, write, "speculative", validate=_spf_validate(w, seq) if validate else None,
-                  flags=FAULT_FLAG_SPECULATIVE)
+        vmf = Vmf(
+            mm,
+            vma,
+            vpn,
+            write,
+            "speculative",
+            validate=_spf_validate(w, seq) if validate else None,
+            flags=FAULT_FLAG_SPECULATIVE,
+        )
         cpu.window("spf:after-lookup")
         ret = m.handle_mm_fault(cpu, vmf)
         vma_put_spf(w, vma)
@@ -97,14 +105,24 @@ speculative = VmaPolicy(
 
 
 MUTANTS = (
-    mutant(speculative, "no_revalidate", PTE_AFTER_ZAP,
-           "Babka 2019-12-10: 'a parallel fault that started with the old VMA ... doesn't end up being the "
-           "last to install the PTE for the VMA that's going away'",
-           "the speculative fault installs the PTE without validating the VMA under the ptl", "spf_bail",
-           fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, False)),
-    mutant(speculative, "spf_walk_irqs_on", WALK_FREED_TABLE,
-           "Dufour, SPF: handle_speculative_fault walks the page tables with interrupts disabled, so that "
-           "free_pgtables' IPI waits for it",
-           "the speculative fault walks the page tables with interrupts on", "spf_walk_unhooked",
-           model=broken.SpfWalksWithIrqsOn),
+    mutant(
+        speculative,
+        "no_revalidate",
+        PTE_AFTER_ZAP,
+        "Babka 2019-12-10: 'a parallel fault that started with the old VMA ... doesn't end up being the "
+        "last to install the PTE for the VMA that's going away'",
+        "the speculative fault installs the PTE without validating the VMA under the ptl",
+        "spf_bail",
+        fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, False),
+    ),
+    mutant(
+        speculative,
+        "spf_walk_irqs_on",
+        WALK_FREED_TABLE,
+        "Dufour, SPF: handle_speculative_fault walks the page tables with interrupts disabled, so that "
+        "free_pgtables' IPI waits for it",
+        "the speculative fault walks the page tables with interrupts on",
+        "spf_walk_unhooked",
+        model=broken.SpfWalksWithIrqsOn,
+    ),
 )

@@ -121,15 +121,25 @@ srcu = VmaPolicy(
 )
 
 
-
 MUTANTS = (
-    mutant(srcu, "fault_without_srcu", (SLAB_UAF, PTE_AFTER_ZAP),
-           "Wilcox 2020-02-06: 'at the beginning of a page fault call srcu_read_lock(&vma_srcu)'",
-           "the fault path skips srcu_read_lock", "srcu_waits", lookup=lookup_srcu_unlocked,
-           release=release_nothing),
-    mutant(srcu, "fallback_inside_srcu", (SCHED_LIVELOCK, WATCHDOG_STALL),
-           "Wilcox 2020-02-06: 'srcu_read_lock(&vma_srcu)' at the beginning of the fault, the mmap_sem taken "
-           "inside it where the fault falls back, against munmap's synchronize_srcu() under the write lock",
-           "a fault falls back to mmap_lock while still inside srcu_read_lock", "fallbacks",
-           fault=fault_srcu_mmap_lock_inside),
+    mutant(
+        srcu,
+        "fault_without_srcu",
+        (SLAB_UAF, PTE_AFTER_ZAP),
+        "Wilcox 2020-02-06: 'at the beginning of a page fault call srcu_read_lock(&vma_srcu)'",
+        "the fault path skips srcu_read_lock",
+        "srcu_waits",
+        lookup=lookup_srcu_unlocked,
+        release=release_nothing,
+    ),
+    mutant(
+        srcu,
+        "fallback_inside_srcu",
+        (SCHED_LIVELOCK, WATCHDOG_STALL),
+        "Wilcox 2020-02-06: 'srcu_read_lock(&vma_srcu)' at the beginning of the fault, the mmap_sem taken "
+        "inside it where the fault falls back, against munmap's synchronize_srcu() under the write lock",
+        "a fault falls back to mmap_lock while still inside srcu_read_lock",
+        "fallbacks",
+        fault=fault_srcu_mmap_lock_inside,
+    ),
 )

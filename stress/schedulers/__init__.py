@@ -32,21 +32,38 @@ def make_strategy(name: str, seed: int, nparts: int, knobs: dict, replay: Replay
     return STRATEGIES[name](seed, nparts, knobs)
 
 
-def make_scheduler(name: str, seed: int, knobs: dict, cpu_seed: int = 0, segment: str | None = None,
-                   nparts: int = 0, replay: Replay | None = None) -> Scheduler:
+def make_scheduler(
+    name: str,
+    seed: int,
+    knobs: dict,
+    cpu_seed: int = 0,
+    segment: str | None = None,
+    nparts: int = 0,
+    replay: Replay | None = None,
+) -> Scheduler:
     """A scheduler for one CPU process, from the run's knobs.
 
     `seed` is the run's (a controlled strategy must decide alike in every
     process), `cpu_seed` this CPU's (the free scheduler's delays)."""
     if name == "free":
-        return FreeScheduler(cpu_seed, knobs.get("window_rate", 0.0), knobs.get("window_delay", 50.0),
-                             knobs.get("delay_every", 0))
+        return FreeScheduler(
+            cpu_seed, knobs.get("window_rate", 0.0), knobs.get("window_delay", 50.0), knobs.get("delay_every", 0)
+        )
     if segment is None:
         raise ValueError(f"the {name} scheduler needs its shared segment")
     return ControlledScheduler(make_strategy(name, seed, nparts, knobs, replay), segment, replay)
 
 
 __all__ = [
-    "SCHEDULERS", "STRATEGIES", "ControlledScheduler", "FreeScheduler", "Replay", "SchedState", "Scheduler",
-    "describe_point", "is_controlled", "make_scheduler", "make_strategy",
+    "SCHEDULERS",
+    "STRATEGIES",
+    "ControlledScheduler",
+    "FreeScheduler",
+    "Replay",
+    "SchedState",
+    "Scheduler",
+    "describe_point",
+    "is_controlled",
+    "make_scheduler",
+    "make_strategy",
 ]

@@ -63,6 +63,7 @@ SPIN_TURN_LOOPS = 2000
 TURN_TIMEOUT_S = 1.0
 _EV_SWITCH = EV["switch"]
 
+
 class Strategy(Protocol):
     """Which CPU runs next (shuttle's Scheduler trait).  State shared across the
     processes lives in the SchedState; whoever holds the token decides."""
@@ -183,8 +184,9 @@ class ControlledScheduler(OsScheduler):
         if not self.free:
             self._point(RUNNABLE, BOUNDARY, next_op=True)
 
-    def spin(self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0,
-             bits: int = 32) -> None:
+    def spin(
+        self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0, bits: int = 32
+    ) -> None:
         if self.free:
             return super().spin(cpu, attempt)
         if mem is None:
@@ -219,8 +221,11 @@ class ControlledScheduler(OsScheduler):
     def _arm(self, now: int) -> None:
         """The countdown to the next access point: the strategy's or the replay's, whichever is first
         (`now`: this process's access count).  A run with no access point drawn pays nothing here."""
-        n = 0 if self.free or not self.strategy.preempts_accesses else \
-            self.strategy.countdown(self.st, self.me, self.mem.load64(self.st.accesses_off))
+        n = (
+            0
+            if self.free or not self.strategy.preempts_accesses
+            else self.strategy.countdown(self.st, self.me, self.mem.load64(self.st.accesses_off))
+        )
         todo = self.anchors.get(self.op) if not self.free else None
         if todo:
             done = now - self.base
@@ -305,8 +310,9 @@ class ControlledScheduler(OsScheduler):
         elif weak:
             cands = weak
             if m.fetch_add32(st.weak_run_off, 1) > LIVELOCK_DECISIONS:
-                self._wedge(SCHED_LIVELOCK, f"livelock: for {LIVELOCK_DECISIONS:,} decisions only spinning CPUs "
-                            "could run")
+                self._wedge(
+                    SCHED_LIVELOCK, f"livelock: for {LIVELOCK_DECISIONS:,} decisions only spinning CPUs could run"
+                )
                 return False
         elif timed:
             cands = timed
@@ -418,8 +424,13 @@ class ControlledScheduler(OsScheduler):
         lay = st.seg.layout
         if m.cmpxchg32(st.diverged_off, 0, 1) == 0:
             m.store64(lay.offset("control", 0, "div_step"), step)
-            for f, v in (("div_slot", self.me), ("div_op", op), ("div_point", point), ("div_target", target),
-                         ("div_unreached", int(unreached))):
+            for f, v in (
+                ("div_slot", self.me),
+                ("div_op", op),
+                ("div_point", point),
+                ("div_target", target),
+                ("div_unreached", int(unreached)),
+            ):
                 m.store32(lay.offset("control", 0, f), v)
             self.cpu.machine.request_stop()
 
@@ -452,13 +463,20 @@ class ControlledScheduler(OsScheduler):
                 if state == EXITED:
                     continue
                 wait = int(cpu.machine.cpus["waiting_on"][i])
-                what = wd.describe_wait(wait) if wait else ("nothing (idle)" if i == st.nparts - 1 else
-                                                           "a word it did not name")
+                what = (
+                    wd.describe_wait(wait)
+                    if wait
+                    else ("nothing (idle)" if i == st.nparts - 1 else "a word it did not name")
+                )
                 owners = wd.owners_of(wait) if wait else []
                 held = f" held by cpu {','.join(map(str, owners))}" if owners else ""
                 waits.append(f"{who} waits for {what}{held}")
-            cpu.report(check, f"{why}: " + "; ".join(waits), cpus=[wd.cpu_state(i) for i in range(st.nparts - 1)],
-                       locks_held=wd.held_locks())
+            cpu.report(
+                check,
+                f"{why}: " + "; ".join(waits),
+                cpus=[wd.cpu_state(i) for i in range(st.nparts - 1)],
+                locks_held=wd.held_locks(),
+            )
             cpu.machine.request_stop()
         turn = st.turn_off[self.me]
         while m.load32(st.mode_off) == CONTROLLED:

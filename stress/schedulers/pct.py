@@ -77,5 +77,10 @@ class PctStrategy:
         return f"1/({self.nparts}*{self.k}^{self.depth - 1})"
 
     def describe(self) -> dict:
-        return {"depth": self.depth, "k": self.k, "change_points": [list(c) for c in self.changes],
-                "priorities": self.priorities, "bound": self.bound()}
+        return {
+            "depth": self.depth,
+            "k": self.k,
+            "change_points": [list(c) for c in self.changes],
+            "priorities": self.priorities,
+            "bound": self.bound(),
+        }

@@ -69,9 +69,11 @@ def sched_layout(nparts: int, capacity: int = CAPACITY, rec_cap: int = 0) -> Lay
     (up to rec_cap) and where each of its operations starts in that record."""
     regions = [Region("control", CONTROL), Region("slot", SLOT, nparts), Region("dev", DEVIATION, nparts * capacity)]
     if rec_cap:
-        regions += [Region("rec", np.dtype("<i8"), nparts * rec_cap),
-                    Region("opstart", np.dtype("<i8"), nparts * MAX_PROFILE_OPS),
-                    Region("opclock", np.dtype("<i8"), nparts * MAX_PROFILE_OPS)]
+        regions += [
+            Region("rec", np.dtype("<i8"), nparts * rec_cap),
+            Region("opstart", np.dtype("<i8"), nparts * MAX_PROFILE_OPS),
+            Region("opclock", np.dtype("<i8"), nparts * MAX_PROFILE_OPS),
+        ]
     return Layout("sched", regions, {"nparts": nparts, "capacity": capacity, "rec_cap": rec_cap})
 
 
@@ -151,8 +153,9 @@ class SchedState:
             n = min(int(self.slots["nrec"][i]), self.rec_cap)
             mine = rec[i * self.rec_cap : i * self.rec_cap + n]
             lo = i * MAX_PROFILE_OPS
-            ops = [(int(clocks[lo + o]), int(starts[lo + o])) for o in range(MAX_PROFILE_OPS)
-                   if 0 <= starts[lo + o] <= n]
+            ops = [
+                (int(clocks[lo + o]), int(starts[lo + o])) for o in range(MAX_PROFILE_OPS) if 0 <= starts[lo + o] <= n
+            ]
             ends = [s for _, s in ops[1:]] + [n]
             out.append([(c, mine[s:e].copy()) for (c, s), e in zip(ops, ends)])
         return out
@@ -174,9 +177,14 @@ class SchedState:
         c = self.control[0]
         if not c["diverged"]:
             return None
-        return {"step": int(c["div_step"]), "cpu": int(c["div_slot"]), "op": int(c["div_op"]),
-                "point": int(c["div_point"]), "target": int(c["div_target"]),
-                "unreached": bool(c["div_unreached"])}
+        return {
+            "step": int(c["div_step"]),
+            "cpu": int(c["div_slot"]),
+            "op": int(c["div_op"]),
+            "point": int(c["div_point"]),
+            "target": int(c["div_target"]),
+            "unreached": bool(c["div_unreached"]),
+        }
 
     def points(self) -> int:
         """Decisions a replay takes again: all but the access points where the strategy kept the

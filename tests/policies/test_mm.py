@@ -20,8 +20,7 @@ def world(request):
     sc = get_scenario("vma_lookup")
     pol = sc.policy(request.param)
     run = new_run_id()
-    m = Machine.create(run, ncpus=2, pool_pages=sc.needs.pool_pages, page_size=sc.needs.page_size,
-                       keep_going=True)
+    m = Machine.create(run, ncpus=2, pool_pages=sc.needs.pool_pages, page_size=sc.needs.page_size, keep_going=True)
     seg = Segment.create(sc.layout(2), run, 1)
     m.add_segment(seg)
     cpu = Cpu(m, 0)
@@ -46,6 +45,7 @@ def drain_rcu(w: World) -> None:
         for k in range(mem.load64(rcu.tail_off[i]), mem.load64(rcu.head_off[i])):
             e = rcu.entries_off[i] + (k % 1024) * 16
             from shm.rcu import invoke_callback
+
             invoke_callback(w.cpu, mem.load32(e), mem.load64(e + 8))
         mem.store64(rcu.tail_off[i], mem.load64(rcu.head_off[i]))
 

@@ -12,8 +12,15 @@ from tests.conftest import FIXTURES
 
 def test_a_users_geometry_runs_clean(mmtorture_run):
     """Page tables of 16 entries (128-byte pages), 512 pages of address space, from a user's module."""
-    r = mmtorture_run("vma_lookup_big", "per_vma_lock", cpus=2, ops=150, seed=0, scheduler="random",
-                      policy_modules=[os.path.join(FIXTURES, "vma_big.py")])
+    r = mmtorture_run(
+        "vma_lookup_big",
+        "per_vma_lock",
+        cpus=2,
+        ops=150,
+        seed=0,
+        scheduler="random",
+        policy_modules=[os.path.join(FIXTURES, "vma_big.py")],
+    )
     assert r.findings == [], [f.format() for f in r.findings]
     assert r.report["counters"]["faults"] > 0
 
@@ -21,9 +28,13 @@ def test_a_users_geometry_runs_clean(mmtorture_run):
 def test_a_speculative_race_shrinks_to_the_fault_and_the_munmap(mmtorture_run):
     sc = get_scenario("vma_lookup")
     litmus = sc.litmus(sc.policy("no_revalidate"))
-    r = next(r for seed in range(100)
-             if (r := mmtorture_run("vma_lookup", "no_revalidate", cpus=2, seed=seed, scheduler="random",
-                                    program=litmus)).findings)
+    r = next(
+        r
+        for seed in range(100)
+        if (
+            r := mmtorture_run("vma_lookup", "no_revalidate", cpus=2, seed=seed, scheduler="random", program=litmus)
+        ).findings
+    )
     small = shrink(r.report, max_runs=400)
     assert small.runs < 400, small.summary()
     ops = [op[0] for p in small.after.program for op in p]

@@ -65,8 +65,9 @@ def world():
     m.close()
 
 
-@pytest.mark.parametrize("fl,kind", [(fl, "read_lock") for fl in FLAVORS]
-                         + [("rcu", k) for k in ("irqs_off", "preempt_off", "spin_lock")])
+@pytest.mark.parametrize(
+    "fl,kind", [(fl, "read_lock") for fl in FLAVORS] + [("rcu", k) for k in ("irqs_off", "preempt_off", "spin_lock")]
+)
 def test_grace_period_waits_for_a_reader_in_another_process(world, fl, kind):
     """Since the RCU flavours were consolidated, a section with interrupts or preemption off
     (a spinlock held) is a read-side critical section too: fast GUP relies on it."""

@@ -20,4 +20,3 @@ def test_workload_runs_clean_and_faults(mmtorture_run, policy, workload):
     assert c["sigsegv"] == 0 and c["enomem"] == 0
     if workload == "churn":
         assert c["munmaps"] == 4
-

@@ -58,4 +58,3 @@ def test_the_watchdog_finds_a_free_running_lock_cycle(mmtorture_run):
     assert r.first_check == "lock.deadlock-cycle", [f.headline() for f in r.findings]
     assert r.findings[0].message.startswith("deadlock: cpu ")  # the watchdog's chain, not the scheduler's
     assert "locks_held" in r.findings[0].objects
-

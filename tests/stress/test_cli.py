@@ -17,8 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 def cli(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, MMTORTURE_PROGRESS="off")
-    return subprocess.run([sys.executable, "-m", "stress", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "stress", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,17 +72,40 @@ def test_inspect_of_a_segment_with_another_layout_is_exit_2(capsys):
 
 def test_run_exit_codes_and_report_through_python_m(tmp_path):
     report = tmp_path / "r.json"
-    ok = cli("run", "-s", "seqcount", "--cpus", "2", "--ops", "500", "--seed", "3", "--json",
-             str(report))
+    ok = cli("run", "-s", "seqcount", "--cpus", "2", "--ops", "500", "--seed", "3", "--json", str(report))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip().splitlines()[-1] == "End of test: SUCCESS"
     rep = json.loads(report.read_text())
-    for key in ("schema", "scenario", "policy", "seed", "cpus", "scheduler", "ops", "duration_s",
-                "findings", "interrupted"):
+    for key in (
+        "schema",
+        "scenario",
+        "policy",
+        "seed",
+        "cpus",
+        "scheduler",
+        "ops",
+        "duration_s",
+        "findings",
+        "interrupted",
+    ):
         assert key in rep
     assert rep["ops"] == 1000 and rep["seed"] == 3 and rep["interrupted"] is False
-    bad = cli("run", "-s", "seqcount", "-p", "no_retry", "--cpus", "2", "--ops", "5000",
-              "--seed", "0", "--window-rate", "0.1", cwd=str(tmp_path))
+    bad = cli(
+        "run",
+        "-s",
+        "seqcount",
+        "-p",
+        "no_retry",
+        "--cpus",
+        "2",
+        "--ops",
+        "5000",
+        "--seed",
+        "0",
+        "--window-rate",
+        "0.1",
+        cwd=str(tmp_path),
+    )
     assert bad.returncode == 1
     assert "[seqcount.torn-read]" in bad.stdout
     assert bad.stdout.strip().splitlines()[-1] == "End of test: FAILURE (caught by seqcount.torn-read)"
@@ -91,8 +115,7 @@ def test_list_json_has_every_policy(capsys):
     assert main(["list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     names = {(r["scenario"], r["policy"]) for r in rows}
-    for s in ("spinlock", "rwsem", "mutex", "refcount", "rcu", "srcu", "seqcount", "percpu_ref",
-              "context"):
+    for s in ("spinlock", "rwsem", "mutex", "refcount", "rcu", "srcu", "seqcount", "percpu_ref", "context"):
         assert any(n[0] == s for n in names), s
     for r in rows:
         assert set(r) >= {"scenario", "policy", "mutant", "expect", "source"}
@@ -109,8 +132,14 @@ def test_bench_primitives_writes_json_with_targets(tmp_path, capsys):
     assert main(["bench", "primitives", "--quick", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["schema"] == "mmtorture-bench/1"
-    for key in ("fetch_add_ns", "fetch_add_contended_2proc_ns", "rcu_read_lock_unlock_ns",
-                "spin_lock_unlock_ns", "refcount_get_put_ns", "speedup_vs_atomics"):
+    for key in (
+        "fetch_add_ns",
+        "fetch_add_contended_2proc_ns",
+        "rcu_read_lock_unlock_ns",
+        "spin_lock_unlock_ns",
+        "refcount_get_put_ns",
+        "speedup_vs_atomics",
+    ):
         assert key in doc["results"]
     assert set(doc["verdict"]) == set(doc["targets"])
 

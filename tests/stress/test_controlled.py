@@ -26,8 +26,9 @@ def _run(scenario, policy, **k):
 
 
 @pytest.mark.parametrize("scheduler", ["random", "pct"])
-@pytest.mark.parametrize("scenario,policy", [("rcu", "rcu"), ("refcount", "nonatomic_inc"),
-                                             ("percpu_ref", "percpu_ref")])
+@pytest.mark.parametrize(
+    "scenario,policy", [("rcu", "rcu"), ("refcount", "nonatomic_inc"), ("percpu_ref", "percpu_ref")]
+)
 def test_same_seed_gives_the_same_findings_and_schedule(scenario, policy, scheduler):
     a = _run(scenario, policy, ops=200, seed=5, scheduler=scheduler)
     b = _run(scenario, policy, ops=200, seed=5, scheduler=scheduler)

@@ -21,10 +21,30 @@ def start(tmp_path, policy, *extra):
     report = str(tmp_path / "report.json")
     env = dict(os.environ, MMTORTURE_TEST_FIFO=fifo, MMTORTURE_PROGRESS="off")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stress", "run", "--scenario", "harness_test", "--policy", policy,
-         "--policy-module", HARNESS_SCENARIOS, "--cpus", "2", "--duration", "120",
-         "--json", report, *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stress",
+            "run",
+            "--scenario",
+            "harness_test",
+            "--policy",
+            policy,
+            "--policy-module",
+            HARNESS_SCENARIOS,
+            "--cpus",
+            "2",
+            "--duration",
+            "120",
+            "--json",
+            report,
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     with open(fifo) as f:  # blocks until CPU 0 is where the policy says
         pid = int(f.readline())

@@ -14,8 +14,9 @@ PROGRAM = [[["replace_sync"], ["replace_sync"]], [["read"], ["read"]]]
 def _channels(policy: str):
     sc = get_scenario("rcu")
     ops = sc.operations(sc.policy(policy))
-    r = run("rcu", policy, cpus=2, program=PROGRAM, schedule=pmc.turns(PROGRAM), strict=False, profile=True,
-            progress="off")
+    r = run(
+        "rcu", policy, cpus=2, program=PROGRAM, schedule=pmc.turns(PROGRAM), strict=False, profile=True, progress="off"
+    )
     assert r.findings == [] and r.profile is not None
     kinds = [[k for k, _ in c] for c in from_json(PROGRAM, ops)]
     return r, pmc.channels(r.profile, kinds)
@@ -38,8 +39,15 @@ def _every_schedule(policy: str):
                 for acc in accs:
                     ch = pmc.Channel(cpu, op, acc, wcpu, wop, (w >> 48, w & ((1 << 48) - 1)))
                     for back in (True, False):
-                        yield run("rcu", policy, cpus=2, program=PROGRAM, schedule=pmc.schedule(PROGRAM, r.profile,
-                                  ch, back), strict=False, progress="off")
+                        yield run(
+                            "rcu",
+                            policy,
+                            cpus=2,
+                            program=PROGRAM,
+                            schedule=pmc.schedule(PROGRAM, r.profile, ch, back),
+                            strict=False,
+                            progress="off",
+                        )
 
 
 def test_a_channel_schedule_catches_a_grace_period_that_does_not_wait_and_the_twin_survives_them_all():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 pytest_plugins = ["pytester"]
 
-TESTS = '''
+TESTS = """
 import pytest
 
 def test_clean(mmtorture_run):
@@ -20,7 +20,7 @@ def test_mutant_fails(mmtorture_run):
 @pytest.mark.soak
 def test_long(mmtorture_run):
     mmtorture_run("rcu", "rcu", cpus=2, ops=50)
-'''
+"""
 
 
 def _make(pytester, scheduler: str):
@@ -45,7 +45,6 @@ def test_plugin_soak_runs_when_asked(pytester):
 
 def test_plugin_under_xdist(pytester):
     _make(pytester, "random")
-    res = pytester.runpytest_subprocess("-n", "2", "--mmtorture-seed", "4242", "--mmtorture-scheduler",
-                                        "random")
+    res = pytester.runpytest_subprocess("-n", "2", "--mmtorture-seed", "4242", "--mmtorture-scheduler", "random")
     res.assert_outcomes(passed=1, failed=1, skipped=1)
     assert "replay: mmtorture replay " in res.stdout.str()

@@ -21,8 +21,11 @@ def _as_free_running(report: dict) -> dict:
 
 
 def _failing(scenario: str, policy: str) -> dict:
-    r = next(r for seed in range(50) if (r := run(scenario, policy, cpus=2, ops=60, seed=seed, scheduler="random",
-                                                  progress="off")).findings)
+    r = next(
+        r
+        for seed in range(50)
+        if (r := run(scenario, policy, cpus=2, ops=60, seed=seed, scheduler="random", progress="off")).findings
+    )
     return r.report
 
 
@@ -31,7 +34,7 @@ def test_the_suffix_is_the_operations_each_cpu_ran_last():
     full = report["program"]
     suffix = suffix_program(_as_free_running(report), 4)
     for cpu, ran in enumerate(full):
-        assert suffix[cpu] == ran[max(0, len(ran) - 4):] or suffix[cpu][:-1] == ran[max(0, len(ran) - 3):]
+        assert suffix[cpu] == ran[max(0, len(ran) - 4) :] or suffix[cpu][:-1] == ran[max(0, len(ran) - 3) :]
 
 
 def test_a_free_running_finding_gets_a_reproducer_that_replays_10_of_10():
@@ -88,8 +91,8 @@ def test_the_whole_program_gets_what_is_left_of_the_budget(monkeypatch):
     said = lambda s: windows.append(int(s.split()[1].rstrip(":")))  # noqa: E731
     assert reproduce(report, max_runs=40, max_seconds=math.inf, say=said) is None
     assert len(runs) == 40 and len(windows) > 2
-    assert runs[:3 * (len(windows) - 1)] == [w for w in windows[:-1] for _ in range(3)]
-    assert set(runs[3 * (len(windows) - 1):]) == {windows[-1]} and len(runs) - 3 * (len(windows) - 1) > 3
+    assert runs[: 3 * (len(windows) - 1)] == [w for w in windows[:-1] for _ in range(3)]
+    assert set(runs[3 * (len(windows) - 1) :]) == {windows[-1]} and len(runs) - 3 * (len(windows) - 1) > 3
 
 
 def test_a_stall_is_reproduced_by_any_proof_of_a_hang_and_nothing_else():

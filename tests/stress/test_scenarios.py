@@ -84,14 +84,24 @@ def test_correct_twin_survives_the_mutants_search_and_reaches_its_race(hunted, s
     k = 0
     for seed in range(max(row.seeds, TWIN_SEEDS)):
         name, scheduler, programs = ("", "random", "uniform") if litmus else plan("mix", seed)
-        r = run(scenario, p.twin, cpus=len(litmus) if litmus else cpus_for(name, seed, 2),
-                ops=0 if litmus else ops_for(name, None),
-                seed=seed, scheduler=scheduler, programs=programs, pct_steps=k if scheduler == "pct" else 0,
-                program=litmus, progress="off")
+        r = run(
+            scenario,
+            p.twin,
+            cpus=len(litmus) if litmus else cpus_for(name, seed, 2),
+            ops=0 if litmus else ops_for(name, None),
+            seed=seed,
+            scheduler=scheduler,
+            programs=programs,
+            pct_steps=k if scheduler == "pct" else 0,
+            program=litmus,
+            progress="off",
+        )
         assert r.findings == [], (seed, [f.format() for f in r.findings])
         assert r.exit_code == 0, r.report["harness_errors"]
         if scheduler == "pct":
             k = k or max(r.report["schedule"]["accesses"], 1)
         seen += evidence(r.report).get(p.witness, 0)
-    assert seen > 0, (f"{scenario}/{p.twin} never went through what {mutant} breaks ({p.witness}) in "
-                      f"{max(row.seeds, TWIN_SEEDS)} seeds: its clean runs prove nothing")
+    assert seen > 0, (
+        f"{scenario}/{p.twin} never went through what {mutant} breaks ({p.witness}) in "
+        f"{max(row.seeds, TWIN_SEEDS)} seeds: its clean runs prove nothing"
+    )

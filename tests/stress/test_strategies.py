@@ -16,8 +16,14 @@ from hypothesis import strategies as st
 
 from stress.strategies import programs, run_program, schedules
 
-SETTINGS = settings(max_examples=500, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
+SETTINGS = settings(
+    max_examples=500,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.generate, Phase.shrink],
+)
 
 FAMILIES = [
     ("refcount", "nonatomic_inc", "refcount_t", ("refcount.underflow", "pool.uaf")),

@@ -78,8 +78,21 @@ def test_op_bounded_runs_reach_their_budget_past_the_default_duration():
 
 
 def test_a_failing_run_without_json_writes_its_report_and_prints_a_replay_that_works(tmp_path):
-    p = cli("mmtorture", "run", "-s", "refcount", "-p", "inc_not_unless_zero", "--scheduler", "random",
-            "--seed", "1", "--ops", "300", cwd=tmp_path)
+    p = cli(
+        "mmtorture",
+        "run",
+        "-s",
+        "refcount",
+        "-p",
+        "inc_not_unless_zero",
+        "--scheduler",
+        "random",
+        "--seed",
+        "1",
+        "--ops",
+        "300",
+        cwd=tmp_path,
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     (replay,) = re.findall(r"replay: (mmtorture replay \S+)", p.stdout)
     assert os.path.dirname(shlex.split(replay)[-1]) == str(tmp_path)
@@ -88,8 +101,23 @@ def test_a_failing_run_without_json_writes_its_report_and_prints_a_replay_that_w
 
 
 def test_a_users_scenario_replays_and_shrinks_without_naming_its_module_again(tmp_path):
-    p = cli("mmtorture", "run", "-s", "vma_lookup_big", "-p", "gup_unpins_twice", "--litmus", "--seed", "0",
-            "--policy-module", USER_MODULE, "--json", "r.json", "-q", cwd=tmp_path)
+    p = cli(
+        "mmtorture",
+        "run",
+        "-s",
+        "vma_lookup_big",
+        "-p",
+        "gup_unpins_twice",
+        "--litmus",
+        "--seed",
+        "0",
+        "--policy-module",
+        USER_MODULE,
+        "--json",
+        "r.json",
+        "-q",
+        cwd=tmp_path,
+    )
     assert p.returncode == 1 and "caught by mm.pte-maps-freed-page" in p.stdout, p.stdout + p.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["policy_modules"] == [USER_MODULE]
@@ -131,15 +159,30 @@ def test_every_hunt_catch_reproduces_with_the_command_it_prints(tmp_path):
 
 
 def test_a_mutant_that_escapes_says_so_on_the_end_line():
-    r = run("spinlock", "busted", cpus=2, progress="off", program=[[["increment", 0, 1]], [["increment", 0, 1]]],
-            schedule={"first": 0, "deviations": [[], [], []]})
+    r = run(
+        "spinlock",
+        "busted",
+        cpus=2,
+        progress="off",
+        program=[[["increment", 0, 1]], [["increment", 0, 1]]],
+        schedule={"first": 0, "deviations": [[], [], []]},
+    )
     assert r.exit_code == 0 and r.report["caught"] is False
     assert stress.report.end_line(r.exit_code, r.report) == "End of test: SUCCESS (MUTANT NOT CAUGHT)"
 
 
 def test_hunt_searches_past_another_check_and_fails_when_only_that_one_fires(tmp_path):
-    p = cli("mmtorture", "hunt", "-s", "harness_test", "--policy-module", os.path.join(FIXTURES,
-            "harness_scenarios.py"), "--max-seeds", "3", cwd=tmp_path)
+    p = cli(
+        "mmtorture",
+        "hunt",
+        "-s",
+        "harness_test",
+        "--policy-module",
+        os.path.join(FIXTURES, "harness_scenarios.py"),
+        "--max-seeds",
+        "3",
+        cwd=tmp_path,
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     assert "found first by another check, search went on: lock.held-at-return (seed 0)" in p.stdout
     assert "1 not caught (1 found only by another check)" in p.stdout
@@ -149,10 +192,29 @@ def test_inspect_names_the_operations_waits_and_locks_of_a_live_run(tmp_path):
     fifo = str(tmp_path / "announce")
     os.mkfifo(fifo)
     env = dict(os.environ, MMTORTURE_TEST_FIFO=fifo, MMTORTURE_PROGRESS="off")
-    proc = subprocess.Popen([sys.executable, "-m", "stress", "run", "-s", "harness_test", "-p", "hold_spinlock",
-                             "--policy-module", os.path.join(FIXTURES, "harness_scenarios.py"), "--cpus", "2",
-                             "--duration", "120"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stress",
+            "run",
+            "-s",
+            "harness_test",
+            "-p",
+            "hold_spinlock",
+            "--policy-module",
+            os.path.join(FIXTURES, "harness_scenarios.py"),
+            "--cpus",
+            "2",
+            "--duration",
+            "120",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         segment = re.search(r"machine segment (\S+)", proc.stdout.readline()).group(1)
         with open(fifo) as f:
