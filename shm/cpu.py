@@ -23,7 +23,8 @@ from shm.checks import (
 from shm.events import ARG_MASK, EV, KIND_INDEX, SEQ_MASK, TRACE_MASK
 from shm.locks import WAIT_IPI, WAIT_SHIFT
 from shm.machine import CPU_OFFLINE
-from shm.sched import OsScheduler, Scheduler
+from shm.protocols import Scheduler
+from shm.sched import OsScheduler
 
 if TYPE_CHECKING:
     from shm.machine import Machine

@@ -22,11 +22,11 @@ import numpy as np
 from shm.checks import LOCK_BAD_UNLOCK, LOCK_RECURSIVE, SEQCOUNT_CONCURRENT_WRITERS, SEQCOUNT_END_WITHOUT_BEGIN
 from shm.events import EV, SEQ_MASK, TRACE_MASK, address
 from shm.layout import field_dtype
+from shm.protocols import CpuLike as Cpu
+from shm.protocols import MachineLike as Machine
 
 if TYPE_CHECKING:
     from shm._atomic import Memory
-    from shm.cpu import Cpu
-    from shm.machine import Machine
 
 SPINLOCK = np.dtype([("spin_owner", "<i4")], align=True)
 MUTEX = np.dtype([("mutex_owner", "<i4"), ("mutex_waiters", "<i4")], align=True)

@@ -17,7 +17,6 @@ out, which is what makes stale references bite).
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,12 +24,10 @@ from shm.checks import POOL_DOUBLE_FREE, POOL_UAF, Check
 from shm.events import EV
 from shm.layout import Region, field_offsets
 from shm.locks import SPINLOCK, WAIT_PAGE, WAIT_SHIFT, Spinlock
+from shm.protocols import CpuLike as Cpu
+from shm.protocols import MachineLike as Machine
 from shm.refcount import Refcount
 from shm.slab import freelist_pop, freelist_push
-
-if TYPE_CHECKING:
-    from shm.cpu import Cpu
-    from shm.machine import Machine
 
 PFN_BITS = 24
 PFN_MASK = (1 << PFN_BITS) - 1
@@ -69,9 +66,17 @@ PAGE = np.dtype(
     ]
 )
 assert PAGE.itemsize == 128
+PAGE_STRIDE = PAGE.itemsize
 PAGE_FIELDS = field_offsets(PAGE)
 assert PAGE_FIELDS["state"] == 0 and PAGE_FIELDS["gen"] == 4  # (state, gen) is one 64-bit word:
 # one load checks a reference, one cmpxchg allocates or frees the page with its generation
+
+
+def live_word(ref: int) -> int:
+    """struct page's first word (state, gen) while the page `ref` names is allocated: what a
+    checked access compares (inline it as (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED on a hot path)."""
+    return (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
+
 
 POOL_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("freed", "<i4"), ("waiters", "<i4")])
 
@@ -152,10 +157,10 @@ class Pool:
         self.mem.store64(self.head_off, 1)
 
     def field_off(self, pfn: int, field: str) -> int:
-        return self.page0 + pfn * 128 + self._f[field]
+        return self.page0 + pfn * PAGE_STRIDE + self._f[field]
 
     def _next_off(self, pfn: int) -> int:
-        return self.page0 + pfn * 128 + self._f["lru_next"]
+        return self.page0 + pfn * PAGE_STRIDE + self._f["lru_next"]
 
     def data_off(self, pfn: int, index: int = 0) -> int:
         return self.data0 + pfn * self.page_size + 8 * index
@@ -168,7 +173,7 @@ class Pool:
         """The page's split page-table lock (on every fault's path: resolved once per page)."""
         h = self._ptls[pfn]
         if h is None:
-            h = self._ptls[pfn] = self.machine.handle(Spinlock, 0, self.page0 + pfn * 128 + self._ptl_field)
+            h = self._ptls[pfn] = self.machine.handle(Spinlock, 0, self.page0 + pfn * PAGE_STRIDE + self._ptl_field)
         return h
 
     def gen(self, pfn: int) -> int:
@@ -194,7 +199,7 @@ class Pool:
             if not gfp & GFP_KERNEL or self.machine.stop_requested():
                 return None
             self._wait_for_free_page(cpu)
-        f = self.page0 + pfn * 128
+        f = self.page0 + pfn * PAGE_STRIDE
         fo = self._f
         word = mem.load64(f)
         gen = ((word >> 32) + 1) & GEN_MASK
@@ -239,7 +244,7 @@ class Pool:
         mem = self.mem
         pfn = ref & PFN_MASK
         gen = ref >> PFN_BITS
-        f = self.page0 + pfn * 128
+        f = self.page0 + pfn * PAGE_STRIDE
         fo = self._f
         old = mem.cmpxchg64(f, gen << 32 | PAGE_ALLOCATED, gen << 32 | PAGE_FREEING)
         if old != gen << 32 | PAGE_ALLOCATED:
@@ -274,7 +279,7 @@ class Pool:
     # -- checked accessors -------------------------------------------------
     def alive(self, ref: int) -> bool:
         """The page behind ref is allocated and still the same generation (no finding if not)."""
-        return self.mem.load64(self.page0 + (ref & PFN_MASK) * 128) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
+        return self.mem.load64(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE) == live_word(ref)
 
     def check(self, cpu: Cpu, ref: int, what: str = "access") -> bool:
         """The page behind ref is allocated and still the same generation."""

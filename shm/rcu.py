@@ -26,7 +26,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,10 +34,8 @@ from shm.checks import RCU_UNLOCK_IMBALANCE, SRCU_BAD_INDEX
 from shm.events import EV
 from shm.layout import Region
 from shm.locks import MUTEX, WAIT_GP, WAIT_SHIFT, Mutex
-
-if TYPE_CHECKING:
-    from shm.cpu import Cpu
-    from shm.machine import Machine
+from shm.protocols import CpuLike as Cpu
+from shm.protocols import MachineLike as Machine
 
 GP_COUNT = 1
 GP_PHASE = 1 << 32

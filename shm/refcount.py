@@ -15,8 +15,6 @@ the user this models (memunmap_pages: kill, then wait for the release).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from shm.checks import (
@@ -30,11 +28,9 @@ from shm.checks import (
 )
 from shm.events import EV, split_address
 from shm.locks import Handle, wait_var_event, wake_up_var
+from shm.protocols import CpuLike as Cpu
+from shm.protocols import MachineLike as Machine
 from shm.rcu import invoke_callback, rcu_callback
-
-if TYPE_CHECKING:
-    from shm.cpu import Cpu
-    from shm.machine import Machine
 
 REFCOUNT = np.dtype([("refs", "<i4")])
 REFCOUNT_SATURATED = -(1 << 30)

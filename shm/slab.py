@@ -25,11 +25,11 @@ import numpy as np
 from shm.checks import SLAB_DOUBLE_FREE, SLAB_UAF
 from shm.events import EV
 from shm.layout import Region, field_offsets
+from shm.protocols import CpuLike as Cpu
+from shm.protocols import MachineLike as Machine
 
 if TYPE_CHECKING:
     from shm._atomic import Memory
-    from shm.cpu import Cpu
-    from shm.machine import Machine
 
 SLOT_BITS = 16
 SLOT_MASK = (1 << SLOT_BITS) - 1

@@ -14,8 +14,8 @@ from policies.mm.fault import (
     VM_FAULT_SIGSEGV,
     Vmf,
 )
+from policies.mm.geometry import Geometry
 from policies.mm.mm import MM_EXITED, MM_LIVE, MmModel
-from policies.mm.pgtable import Geometry
 from policies.mm.sweep import sweep
 from policies.mm.vma import (
     MAX_VMAS,

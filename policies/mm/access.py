@@ -11,7 +11,7 @@ from policies.mm.checks import ACCESS_FREED_PAGE, COW_WRITE_SHARED, STALE_TLB
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, describe_entry
 from policies.mm.rmap import _MAPCOUNT, ZERO_STAMP
 from policies.mm.tlb import TLB_SIZE, Tlb
-from shm.pool import PAGE_ALLOCATED, PFN_BITS, PFN_MASK
+from shm.pool import PAGE_ALLOCATED, PAGE_STRIDE, PFN_BITS, PFN_MASK
 
 
 class Access(Tlb):
@@ -54,7 +54,7 @@ class Access(Tlb):
         pool, pmem = self.pool, self.pmem
         ref = pte >> FLAG_BITS
         pfn = ref & PFN_MASK
-        f = self.page0 + pfn * 128
+        f = self.page0 + pfn * PAGE_STRIDE
         data = self.pool_data0 + pfn * self.page_size
         word = pmem.load64(data)
         alive = pmem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from policies.mm.geometry import Geometry
 from shm import MUTEX, RWSEM, SPINLOCK, Machine, Mutex, Refcount, Rwsem, Spinlock
 from shm.events import address
 from shm.slab import KmemCache
 
 if TYPE_CHECKING:
-    from policies.mm.pgtable import Geometry
     from shm import Memory, Pool
 
 MM_FREE, MM_LIVE, MM_EXITED, MM_DEAD = 0, 1, 2, 3

@@ -21,8 +21,8 @@ from policies.mm.access import Access
 from policies.mm.base import MM_DEAD, MM_EXITED, MM_FREE, MM_GLOBAL, MM_LIVE, MM_STRUCT
 from policies.mm.fault import Fault
 from policies.mm.fork import Fork
+from policies.mm.geometry import Geometry
 from policies.mm.gup import Gup
-from policies.mm.pgtable import Geometry
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
 from policies.mm.tlb import TLB_ENTRY, TLB_SIZE
 from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX

@@ -15,13 +15,12 @@ is freed only after a TLB flush whose IPI every CPU acknowledged
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from policies.mm.base import MmBase
 from policies.mm.checks import WALK_FREED_TABLE
 from shm import GFP_KERNEL, alloc_site
-from shm.pool import PFN_MASK
+from shm.pool import PAGE_ALLOCATED, PAGE_STRIDE, PFN_BITS, PFN_MASK
 
 _PRESENT, _WRITE, _DIRTY, _SPECIAL, _HUGE, _SWAP, _COW_SHARED = 1, 2, 4, 8, 16, 32, 64
 PTE_PRESENT = _PRESENT
@@ -67,31 +66,6 @@ def describe_entry(entry: int) -> str:
     return f"pfn {pte_pfn(entry)} gen {pte_ref(entry) >> 24} [{flags}]"
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Entries per table at each level; small by default so that CPUs collide on tables."""
-
-    pgd: int = 4
-    pmd: int = 4
-    pte: int = 8
-    pages: int = field(init=False)
-    pmd_span: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        for n in ("pgd", "pmd", "pte"):
-            if not 1 <= getattr(self, n) <= 512:
-                raise ValueError(f"geometry: {n} must be between 1 and 512 entries")
-        object.__setattr__(self, "pmd_span", self.pmd * self.pte)
-        object.__setattr__(self, "pages", self.pgd * self.pmd * self.pte)
-
-    def split(self, vpn: int) -> tuple[int, int, int]:
-        """pgd_index, pmd_index, pte_index of a virtual page number."""
-        return vpn // self.pmd_span, vpn // self.pte % self.pmd, vpn % self.pte
-
-    def page_size_needed(self) -> int:
-        return 8 * max(self.pgd, self.pmd, self.pte, 4)
-
-
 class PageTables(MmBase):
     """pgd/pmd/pte allocation, walking and freeing: the model's second layer."""
 
@@ -112,8 +86,8 @@ class PageTables(MmBase):
         pfn = table_ref & PFN_MASK
         pmem = self.pmem
         v = pmem.load64(self.pool_data0 + pfn * self.page_size + 8 * index)
-        f = self.page0 + pfn * 128
-        if pmem.load64(f) != (table_ref >> 24) << 32 | 1:
+        f = self.page0 + pfn * PAGE_STRIDE
+        if pmem.load64(f) != (table_ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
             self.pool._report_uaf(cpu, table_ref, what, WALK_FREED_TABLE)
             return 0
         return v
@@ -143,8 +117,8 @@ class PageTables(MmBase):
                 return 0
             pfn = ref & PFN_MASK
             e = pmem.load64(data0 + pfn * psize + 8 * index)
-            f = page0 + pfn * 128
-            if pmem.load64(f) != (ref >> 24) << 32 | 1:
+            f = page0 + pfn * PAGE_STRIDE
+            if pmem.load64(f) != (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
                 if report:
                     self.pool._report_uaf(cpu, ref, what, WALK_FREED_TABLE)
                 return 0
@@ -222,17 +196,13 @@ class PageTables(MmBase):
             ptl = self.pool.ptl((e >> FLAG_BITS) & PFN_MASK)
             ptl.lock(cpu)
             rcu.read_unlock(cpu)
-            if not self.table_alive(e >> FLAG_BITS):
+            if not self.pool.alive(e >> FLAG_BITS):
                 self.pool._report_uaf(cpu, e >> FLAG_BITS, "pte_offset_map_lock: spin_lock(ptl)", WALK_FREED_TABLE)
                 ptl.unlock(cpu)
                 return 0, None
             if self.pmem.load64(off) == e:
                 return e >> FLAG_BITS, ptl
             ptl.unlock(cpu)
-
-    def table_alive(self, ref: int) -> bool:
-        """The page `ref` names is allocated and still of that generation."""
-        return self.pmem.load64(self.page0 + (ref & PFN_MASK) * 128) == (ref >> 24) << 32 | 1
 
     def free_pgd(self, cpu, mm: int) -> None:
         pgd = self.pmem_mm.xchg64(self.mm_off(mm, "pgd"), 0)

@@ -12,7 +12,7 @@ from policies.mm.checks import ANON_VMA_UNLOCKED, RMAP_UNDERFLOW
 from policies.mm.pgtable import FLAG_BITS, PTE_SPECIAL
 from policies.mm.tlb import Tlb
 from shm import alloc_site
-from shm.pool import PAGE_FIELDS, PFN_MASK
+from shm.pool import PAGE_FIELDS, PAGE_STRIDE, PFN_MASK
 
 ANON_SITE = alloc_site("mm: anonymous page")
 ZERO_SITE = alloc_site("mm: the zero page")
@@ -33,7 +33,7 @@ class Rmap(Tlb):
         return self.pool.field_off(ref & PFN_MASK, field)
 
     def page_add_anon_rmap(self, ref: int, anon: int, vpn: int) -> None:
-        pmem, f = self.pmem, self.page0 + (ref & PFN_MASK) * 128
+        pmem, f = self.pmem, self.page0 + (ref & PFN_MASK) * PAGE_STRIDE
         pmem.store32(f + _MAPCOUNT, 0)
         pmem.store64(f + _PRIVATE, anon)
         pmem.store64(f + _PRIVATE + 8, vpn)

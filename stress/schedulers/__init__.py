@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from shm.sched import Scheduler
+from shm.protocols import Scheduler
 from stress.schedulers.controlled import ControlledScheduler, Replay, Strategy
 from stress.schedulers.free import FreeScheduler
 from stress.schedulers.pct import PctStrategy

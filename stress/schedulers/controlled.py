@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from shm._atomic import accesses, cpu_relax, record, recorded, set_countdown, set_hook
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from shm._atomic import Memory
 
     from shm.cpu import Cpu
+    from shm.protocols import CpuLike
 
 ACCESS, WINDOW, OTHER, BOUNDARY = "access", "window", "other", "boundary"
 LIVELOCK_DECISIONS = 200_000
@@ -130,8 +131,8 @@ class ControlledScheduler(OsScheduler):
     free: bool = False
     _seg_index: dict[int, int] = field(default_factory=dict)
 
-    def attach(self, cpu: Cpu) -> None:
-        self.cpu = cpu
+    def attach(self, cpu: CpuLike) -> None:
+        self.cpu = cast("Cpu", cpu)  # the machine's own CPU: the scheduler reads its whole state
         self.st = st = SchedState.attach(self.segment)
         self.mem = st.mem
         self.me = cpu.id
@@ -169,7 +170,7 @@ class ControlledScheduler(OsScheduler):
         self.counts = self.strategy.preempts_accesses or self.opstart is not None
 
     # -- the Scheduler protocol -------------------------------------------
-    def begin(self, cpu: Cpu) -> None:
+    def begin(self, cpu: CpuLike) -> None:
         self._wait_turn()
         self.base = self.synced = accesses()
         if self.opstart is not None:
@@ -177,15 +178,15 @@ class ControlledScheduler(OsScheduler):
             self.opclock[0] = self.mem.load64(self.st.accesses_off)
         self._arm(self.base)
 
-    def window(self, cpu: Cpu, name: str) -> bool:
+    def window(self, cpu: CpuLike, name: str) -> bool:
         return not self.free and self._point(RUNNABLE, WINDOW)
 
-    def op_boundary(self, cpu: Cpu) -> None:
+    def op_boundary(self, cpu: CpuLike) -> None:
         if not self.free:
             self._point(RUNNABLE, BOUNDARY, next_op=True)
 
     def spin(
-        self, cpu: Cpu, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0, bits: int = 32
+        self, cpu: CpuLike, attempt: int, mem: Memory | None = None, off: int = 0, seen: int = 0, bits: int = 32
     ) -> None:
         if self.free:
             return super().spin(cpu, attempt)
@@ -195,14 +196,14 @@ class ControlledScheduler(OsScheduler):
             self._watch(mem, off, seen, bits, False)
             self._point(BLOCKED, OTHER)
 
-    def block(self, cpu: Cpu, mem: Memory, off: int, expected: int, timeout: float | None) -> bool:
+    def block(self, cpu: CpuLike, mem: Memory, off: int, expected: int, timeout: float | None) -> bool:
         if self.free:
             return mem.futex_wait(off, expected, timeout)
         self._watch(mem, off, expected, 32, timeout is not None)
         self._point(BLOCKED, OTHER)
         return mem.load32(off) != expected
 
-    def exit(self, cpu: Cpu) -> None:
+    def exit(self, cpu: CpuLike) -> None:
         set_hook(None)
         if self.opstart is not None:
             self.mem.store64(self.st.nrec_off[self.me], recorded())
