@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from policies.mm.checks import ACCESS_FREED_PAGE, COW_WRITE_SHARED, STALE_TLB
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, describe_entry
-from policies.mm.rmap import _MAPCOUNT, ZERO_STAMP
+from policies.mm.rmap import _MAPCOUNT, LAST_WRITER, ZERO_STAMP
 from policies.mm.tlb import TLB_SIZE, Tlb
 from shm.pool import PAGE_ALLOCATED, PAGE_STRIDE, PFN_BITS, PFN_MASK
 
@@ -36,7 +36,7 @@ class Access(Tlb):
                 return False
             smem.store64(off + 8, pte)
             smem.store64(off, tag)
-        self._load_store(cpu, mm, vpn, pte, write, via_tlb)
+        self._load_store(cpu, mm, mmid, vpn, pte, write, via_tlb)
         cpu.insn_end()
         return True
 
@@ -50,7 +50,7 @@ class Access(Tlb):
             and not self.walk(cpu, mm, vpn, "MMU page walk", report=False) & PTE_WRITE
         )
 
-    def _load_store(self, cpu, mm: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
+    def _load_store(self, cpu, mm: int, mmid: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
         pool, pmem = self.pool, self.pmem
         ref = pte >> FLAG_BITS
         pfn = ref & PFN_MASK
@@ -102,3 +102,4 @@ class Access(Tlb):
                 )
                 return
             pmem.fetch_add64(data + 8, 1)
+            pmem.store64(f + LAST_WRITER, mmid)

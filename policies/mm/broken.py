@@ -74,6 +74,18 @@ class ReusesSharedPage(MmModel):
         return True
 
 
+class ReusesByMapcount(MmModel):
+    """DELIBERATELY BROKEN: do_wp_page() reuses a page its mapcount says is exclusive, as before
+    09854ba94c6a.
+
+    A page another mm GUP-pinned and then unmapped has one mapping left; the
+    writer reuses it in place and the pin reads the writer's private data
+    (CVE-2020-29374).  Must trip mm.pin-foreign-write."""
+
+    def wp_can_reuse_anon_folio(self, ref: int) -> bool:
+        return self.pmem.load32(self._page_word(ref, "_mapcount")) == 0
+
+
 class SkipsLastPte(MmModel):
     """DELIBERATELY BROKEN: zap_pte_range() stops one entry early (an off-by-one in its loop).
 

@@ -53,6 +53,12 @@ LOST_WRITE = define_check(
     "a write landed in a page after copy-on-write copied it: the writer's mm now maps the copy and the write "
     "is lost (a writable TLB entry fork write-protected but did not flush yet)",
 )
+PIN_FOREIGN_WRITE = define_check(
+    "mm.pin-foreign-write",
+    "invariant",
+    "a page GUP pinned from one mm is written by another while the pin reads it: copy-on-write reused a "
+    "page another mm still holds (CVE-2020-29374)",
+)
 FREE_MAPPED_TABLE = define_check(
     "mm.free-mapped-table", "invariant", "free_pgtables frees a page table that still maps a page"
 )

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from policies.mm.checks import LOST_WRITE, PTE_AFTER_ZAP, PTE_OUTSIDE_VMA
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, mk_pte
-from policies.mm.rmap import ANON_SITE, Rmap, stamp
+from policies.mm.rmap import ANON_SITE, LAST_WRITER, Rmap, stamp
 from policies.mm.vma import VM_ZAPPED, VMA
 from shm import GFP_KERNEL, GFP_NOWAIT
 from shm.layout import field_offsets
-from shm.pool import PFN_MASK
+from shm.pool import PAGE_STRIDE, PFN_MASK
 from shm.slab import SLOT_MASK
 
 _VMA_FIELDS = field_offsets(VMA)
@@ -63,8 +63,11 @@ class Fault(Rmap):
     """The fault handler: anonymous pages, the zero page, copy-on-write, ->map_pages."""
 
     def wp_can_reuse_anon_folio(self, ref: int) -> bool:
-        """do_wp_page may write in place only to a page no other mapping shares."""
-        return self.pmem.load32(self._page_word(ref, "_mapcount")) == 0
+        """do_wp_page may write in place only to a page nothing else holds: its one mapping is
+        the only reference.  By page count, not mapcount, since 09854ba94c6a ("mm: do_wp_page()
+        simplification", CVE-2020-29374): a page GUP pinned and another mm unmapped has one
+        mapping, but the pin still reads it."""
+        return self.pmem.load32(self._page_word(ref, "_refcount")) == 1
 
     def _may_install(self, cpu, vmf: Vmf) -> bool:
         """Under the ptl, just before set_pte_at: the mechanism's check, then the model's."""
@@ -184,6 +187,7 @@ class Fault(Rmap):
             data = self.pool_data0 + (page & PFN_MASK) * self.page_size
             self.pmem.store64(data, stamp(anon, vmf.vpn))
             self.pmem.store64(data + 8, 0)
+            self.pmem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
         return page, anon
 
     def do_anonymous_page(self, cpu, vmf: Vmf, page: int | None = None) -> int:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from policies.mm.checks import PIN_FOREIGN_WRITE
 from policies.mm.fault import Vmf
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE
-from policies.mm.rmap import ANON_SITE, Rmap
-from shm.pool import PFN_MASK
+from policies.mm.rmap import ANON_SITE, LAST_WRITER, Rmap
+from shm.pool import PAGE_STRIDE, PFN_MASK
 
 
 class Gup(Rmap):
@@ -65,11 +66,25 @@ class Gup(Rmap):
         ptl.unlock(cpu)
         return ref
 
-    def use_pinned_page(self, cpu, ref: int, what: str) -> None:
-        """What a GUP caller does with its page (DMA, a copy): the reference must keep it alive."""
+    def use_pinned_page(self, cpu, mm: int, ref: int, what: str) -> None:
+        """What a GUP caller does with the page it pinned from `mm` (a copy, DMA): the reference
+        keeps it alive, and what the pin reads is that mm's memory: a write by another mm while
+        it reads is copy-on-write gone wrong."""
+        writes = self.pool.read(cpu, ref, 1, what)
         self.pool.read(cpu, ref, 0, what)
         cpu.window("gup:using-the-page")
         self.pool.read(cpu, ref, 0, what)
+        if self.pool.read(cpu, ref, 1, what) != writes:
+            writer = self.pmem.load64(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE + LAST_WRITER)
+            if writer != self.mm_id(mm):
+                cpu.report(
+                    PIN_FOREIGN_WRITE,
+                    f"{what}: page {ref & PFN_MASK}, pinned from mm {mm}, was written by "
+                    f"mm id {writer} meanwhile: copy-on-write reused a page the pin still reads",
+                    mm=mm,
+                    writer=writer,
+                    **self.pool.describe(ref & PFN_MASK),
+                )
         self.unpin_user_page(cpu, ref)
 
     def unpin_user_page(self, cpu, ref: int) -> None:

@@ -19,6 +19,8 @@ ZERO_SITE = alloc_site("mm: the zero page")
 ZERO_STAMP = 0x5A45524F
 _PRIVATE = PAGE_FIELDS["private"]
 _MAPCOUNT = PAGE_FIELDS["_mapcount"]
+_REFCOUNT = PAGE_FIELDS["_refcount"]
+LAST_WRITER = _PRIVATE + 24  # struct page word: the id of the mm whose CPU last wrote the page
 
 
 def stamp(anon: int, vpn: int) -> int:

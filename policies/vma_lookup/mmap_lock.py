@@ -25,6 +25,7 @@ from policies.mm.checks import (
     COW_WRITE_SHARED,
     FORK_NO_ANON_VMA,
     FREE_MAPPED_TABLE,
+    PIN_FOREIGN_WRITE,
     PTE_IN_NO_VMA,
     RMAP_UNDERFLOW,
     WALK_FREED_TABLE,
@@ -327,6 +328,15 @@ MUTANTS = (
         "a write fault reuses a page fork shares",
         "cow_copies",
         model=broken.ReusesSharedPage,
+    ),
+    mutant(
+        mmap_lock,
+        "cow_reuse_by_mapcount",
+        PIN_FOREIGN_WRITE,
+        "09854ba94c6a 'mm: do_wp_page() simplification' (CVE-2020-29374): reuse by page count, not mapcount",
+        "a write fault reuses a page GUP pinned from another mm that has unmapped it",
+        "cow_copies",
+        model=broken.ReusesByMapcount,
     ),
     mutant(
         mmap_lock,

@@ -140,6 +140,11 @@ _UNMAP_REMAP = _repeat([["munmap", 1, 0, 11], ["mmap", 1, 0, 11, 1]], 6)
 # Write faults over several pages: a fresh VMA's first one takes mmap_lock (it allocates the
 # anon_vma), the next ones take the policy's lockless path.
 _WRITES = [["access", 0, 4 + i % 6, 1] for i in range(12)]
+# A VMA slot freed and reused by another VMA of the mm while a fault holds on to it; the faults
+# are in the table [8, 16), which the munmap of [0, 14) keeps (its neighbour [14, 16) uses it),
+# so that what the fault finds is the slot's reuse, not a table freed under it.
+_TABLE_KEPT_WRITES = [["access", 0, 8 + i % 6, 1] for i in range(12)]
+_SLOT_REUSE = _repeat([["munmap", 1, 0, 13], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 13, 1]], 3)
 LITMUS = {
     "munmap_no_refcount_wait": [_WRITES, _UNMAP_REMAP],
     "fault_without_srcu": [_WRITES, _UNMAP_REMAP],
@@ -166,9 +171,11 @@ LITMUS = {
         _WRITES,
         _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3),
     ],
-    "typesafe_no_recheck": [
-        _WRITES,
-        _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3),
+    "typesafe_no_recheck": [_TABLE_KEPT_WRITES, _SLOT_REUSE],
+    # cpu 0 pins vpn 5 of the child remotely; the child unmaps it, the parent write-faults it.
+    "cow_reuse_by_mapcount": [
+        _repeat([["remote", 2, 5]], 12),
+        _repeat([["access", 1, 5, 1], ["fork", 1], ["munmap", 2, 0, 15], ["access", 1, 5, 1], ["exit", 2]], 4),
     ],
     # Two of the model's mutants show another way too in generated programs (a PTE to a freed page is
     # also a mapped page below its mappings at the sweep; a PTE left behind is also a table freed under
@@ -280,7 +287,7 @@ def gup_slow(w: World, mm: int, vpn: int, write: bool) -> None:
         policy.release(w, vmf)
     if ref:
         w.count("gups")
-        m.use_pinned_page(w.cpu, ref, "get_user_pages: using the pinned page")
+        m.use_pinned_page(w.cpu, mm, ref, "get_user_pages: using the pinned page")
 
 
 def op_gup(w: World, task: int, vpn: int, fast: int) -> None:
@@ -292,7 +299,7 @@ def op_gup(w: World, task: int, vpn: int, fast: int) -> None:
             ref = w.mm.gup_fast(w.cpu, mm, vpn, False)
             if ref:
                 w.count("gup_fast")
-                w.mm.use_pinned_page(w.cpu, ref, "get_user_pages_fast: using the pinned page")
+                w.mm.use_pinned_page(w.cpu, mm, ref, "get_user_pages_fast: using the pinned page")
                 return
         gup_slow(w, mm, vpn, False)
     finally:
