@@ -142,7 +142,9 @@ def main(argv: list[str]) -> int:
         return 2
     os.makedirs(DATA, exist_ok=True)
     for name in FILES:
-        shutil.copy(os.path.join(argv[0], f"{name}.json"), os.path.join(DATA, f"{name}.json"))
+        src, dst = os.path.join(argv[0], f"{name}.json"), os.path.join(DATA, f"{name}.json")
+        if not os.path.samefile(os.path.dirname(src) or ".", DATA):
+            shutil.copy(src, dst)
     with open(README, "w") as f:
         f.write(render_readme(text))
     return 0
