@@ -40,15 +40,16 @@ class Access(Tlb):
         cpu.insn_end()
         return True
 
-    def _unflushed_fork_write(self, cpu, mm: int, vpn: int) -> bool:
-        """A write to a page fork shares, through a writable translation taken before fork
-        write-protected the PTE: allowed while the fork runs, since dup_mmap flushes at its end
-        (and the flush waits for the instruction); what it can break, a COW copy taken
-        meanwhile, is checked as a lost write."""
-        return (
-            bool(self.smem.load32(self.mm_off(mm, "forking")))
-            and not self.walk(cpu, mm, vpn, "MMU page walk", report=False) & PTE_WRITE
-        )
+    def _unflushed_fork_write(self, cpu, mm: int, vpn: int, ref: int) -> bool:
+        """A write to a page fork is sharing, by the mm that is forking, through a translation
+        fork has not flushed yet: copy_present_pte raises the mapcount, then write-protects the
+        PTE, and dup_mmap flushes only at its end (the flush waits for the instruction).  The
+        kernel allows it; what it can break, a COW copy taken meanwhile, is checked as a lost
+        write.  A write through a translation to a page the PTE no longer maps is not this."""
+        if not self.smem.load32(self.mm_off(mm, "forking")):
+            return False
+        cur = self.walk(cpu, mm, vpn, "MMU page walk", report=False)
+        return not cur & PTE_WRITE or cur >> FLAG_BITS == ref
 
     def _load_store(self, cpu, mm: int, mmid: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
         pool, pmem = self.pool, self.pmem
@@ -90,7 +91,7 @@ class Access(Tlb):
                 )
                 return
         if write:
-            if pmem.load32(f + _MAPCOUNT) > 0 and not self._unflushed_fork_write(cpu, mm, vpn):
+            if pmem.load32(f + _MAPCOUNT) > 0 and not self._unflushed_fork_write(cpu, mm, vpn, ref):
                 cpu.report(
                     COW_WRITE_SHARED,
                     f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
