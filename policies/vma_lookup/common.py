@@ -48,6 +48,7 @@ class VmaPolicy(Policy):
     write_downgrade: Callable[[World, int], None]
     dup_begin: Callable[[World, int], None] | None = None
     dup_lock_vma: Callable[[World, int, int], None] | None = None
+    dup_unlock_vma: Callable[[World, int, int], None] | None = None
     vma_free: Callable[[Any, int], None]
     typesafe_vmas: bool = False
     model: type[MmModel] = MmModel

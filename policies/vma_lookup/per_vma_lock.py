@@ -20,7 +20,6 @@ from policies.vma_lookup.mmap_lock import (
     mmap_locked,
     munmap_locked,
     release_mmap_lock,
-    vma_free_now,
 )
 from shm.slab import SLOT_MASK
 
@@ -136,6 +135,17 @@ def mmap_write_downgrade(w: World, mm: int) -> None:
     w.mm.mmap_lock(mm).downgrade_write(w.cpu)
 
 
+def vma_free_after_readers(cpu, vma: int) -> None:
+    """Free a detached VMA once no fault holds its lock: after the downgrade, lock_vma_under_rcu
+    may read-lock it (the VMA is no longer write-locked) before it sees it detached; the slot
+    must not be reused under that reader (6.15's vma_mark_detached waits for them)."""
+    m = cpu.ctx.mm
+    lock = m.vma_lock(vma)
+    lock.down_write(cpu)
+    lock.up_write(cpu)
+    m.vm_area_free(cpu, vma)
+
+
 per_vma_lock = VmaPolicy(
     "per_vma_lock",
     doc="6.4+: lock_vma_under_rcu with vm_lock_seq vs mm_lock_seq, typesafe VMA slots, mmap_lock fallback",
@@ -149,7 +159,7 @@ per_vma_lock = VmaPolicy(
     write_unlock=mmap_write_unlock,
     write_downgrade=mmap_write_downgrade,
     dup_lock_vma=vma_start_write,
-    vma_free=vma_free_now,
+    vma_free=vma_free_after_readers,
     typesafe_vmas=True,
 )
 

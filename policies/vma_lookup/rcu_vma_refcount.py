@@ -270,6 +270,8 @@ def vma_wait_refs(w: World, mm: int, vma: int) -> None:
     the VMA until the fork is done (what vma_start_write gives per-VMA locks,
     fb49c455323f; the thread does not discuss fork: the model's choice)."""
     m, cpu = w.mm, w.cpu
+    if w.mem.load32(m.vma_off(vma, "vm_flags")) & VM_BABY:
+        return  # no fault runs on it, and it is born only once fork drops mmap_lock; waiting would deadlock
     off = m.vma_off(vma, "vm_refcnt")
     attempt = 0
     while (v := w.mem.load32(off)) > 1:

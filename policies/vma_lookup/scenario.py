@@ -339,7 +339,7 @@ def dup_mmap(w: World, oldmm: int) -> int:
     its stale TLB entry, and the write is lost (fb49c455323f, "fork: lock
     VMAs of the parent process when forking").  mmap_lock for write keeps
     out the faults that take it; the policy's dup_begin and dup_lock_vma
-    keep out its own."""
+    keep out its own (dup_unlock_vma lets them in again after the flush)."""
     m, cpu, policy = w.mm, w.cpu, w.policy
     new = m.mm_alloc(cpu)
     if new < 0:
@@ -348,6 +348,7 @@ def dup_mmap(w: World, oldmm: int) -> int:
     mmap_write_lock(w, oldmm)
     w.mem.store32(m.mm_off(oldmm, "forking"), 1)
     entries: list[tuple[int, int, int]] = []
+    locked: list[int] = []
     ok = True
     try:
         if policy.dup_begin is not None:
@@ -357,6 +358,7 @@ def dup_mmap(w: World, oldmm: int) -> int:
                 continue
             if policy.dup_lock_vma is not None:
                 policy.dup_lock_vma(w, oldmm, v)
+                locked.append(v)
             nv = m.vm_area_alloc(cpu, new, s, e, m.vma_field(cpu, v, "vm_flags", "dup_mmap") & (VM_READ | VM_WRITE))
             if nv is None:
                 ok = False
@@ -370,6 +372,9 @@ def dup_mmap(w: World, oldmm: int) -> int:
         m.index_publish(cpu, new, entries)
         m.flush_tlb_mm(cpu, oldmm)
     finally:
+        if policy.dup_unlock_vma is not None:
+            for v in locked:
+                policy.dup_unlock_vma(w, oldmm, v)
         w.mem.store32(m.mm_off(oldmm, "forking"), 0)
         policy.write_unlock(w, oldmm)
     if not ok:

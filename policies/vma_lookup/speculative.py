@@ -84,6 +84,17 @@ def spf_before_unmap(w: World, mm: int, vma: int) -> None:
     w.mem.fetch_add32(w.mm.vma_off(vma, "vm_seq"), 1)
 
 
+def spf_fork_begin(w: World, mm: int, vma: int) -> None:
+    """fork: vm_write_begin() on the parent's VMA, so a speculative fault that sampled its
+    sequence before fails its validation under the ptl while the VMA is copied."""
+    w.mem.fetch_add32(w.mm.vma_off(vma, "vm_seq"), 1)
+
+
+def spf_fork_end(w: World, mm: int, vma: int) -> None:
+    """vm_write_end() once fork flushed: speculative faults may run on the VMA again."""
+    w.mem.fetch_add32(w.mm.vma_off(vma, "vm_seq"), 1)
+
+
 def spf_vma_free(cpu, vma: int) -> None:
     vma_put_spf(cpu.ctx, vma)
 
@@ -98,6 +109,8 @@ speculative = VmaPolicy(
     munmap=munmap_locked,
     new_vma=new_vma_plain,
     before_unmap=spf_before_unmap,
+    dup_lock_vma=spf_fork_begin,
+    dup_unlock_vma=spf_fork_end,
     write_unlock=mmap_write_unlock_plain,
     write_downgrade=mmap_write_downgrade_plain,
     vma_free=spf_vma_free,
