@@ -27,8 +27,7 @@ def _modules() -> dict[str, str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules of the tree it imports (a child's import of its own package is not
-    an edge: Python runs the package first)."""
+    """Module -> the modules of the tree it imports, its own package's __init__ included."""
     mods = _modules()
     graph = {}
     for name, path in mods.items():
@@ -42,7 +41,7 @@ def import_graph() -> dict[str, set[str]]:
                     deps.add(full if full in mods else node.module)
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names)
-        graph[name] = {d for d in deps if d in mods and d != name and not name.startswith(d + ".")}
+        graph[name] = {d for d in deps if d in mods and d != name}
     return graph
 
 

@@ -331,3 +331,82 @@ def test_munmap_tears_down_under_mmap_lock_downgraded_to_read(world, monkeypatch
     w.policy.munmap(w, 0, 0, 4)
     assert seen == [(True, False)]
     assert not lock.is_write_locked() and lock.readers() == [] and checks(w) == []
+
+
+class AtWindow(OsScheduler):
+    """Runs `then` once, when the CPU reaches the window `name` (another CPU acting there)."""
+
+    def __init__(self, name: str, then):
+        self.name, self.then = name, then
+
+    def window(self, cpu, name):
+        if name == self.name and self.then:
+            then, self.then = self.then, None
+            then()
+            return True
+        return False
+
+
+def _pte_of(w: World, vpn: int) -> tuple[int, int]:
+    """(offset of the PTE of vpn in mm 0, the PTE)."""
+    table, i = w.mm.walk_pmd(w.cpu, 0, vpn, "test")
+    e = w.mm.read_entry(w.cpu, table, i, "test")
+    off = w.mm.table_off(e >> 8, vpn % w.mm.geometry.pte)
+    return off, w.mm.pmem.load64(off)
+
+
+def _share_as_fork_does(w: World, vpn: int, wrprotect: bool) -> int:
+    """copy_present_pte's two steps on mm 0's page at vpn: the page's mapcount, then (optionally)
+    the write-protect; the page."""
+    off, pte = _pte_of(w, vpn)
+    ref = pte >> 8
+    w.mm.page_dup_rmap(w.cpu, ref)
+    if wrprotect:
+        w.mm.pmem.store64(off, pte & ~PTE_WRITE)
+    return ref
+
+
+def test_a_write_while_fork_shares_the_page_is_allowed_until_the_fork_ends(world):
+    """Between copy_present_pte's mapcount and its write-protect, and until dup_mmap flushes,
+    the forking mm may still write the page: the kernel allows it.  Once the fork is over, a
+    write to a page another mm shares is a broken COW."""
+    w = world
+    touch(w, 3)
+    forking = w.mm.mm_off(0, "forking")
+    w.mem.store32(forking, 1)
+    _share_as_fork_does(w, 3, wrprotect=False)
+    assert w.mm.access(w.cpu, 0, 3, True) and checks(w) == []
+    w.mem.store32(forking, 0)
+    assert w.mm.access(w.cpu, 0, 3, True)
+    assert checks(w) == ["mm.cow-write-shared"]
+
+
+def test_a_write_through_a_stale_tlb_entry_after_the_cow_copy_is_lost(world):
+    """fb49c455323f's race: fork write-protected the page but has not flushed; another thread's
+    write fault copies it while this thread still writes the old page through its TLB."""
+    w = world
+    touch(w, 3)
+    other = Cpu(w.machine, 1)
+    assert w.mm.access(other, 0, 3, True)  # the other thread's writable TLB entry
+    w.mem.store32(w.mm.mm_off(0, "forking"), 1)
+    _share_as_fork_does(w, 3, wrprotect=True)
+    w.cpu.set_scheduler(AtWindow("wp_page_copy:before-ptl", lambda: w.mm.access(other, 0, 3, True)))
+    lock = w.mm.mmap_lock(0)
+    lock.down_read(w.cpu)
+    w.mm.handle_mm_fault(w.cpu, Vmf(0, w.mm.find_vma(w.cpu, 0, 3), 3, True))
+    lock.up_read(w.cpu)
+    assert checks(w) == ["mm.lost-write"]
+
+
+def test_a_pin_that_sees_another_mms_write_is_a_finding(world):
+    """A GUP pin reads the memory of the mm it was taken from: a write by another mm meanwhile
+    means copy-on-write reused a page the pin holds (CVE-2020-29374); one by its own mm is fine."""
+    w = world
+    touch(w, 3)
+    other = Cpu(w.machine, 1)
+    for pinned_from, want in ((0, []), (1, ["mm.pin-foreign-write"])):
+        ref = w.mm.gup_fast(w.cpu, 0, 3, False)
+        assert ref
+        w.cpu.set_scheduler(AtWindow("gup:using-the-page", lambda: w.mm.access(other, 0, 3, True)))
+        w.mm.use_pinned_page(w.cpu, pinned_from, ref, "test: the pin")
+        assert checks(w) == want
