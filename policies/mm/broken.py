@@ -149,6 +149,7 @@ __all__ = [
     "KeepsPgtableBytes",
     "LeaksGupPin",
     "LosesRssBatch",
+    "ReusesByMapcount",
     "ReusesSharedPage",
     "SkipsAnonVmaFork",
     "SkipsLastPte",

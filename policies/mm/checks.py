@@ -1,12 +1,14 @@
 """The mm model's checks: what each one means (reported where they happen, and in sweep.py).
 
 Online (the model's WARN_ONs, reported where they happen: pgtable.py,
-fault.py, zap.py, fork.py, access.py): a walk that reaches a freed table, a
-PTE installed for a VMA munmap zapped or outside its VMA, fork copying an
+rmap.py, fault.py, zap.py, fork.py, gup.py, access.py): a walk that reaches
+a freed table (or takes a freed table's ptl), a PTE installed for a VMA
+munmap zapped or outside its VMA, anon_vma_prepare without mmap_lock, a
+write that lands in a page after copy-on-write copied it, fork copying an
 anon page into a VMA without anon_vma, free_pgtables freeing a table that
-still maps a page, a write to a page another mm shares, a load through a
-stale TLB entry or a PTE to a freed page, page_remove_rmap of a page that is
-not mapped.
+still maps a page, a write to a page another mm shares, a GUP pin that sees
+another mm's write, a load through a stale TLB entry or a PTE to a freed
+page, page_remove_rmap of a page that is not mapped.
 
 Quiescent (`sweep`): every present PTE lies in a live VMA of its mm; each
 mm's RSS and pgtable_bytes equal what its tables map and hold (check_mm's

@@ -11,7 +11,8 @@ installs a PTE for a VMA that munmap has already zapped, every table of it
 (the PTE would outlive its VMA: Vlastimil, 2019-12-10, "a parallel fault
 that started with the old VMA ... doesn't end up being the last to install
 the PTE for the VMA that's going away"); a fault installs a PTE outside its
-VMA, or for a VMA of another mm.
+VMA, or for a VMA of another mm.  And in wp_page_copy, after its flush: a
+write that landed in the old page after it was copied (a lost write).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `MmModel` is one process's handle on the modelled mm: its regions (mm_structs,
 the VMA cache, the index arrays, the TLBs, global counters) live in the
 scenario's segment; its page tables and pages live in the machine's page pool.
-A mechanism declares `mm_regions()` in its scenario, builds an `MmModel` in
+A mechanism declares `MmModel.regions()` in its scenario's regions, builds an `MmModel` in
 `attach`, and writes its policies against it.
 
 mm lifetime follows kernel/fork.c: mm_users counts the threads and the
@@ -37,8 +37,10 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
 
     A mechanism may run a variant of the model (a subclass overriding one of
     its kernel functions: vm_normal_page, zap_pte_range, add_mm_rss_vec,
-    mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio,
-    free_pgtables): that is how a mutant of the model itself is written."""
+    mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio, free_pgtables,
+    free_pages_and_swap_cache, spf_walk, anon_vma_fork; or a flag of the
+    architecture, broadcast_tlbi): that is how a mutant of the model itself
+    is written (policies/mm/broken.py)."""
 
     COUNTERS = (
         "cow_copies",

@@ -9,8 +9,9 @@ level is protected by mm->page_table_lock (no split pmd locks).
 Upper levels are installed and cleared under page_table_lock; PTEs under the
 table's ptl.  Walkers that take no lock (the MMU, fast GUP) read entries with
 plain loads and rely on interrupts being off for the table to stay: a table
-is freed only after a TLB flush whose IPI every CPU acknowledged
-(mm/mmu_gather.c: tlb_remove_table_sync_one).
+is freed only after an IPI every CPU acknowledged (mm/mmu_gather.c:
+tlb_remove_table_sync_one), or after an RCU grace period, which a CPU with
+interrupts off holds back (tlb_remove_table).
 """
 
 from __future__ import annotations

@@ -5,12 +5,13 @@ sleep; mmap, munmap and MAP_FIXED replace VMAs and tear down what they
 mapped.  Each policy answers "how does a fault pin its VMA, and how does an
 unmapper wait for it" differently:
 
-  mmap_lock         the baseline: mmap_lock read for faults, write for changes.
+  mmap_lock         the baseline: mmap_lock read for faults, write for changes
+                    (munmap downgrades it to read for the teardown).
   rcu_table_free    the baseline where the TLB flush is a broadcast, not an
                     IPI: tables freed by RCU (MMU_GATHER_RCU_TABLE_FREE).
   rcu_vma_refcount  Wilcox (2019-12-03): lookup under RCU, a per-VMA refcount,
-                    munmap waits for it, synchronize_rcu, then frees and
-                    flushes; BABY/ZOMBIE (Glisse, 2019-12-05) and the ZERO
+                    munmap waits for it, synchronize_rcu, then zaps, frees
+                    the tables and VMAs and flushes; BABY/ZOMBIE (Glisse, 2019-12-05) and the ZERO
                     entry (Wilcox, 2019-12-09); ->map_pages under RCU for a
                     giant VMA; synchronize_rcu skipped when mm_users <= 1
                     (Wilcox, 2019-12-13).
@@ -22,7 +23,7 @@ unmapper wait for it" differently:
                     the PTE is installed; mmap_lock on a mismatch.
   per_vma_lock      what landed in 6.4: lock_vma_under_rcu (vm_lock_seq vs
                     mm_lock_seq), vma_start_write, mm_lock_seq bumped by
-                    mmap_write_unlock; VMAs SLAB_TYPESAFE_BY_RCU, so a
+                    mmap_write_unlock and mmap_write_downgrade; VMAs SLAB_TYPESAFE_BY_RCU, so a
                     lookup checks vm_mm and the range after locking.
 
 The model (page tables, TLBs, faults, zap, fork) is `policies.mm`; this

@@ -1,7 +1,10 @@
-"""mmap_lock: the baseline, mmap_lock for read in faults and GUP, for write in mmap/munmap/fork.
+"""mmap_lock: the baseline, mmap_lock for read in faults and GUP, for write in mmap/munmap/fork
+(munmap downgrades it to read for the teardown); and rcu_table_free, the baseline on an
+architecture whose TLB flush is a broadcast, with page tables freed by RCU.
 
-Its mutants: page tables freed without the IPI fast GUP waits for, and the
-model's own functions broken one at a time (policies/mm/broken.py).
+Their mutants: page tables freed before the IPI fast GUP waits for, or right after a
+broadcast TLBI; VMAs never freed; and the model's own functions broken one at a time
+(policies/mm/broken.py).
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ def pte_free_without_ipi(cpu, mm: int, floor: int, ceiling: int, tables) -> None
 
 mmap_lock = VmaPolicy(
     "mmap_lock",
-    doc="the baseline: mmap_lock read for faults and GUP, write for mmap/munmap/fork",
+    doc="the baseline: mmap_lock read for faults and GUP, write for mmap/munmap/fork (munmap downgrades)",
     lookup=lookup_mmap_lock,
     release=release_mmap_lock,
     fault=fault_mmap_lock,
@@ -274,7 +277,8 @@ MUTANTS = (
         "ipi_waits",
         remove_tables=pte_free_without_ipi,
     ),
-    # The model's own functions, broken one at a time (policies/mm/broken.py), under the baseline.
+    # A VMA never freed, then the model's own functions broken one at a time (policies/mm/broken.py),
+    # under the baseline.
     mutant(
         mmap_lock,
         "zap_zero_page",

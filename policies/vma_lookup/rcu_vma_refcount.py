@@ -265,7 +265,7 @@ def munmap_rcu_refcount(w: World, mm: int, start: int, end: int) -> None:
 def vma_wait_refs(w: World, mm: int, vma: int) -> None:
     """fork: wait until no fault holds the parent's VMA but the index's own reference.
 
-    A fault checks mm->forking after taking its reference and then falls back
+    A write fault checks mm->forking after taking its reference and then falls back
     to mmap_lock, which fork holds; so once this returns, no fault runs on
     the VMA until the fork is done (what vma_start_write gives per-VMA locks,
     fb49c455323f; the thread does not discuss fork: the model's choice)."""

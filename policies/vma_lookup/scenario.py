@@ -179,7 +179,8 @@ LITMUS = {
     ],
     # Two of the model's mutants show another way too in generated programs (a PTE to a freed page is
     # also a mapped page below its mappings at the sweep; a PTE left behind is also a table freed under
-    # it): their programs pin the way their check sees.  The model's other mutants are hunted blind.
+    # it): their programs pin the way their check sees.  Of the model's other mutants, those above
+    # (cow_reuse_by_mapcount, spf_walk_irqs_on) have a program too; the rest are hunted blind.
     "gup_unpins_twice": [[["access", 0, 5, 1], ["gup", 0, 5, 0], ["access", 0, 5, 0]], [["access", 1, 9, 1]]],
     "zap_skips_last_pte": [[["access", 0, 3, 1], ["munmap", 0, 0, 3]], [["access", 1, 9, 1]]],
 }

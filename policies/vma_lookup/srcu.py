@@ -99,7 +99,7 @@ def synchronize_vma_srcu(w: World, mm: int) -> None:
 
 def fork_synchronize_srcu(w: World, mm: int) -> None:
     """fork: the mm is marked forking; wait for every fault that entered before and may not
-    have seen it (a fault checks it inside its read section and falls back to mmap_lock)."""
+    have seen it (a write fault checks it inside its read section and falls back to mmap_lock)."""
     w.srcu[0].synchronize(w.cpu)
     w.count("fork_gps")
 
