@@ -22,20 +22,20 @@ class Access(Tlb):
 
         The whole translation and the access are one instruction (insn_begin): no
         flush IPI lands in the middle, and a broadcast TLBI waits for it."""
-        mmid = self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
+        mmid = self.mm_mem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
         cpu.insn_begin()
-        smem = self.smem
+        mm_mem = self.mm_mem
         off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
         tag = (mmid << 16 | vpn) + 1
-        pte = smem.load64(off + 8) if smem.load64(off) == tag else 0
+        pte = mm_mem.load64(off + 8) if mm_mem.load64(off) == tag else 0
         via_tlb = bool(pte) and (not write or bool(pte & PTE_WRITE))
         if not via_tlb:
             pte = self.walk(cpu, mm, vpn, "MMU page walk")
             if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
                 cpu.insn_end()
                 return False
-            smem.store64(off + 8, pte)
-            smem.store64(off, tag)
+            mm_mem.store64(off + 8, pte)
+            mm_mem.store64(off, tag)
         self._load_store(cpu, mm, mmid, vpn, pte, write, via_tlb)
         cpu.insn_end()
         return True
@@ -46,19 +46,19 @@ class Access(Tlb):
         PTE, and dup_mmap flushes only at its end (the flush waits for the instruction).  The
         kernel allows it; what it can break, a COW copy taken meanwhile, is checked as a lost
         write.  A write through a translation to a page the PTE no longer maps is not this."""
-        if not self.smem.load32(self.mm_off(mm, "forking")):
+        if not self.mm_mem.load32(self.mm_off(mm, "forking")):
             return False
         cur = self.walk(cpu, mm, vpn, "MMU page walk", report=False)
         return not cur & PTE_WRITE or cur >> FLAG_BITS == ref
 
     def _load_store(self, cpu, mm: int, mmid: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
-        pool, pmem = self.pool, self.pmem
+        pool, page_mem = self.pool, self.page_mem
         ref = pte >> FLAG_BITS
         pfn = ref & PFN_MASK
         f = self.page0 + pfn * PAGE_STRIDE
         data = self.pool_data0 + pfn * self.page_size
-        word = pmem.load64(data)
-        alive = pmem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
+        word = page_mem.load64(data)
+        alive = page_mem.load64(f) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
         want = ZERO_STAMP if pte & PTE_SPECIAL else None
         if not alive or (word != want if want is not None else word & 0xFFFF != vpn):
             stale = via_tlb and self.walk(cpu, mm, vpn, "MMU page walk", report=False) >> FLAG_BITS != ref
@@ -91,16 +91,16 @@ class Access(Tlb):
                 )
                 return
         if write:
-            if pmem.load32(f + _MAPCOUNT) > 0 and not self._unflushed_fork_write(cpu, mm, vpn, ref):
+            if page_mem.load32(f + _MAPCOUNT) > 0 and not self._unflushed_fork_write(cpu, mm, vpn, ref):
                 cpu.report(
                     COW_WRITE_SHARED,
                     f"cpu {cpu.id} writes vpn {vpn} of mm {mm} to page {pfn}, which "
-                    f"{pmem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
+                    f"{page_mem.load32(f + _MAPCOUNT) + 1} mappings share: a COW page changed under another mm",
                     mm=mm,
                     vpn=vpn,
                     entry=describe_entry(pte),
                     **pool.describe(pfn),
                 )
                 return
-            pmem.fetch_add64(data + 8, 1)
-            pmem.store64(f + LAST_WRITER, mmid)
+            page_mem.fetch_add64(data + 8, 1)
+            page_mem.store64(f + LAST_WRITER, mmid)

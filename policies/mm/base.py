@@ -12,7 +12,7 @@ together (mm.py: `MmModel`).  Each layer may call the ones below it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,9 +67,8 @@ class MmBase:
     geometry: Geometry
     ncpus: int
     pool: Pool
-    pmem: Memory
-    smem: Memory
-    pmem_mm: Memory
+    page_mem: Memory  # the machine's memory: the page pool, where page tables and pages are
+    mm_mem: Memory  # the scenario's segment: mm_structs, VMAs, the index, the TLBs
     seg_index: int
     page_size: int
     pool_data0: int
@@ -84,6 +83,8 @@ class MmBase:
     vma_cache: KmemCache
     index_cache: KmemCache
     zero_page: int
+    _vma_free: Callable[[Any, int], None] | None  # the mechanism's hooks (MmPolicy)
+    _remove_tables: Callable[..., None] | None
     _mm_fields: dict[str, int]
     _global: dict[str, int]
     _mmap_locks: list[Rwsem | None]
@@ -96,7 +97,7 @@ class MmBase:
         return self._global[name]
 
     def mm_id(self, mm: int) -> int:
-        return self.smem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
+        return self.mm_mem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
 
     def _lock(self, cls: type, field: str, mm: int):
         return self.machine.handle(cls, self.seg_index, self.mm_off(mm, field))
@@ -124,4 +125,4 @@ class MmBase:
         return self.machine.handle(Rwsem, self.seg_index, self.vma_cache.off(vma, "vm_lock"))
 
     def mm_state(self, mm: int) -> int:
-        return self.smem.load32(self.mm_off(mm, "state"))
+        return self.mm_mem.load32(self.mm_off(mm, "state"))

@@ -83,7 +83,7 @@ class ReusesByMapcount(MmModel):
     (CVE-2020-29374).  Must trip mm.pin-foreign-write."""
 
     def wp_can_reuse_anon_folio(self, ref: int) -> bool:
-        return self.pmem.load32(self._page_word(ref, "_mapcount")) == 0
+        return self.page_mem.load32(self._page_word(ref, "_mapcount")) == 0
 
 
 class SkipsLastPte(MmModel):
@@ -136,10 +136,10 @@ class FreesTablesPastNeighbours(MmModel):
     free_pgd_range() takes the neighbouring VMAs' limits precisely so that a
     table a neighbour still maps stays.  Must trip mm.free-mapped-table."""
 
-    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int, remove_tables=None) -> None:
+    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int) -> None:
         span = self.geometry.pte
         low, high = start // span * span, -(-end // span) * span
-        super().free_pgtables(cpu, mm, start, end, low, high, remove_tables)
+        super().free_pgtables(cpu, mm, start, end, low, high)
 
 
 __all__ = [

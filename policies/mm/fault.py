@@ -68,7 +68,7 @@ class Fault(Rmap):
         the only reference.  By page count, not mapcount, since 09854ba94c6a ("mm: do_wp_page()
         simplification", CVE-2020-29374): a page GUP pinned and another mm unmapped has one
         mapping, but the pin still reads it."""
-        return self.pmem.load32(self._page_word(ref, "_refcount")) == 1
+        return self.page_mem.load32(self._page_word(ref, "_refcount")) == 1
 
     def _may_install(self, cpu, vmf: Vmf) -> bool:
         """Under the ptl, just before set_pte_at: the mechanism's check, then the model's."""
@@ -76,7 +76,7 @@ class Fault(Rmap):
             return False
         vma = vmf.vma
         c = self.vma_cache
-        mem = self.smem
+        mem = self.mm_mem
         base = c.base + (vma & SLOT_MASK) * c.stride + _VM_START
         flags = mem.load32(base + _VM_FLAGS)
         s, e = mem.load32(base), mem.load32(base + _VM_END)
@@ -149,7 +149,7 @@ class Fault(Rmap):
             return -1
         cpu.window("spf:between-pmd-and-pte")
         pte = self.read_entry(cpu, e >> FLAG_BITS, vmf.vpn % self.geometry.pte, "spf: pte")
-        if self.pmem.load64(self.table_off(pmd, mi)) != e:
+        if self.page_mem.load64(self.table_off(pmd, mi)) != e:
             self.count("spf_walk_unhooked")  # the walk is in a table free_pgtables unhooked
         vmf.pmd, vmf.orig_pmd = (pmd, mi), e
         return pte
@@ -186,9 +186,9 @@ class Fault(Rmap):
         page = self.pool.alloc_page(cpu, gfp, ANON_SITE)
         if page is not None:
             data = self.pool_data0 + (page & PFN_MASK) * self.page_size
-            self.pmem.store64(data, stamp(anon, vmf.vpn))
-            self.pmem.store64(data + 8, 0)
-            self.pmem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
+            self.page_mem.store64(data, stamp(anon, vmf.vpn))
+            self.page_mem.store64(data + 8, 0)
+            self.page_mem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
         return page, anon
 
     def do_anonymous_page(self, cpu, vmf: Vmf, page: int | None = None) -> int:
@@ -199,14 +199,14 @@ class Fault(Rmap):
             if page is None:
                 return VM_FAULT_OOM
         elif page is not None:
-            anon = self.smem.load32(self.vma_off(vmf.vma, "anon_vma"))
+            anon = self.mm_mem.load32(self.vma_off(vmf.vma, "anon_vma"))
         cpu.window("do_anonymous_page:before-ptl")
         table, ptl = self.pte_map_lock(cpu, vmf)
         if not table:
             self._drop_new(cpu, page)
             return VM_FAULT_RETRY
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
-        if self.pmem.load64(off):
+        if self.page_mem.load64(off):
             ptl.unlock(cpu)
             self._drop_new(cpu, page)
             return VM_FAULT_OK
@@ -215,11 +215,11 @@ class Fault(Rmap):
             self._drop_new(cpu, page)
             return VM_FAULT_RETRY
         if page is None:
-            self.pmem.store64(off, mk_pte(self.zero_page, PTE_PRESENT | PTE_SPECIAL))
+            self.page_mem.store64(off, mk_pte(self.zero_page, PTE_PRESENT | PTE_SPECIAL))
         else:
             self.page_add_anon_rmap(page, anon, vmf.vpn)
-            self.smem.fetch_add64(self.mm0 + vmf.mm * self.mm_stride + self.rss_field, 1)
-            self.pmem.store64(off, page << FLAG_BITS | PTE_PRESENT | PTE_WRITE)
+            self.mm_mem.fetch_add64(self.mm0 + vmf.mm * self.mm_stride + self.rss_field, 1)
+            self.page_mem.store64(off, page << FLAG_BITS | PTE_PRESENT | PTE_WRITE)
         ptl.unlock(cpu)
         return VM_FAULT_OK
 
@@ -233,7 +233,7 @@ class Fault(Rmap):
         if not table:
             return VM_FAULT_RETRY
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
-        pte = self.pmem.load64(off)
+        pte = self.page_mem.load64(off)
         if not pte & PTE_PRESENT or pte & PTE_WRITE:
             ptl.unlock(cpu)
             return VM_FAULT_OK
@@ -243,7 +243,7 @@ class Fault(Rmap):
             if not self._may_install(cpu, vmf):
                 ptl.unlock(cpu)
                 return VM_FAULT_RETRY
-            self.pmem.store64(off, pte | PTE_WRITE)
+            self.page_mem.store64(off, pte | PTE_WRITE)
             ptl.unlock(cpu)
             return VM_FAULT_OK
         if not special:
@@ -268,18 +268,18 @@ class Fault(Rmap):
         writes = 0
         if not special:
             writes = self.pool.read(cpu, old, 1, "wp_page_copy: copying the old page")
-            self.pmem.store64(self.pool.data_off(page & PFN_MASK, 1), writes)
+            self.page_mem.store64(self.pool.data_off(page & PFN_MASK, 1), writes)
         cpu.window("wp_page_copy:before-ptl")
         table, ptl = self.pte_map_lock(cpu, vmf)
         if not table:
             self._drop_new(cpu, page)
             return VM_FAULT_RETRY
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
-        if self.pmem.load64(off) != orig or not self._may_install(cpu, vmf):
+        if self.page_mem.load64(off) != orig or not self._may_install(cpu, vmf):
             ptl.unlock(cpu)
             self._drop_new(cpu, page)
             return VM_FAULT_OK
-        self.pmem.store64(off, 0)
+        self.page_mem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
         if not special and (now := self.pool.read(cpu, old, 1, "wp_page_copy: after the flush")) != writes:
             cpu.report(
@@ -292,7 +292,7 @@ class Fault(Rmap):
                 **self.pool.describe(old & PFN_MASK),
             )
         self.page_add_anon_rmap(page, anon, vmf.vpn)
-        self.pmem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
+        self.page_mem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
         if special:
             self.add_rss(vmf.mm, 1)
         else:

@@ -18,13 +18,15 @@ class Fork(Rmap):
     def anon_vma_fork(self, cpu, dst_vma: int, src_vma: int) -> None:
         """anon_vma_fork(): the child's VMA joins the parent's anon_vma, so rmap reaches the
         pages the two share."""
-        self.smem.store32(self.vma_off(dst_vma, "anon_vma"), self.vma_field(cpu, src_vma, "anon_vma", "anon_vma_fork"))
+        self.mm_mem.store32(
+            self.vma_off(dst_vma, "anon_vma"), self.vma_field(cpu, src_vma, "anon_vma", "anon_vma_fork")
+        )
 
     def copy_page_range(self, cpu, dst_mm: int, src_mm: int, dst_vma: int, start: int, end: int) -> bool:
         """copy_page_range(): share every present page with the child, write-protected in both."""
         g = self.geometry
         vpn = start
-        dst_anon = self.smem.load32(self.vma_off(dst_vma, "anon_vma"))
+        dst_anon = self.mm_mem.load32(self.vma_off(dst_vma, "anon_vma"))
         while vpn < end:
             stop = min(end, (vpn // g.pte + 1) * g.pte)
             if self.walk_pte_table(cpu, src_mm, vpn, "copy_pte_range"):
@@ -40,7 +42,7 @@ class Fork(Rmap):
                 rss = 0
                 for v in range(vpn, stop):
                     soff = self.table_off(src, v % g.pte)
-                    pte = self.pmem.load64(soff)
+                    pte = self.page_mem.load64(soff)
                     if not pte & PTE_PRESENT:
                         continue
                     ref = self.vm_normal_page(pte)
@@ -49,7 +51,7 @@ class Fork(Rmap):
                             cpu.report(
                                 FORK_NO_ANON_VMA,
                                 f"copy_present_pte: anon page {ref & PFN_MASK} (anon_vma "
-                                f"{self.pmem.load64(self._page_word(ref, 'private'))}) copied into a child "
+                                f"{self.page_mem.load64(self._page_word(ref, 'private'))}) copied into a child "
                                 f"VMA without anon_vma at vpn {v}: the parent's VMA changed under dup_mmap, "
                                 "so rmap cannot reach the child's mapping and the child sees a page the "
                                 "parent is changing",
@@ -60,8 +62,8 @@ class Fork(Rmap):
                         rss += 1
                         if pte & PTE_WRITE:
                             pte &= ~PTE_WRITE
-                            self.pmem.store64(soff, pte)
-                    self.pmem.store64(self.table_off(dst, v % g.pte), pte)
+                            self.page_mem.store64(soff, pte)
+                    self.page_mem.store64(self.table_off(dst, v % g.pte), pte)
                 self.add_mm_rss_vec(dst_mm, rss)
                 dptl.unlock(cpu)
                 sptl.unlock(cpu)

@@ -34,14 +34,14 @@ class Gup(Rmap):
             table = e >> FLAG_BITS
             pte = self.read_entry(cpu, table, vpn % g.pte, "gup_fast: pte")
             pmd_off = self.table_off(pmd, mi)
-            if self.pmem.load64(pmd_off) != e:
+            if self.page_mem.load64(pmd_off) != e:
                 self.count("gup_fast_unhooked")  # the walk is in a table free_pgtables unhooked
             if not pte & PTE_PRESENT or pte & PTE_SPECIAL or write and not pte & PTE_WRITE:
                 return 0
             ref = pte >> FLAG_BITS
             if not self.pool.refcount(ref & PFN_MASK).inc_not_zero(cpu):
                 return 0
-            if self.pmem.load64(pmd_off) != e:
+            if self.page_mem.load64(pmd_off) != e:
                 self.count("gup_fast_pmd_changed")
                 self.pool.put_page(cpu, ref, ANON_SITE)
                 return 0
@@ -58,7 +58,7 @@ class Gup(Rmap):
         table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
         if not table:
             return 0
-        pte = self.pmem.load64(self.table_off(table, vmf.vpn % self.geometry.pte))
+        pte = self.page_mem.load64(self.table_off(table, vmf.vpn % self.geometry.pte))
         ref = 0
         if pte & PTE_PRESENT and not pte & PTE_SPECIAL and (not vmf.write or pte & PTE_WRITE):
             ref = pte >> FLAG_BITS
@@ -75,7 +75,7 @@ class Gup(Rmap):
         cpu.window("gup:using-the-page")
         self.pool.read(cpu, ref, 0, what)
         if self.pool.read(cpu, ref, 1, what) != writes:
-            writer = self.pmem.load64(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE + LAST_WRITER)
+            writer = self.page_mem.load64(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE + LAST_WRITER)
             if writer != self.mm_id(mm):
                 cpu.report(
                     PIN_FOREIGN_WRITE,

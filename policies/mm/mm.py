@@ -16,6 +16,7 @@ single-threaded and run under their task lock, one CPU at a time.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from policies.mm.access import Access
 from policies.mm.base import MM_DEAD, MM_EXITED, MM_FREE, MM_GLOBAL, MM_LIVE, MM_STRUCT
@@ -67,7 +68,17 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
             *KmemCache.regions("vma_index", VMA_INDEX, index_slots),
         ]
 
-    def __init__(self, w, geometry: Geometry, typesafe_vmas: bool = False):
+    def __init__(
+        self,
+        w,
+        geometry: Geometry,
+        *,
+        typesafe_vmas: bool = False,
+        vma_free: Callable[[Any, int], None] | None = None,
+        remove_tables: Callable[..., None] | None = None,
+    ):
+        """The model of one process; `vma_free` and `remove_tables` are the mechanism's hooks
+        (MmPolicy; None: the kernel's baseline)."""
         machine = w.machine
         if w.pool.page_size < geometry.page_size_needed():
             raise ValueError(f"geometry {geometry} needs pages of {geometry.page_size_needed()} bytes")
@@ -76,12 +87,13 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         self.geometry = geometry
         self.ncpus = w.ncpus
         self.pool = w.pool
-        self.pmem = machine.mem
-        self.smem = w.mem
+        self.page_mem = machine.mem
+        self.mm_mem = w.mem
+        self._vma_free = vma_free
+        self._remove_tables = remove_tables
         self.seg_index = w.seg_index
         self.page_size = self.pool.page_size
         self.pool_data0 = self.pool.data0
-        self.pmem_mm = w.mem
         lay = w.seg.layout
         self.mm_stride = lay.stride("mm")
         self.mm0 = lay.offset("mm")
@@ -99,7 +111,7 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         self.zero_page = 0
 
     def attach(self) -> None:
-        self.zero_page = self.smem.load64(self._global["zero_ref"])
+        self.zero_page = self.mm_mem.load64(self._global["zero_ref"])
 
     # -- boot ---------------------------------------------------------------------
     def setup(self, cpu, threads: int) -> None:
@@ -109,14 +121,14 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         zero = self.pool.alloc_page(cpu, GFP_KERNEL, ZERO_SITE)
         if zero is None:
             raise RuntimeError("no page for the zero page: the pool is empty at setup")
-        self.pmem.store64(self.pool.data_off(zero & 0xFFFFFF, 0), ZERO_STAMP)
-        self.smem.store64(self._global["zero_ref"], zero)
+        self.page_mem.store64(self.pool.data_off(zero & 0xFFFFFF, 0), ZERO_STAMP)
+        self.mm_mem.store64(self._global["zero_ref"], zero)
         self.zero_page = zero
         self.mms["state"] = MM_FREE
         mm = self.mm_alloc(cpu)
         self.mm_set_live(mm)
-        self.smem.store32(self.mm_off(mm, "mm_users"), threads)
-        self.smem.store32(self.mm_off(mm, "nr_threads"), threads)
+        self.mm_mem.store32(self.mm_off(mm, "mm_users"), threads)
+        self.mm_mem.store32(self.mm_off(mm, "nr_threads"), threads)
 
     # -- lifetime -----------------------------------------------------------------
     def mm_alloc(self, cpu) -> int:
@@ -125,15 +137,15 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         Nobody else sees it until mm_set_live()."""
         for mm in range(self.max_mms):
             off = self.mm_off(mm, "state")
-            if self.smem.load32(off) == MM_FREE and self.smem.cmpxchg32(off, MM_FREE, MM_DEAD) == MM_FREE:
+            if self.mm_mem.load32(off) == MM_FREE and self.mm_mem.cmpxchg32(off, MM_FREE, MM_DEAD) == MM_FREE:
                 break
         else:
             return -1
         pgd = self.pgd_alloc(cpu)
         if pgd is None:
-            self.smem.store32(off, MM_FREE)
+            self.mm_mem.store32(off, MM_FREE)
             return -1
-        s = self.smem
+        s = self.mm_mem
         s.fetch_add32(self.mm_off(mm, "gen"), 1)
         for f in ("forking", "mm_lock_seq", "flags"):
             s.store32(self.mm_off(mm, f), 0)
@@ -147,24 +159,24 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
 
     def mm_set_live(self, mm: int) -> None:
         """The new mm's task starts running (wake_up_new_task): other CPUs may now use it."""
-        self.smem.store32(self.mm_off(mm, "state"), MM_LIVE)
+        self.mm_mem.store32(self.mm_off(mm, "state"), MM_LIVE)
 
     def mmget_not_zero(self, cpu, mm: int) -> bool:
         return self._lock(Refcount, "mm_users", mm).inc_not_zero(cpu)
 
-    def mmput(self, cpu, mm: int, vma_free: Callable[[object, int], None]) -> None:
+    def mmput(self, cpu, mm: int) -> None:
         """mmput(): the last user runs exit_mmap() and drops the mm_count it held."""
         if self._lock(Refcount, "mm_users", mm).dec_and_test(cpu):
-            self.exit_mmap(cpu, mm, vma_free)
+            self.exit_mmap(cpu, mm)
             self.mmdrop(cpu, mm)
 
     def mmdrop(self, cpu, mm: int) -> None:
         if self._lock(Refcount, "mm_count", mm).dec_and_test(cpu):
-            self.smem.store32(self.mm_off(mm, "state"), MM_FREE)
+            self.mm_mem.store32(self.mm_off(mm, "state"), MM_FREE)
 
-    def exit_mmap(self, cpu, mm: int, vma_free: Callable[[object, int], None]) -> None:
+    def exit_mmap(self, cpu, mm: int) -> None:
         """exit_mmap(): nobody uses the mm any more; tear down every VMA and table."""
-        self.smem.store32(self.mm_off(mm, "state"), MM_DEAD)
+        self.mm_mem.store32(self.mm_off(mm, "state"), MM_DEAD)
         lock = self.mmap_lock(mm)
         lock.down_write(cpu)
         entries = self.index_entries(mm)
@@ -178,12 +190,12 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         self.tlb_finish_mmu(cpu, mm, 0, self.geometry.pages, gather)
         for _, _, v in entries:
             if v != RESERVED:
-                vma_free(cpu, v)
+                self.remove_vma(cpu, v)
         self.free_pgd(cpu, mm)
         lock.up_write(cpu)
 
     def free_zero_page(self, cpu) -> None:
-        ref = self.smem.xchg64(self._global["zero_ref"], 0)
+        ref = self.mm_mem.xchg64(self._global["zero_ref"], 0)
         if ref:
             self.pool.free_page(cpu, ref, ZERO_SITE)
 

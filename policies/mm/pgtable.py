@@ -77,7 +77,7 @@ class PageTables(MmBase):
         return ref
 
     def _zero_table(self, ref: int) -> None:
-        self.pmem.fill(self.table_off(ref, 0), self.page_size, 0)
+        self.page_mem.fill(self.table_off(ref, 0), self.page_size, 0)
 
     def table_off(self, table_ref: int, index: int) -> int:
         return self.pool_data0 + (table_ref & PFN_MASK) * self.page_size + 8 * index
@@ -85,10 +85,10 @@ class PageTables(MmBase):
     def read_entry(self, cpu, table_ref: int, index: int, what: str) -> int:
         """A checked load of one entry: walking a freed table is a use-after-free."""
         pfn = table_ref & PFN_MASK
-        pmem = self.pmem
-        v = pmem.load64(self.pool_data0 + pfn * self.page_size + 8 * index)
+        page_mem = self.page_mem
+        v = page_mem.load64(self.pool_data0 + pfn * self.page_size + 8 * index)
         f = self.page0 + pfn * PAGE_STRIDE
-        if pmem.load64(f) != (table_ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
+        if page_mem.load64(f) != (table_ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
             self.pool._report_uaf(cpu, table_ref, what, WALK_FREED_TABLE)
             return 0
         return v
@@ -110,16 +110,16 @@ class PageTables(MmBase):
         table it reads as read_entry does (unless `report` is False: a diagnostic look that
         must not become a finding of its own); 0 where the walk stops."""
         g = self.geometry
-        pmem = self.pmem
-        ref = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        page_mem = self.page_mem
+        ref = self.mm_mem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
         data0, psize, page0 = self.pool_data0, self.page_size, self.page0
         for index in (vpn // g.pmd_span, vpn // g.pte % g.pmd, vpn % g.pte)[:levels]:
             if not ref:
                 return 0
             pfn = ref & PFN_MASK
-            e = pmem.load64(data0 + pfn * psize + 8 * index)
+            e = page_mem.load64(data0 + pfn * psize + 8 * index)
             f = page0 + pfn * PAGE_STRIDE
-            if pmem.load64(f) != (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
+            if page_mem.load64(f) != (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
                 if report:
                     self.pool._report_uaf(cpu, ref, what, WALK_FREED_TABLE)
                 return 0
@@ -138,7 +138,7 @@ class PageTables(MmBase):
         A new table is allocated before the lock (it may sleep) and freed
         again if another CPU installed one first, as mm/memory.c does."""
         g = self.geometry
-        pgd = self.smem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        pgd = self.mm_mem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
         e = self.read_entry(cpu, pgd, vpn // g.pmd_span, "pmd_alloc: walk")
         pmd = e >> FLAG_BITS if e & _PRESENT else self._alloc_level(cpu, mm, pgd, vpn // g.pmd_span, PMD_SITE)
         if not pmd:
@@ -161,10 +161,10 @@ class PageTables(MmBase):
         ptl = self.page_table_lock(mm)
         ptl.lock(cpu)
         off = self.table_off(table, index)
-        e = self.pmem.load64(off)
+        e = self.page_mem.load64(off)
         if not e & _PRESENT:
-            self.pmem.store64(off, mk_pte(new, _PRESENT))
-            self.pmem_mm.fetch_add64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
+            self.page_mem.store64(off, mk_pte(new, _PRESENT))
+            self.mm_mem.fetch_add64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
             ptl.unlock(cpu)
             return new
         ptl.unlock(cpu)
@@ -201,11 +201,11 @@ class PageTables(MmBase):
                 self.pool._report_uaf(cpu, e >> FLAG_BITS, "pte_offset_map_lock: spin_lock(ptl)", WALK_FREED_TABLE)
                 ptl.unlock(cpu)
                 return 0, None
-            if self.pmem.load64(off) == e:
+            if self.page_mem.load64(off) == e:
                 return e >> FLAG_BITS, ptl
             ptl.unlock(cpu)
 
     def free_pgd(self, cpu, mm: int) -> None:
-        pgd = self.pmem_mm.xchg64(self.mm_off(mm, "pgd"), 0)
+        pgd = self.mm_mem.xchg64(self.mm_off(mm, "pgd"), 0)
         if pgd:
             self.pool.free_page(cpu, pgd, PGD_SITE)

@@ -35,18 +35,18 @@ class Rmap(Tlb):
         return self.pool.field_off(ref & PFN_MASK, field)
 
     def page_add_anon_rmap(self, ref: int, anon: int, vpn: int) -> None:
-        pmem, f = self.pmem, self.page0 + (ref & PFN_MASK) * PAGE_STRIDE
-        pmem.store32(f + _MAPCOUNT, 0)
-        pmem.store64(f + _PRIVATE, anon)
-        pmem.store64(f + _PRIVATE + 8, vpn)
+        page_mem, f = self.page_mem, self.page0 + (ref & PFN_MASK) * PAGE_STRIDE
+        page_mem.store32(f + _MAPCOUNT, 0)
+        page_mem.store64(f + _PRIVATE, anon)
+        page_mem.store64(f + _PRIVATE + 8, vpn)
 
     def page_dup_rmap(self, cpu, ref: int) -> None:
         """A second mapping of the page (fork): one more mapcount and one more reference."""
-        self.pmem.fetch_add32(self._page_word(ref, "_mapcount"), 1)
+        self.page_mem.fetch_add32(self._page_word(ref, "_mapcount"), 1)
         self.pool.refcount(ref & PFN_MASK).inc(cpu)
 
     def page_remove_rmap(self, cpu, ref: int) -> None:
-        if self.pmem.fetch_sub32(self._page_word(ref, "_mapcount"), 1) < 0:
+        if self.page_mem.fetch_sub32(self._page_word(ref, "_mapcount"), 1) < 0:
             cpu.report(
                 RMAP_UNDERFLOW,
                 f"page_remove_rmap: page {ref & PFN_MASK} was not mapped",
@@ -54,7 +54,7 @@ class Rmap(Tlb):
             )
 
     def add_rss(self, mm: int, n: int) -> None:
-        self.smem.fetch_add64(self.mm_off(mm, "rss"), n)
+        self.mm_mem.fetch_add64(self.mm_off(mm, "rss"), n)
 
     def add_mm_rss_vec(self, mm: int, n: int) -> None:
         """add_mm_rss_vec(): what zap_pte_range and copy_pte_range counted, added at the end of a table."""
@@ -72,7 +72,7 @@ class Rmap(Tlb):
         find_mergeable_anon_vma reads the neighbouring VMAs, and fork reads
         the anon_vma twice (anon_vma_fork, vma_needs_copy)."""
         off = self.vma_off(vma, "anon_vma")
-        anon = self.smem.load32(off)
+        anon = self.mm_mem.load32(off)
         if anon:
             return anon
         if self.mmap_lock(mm).addr not in cpu.held:
@@ -85,9 +85,9 @@ class Rmap(Tlb):
             )
         lock = self.page_table_lock(mm)
         lock.lock(cpu)
-        anon = self.smem.load32(off)
+        anon = self.mm_mem.load32(off)
         if not anon:
-            anon = self.smem.fetch_add32(self.global_off("next_anon_vma"), 1) + 1
-            self.smem.store32(off, anon)
+            anon = self.mm_mem.fetch_add32(self.global_off("next_anon_vma"), 1) + 1
+            self.mm_mem.store32(off, anon)
         lock.unlock(cpu)
         return anon

@@ -30,7 +30,7 @@ def sweep(model, cpu) -> None:
     reported = 0
     for mm in model.live_mms():
         entries = model.index_entries(mm)
-        idx = int(model.smem.load64(model.mm_off(mm, "index")))
+        idx = int(model.mm_mem.load64(model.mm_off(mm, "index")))
         if idx:
             live_index.add(idx & SLOT_MASK)
         live_vmas.update(v & SLOT_MASK for _, _, v in entries if v != RESERVED)
@@ -38,7 +38,7 @@ def sweep(model, cpu) -> None:
         for s, e, v in entries:
             if v != RESERVED:
                 covered[s:e] = True
-        pgd = int(model.smem.load64(model.mm_off(mm, "pgd")))
+        pgd = int(model.mm_mem.load64(model.mm_off(mm, "pgd")))
         if not pgd:
             continue
         owned.add(pgd & PFN_MASK)
@@ -74,7 +74,7 @@ def sweep(model, cpu) -> None:
                     pfn = (pte >> FLAG_BITS) & PFN_MASK
                     mapped[pfn] = mapped.get(pfn, 0) + 1
                     rss += 1
-        want_rss = int(model.smem.load64(model.mm_off(mm, "rss")))
+        want_rss = int(model.mm_mem.load64(model.mm_off(mm, "rss")))
         if want_rss != rss:
             cpu.report(
                 BAD_RSS,
@@ -83,7 +83,7 @@ def sweep(model, cpu) -> None:
                 rss=want_rss,
                 mapped=rss,
             )
-        bytes_ = int(model.smem.load64(model.mm_off(mm, "pgtable_bytes")))
+        bytes_ = int(model.mm_mem.load64(model.mm_off(mm, "pgtable_bytes")))
         if bytes_ != tables * model.page_size:
             cpu.report(
                 BAD_PGTABLE_BYTES,

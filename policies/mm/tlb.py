@@ -36,13 +36,13 @@ class Tlb(VmaTree):
 
     def tlb_fill(self, cpu, mmid: int, vpn: int, pte: int) -> None:
         off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
-        self.smem.store64(off + 8, pte)
-        self.smem.store64(off, (mmid << 16 | vpn) + 1)
+        self.mm_mem.store64(off + 8, pte)
+        self.mm_mem.store64(off, (mmid << 16 | vpn) + 1)
 
     def _flush_handler(self, target: int, arg: tuple[int, int, int]) -> None:
         """The IPI handler, run for `target`: drop its entries of (mm, [start, end))."""
         mmid, start, end = arg
-        mem = self.smem
+        mem = self.mm_mem
         if end - start >= TLB_SIZE:
             vpns = range(start, start + TLB_SIZE)
         else:

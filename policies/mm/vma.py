@@ -89,7 +89,7 @@ class VmaTree(PageTables):
         vma = self.vma_cache.alloc(cpu)
         if vma is None:
             return None
-        mem, o = self.smem, self.vma_cache.off
+        mem, o = self.mm_mem, self.vma_cache.off
         mem.store32(o(vma, "vm_start"), start)
         mem.store32(o(vma, "vm_end"), end)
         mem.store32(o(vma, "vm_flags"), flags)
@@ -105,8 +105,16 @@ class VmaTree(PageTables):
     def vm_area_free(self, cpu, vma: int) -> None:
         self.vma_cache.free(cpu, vma)
 
+    def remove_vma(self, cpu, vma: int) -> None:
+        """remove_vma(): a VMA out of the tree goes, as the mechanism frees VMAs (its vma_free:
+        at once, after a grace period, after its readers), by default vm_area_free at once."""
+        if self._vma_free is None:
+            self.vm_area_free(cpu, vma)
+        else:
+            self._vma_free(cpu, vma)
+
     def vma_set_flags(self, vma: int, flags: int) -> None:
-        self.smem.fetch_or32(self.vma_cache.off(vma, "vm_flags"), flags)
+        self.mm_mem.fetch_or32(self.vma_cache.off(vma, "vm_flags"), flags)
 
     def vma_mark_zapped(self, vma: int, start: int, end: int) -> None:
         """The zap of [start, end) has passed its tables (it calls this for each table, still
@@ -114,7 +122,7 @@ class VmaTree(PageTables):
         VM_ZAPPED.  A fault that installs a PTE there afterwards leaves a PTE behind its VMA;
         one that installs in the part a split kept, or in a table the zap has not reached,
         does not."""
-        mem, o = self.smem, self.vma_cache.off
+        mem, o = self.mm_mem, self.vma_cache.off
         lo = max(start, mem.load32(o(vma, "vm_start")))
         if not mem.load32(o(vma, "vm_flags")) & VM_ZAPPED:
             mem.store32(o(vma, "zap_start"), lo)
@@ -122,7 +130,7 @@ class VmaTree(PageTables):
         self.vma_set_flags(vma, VM_ZAPPED)
 
     def vma_clear_flags(self, vma: int, flags: int) -> None:
-        self.smem.fetch_and32(self.vma_cache.off(vma, "vm_flags"), ~flags)
+        self.mm_mem.fetch_and32(self.vma_cache.off(vma, "vm_flags"), ~flags)
 
     def vma_describe(self, vma: int) -> dict:
         if not vma or vma == RESERVED:
@@ -142,7 +150,7 @@ class VmaTree(PageTables):
         """mas_walk(): the VMA covering vpn, 0 if none (a RESERVED range is none).
 
         The caller holds mmap_lock or is inside an RCU read-side section."""
-        mem = self.smem
+        mem = self.mm_mem
         idx = mem.load64(self.mm_off(mm, "index"))
         if not idx:
             return 0
@@ -162,11 +170,11 @@ class VmaTree(PageTables):
 
     def index_entries(self, mm: int) -> list[tuple[int, int, int]]:
         """The current entries (start, end, vma); a writer's view, under mmap_lock for write."""
-        idx = self.smem.load64(self.mm_off(mm, "index"))
+        idx = self.mm_mem.load64(self.mm_off(mm, "index"))
         if not idx:
             return []
         base = self.index_cache.off(idx, "nr")
-        mem = self.smem
+        mem = self.mm_mem
         return [
             (
                 mem.load32(base + 8 + 4 * i),
@@ -190,7 +198,7 @@ class VmaTree(PageTables):
         if new is None:
             return False  # ENOMEM; arrays nobody refers to are a leak the sweep reports
         base = self.index_cache.off(new, "nr")
-        mem = self.smem
+        mem = self.mm_mem
         mem.fill(base, 8 + 16 * MAX_VMAS, 0)
         mem.store32(base, len(entries))
         for i, (s, e, v) in enumerate(entries):
@@ -198,14 +206,14 @@ class VmaTree(PageTables):
             mem.store32(base + 8 + 4 * MAX_VMAS + 4 * i, e)
             mem.store64(base + 8 + 8 * MAX_VMAS + 8 * i, v)
         cpu.window("index_publish:before-swap")
-        old = self.smem.xchg64(self.mm_off(mm, "index"), new)
+        old = self.mm_mem.xchg64(self.mm_off(mm, "index"), new)
         if old:
             self.machine.rcu.call(cpu, free_index_rcu, old)
         return True
 
     def index_clear(self, cpu, mm: int) -> None:
         """The mm is going away: unpublish its index, retired after a grace period."""
-        old = self.smem.xchg64(self.mm_off(mm, "index"), 0)
+        old = self.mm_mem.xchg64(self.mm_off(mm, "index"), 0)
         if old:
             self.machine.rcu.call(cpu, free_index_rcu, old)
 

@@ -30,6 +30,14 @@ def tlb_remove_table_rcu(cpu, arg: int) -> None:
 class Zap(Rmap):
     """zap_page_range, the mmu_gather's page batch, free_pgtables and the table frees."""
 
+    def remove_tables(self, cpu, mm: int, floor: int, ceiling: int, tables: list[tuple[int, int]]) -> None:
+        """Free the page tables free_pgtables unhooked, as the mechanism does (its remove_tables:
+        tlb_remove_table by RCU, ...), by default tlb_remove_table_sync_one."""
+        if self._remove_tables is None:
+            self.tlb_remove_table_sync_one(cpu, mm, floor, ceiling, tables)
+        else:
+            self._remove_tables(cpu, mm, floor, ceiling, tables)
+
     def zap_page_range(
         self,
         cpu,
@@ -69,10 +77,10 @@ class Zap(Rmap):
         zapped = rss = 0
         for v in range(start, end):
             off = self.table_off(table, v % self.geometry.pte)
-            pte = self.pmem.load64(off)
+            pte = self.page_mem.load64(off)
             if not pte & PTE_PRESENT:
                 continue
-            self.pmem.store64(off, 0)
+            self.page_mem.store64(off, 0)
             zapped += 1
             self.count("ptes_zapped")
             ref = self.vm_normal_page(pte)
@@ -96,18 +104,18 @@ class Zap(Rmap):
         for ref in pages:
             self.pool.put_page(cpu, ref, ANON_SITE)
 
-    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int, remove_tables=None) -> None:
+    def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int) -> None:
         """free_pgtables() of the unmapped [start, end): free the tables whose whole span lies in
         [floor, ceiling), the gap between the neighbouring VMAs (free_pgd_range's limits: a
         table a neighbour still uses stays).
 
         Each is unhooked under page_table_lock and subtracted from the mm
-        (free_pte_range: mm_dec_nr_ptes); then `remove_tables` frees them, by
+        (free_pte_range: mm_dec_nr_ptes); then the mechanism's remove_tables frees them, by
         default tlb_remove_table_sync_one: after the flush and an IPI that
         waits for every CPU walking with interrupts off (fast GUP)."""
         g = self.geometry
         lock = self.page_table_lock(mm)
-        pgd = self.smem.load64(self.mm_off(mm, "pgd"))
+        pgd = self.mm_mem.load64(self.mm_off(mm, "pgd"))
         if not pgd or floor >= ceiling:
             return
         unhooked: list[tuple[int, int]] = []
@@ -125,22 +133,22 @@ class Zap(Rmap):
                     continue
                 lock.lock(cpu)
                 off = self.table_off(pmd, mi)
-                e = self.pmem.load64(off)
+                e = self.page_mem.load64(off)
                 if e & PTE_PRESENT:
-                    self.pmem.store64(off, 0)
+                    self.page_mem.store64(off, 0)
                     self.mm_dec_nr_ptes(mm)
                     unhooked.append((e >> FLAG_BITS, lo))
                 lock.unlock(cpu)
             if base >= floor and base + g.pmd_span <= ceiling:
                 lock.lock(cpu)
-                if not any(self.pmem.load64(self.table_off(pmd, k)) for k in range(g.pmd)):
-                    self.pmem.store64(self.table_off(pgd, gi), 0)
+                if not any(self.page_mem.load64(self.table_off(pmd, k)) for k in range(g.pmd)):
+                    self.page_mem.store64(self.table_off(pgd, gi), 0)
                     self.mm_dec_nr_ptes(mm)
                     unhooked.append((pmd, -1))
                 lock.unlock(cpu)
         if unhooked:
             cpu.window("free_pgtables:unhooked")
-            (remove_tables or self.tlb_remove_table_sync_one)(cpu, mm, floor, ceiling, unhooked)
+            self.remove_tables(cpu, mm, floor, ceiling, unhooked)
 
     def tlb_remove_table_sync_one(self, cpu, mm: int, floor: int, ceiling: int, tables: list[tuple[int, int]]) -> None:
         """tlb_remove_table_one(): the flush, then an IPI every CPU must take, then free at once.
@@ -173,13 +181,13 @@ class Zap(Rmap):
         """Free one unhooked table: a PTE table if lo (its first vpn; None if not known), else a pmd."""
         pte_level = lo is None or lo >= 0
         for k in range(self.geometry.pte if pte_level else self.geometry.pmd):
-            e = self.pmem.load64(self.table_off(table, k))
+            e = self.page_mem.load64(self.table_off(table, k))
             if e:
                 where = f"pmd entry {k}" if not pte_level else f"vpn {lo + k}" if lo is not None else f"entry {k}"
                 cpu.report(
                     FREE_MAPPED_TABLE,
                     f"free_pgtables: freeing a table that still maps {where}: {describe_entry(e)}",
-                    mm=self.pmem.load64(self.pool.field_off(table & PFN_MASK, "private")),
+                    mm=self.page_mem.load64(self.pool.field_off(table & PFN_MASK, "private")),
                 )
                 break
         self.count("tables_freed")
@@ -187,4 +195,4 @@ class Zap(Rmap):
 
     def mm_dec_nr_ptes(self, mm: int) -> None:
         """mm_dec_nr_ptes(): the mm holds one table less (pgtable_bytes, which check_mm verifies)."""
-        self.smem.fetch_sub64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
+        self.mm_mem.fetch_sub64(self.mm_off(mm, "pgtable_bytes"), self.page_size)

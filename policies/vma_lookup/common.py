@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from policies.mm import (
     MAX_VMAS,
@@ -13,10 +12,10 @@ from policies.mm import (
     VM_FAULT_SIGSEGV,
     VM_READ,
     VM_WRITE,
-    MmModel,
     Vmf,
 )
-from policies.scenario import Policy, World
+from policies.mm.policy import MmPolicy
+from policies.scenario import World
 from shm import rcu_callback
 
 MAX_MMS = 3
@@ -32,7 +31,7 @@ def vm_area_free_rcu(cpu, vma: int) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class VmaPolicy(Policy):
+class VmaPolicy(MmPolicy):
     """How a fault pins its VMA (`lookup`/`release`, or a whole `fault`), and how VMAs change."""
 
     lookup: Callable[[World, int, int, bool], Vmf | None]
@@ -43,15 +42,11 @@ class VmaPolicy(Policy):
     new_vma: Callable[[World, int, int, int, int], int | None]
     before_unmap: Callable[[World, int, int], None] | None = None
     after_unpublish: Callable[[World, int], None] | None = None
-    remove_tables: Callable | None = None
     write_unlock: Callable[[World, int], None]
     write_downgrade: Callable[[World, int], None]
     dup_begin: Callable[[World, int], None] | None = None
     dup_lock_vma: Callable[[World, int, int], None] | None = None
     dup_unlock_vma: Callable[[World, int, int], None] | None = None
-    vma_free: Callable[[Any, int], None]
-    typesafe_vmas: bool = False
-    model: type[MmModel] = MmModel
 
 
 # -- helpers every policy shares --------------------------------------------------
@@ -115,9 +110,8 @@ def unmap_region(w: World, mm: int, start: int, end: int, removed, floor: int, c
     m, cpu = w.mm, w.cpu
     gather: list[int] = []
     m.zap_page_range(cpu, mm, start, end, gather, vmas=removed)
-    policy: VmaPolicy = w.policy
     if floor < ceiling:
-        m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages), policy.remove_tables)
+        m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages))
     m.tlb_finish_mmu(cpu, mm, start, end, gather)
 
 

@@ -89,10 +89,6 @@ def fault_or_fall_back(w: World, mm: int, vpn: int, write: bool, vmf: Vmf | None
     return handle_with(w, vmf)
 
 
-def vma_free_now(cpu, vma: int) -> None:
-    cpu.ctx.mm.vm_area_free(cpu, vma)
-
-
 def vma_free_forgotten(cpu, vma: int) -> None:
     """DELIBERATELY BROKEN: a VMA taken out of the tree is never given back to its cache.
 
@@ -134,7 +130,7 @@ def _tear_down(w: World, mm: int, start: int, end: int, kept, removed) -> None:
     floor, ceiling = entries_around(kept, start, end)
     unmap_region(w, mm, start, end, removed, floor, ceiling)
     for v in removed:
-        w.policy.vma_free(w.cpu, v)
+        w.mm.remove_vma(w.cpu, v)
 
 
 def mmap_write_lock(w: World, mm: int) -> None:
@@ -225,7 +221,6 @@ mmap_lock = VmaPolicy(
     new_vma=new_vma_plain,
     write_unlock=mmap_write_unlock_plain,
     write_downgrade=mmap_write_downgrade_plain,
-    vma_free=vma_free_now,
 )
 
 

@@ -53,7 +53,7 @@ def vma_start_write(w: World, mm: int, vma: int) -> None:
     lock.up_write(w.cpu)
 
 
-def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True, anon_first: bool = False) -> int:
+def lock_vma_under_rcu(w: World, mm: int, vpn: int, *, check: bool = True, anon_first: bool = False) -> int:
     """lock_vma_under_rcu(): the VMA read-locked, or 0 to fall back to mmap_lock.
 
     The VMA cache is SLAB_TYPESAFE_BY_RCU, so the object found may have been
@@ -99,8 +99,8 @@ def lock_vma_under_rcu(w: World, mm: int, vpn: int, check: bool = True, anon_fir
     return vma
 
 
-def _per_vma_fault(w: World, mm: int, vpn: int, write: bool, check: bool = True, anon_first: bool = False) -> int:
-    vma = lock_vma_under_rcu(w, mm, vpn, check, anon_first)
+def _per_vma_fault(w: World, mm: int, vpn: int, write: bool, *, check: bool = True, anon_first: bool = False) -> int:
+    vma = lock_vma_under_rcu(w, mm, vpn, check=check, anon_first=anon_first)
     if vma:
         cpu = w.cpu
         cpu.window("fault:holding-vma-lock")
@@ -113,6 +113,20 @@ def _per_vma_fault(w: World, mm: int, vpn: int, write: bool, check: bool = True,
             return ret
     w.count("fallbacks")
     return fault_mmap_lock(w, mm, vpn, write)
+
+
+def fault_no_recheck(w: World, mm: int, vpn: int, write: bool) -> int:
+    """DELIBERATELY BROKEN: the VMA found under RCU is used without checking, once locked, that
+    it is still of this mm and covers the address (a typesafe slot may have been reused).
+    Must trip mm.pte-outside-vma."""
+    return _per_vma_fault(w, mm, vpn, write, check=False)
+
+
+def fault_anon_vma_first(w: World, mm: int, vpn: int, write: bool) -> int:
+    """DELIBERATELY BROKEN: lock_vma_under_rcu checks anon_vma before vma_start_read, as before
+    657b5146955e; the slot may be reused by a VMA without one by the time it is locked, and the
+    fault runs anon_vma_prepare under the VMA lock alone.  Must trip mm.anon-vma-unlocked."""
+    return _per_vma_fault(w, mm, vpn, write, anon_first=True)
 
 
 def new_vma_locked(w: World, mm: int, start: int, end: int, flags: int) -> int | None:
@@ -181,7 +195,7 @@ MUTANTS = (
         "mm/memory.c lock_vma_under_rcu (SLAB_TYPESAFE_BY_RCU): check vm_mm and the range after locking",
         "a reused VMA slot is used without checking vm_mm and the range after taking the lock",
         "vma_lock_miss",
-        fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, check=False),
+        fault=fault_no_recheck,
     ),
     mutant(
         per_vma_lock,
@@ -190,6 +204,6 @@ MUTANTS = (
         "657b5146955e 'mm: lock_vma_under_rcu() must check vma->anon_vma under vma lock'",
         "lock_vma_under_rcu checks anon_vma before taking the VMA lock: the slot may be reused by then",
         "vma_no_anon",
-        fault=lambda w, mm, vpn, write: _per_vma_fault(w, mm, vpn, write, anon_first=True),
+        fault=fault_anon_vma_first,
     ),
 )

@@ -154,7 +154,7 @@ def _rcu_unmap_deferred(
     lock.down_read(cpu)
     floor, ceiling = entries_around([x for x in m.index_entries(mm) if not start <= x[0] < end], start, end)
     if floor < ceiling:
-        m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages), w.policy.remove_tables)
+        m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages))
     lock.up_read(cpu)
     for v in removed:
         m.vm_area_free(cpu, v)
@@ -203,7 +203,7 @@ def single_threaded_nr_threads(w: World, mm: int) -> bool:
     return w.mem.load32(w.mm.mm_off(mm, "nr_threads")) <= 1
 
 
-def _rcu_write_side(w: World, mm: int, start: int, end: int, fixed_new: bool, reserve: bool, baby: bool) -> None:
+def _rcu_write_side(w: World, mm: int, start: int, end: int, *, fixed_new: bool, reserve: bool, baby: bool) -> None:
     """Steps 1-2 under mmap_lock for write (the new VMA, BABY while the old range is torn
     down, or the RESERVED range; the old VMAs ZOMBIE), then the deferred steps without it."""
     m, cpu = w.mm, w.cpu
@@ -255,11 +255,13 @@ def mmap_rcu_refcount(w: World, mm: int, start: int, npages: int, fixed: bool) -
     if not fixed:
         mmap_locked(w, mm, start, npages, False)
         return
-    _rcu_write_side(w, mm, start, min(start + npages, w.mm.geometry.pages), True, True, w.policy.baby)
+    _rcu_write_side(
+        w, mm, start, min(start + npages, w.mm.geometry.pages), fixed_new=True, reserve=True, baby=w.policy.baby
+    )
 
 
 def munmap_rcu_refcount(w: World, mm: int, start: int, end: int) -> None:
-    _rcu_write_side(w, mm, start, end, False, w.policy.reserve, w.policy.baby)
+    _rcu_write_side(w, mm, start, end, fixed_new=False, reserve=w.policy.reserve, baby=w.policy.baby)
 
 
 def vma_wait_refs(w: World, mm: int, vma: int) -> None:

@@ -78,7 +78,7 @@ class VmaLookup(Scenario):
         return MmModel.regions(ncpus, MAX_MMS)
 
     def attach(self, w: World) -> None:
-        w.mm = w.policy.model(w, self.geometry, w.policy.typesafe_vmas)
+        w.mm = w.policy.build_model(w, self.geometry)
         w.mm.attach()
 
     def setup(self, w: World) -> None:
@@ -109,8 +109,8 @@ class VmaLookup(Scenario):
     def teardown(self, w: World) -> None:
         m = w.mm
         for mm in m.live_mms():
-            m.smem.store32(m.mm_off(mm, "mm_users"), 1)
-            m.mmput(w.cpu, mm, w.policy.vma_free)
+            m.mm_mem.store32(m.mm_off(mm, "mm_users"), 1)
+            m.mmput(w.cpu, mm)
         w.rcu.barrier(w.cpu)
         m.free_zero_page(w.cpu)
         for cache in (m.vma_cache, m.index_cache):
@@ -318,7 +318,7 @@ def op_remote(w: World, task: int, vpn: int) -> None:
         gup_slow(w, mm, vpn, False)
         w.count("remote")
     finally:
-        m.mmput(w.cpu, mm, w.policy.vma_free)
+        m.mmput(w.cpu, mm)
 
 
 def op_fork(w: World, task: int) -> None:
@@ -379,7 +379,7 @@ def dup_mmap(w: World, oldmm: int) -> int:
         w.mem.store32(m.mm_off(oldmm, "forking"), 0)
         policy.write_unlock(w, oldmm)
     if not ok:
-        m.mmput(cpu, new, policy.vma_free)
+        m.mmput(cpu, new)
         w.count("enomem")
         return -1
     m.mm_set_live(new)
@@ -402,5 +402,5 @@ def op_exit(w: World, task: int) -> None:
     w.mem.store32(m.mm_off(mm, "state"), MM_EXITED)
     w.mem.fetch_sub32(m.mm_off(mm, "nr_threads"), 1)
     lock.unlock(w.cpu)
-    m.mmput(w.cpu, mm, w.policy.vma_free)
+    m.mmput(w.cpu, mm)
     w.count("exits")

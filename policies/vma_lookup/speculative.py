@@ -41,7 +41,7 @@ def _spf_validate(w: World, seq: int):
     return validate
 
 
-def _spf_fault(w: World, mm: int, vpn: int, write: bool, validate: bool) -> int:
+def _spf_fault(w: World, mm: int, vpn: int, write: bool, *, validate: bool) -> int:
     """The speculative path: lockless lookup, a reference, the VMA's sequence sampled;
     validated under the ptl before set_pte_at (Zijlstra, 2020-02-07: "verify the vma (again)
     and install the PTE. If anything goes wrong, we bail").  Falls back to mmap_lock."""
@@ -71,6 +71,17 @@ def _spf_fault(w: World, mm: int, vpn: int, write: bool, validate: bool) -> int:
         vma_put_spf(w, vma)
     w.count("fallbacks")
     return fault_mmap_lock(w, mm, vpn, write)
+
+
+def spf_fault(w: World, mm: int, vpn: int, write: bool) -> int:
+    return _spf_fault(w, mm, vpn, write, validate=True)
+
+
+def spf_fault_no_revalidate(w: World, mm: int, vpn: int, write: bool) -> int:
+    """DELIBERATELY BROKEN: the speculative fault installs its PTE without validating the VMA
+    under the ptl (Babka, 2019-12-10: the fault that started with the old VMA must not be the
+    last to install a PTE for it).  Must trip mm.pte-after-zap."""
+    return _spf_fault(w, mm, vpn, write, validate=False)
 
 
 def vma_put_spf(w: World, vma: int) -> None:
@@ -104,7 +115,7 @@ speculative = VmaPolicy(
     doc="Dufour's SPF: lockless lookup, VMA seqcount validated under the ptl, mmap_lock fallback",
     lookup=lookup_mmap_lock,
     release=release_mmap_lock,
-    fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, True),
+    fault=spf_fault,
     mmap=mmap_locked,
     munmap=munmap_locked,
     new_vma=new_vma_plain,
@@ -126,7 +137,7 @@ MUTANTS = (
         "last to install the PTE for the VMA that's going away'",
         "the speculative fault installs the PTE without validating the VMA under the ptl",
         "spf_bail",
-        fault=lambda w, mm, vpn, write: _spf_fault(w, mm, vpn, write, False),
+        fault=spf_fault_no_revalidate,
     ),
     mutant(
         speculative,

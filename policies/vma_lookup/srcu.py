@@ -18,7 +18,6 @@ from policies.vma_lookup.mmap_lock import (
     mmap_write_downgrade_plain,
     mmap_write_unlock_plain,
     munmap_locked,
-    vma_free_now,
 )
 from shm.checks import SCHED_LIVELOCK, SLAB_UAF, WATCHDOG_STALL
 
@@ -117,7 +116,6 @@ srcu = VmaPolicy(
     dup_begin=fork_synchronize_srcu,
     write_unlock=mmap_write_unlock_plain,
     write_downgrade=mmap_write_downgrade_plain,
-    vma_free=vma_free_now,
 )
 
 

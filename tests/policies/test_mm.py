@@ -352,7 +352,7 @@ def _pte_of(w: World, vpn: int) -> tuple[int, int]:
     table, i = w.mm.walk_pmd(w.cpu, 0, vpn, "test")
     e = w.mm.read_entry(w.cpu, table, i, "test")
     off = w.mm.table_off(e >> 8, vpn % w.mm.geometry.pte)
-    return off, w.mm.pmem.load64(off)
+    return off, w.mm.page_mem.load64(off)
 
 
 def _share_as_fork_does(w: World, vpn: int, wrprotect: bool) -> int:
@@ -362,7 +362,7 @@ def _share_as_fork_does(w: World, vpn: int, wrprotect: bool) -> int:
     ref = pte >> 8
     w.mm.page_dup_rmap(w.cpu, ref)
     if wrprotect:
-        w.mm.pmem.store64(off, pte & ~PTE_WRITE)
+        w.mm.page_mem.store64(off, pte & ~PTE_WRITE)
     return ref
 
 
