@@ -73,16 +73,23 @@ def fault_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> int:
         lock.up_read(cpu)
 
 
+def must_fall_back(w: World, mm: int, vmf: Vmf) -> bool:
+    """A lockless write fault must take mmap_lock instead: it would allocate the VMA's anon_vma
+    (__anon_vma_prepare needs mmap_lock: every lockless fault that landed falls back so, SPF and
+    per-VMA locks, 657b5146955e), or the mm is forking (checked after the VMA was pinned: the
+    fork waits for the faults that pinned it before, as vma_start_write does, fb49c455323f)."""
+    m = w.mm
+    return vmf.write and (
+        not w.mem.load32(m.vma_off(vmf.vma, "anon_vma")) or bool(w.mem.load32(m.mm_off(mm, "forking")))
+    )
+
+
 def fault_or_fall_back(w: World, mm: int, vpn: int, write: bool, vmf: Vmf | None) -> int:
     """Handle the fault on the VMA the policy pinned, or release it and fault under mmap_lock
-    when the write fault would allocate the VMA's anon_vma (__anon_vma_prepare needs mmap_lock:
-    every lockless fault that landed falls back so, SPF and per-VMA locks, 657b5146955e), or
-    when the mm is forking (checked after the VMA was pinned: the fork waits for the faults
-    that pinned it before, as vma_start_write does, fb49c455323f)."""
+    (must_fall_back)."""
     if vmf is None:
         return VM_FAULT_SIGSEGV
-    m = w.mm
-    if write and (not w.mem.load32(m.vma_off(vmf.vma, "anon_vma")) or w.mem.load32(m.mm_off(mm, "forking"))):
+    if must_fall_back(w, mm, vmf):
         w.policy.release(w, vmf)
         w.count("fallbacks")
         return fault_mmap_lock(w, mm, vpn, write)

@@ -18,6 +18,7 @@ from policies.vma_lookup.mmap_lock import (
     mmap_write_downgrade_plain,
     mmap_write_unlock_plain,
     munmap_locked,
+    must_fall_back,
 )
 from shm.checks import SCHED_LIVELOCK, SLAB_UAF, WATCHDOG_STALL
 
@@ -77,7 +78,7 @@ def fault_srcu_mmap_lock_inside(w: World, mm: int, vpn: int, write: bool) -> int
     vmf = lookup_srcu(w, mm, vpn, write)
     if vmf is None:
         return VM_FAULT_SIGSEGV
-    if write and not w.mem.load32(w.mm.vma_off(vmf.vma, "anon_vma")):
+    if must_fall_back(w, mm, vmf):
         try:
             w.count("fallbacks")
             return fault_mmap_lock(w, mm, vpn, write)
