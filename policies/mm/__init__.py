@@ -1,8 +1,10 @@
 """The modelled mm that every mechanism shares: page tables, mm_struct, VMAs and their
 RCU-published index, per-CPU TLBs with flush IPIs, the hardware walker, and the quiescent sweep.
 
-A mechanism builds an `MmModel` in its scenario's `attach` and writes its
-policies against it; it does not copy it.
+A mechanism's scenario extends `MmScenario` (regions, attach, boot, sweep,
+teardown, the model's counters) and its policy class extends `MmPolicy` (the
+hooks the model calls: vma_free, remove_tables, the model class); its
+policies are written against the `MmModel` it builds, which it does not copy.
 """
 
 from policies.mm.fault import (
@@ -16,6 +18,8 @@ from policies.mm.fault import (
 )
 from policies.mm.geometry import Geometry
 from policies.mm.mm import MM_EXITED, MM_LIVE, MmModel
+from policies.mm.policy import MmPolicy
+from policies.mm.scenario import MmScenario
 from policies.mm.sweep import sweep
 from policies.mm.vma import (
     MAX_VMAS,
@@ -47,6 +51,8 @@ __all__ = [
     "VM_ZOMBIE",
     "Geometry",
     "MmModel",
+    "MmPolicy",
+    "MmScenario",
     "Vmf",
     "sweep",
 ]

@@ -18,7 +18,6 @@ from policies.mm.policy import MmPolicy
 from policies.scenario import World
 from shm import rcu_callback
 
-MAX_MMS = 3
 TASK_MM = (0, 0, 1, 2)
 MAX_LEN = 16
 GIANT = 32

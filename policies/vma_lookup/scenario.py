@@ -13,16 +13,14 @@ from policies.mm import (
     VM_READ,
     VM_WRITE,
     Geometry,
-    MmModel,
-    sweep,
 )
-from policies.scenario import Arg, Needs, Operation, Policy, Region, Scenario, World
-from policies.vma_lookup.common import FAULT_TRIES, GIANT, MAX_LEN, MAX_MMS, TASK_MM, VmaPolicy, clamp_range
+from policies.mm.scenario import MmScenario
+from policies.scenario import Arg, Operation, Policy, World
+from policies.vma_lookup.common import FAULT_TRIES, GIANT, MAX_LEN, TASK_MM, VmaPolicy, clamp_range
 from policies.vma_lookup.mmap_lock import mmap_write_lock
-from shm.checks import SLAB_LEAK
 
 
-class VmaLookup(Scenario):
+class VmaLookup(MmScenario):
     name = "vma_lookup"
     doc = "splitting the mmap_sem: faults find and pin VMAs while mmap/munmap/fork change them"
     counters = (
@@ -56,7 +54,7 @@ class VmaLookup(Scenario):
         "baby_waits",
         "refcount_waits",
         "srcu_waits",
-        *MmModel.COUNTERS,
+        *MmScenario.counters,
     )
 
     def __init__(
@@ -65,24 +63,14 @@ class VmaLookup(Scenario):
         """`geometry` sizes the page tables (a user registers another instance under another
         name for a larger address space); the setup, the litmus programs and the benchmark
         place their VMAs in the first 128 pages."""
-        self.geometry = geometry or Geometry()
+        super().__init__(geometry, srcu_domains=1)
         if self.geometry.pages < 128:
             raise ValueError(f"{name}: the geometry must map at least 128 pages, not {self.geometry.pages}")
         self.name = name
         self.policies = policies
-        self.needs = Needs(
-            pool_pages=4 * self.geometry.pages + 512, page_size=self.geometry.page_size_needed(), srcu_domains=1
-        )
-
-    def regions(self, ncpus: int) -> list[Region]:
-        return MmModel.regions(ncpus, MAX_MMS)
-
-    def attach(self, w: World) -> None:
-        w.mm = w.policy.build_model(w, self.geometry)
-        w.mm.attach()
 
     def setup(self, w: World) -> None:
-        w.mm.setup(w.cpu, w.ncpus)
+        super().setup(w)
         p: VmaPolicy = w.policy
         p.mmap(w, 0, 0, 16, False)
         p.mmap(w, 0, 32, GIANT + 8, False)
@@ -101,26 +89,6 @@ class VmaLookup(Scenario):
             Operation("exit", 1, op_exit, (mm_a,)),
             Operation("remote", 2, op_remote, (mm_a, vpn_a)),
         )
-
-    def sweep(self, w: World) -> None:
-        w.rcu.barrier(w.cpu)
-        sweep(w.mm, w.cpu)
-
-    def teardown(self, w: World) -> None:
-        m = w.mm
-        for mm in m.live_mms():
-            m.mm_mem.store32(m.mm_off(mm, "mm_users"), 1)
-            m.mmput(w.cpu, mm)
-        w.rcu.barrier(w.cpu)
-        m.free_zero_page(w.cpu)
-        for cache in (m.vma_cache, m.index_cache):
-            left = cache.allocated()
-            if len(left):
-                w.cpu.report(
-                    SLAB_LEAK,
-                    f"{len(left)} {cache.name} object(s) never freed after exit",
-                    slots=[int(s) for s in left[:16]],
-                )
 
     def litmus(self, policy: Policy) -> list | None:
         return LITMUS.get(policy.name)
