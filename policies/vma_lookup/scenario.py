@@ -275,11 +275,26 @@ def op_gup(w: World, task: int, vpn: int, fast: int) -> None:
         leave(w, mm)
 
 
+def get_task_mm(w: World, mm: int) -> bool:
+    """get_task_mm(): a reference to the task's mm as it is now, not to a slot freed and reused
+    by another mm meanwhile.  The kernel takes task_lock for that, briefly; the model's task
+    lock is held across a whole operation of the child, so here the mm's generation is read
+    before and after the reference is taken, and a changed one gives the reference back."""
+    m = w.mm
+    mmid = m.mm_id(mm)
+    if m.mm_state(mm) != MM_LIVE or not m.mmget_not_zero(w.cpu, mm):
+        return False
+    if m.mm_id(mm) != mmid:
+        m.mmput(w.cpu, mm)
+        return False
+    return True
+
+
 def op_remote(w: World, task: int, vpn: int) -> None:
-    """access_remote_vm() as /proc/pid/mem does it: mmget_not_zero, GUP, mmput."""
+    """access_remote_vm() as /proc/pid/mem does it: get_task_mm, GUP, mmput."""
     mm = TASK_MM[task]
     m = w.mm
-    if m.mm_state(mm) != MM_LIVE or not m.mmget_not_zero(w.cpu, mm):
+    if not get_task_mm(w, mm):
         w.count("nomm")
         return
     try:
