@@ -410,3 +410,17 @@ def test_a_pin_that_sees_another_mms_write_is_a_finding(world):
         w.cpu.set_scheduler(AtWindow("gup:using-the-page", lambda: w.mm.access(other, 0, 3, True)))
         w.mm.use_pinned_page(w.cpu, pinned_from, ref, "test: the pin")
         assert checks(w) == want
+
+
+@pytest.mark.parametrize("world", ["rcu_table_free"], indirect=True)
+def test_exit_frees_page_tables_as_the_policy_does(world):
+    """The model calls the policy's remove_tables at exit too: tables go by RCU there."""
+    w = world
+    touch(w, 3)
+    rcu_freed = w.counter_index["tables_rcu_freed"]
+    w.mm.mm_mem.store32(w.mm.mm_off(0, "mm_users"), 1)
+    w.mm.mmput(w.cpu, 0)
+    assert w.counts[rcu_freed] > 0
+    drain_rcu(w)
+    assert checks(w) == []
+    assert set(int(p) for p in w.pool.allocated()) <= {w.mm.zero_page & PFN_MASK}
