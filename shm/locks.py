@@ -116,7 +116,11 @@ class Spinlock(Handle):
         if self.mem.cmpxchg32(self.off, 0, cpu.me):
             self._lock_slow(cpu)
         cpu.preempt_count += 1
-        cpu.rcu_reader_enter()
+        d = cpu.rcu_depth  # Cpu.rcu_reader_enter, inlined: a spinlock is on every fault's path
+        cpu.rcu_depth = d + 1
+        if d == 0:
+            h = cpu.hmem
+            h.store64(cpu._rcu_reader_off, h.load64(cpu._gp_ctr_off))
         cpu.held.append(self.addr)
         s = cpu._tseq
         cpu._tseq = s + 1
@@ -162,7 +166,10 @@ class Spinlock(Handle):
             self._drop_held(cpu, self.addr)
         if cpu.preempt_count > 0:
             cpu.preempt_count -= 1
-            cpu.rcu_reader_exit()
+            d = cpu.rcu_depth - 1
+            cpu.rcu_depth = d
+            if d == 0:
+                cpu.hmem.store64(cpu._rcu_reader_off, 0)
 
     def lock_irq(self, cpu: Cpu) -> None:
         cpu.local_irq_disable()

@@ -94,6 +94,8 @@ class CpuLike(Protocol):
     lock_races_off: int
     _tseq: int
     _tbase: int
+    _rcu_reader_off: int
+    _gp_ctr_off: int
 
     @property
     def machine(self) -> MachineLike: ...

@@ -149,14 +149,22 @@ class Rcu:
     # -- readers ---------------------------------------------------------
     def read_lock(self, cpu: Cpu) -> None:
         cpu.rcu_nesting += 1
-        cpu.rcu_reader_enter(self.mem)
+        d = cpu.rcu_depth  # Cpu.rcu_reader_enter, inlined: on every fault's path
+        cpu.rcu_depth = d + 1
+        if d == 0:
+            mem = self.mem
+            mem.store64(self.reader_off[cpu.id], mem.load64(self.gp_ctr_off))
 
     def read_unlock(self, cpu: Cpu, token: Any = None) -> None:
-        if cpu.rcu_nesting <= 0:
+        n = cpu.rcu_nesting
+        if n <= 0:
             cpu.report(RCU_UNLOCK_IMBALANCE, "rcu_read_unlock() without rcu_read_lock()")
             return
-        cpu.rcu_nesting -= 1
-        cpu.rcu_reader_exit(self.mem)
+        cpu.rcu_nesting = n - 1
+        d = cpu.rcu_depth - 1
+        cpu.rcu_depth = d
+        if d == 0:
+            self.mem.store64(self.reader_off[cpu.id], 0)
 
     # -- updaters --------------------------------------------------------
     def synchronize(self, cpu: Cpu) -> None:
