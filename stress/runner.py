@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import multiprocess
 
 from policies import Policy, Scenario, World, env_modules, get_scenario, load_module, module_spec, scenario_module
-from shm import MAX_CPUS, Cpu, Machine, OsScheduler, Segment, new_run_id
+from shm import MAX_CPUS, Cpu, Machine, Segment, new_run_id
 from shm.checks import CPU_CRASH, POOL_LEAK, WATCHDOG_STALL
 from shm.events import KINDS
 from stress.knobs import KnobError, echo, resolve_all
@@ -46,6 +46,7 @@ from stress.report import (
     write_json,
 )
 from stress.schedulers import Replay, SchedState, describe_point, is_controlled, make_strategy
+from stress.schedulers.deadline import DeadlineScheduler, TeardownStall
 from stress.watchdog import Watchdog
 from stress.worker import STAT_COUNTERS, STATUS, ProcessSpec, cpu_main, cpu_seed, gp_main
 
@@ -58,55 +59,6 @@ CONTROLLED_OPS = 2000
 PROFILE_CAP = 1 << 18  # accesses recorded per CPU when profiling
 DEFAULT_DURATION_S = 10.0
 AFTER_FINDING_DEADLINE_S = 1.0
-
-
-class TeardownStall(Exception):
-    """The boot CPU waited past its deadline during setup or the quiescent phase, or (`alone`)
-    waited when no other CPU was left to end the wait."""
-
-    def __init__(self, alone: bool = False):
-        super().__init__()
-        self.alone = alone
-
-
-class DeadlineScheduler(OsScheduler):
-    """The boot CPU's scheduler: a wait past the deadline is a finding, not a hang.  Alone in the
-    quiescent phase, it invokes the RCU callbacks queued before it would wait (Rcu.drain)."""
-
-    name = "deadline"
-
-    def __init__(self) -> None:
-        self.deadline: float | None = None
-
-    def _remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TeardownStall()
-        return left
-
-    def _alone(self, cpu) -> bool:
-        """Alone (the kthread stopped): run the queued callbacks, else nobody can end a wait."""
-        rcu = cpu.machine.rcu
-        if rcu.drain(cpu):
-            return True
-        if rcu.stopped():
-            raise TeardownStall(alone=True)
-        return False
-
-    def spin(self, cpu, attempt: int, mem=None, off: int = 0, seen: int = 0, bits: int = 32) -> None:
-        self._remaining()
-        if not self._alone(cpu):
-            super().spin(cpu, attempt, mem, off, seen, bits)
-
-    def block(self, cpu, mem, off, expected, timeout):
-        if self._alone(cpu):
-            return True
-        left = self._remaining()
-        if left is not None:
-            timeout = left if timeout is None else min(timeout, left)
-        return mem.futex_wait(off, expected, timeout)
 
 
 class UsageError(Exception):

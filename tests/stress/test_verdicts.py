@@ -16,7 +16,8 @@ import stress.report
 from policies import get_scenario, load_module
 from shm import Cpu, Machine, new_run_id
 from shm.rcu import Rcu
-from stress.runner import DeadlineScheduler, TeardownStall, run
+from stress.runner import run
+from stress.schedulers.deadline import DeadlineScheduler, TeardownStall
 from tests.conftest import FIXTURES
 
 BIN = os.path.dirname(sys.executable)
