@@ -424,3 +424,16 @@ def test_exit_frees_page_tables_as_the_policy_does(world):
     drain_rcu(w)
     assert checks(w) == []
     assert set(int(p) for p in w.pool.allocated()) <= {w.mm.zero_page & PFN_MASK}
+
+
+def test_taking_the_ptl_of_a_freed_table_is_a_use_after_free(world):
+    """pte_offset_map_lock reads the pmd under rcu_read_lock so that a table freed by RCU cannot
+    go before its ptl is taken; a table freed without waiting for anyone is caught there."""
+    w = world
+    touch(w, 3)
+    table, i = w.mm.walk_pmd(w.cpu, 0, 3, "test")
+    pte_table = w.mm.read_entry(w.cpu, table, i, "test") >> 8
+    w.pool.free_page(w.cpu, pte_table)
+    assert w.mm.pte_offset_map_lock(w.cpu, 0, 3) == (0, None)
+    assert checks(w)[:1] == ["mm.walk-freed-table"]
+    assert "spin_lock(ptl)" in w.machine.findings()[0]["message"]
