@@ -1,8 +1,8 @@
 """The CPU's own loads and stores: the TLB, the MMU's walk, and what the access finds.
 
 The model's checks here: a CPU loads through a translation to a page that
-is freed or that the page table no longer maps while it maps another
-(stale-tlb), or writes a page another mm still shares (a broken COW).
+is freed, or that a returned call retired (stale-tlb: see tlb.py), or
+writes a page another mm still shares (a broken COW).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from policies.mm.checks import ACCESS_FREED_PAGE, COW_WRITE_SHARED, STALE_TLB
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, describe_entry
 from policies.mm.rmap import _MAPCOUNT, LAST_WRITER, ZERO_STAMP
-from policies.mm.tlb import TLB_SIZE, Tlb
+from policies.mm.tlb import TLB_SIZE, TLB_STRIDE, Tlb
 from shm.pool import PAGE_ALLOCATED, PAGE_STRIDE, PFN_BITS, PFN_MASK
 
 
@@ -22,21 +22,25 @@ class Access(Tlb):
 
         The whole translation and the access are one instruction (insn_begin): no
         flush IPI lands in the middle, and a broadcast TLBI waits for it."""
-        mmid = self.mm_mem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
-        cpu.insn_begin()
         mm_mem = self.mm_mem
-        off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * 16
+        mmid = mm_mem.load32(self.mm0 + mm * self.mm_stride + 4) << 8 | mm
+        cpu.insn_begin()
+        off = self.tlb0 + (cpu.id * TLB_SIZE + (vpn & (TLB_SIZE - 1))) * TLB_STRIDE
         tag = (mmid << 16 | vpn) + 1
         pte = mm_mem.load64(off + 8) if mm_mem.load64(off) == tag else 0
         via_tlb = bool(pte) and (not write or bool(pte & PTE_WRITE))
-        if not via_tlb:
+        if via_tlb:
+            epoch = mm_mem.load64(off + 16)
+        else:
             pte = self.walk(cpu, mm, vpn, "MMU page walk")
             if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
                 cpu.insn_end()
                 return False
+            epoch = mm_mem.load64(self.tlb_epoch_off)
             mm_mem.store64(off + 8, pte)
+            mm_mem.store64(off + 16, epoch)
             mm_mem.store64(off, tag)
-        self._load_store(cpu, mm, mmid, vpn, pte, write, via_tlb)
+        self._load_store(cpu, mm, mmid, vpn, pte, write, epoch if via_tlb else -1)
         cpu.insn_end()
         return True
 
@@ -51,8 +55,10 @@ class Access(Tlb):
         cur = self.walk(cpu, mm, vpn, "MMU page walk", report=False)
         return not cur & PTE_WRITE or cur >> FLAG_BITS == ref
 
-    def _load_store(self, cpu, mm: int, mmid: int, vpn: int, pte: int, write: bool, via_tlb: bool) -> None:
+    def _load_store(self, cpu, mm: int, mmid: int, vpn: int, pte: int, write: bool, epoch: int) -> None:
+        """The access itself, through `pte` (from the TLB, made in `epoch`, or -1: just walked)."""
         pool, page_mem = self.pool, self.page_mem
+        via_tlb = epoch >= 0
         ref = pte >> FLAG_BITS
         pfn = ref & PFN_MASK
         f = self.page0 + pfn * PAGE_STRIDE
@@ -76,20 +82,20 @@ class Access(Tlb):
                 **pool.describe(pfn, ref >> PFN_BITS),
             )
             return
-        if via_tlb:
-            cur = self.walk(cpu, mm, vpn, "MMU page walk")
-            if cur & PTE_PRESENT and cur >> FLAG_BITS != ref:
-                cpu.report(
-                    STALE_TLB,
-                    f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} "
-                    f"through a stale TLB entry to page {pfn} while the page table maps "
-                    f"{describe_entry(cur)}: two CPUs see different memory at one address",
-                    mm=mm,
-                    vpn=vpn,
-                    tlb=describe_entry(pte),
-                    pte=describe_entry(cur),
-                )
-                return
+        if via_tlb and (retired := self.tlb_stale_since(mm, vpn, epoch)):
+            cur = self.walk(cpu, mm, vpn, "MMU page walk", report=False)
+            cpu.report(
+                STALE_TLB,
+                f"cpu {cpu.id} {'writes' if write else 'reads'} vpn {vpn} of mm {mm} through a TLB entry "
+                f"to page {pfn} made in TLB epoch {epoch}, retired in epoch {retired} by a call that "
+                f"has returned (munmap, mmap, MADV_DONTNEED or a COW fault); the page table maps "
+                f"{describe_entry(cur)}",
+                mm=mm,
+                vpn=vpn,
+                tlb=describe_entry(pte),
+                pte=describe_entry(cur),
+            )
+            return
         if write:
             if page_mem.load32(f + _MAPCOUNT) > 0 and not self._unflushed_fork_write(cpu, mm, vpn, ref):
                 cpu.report(

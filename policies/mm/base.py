@@ -4,7 +4,8 @@ The model is one class built in layers, each a file named after the kernel's:
 this base (mm_struct and the handles of its locks), page tables
 (pgtable.py), VMAs and their index (vma.py), TLBs (tlb.py), struct page and
 rmap (rmap.py); on those, side by side, the fault handler (fault.py), zap
-and free_pgtables (zap.py), fork's copy (fork.py), GUP (gup.py) and the
+and free_pgtables (zap.py) with madvise on it (madvise.py), fork's copy
+(fork.py), GUP (gup.py) and the
 CPU's own accesses (access.py); and the mm lifecycle that puts them
 together (mm.py: `MmModel`).  Each layer may call the ones below it.
 """
@@ -37,6 +38,7 @@ MM_STRUCT = np.dtype(
         ("forking", "<i4"),
         ("mm_lock_seq", "<i4"),
         ("flags", "<i4"),
+        ("tlb_flush_pending", "<i4"),
         ("mmap_lock", RWSEM),
         ("page_table_lock", SPINLOCK),
         ("context_lock", SPINLOCK),
@@ -55,6 +57,7 @@ MM_GLOBAL = np.dtype(
         ("next_anon_vma", "<i4"),
         ("pad", "<i4"),
         ("zero_ref", "<i8"),
+        ("tlb_epoch", "<i8"),
     ]
 )
 
@@ -79,6 +82,8 @@ class MmBase:
     pgd_field: int
     rss_field: int
     tlb0: int
+    tlb_epoch_off: int
+    promise0: int
     mms: np.ndarray
     vma_cache: KmemCache
     index_cache: KmemCache

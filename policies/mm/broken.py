@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from policies.mm.mm import MmModel
 from policies.mm.pgtable import FLAG_BITS
+from policies.mm.zap import MmuGather
 
 
 class IgnoresSpecialPtes(MmModel):
@@ -92,8 +93,8 @@ class SkipsLastPte(MmModel):
     The last page of the range stays mapped in a table no VMA covers any
     more.  Must trip mm.pte-in-no-vma (the sweep)."""
 
-    def zap_pte_range(self, cpu, mm: int, table: int, start: int, end: int, gather: list[int]) -> int:
-        return super().zap_pte_range(cpu, mm, table, start, end - 1, gather)
+    def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
+        return super().zap_pte_range(cpu, tlb, table, start, end - 1)
 
 
 class DropsGatherBatch(MmModel):

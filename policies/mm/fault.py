@@ -279,8 +279,10 @@ class Fault(Rmap):
             ptl.unlock(cpu)
             self._drop_new(cpu, page)
             return VM_FAULT_OK
+        self.tlb_retired(vmf.mm, vmf.vpn, self.tlb_retire())
         self.page_mem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
+        self.tlb_promise(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
         if not special and (now := self.pool.read(cpu, old, 1, "wp_page_copy: after the flush")) != writes:
             cpu.report(
                 LOST_WRITE,

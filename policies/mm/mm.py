@@ -24,16 +24,16 @@ from policies.mm.fault import Fault
 from policies.mm.fork import Fork
 from policies.mm.geometry import Geometry
 from policies.mm.gup import Gup
+from policies.mm.madvise import Madvise
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
-from policies.mm.tlb import TLB_ENTRY, TLB_SIZE
+from policies.mm.tlb import TLB_ENTRY, TLB_PROMISE, TLB_SIZE
 from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX
-from policies.mm.zap import Zap
 from shm import GFP_KERNEL, Refcount, Region
 from shm.layout import field_offsets
 from shm.slab import KmemCache
 
 
-class MmModel(Fault, Zap, Fork, Gup, Access):
+class MmModel(Fault, Madvise, Fork, Gup, Access):
     """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables.
 
     A mechanism may run a variant of the model (a subclass overriding one of
@@ -51,6 +51,7 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         "shared_tables_kept",
         "tables_freed",
         "tables_rcu_freed",
+        "tlb_flush_nested",
         "gup_fast_unhooked",
         "gup_fast_pmd_changed",
         "spf_no_table",
@@ -59,11 +60,14 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
     )
 
     @staticmethod
-    def regions(ncpus: int, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48) -> list[Region]:
+    def regions(
+        ncpus: int, geometry: Geometry, max_mms: int = 3, vma_slots: int = 96, index_slots: int = 48
+    ) -> list[Region]:
         return [
             Region("mm", MM_STRUCT, max_mms),
             Region("mm_global", MM_GLOBAL),
             Region("tlb", TLB_ENTRY, (ncpus + 2) * TLB_SIZE),
+            Region("tlb_promise", TLB_PROMISE, max_mms * geometry.pages),
             *KmemCache.regions("vma", VMA, vma_slots),
             *KmemCache.regions("vma_index", VMA_INDEX, index_slots),
         ]
@@ -104,6 +108,8 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         self.page0 = self.pool.page0
         self._global = {f: lay.offset("mm_global", 0, f) for f in field_offsets(MM_GLOBAL)}
         self.tlb0 = lay.offset("tlb")
+        self.tlb_epoch_off = self._global["tlb_epoch"]
+        self.promise0 = lay.offset("tlb_promise")
         self.mms = w.seg.view("mm")
         self._mmap_locks = [None] * self.max_mms
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
@@ -147,7 +153,7 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
             return -1
         s = self.mm_mem
         s.fetch_add32(self.mm_off(mm, "gen"), 1)
-        for f in ("forking", "mm_lock_seq", "flags"):
+        for f in ("forking", "mm_lock_seq", "flags", "tlb_flush_pending"):
             s.store32(self.mm_off(mm, f), 0)
         for f in ("index", "rss", "pgtable_bytes", "pgtable_list"):
             s.store64(self.mm_off(mm, f), 0)
@@ -181,13 +187,13 @@ class MmModel(Fault, Zap, Fork, Gup, Access):
         lock.down_write(cpu)
         entries = self.index_entries(mm)
         self.index_clear(cpu, mm)
-        gather: list[int] = []
+        tlb = self.tlb_gather_mmu(cpu, mm, fullmm=True)
         for s, e, v in entries:
             if v != RESERVED:
                 self.vma_set_flags(v, VM_DETACHED)
-            self.zap_page_range(cpu, mm, s, e, gather, vmas=() if v == RESERVED else (v,))
+            self.zap_page_range(cpu, tlb, s, e, vmas=() if v == RESERVED else (v,))
         self.free_pgtables(cpu, mm, 0, self.geometry.pages, 0, self.geometry.pages)
-        self.tlb_finish_mmu(cpu, mm, 0, self.geometry.pages, gather)
+        self.tlb_finish_mmu(cpu, tlb)
         for _, _, v in entries:
             if v != RESERVED:
                 self.remove_vma(cpu, v)

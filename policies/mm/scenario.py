@@ -31,7 +31,7 @@ class MmScenario(Scenario):
         )
 
     def regions(self, ncpus: int) -> list[Region]:
-        return MmModel.regions(ncpus, self.max_mms)
+        return MmModel.regions(ncpus, self.geometry, self.max_mms)
 
     def attach(self, w: World) -> None:
         w.mm = w.policy.build_model(w, self.geometry)

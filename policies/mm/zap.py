@@ -1,7 +1,7 @@
 """mm/memory.c unmap_page_range and free_pgtables, mm/mmu_gather.c: zap, flush, free.
 
-Pages a zap clears are gathered and freed after the TLB flush
-(tlb_finish_mmu); page tables are unhooked under page_table_lock and freed
+Pages a zap clears are gathered and freed after the one TLB flush of the
+whole zap (tlb_finish_mmu); page tables are unhooked under page_table_lock and freed
 only when no CPU can still be walking them: after the flush IPI, which a CPU
 walking with interrupts off does not take (tlb_remove_table_sync_one), or
 after an RCU grace period, which such a CPU holds off (tlb_remove_table,
@@ -11,11 +11,29 @@ it still maps something.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from policies.mm.checks import FREE_MAPPED_TABLE
 from policies.mm.pgtable import FLAG_BITS, PMD_SITE, PTE_PRESENT, PTE_SITE, describe_entry
 from policies.mm.rmap import ANON_SITE, Rmap
 from shm import rcu_callback
 from shm.pool import PFN_MASK
+
+
+@dataclass
+class MmuGather:
+    """struct mmu_gather: one zap's cleared range and gathered pages, flushed and freed together."""
+
+    mm: int
+    fullmm: bool = False
+    start: int = 1 << 62
+    end: int = 0
+    pages: list[int] = field(default_factory=list)
+
+    def cleared(self, vpn: int) -> None:
+        """tlb_remove_tlb_entry(): the flush must cover vpn."""
+        self.start = min(self.start, vpn)
+        self.end = max(self.end, vpn + 1)
 
 
 def _tlb_remove_table_smp_sync(target: int, arg: object) -> None:
@@ -38,32 +56,31 @@ class Zap(Rmap):
         else:
             self._remove_tables(cpu, mm, floor, ceiling, tables)
 
-    def zap_page_range(
-        self,
-        cpu,
-        mm: int,
-        start: int,
-        end: int,
-        gather: list[int],
-        flush_each: bool = False,
-        vmas: tuple[int, ...] | list[int] = (),
-    ) -> None:
-        """unmap_page_range() over [start, end): zap_pte_range() table by table.
+    def tlb_gather_mmu(self, cpu, mm: int, fullmm: bool = False) -> MmuGather:
+        """tlb_gather_mmu(): start a zap of mm; inc_tlb_flush_pending() says a flush is owed."""
+        self.mm_mem.fetch_add32(self.mm_off(mm, "tlb_flush_pending"), 1)
+        tlb = MmuGather(mm, fullmm)
+        if fullmm:
+            tlb.start, tlb.end = 0, self.geometry.pages
+        return tlb
 
-        The pages are freed by tlb_finish_mmu() after the flush.  With
-        flush_each the TLB is flushed before each ptl is dropped (the
-        force_flush path), so no fault can install a new page behind a CPU
-        that still has the old translation (what MADV_DONTNEED needs here).
+    def zap_page_range(self, cpu, tlb: MmuGather, start: int, end: int, vmas: tuple[int, ...] | list[int] = ()) -> None:
+        """unmap_page_range() over [start, end): zap_pte_range() table by table, into `tlb`.
+
+        Nothing is flushed here: tlb_finish_mmu() flushes what was cleared and
+        then frees the pages, after every ptl was dropped; meanwhile a fault
+        may install a new page where another CPU still loads the old one
+        through its TLB, which the kernel allows until the call returns.
         `vmas` are the VMAs going away: each table the zap has passed is
         marked on them before its ptl is released (vma_mark_zapped)."""
         g = self.geometry
+        mm = tlb.mm
         vpn = start
         while vpn < end:
             stop = min(end, (vpn // g.pte + 1) * g.pte)
             table, ptl = self.pte_offset_map_lock(cpu, mm, vpn)
             if table:
-                if self.zap_pte_range(cpu, mm, table, vpn, stop, gather) and flush_each:
-                    self.flush_tlb_mm_range(cpu, mm, vpn, stop)
+                self.zap_pte_range(cpu, tlb, table, vpn, stop)
             for v in vmas:
                 self.vma_mark_zapped(v, start, stop)
             if table:
@@ -72,15 +89,18 @@ class Zap(Rmap):
             if vpn < end:
                 cpu.window("zap_pte_range:next-table")
 
-    def zap_pte_range(self, cpu, mm: int, table: int, start: int, end: int, gather: list[int]) -> int:
+    def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
         """zap_pte_range(): under the table's ptl, clear [start, end) and gather the pages; how many PTEs."""
-        zapped = rss = 0
+        zapped = rss = epoch = 0
         for v in range(start, end):
             off = self.table_off(table, v % self.geometry.pte)
             pte = self.page_mem.load64(off)
             if not pte & PTE_PRESENT:
                 continue
+            epoch = epoch or self.tlb_retire()
+            self.tlb_retired(tlb.mm, v, epoch)
             self.page_mem.store64(off, 0)
+            tlb.cleared(v)
             zapped += 1
             self.count("ptes_zapped")
             ref = self.vm_normal_page(pte)
@@ -89,15 +109,30 @@ class Zap(Rmap):
                 continue
             self.page_remove_rmap(cpu, ref)
             rss -= 1
-            gather.append(ref)
-        self.add_mm_rss_vec(mm, rss)
+            tlb.pages.append(ref)
+        self.add_mm_rss_vec(tlb.mm, rss)
         return zapped
 
-    def tlb_finish_mmu(self, cpu, mm: int, start: int, end: int, gather: list[int], flushed: bool = False) -> None:
-        """Flush, then free what was gathered: a page is freed only when no TLB maps it."""
-        if not flushed:
-            self.flush_tlb_mm_range(cpu, mm, start, end)
-        self.free_pages_and_swap_cache(cpu, gather)
+    def mm_tlb_flush_nested(self, mm: int) -> bool:
+        """mm_tlb_flush_nested(): another zap of this mm has cleared PTEs it has not flushed yet."""
+        return self.mm_mem.load32(self.mm_off(mm, "tlb_flush_pending")) > 1
+
+    def tlb_finish_mmu(self, cpu, tlb: MmuGather) -> None:
+        """tlb_finish_mmu(): flush what the zap cleared, then free the pages it gathered.
+
+        A zap that found nothing to clear flushes nothing, but if another zap
+        of the mm is in flight, the PTEs this one found empty may be ones that
+        zap cleared and has not flushed: then the whole mm is flushed, or the
+        call would return while another CPU still reaches the old pages
+        (99baac21e458, "mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem")."""
+        mm = tlb.mm
+        if self.mm_tlb_flush_nested(mm):
+            tlb.start, tlb.end = 0, self.geometry.pages
+            self.count("tlb_flush_nested")
+        if tlb.end > tlb.start:
+            self.flush_tlb_mm_range(cpu, mm, tlb.start, tlb.end)
+        self.free_pages_and_swap_cache(cpu, tlb.pages)
+        self.mm_mem.fetch_sub32(self.mm_off(mm, "tlb_flush_pending"), 1)
 
     def free_pages_and_swap_cache(self, cpu, pages: list[int]) -> None:
         """The mmu_gather's batch released (tlb_batch_pages_flush): one put_page each."""

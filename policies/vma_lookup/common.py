@@ -36,8 +36,8 @@ class VmaPolicy(MmPolicy):
     lookup: Callable[[World, int, int, bool], Vmf | None]
     release: Callable[[World, Vmf], None]
     fault: Callable[[World, int, int, bool], int]
-    mmap: Callable[[World, int, int, int, bool], None]
-    munmap: Callable[[World, int, int, int], None]
+    mmap: Callable[[World, int, int, int, bool], int | None]
+    munmap: Callable[[World, int, int, int], bool]
     new_vma: Callable[[World, int, int, int, int], int | None]
     before_unmap: Callable[[World, int, int], None] | None = None
     after_unpublish: Callable[[World, int], None] | None = None
@@ -107,11 +107,11 @@ def unmap_region(w: World, mm: int, start: int, end: int, removed, floor: int, c
     ptl): a fault that installs a PTE for them in a table the zap has
     passed leaves a PTE behind its VMA, which the model reports."""
     m, cpu = w.mm, w.cpu
-    gather: list[int] = []
-    m.zap_page_range(cpu, mm, start, end, gather, vmas=removed)
+    tlb = m.tlb_gather_mmu(cpu, mm)
+    m.zap_page_range(cpu, tlb, start, end, vmas=removed)
     if floor < ceiling:
         m.free_pgtables(cpu, mm, start, end, max(floor, 0), min(ceiling, m.geometry.pages))
-    m.tlb_finish_mmu(cpu, mm, start, end, gather)
+    m.tlb_finish_mmu(cpu, tlb)
 
 
 def clamp_range(w: World, vpn: int, length: int) -> tuple[int, int]:

@@ -148,8 +148,9 @@ def mmap_write_unlock_plain(w: World, mm: int) -> None:
     w.mm.mmap_lock(mm).up_write(w.cpu)
 
 
-def mmap_locked(w: World, mm: int, start: int, npages: int, fixed: bool) -> None:
-    """do_mmap() under mmap_lock for write; MAP_FIXED unmaps what was there first."""
+def mmap_locked(w: World, mm: int, start: int, npages: int, fixed: bool) -> int | None:
+    """do_mmap() under mmap_lock for write; MAP_FIXED unmaps what was there first.  The new
+    mapping's first page, or None if nothing was mapped."""
     m, cpu, policy = w.mm, w.cpu, w.policy
     mmap_write_lock(w, mm)
     try:
@@ -158,7 +159,7 @@ def mmap_locked(w: World, mm: int, start: int, npages: int, fixed: bool) -> None
         if fixed:
             r = _detach_under_write(w, mm, entries, start, end)
             if r is None:
-                return
+                return None
             entries = r[0]
             if r[1]:
                 _tear_down(w, mm, start, end, *r)
@@ -166,23 +167,24 @@ def mmap_locked(w: World, mm: int, start: int, npages: int, fixed: bool) -> None
             start = m.get_unmapped_area(entries, npages, start)
             if start < 0 or len(entries) >= MAX_VMAS:
                 w.count("enomem")
-                return
+                return None
             end = start + npages
         vma = policy.new_vma(w, mm, start, end, VM_READ | VM_WRITE)
         if vma is None:
             w.count("enomem")
-            return
+            return None
         m.index_publish(cpu, mm, entries + [(start, end, vma)])
         w.count("mmaps")
+        return start
     finally:
         policy.write_unlock(w, mm)
 
 
-def munmap_locked(w: World, mm: int, start: int, end: int) -> None:
+def munmap_locked(w: World, mm: int, start: int, end: int) -> bool:
     """do_munmap() as mm/vma.c does it: the VMAs detached under mmap_lock for write, then the
     lock downgraded for the zap, free_pgtables and the flush (vms_complete_munmap_vmas), so
     that faults elsewhere in the mm run beside the teardown.  A new VMA cannot appear beside
-    the gap meanwhile: mmap needs the lock for write."""
+    the gap meanwhile: mmap needs the lock for write.  False: -ENOMEM, nothing unmapped."""
     mmap_write_lock(w, mm)
     try:
         r = _detach_under_write(w, mm, w.mm.index_entries(mm), start, end)
@@ -191,12 +193,13 @@ def munmap_locked(w: World, mm: int, start: int, end: int) -> None:
         raise
     if r is None or not r[1]:
         w.policy.write_unlock(w, mm)
-        return
+        return r is not None
     w.policy.write_downgrade(w, mm)
     try:
         w.cpu.window("munmap:downgraded")
         _tear_down(w, mm, start, end, *r)
         w.count("munmaps")
+        return True
     finally:
         w.mm.mmap_lock(mm).up_read(w.cpu)
 

@@ -148,8 +148,8 @@ def _rcu_unmap_deferred(
             w.count("remote_gp")
         w.rcu.synchronize(cpu)
         w.count("munmap_gps")
-    gather: list[int] = []
-    m.zap_page_range(cpu, mm, start, end, gather, vmas=removed)
+    tlb = m.tlb_gather_mmu(cpu, mm)
+    m.zap_page_range(cpu, tlb, start, end, vmas=removed)
     lock = m.mmap_lock(mm)
     lock.down_read(cpu)
     floor, ceiling = entries_around([x for x in m.index_entries(mm) if not start <= x[0] < end], start, end)
@@ -159,7 +159,7 @@ def _rcu_unmap_deferred(
     for v in removed:
         m.vm_area_free(cpu, v)
     cpu.window("munmap:zapped-before-flush")
-    m.tlb_finish_mmu(cpu, mm, start, end, gather)
+    m.tlb_finish_mmu(cpu, tlb)
     if reserve:
         lock.down_write(cpu)
         m.index_publish(cpu, mm, [x for x in m.index_entries(mm) if not (x[2] == RESERVED and x[0] == start)])
@@ -203,9 +203,10 @@ def single_threaded_nr_threads(w: World, mm: int) -> bool:
     return w.mem.load32(w.mm.mm_off(mm, "nr_threads")) <= 1
 
 
-def _rcu_write_side(w: World, mm: int, start: int, end: int, *, fixed_new: bool, reserve: bool, baby: bool) -> None:
+def _rcu_write_side(w: World, mm: int, start: int, end: int, *, fixed_new: bool, reserve: bool, baby: bool) -> bool:
     """Steps 1-2 under mmap_lock for write (the new VMA, BABY while the old range is torn
-    down, or the RESERVED range; the old VMAs ZOMBIE), then the deferred steps without it."""
+    down, or the RESERVED range; the old VMAs ZOMBIE), then the deferred steps without it.
+    False if it ran out of memory, and changed nothing."""
     m, cpu = w.mm, w.cpu
     lock = m.mmap_lock(mm)
     lock.down_write(cpu)
@@ -219,7 +220,7 @@ def _rcu_write_side(w: World, mm: int, start: int, end: int, *, fixed_new: bool,
         if new:
             m.vm_area_free(cpu, new)
         w.count("enomem")
-        return
+        return False
     kept, removed = r
     if new:
         if baby and removed:
@@ -229,7 +230,7 @@ def _rcu_write_side(w: World, mm: int, start: int, end: int, *, fixed_new: bool,
         kept.append((start, end, RESERVED))
     if not removed and not new:
         lock.up_write(cpu)
-        return
+        return True
     for v in removed:
         m.vma_set_flags(v, VM_ZOMBIE | VM_DETACHED)
     if not m.index_publish(cpu, mm, kept):
@@ -241,7 +242,7 @@ def _rcu_write_side(w: World, mm: int, start: int, end: int, *, fixed_new: bool,
             if v > 0 and v not in old:
                 m.vm_area_free(cpu, v)
         w.count("enomem")
-        return
+        return False
     lock.up_write(cpu)
     w.count("mmaps" if fixed_new else "munmaps")
     if removed:
@@ -249,19 +250,20 @@ def _rcu_write_side(w: World, mm: int, start: int, end: int, *, fixed_new: bool,
     if new and baby and removed:
         m.vma_clear_flags(new, VM_BABY)
         wake_up_var(cpu, m.vma_cache.address(new, "vm_flags"))
+    return True
 
 
-def mmap_rcu_refcount(w: World, mm: int, start: int, npages: int, fixed: bool) -> None:
+def mmap_rcu_refcount(w: World, mm: int, start: int, npages: int, fixed: bool) -> int | None:
     if not fixed:
-        mmap_locked(w, mm, start, npages, False)
-        return
-    _rcu_write_side(
-        w, mm, start, min(start + npages, w.mm.geometry.pages), fixed_new=True, reserve=True, baby=w.policy.baby
-    )
+        return mmap_locked(w, mm, start, npages, False)
+    end = min(start + npages, w.mm.geometry.pages)
+    if _rcu_write_side(w, mm, start, end, fixed_new=True, reserve=True, baby=w.policy.baby):
+        return start
+    return None
 
 
-def munmap_rcu_refcount(w: World, mm: int, start: int, end: int) -> None:
-    _rcu_write_side(w, mm, start, end, fixed_new=False, reserve=w.policy.reserve, baby=w.policy.baby)
+def munmap_rcu_refcount(w: World, mm: int, start: int, end: int) -> bool:
+    return _rcu_write_side(w, mm, start, end, fixed_new=False, reserve=w.policy.reserve, baby=w.policy.baby)
 
 
 def vma_wait_refs(w: World, mm: int, vma: int) -> None:

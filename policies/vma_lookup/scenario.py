@@ -117,7 +117,11 @@ LITMUS = {
     "munmap_no_refcount_wait": [_WRITES, _UNMAP_REMAP],
     "fault_without_srcu": [_WRITES, _UNMAP_REMAP],
     "no_revalidate": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
-    "spf_walk_irqs_on": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
+    # MADV_DONTNEED empties the PTEs but keeps the table, so each read faults and walks it.
+    "spf_walk_irqs_on": [
+        _repeat([["madvise", 0, 4, 1], ["access", 0, 4, 0], ["access", 0, 5, 0]], 16),
+        _repeat([["munmap", 1, 0, 11], ["mmap", 1, 0, 11, 1]], 12),
+    ],
     "free_pgtables_no_ipi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
     "tables_freed_after_tlbi": [_repeat([["access", 0, 4, 1], ["gup", 0, 4, 1]], 6), _UNMAP_REMAP],
     "skip_gp_single_thread": [
@@ -207,7 +211,9 @@ def op_mmap(w: World, task: int, vpn: int, length: int, fixed: int) -> None:
     mm = TASK_MM[task]
     if enter(w, mm):
         try:
-            w.policy.mmap(w, mm, vpn, 1 + length, bool(fixed))
+            start = w.policy.mmap(w, mm, vpn, 1 + length, bool(fixed))
+            if start is not None:
+                w.mm.tlb_promise(w.cpu, mm, start, start + 1 + length)
         finally:
             leave(w, mm)
 
@@ -216,30 +222,21 @@ def op_munmap(w: World, task: int, vpn: int, length: int) -> None:
     mm = TASK_MM[task]
     if enter(w, mm):
         try:
-            w.policy.munmap(w, mm, *clamp_range(w, vpn, length))
+            start, end = clamp_range(w, vpn, length)
+            if w.policy.munmap(w, mm, start, end):
+                w.mm.tlb_promise(w.cpu, mm, start, end)
         finally:
             leave(w, mm)
 
 
 def op_madvise(w: World, task: int, vpn: int, length: int) -> None:
-    """madvise(MADV_DONTNEED) under mmap_lock read: zap, flushing before each ptl is dropped."""
     mm = TASK_MM[task]
-    if not enter(w, mm):
-        return
-    m, cpu = w.mm, w.cpu
-    start, end = clamp_range(w, vpn, length)
-    lock = m.mmap_lock(mm)
-    lock.down_read(cpu)
-    try:
-        gather: list[int] = []
-        for s, e, v in m.index_entries(mm):
-            if v != RESERVED and s < end and e > start:
-                m.zap_page_range(cpu, mm, max(s, start), min(e, end), gather, flush_each=True)
-        m.tlb_finish_mmu(cpu, mm, start, end, gather, flushed=True)
-        w.count("madvises")
-    finally:
-        lock.up_read(cpu)
-        leave(w, mm)
+    if enter(w, mm):
+        try:
+            w.mm.madvise_dontneed(w.cpu, mm, *clamp_range(w, vpn, length))
+            w.count("madvises")
+        finally:
+            leave(w, mm)
 
 
 def gup_slow(w: World, mm: int, vpn: int, write: bool) -> None:

@@ -3,6 +3,10 @@ the corruption it exists for (every checker proven by a mutant it catches)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
 import pytest
 
 from policies import World, get_scenario
@@ -15,23 +19,35 @@ from shm.pool import PFN_MASK
 from shm.sched import OsScheduler
 
 
-@pytest.fixture(params=["mmap_lock"])
-def world(request):
+@contextmanager
+def world_of(policy: str, **changes) -> Iterator[World]:
+    """A booted vma_lookup world of `policy` (with `changes` to its fields) on cpu 0 of 2."""
     sc = get_scenario("vma_lookup")
-    pol = sc.policy(request.param)
+    pol = replace(sc.policy(policy), **changes)
     run = new_run_id()
     m = Machine.create(run, ncpus=2, pool_pages=sc.needs.pool_pages, page_size=sc.needs.page_size, keep_going=True)
     seg = Segment.create(sc.layout(2), run, 1)
     m.add_segment(seg)
-    cpu = Cpu(m, 0)
-    w = World(m, cpu, sc, pol, seg, 2)
-    sc.attach(w)
-    sc.setup(w)
-    yield w
-    m.rcu.stop_kthread()
-    seg.unlink()
-    m.unlink()
-    m.close()
+    try:
+        w = World(m, Cpu(m, 0), sc, pol, seg, 2)
+        sc.attach(w)
+        sc.setup(w)
+        yield w
+    finally:
+        m.rcu.stop_kthread()
+        seg.unlink()
+        m.unlink()
+        m.close()
+
+
+@pytest.fixture(params=["mmap_lock"])
+def world(request):
+    with world_of(request.param) as w:
+        yield w
+
+
+def counter(w: World, name: str) -> int:
+    return w.counts[w.counter_index[name]]
 
 
 def checks(w: World) -> list[str]:
@@ -116,16 +132,75 @@ def test_a_load_through_a_tlb_entry_whose_page_was_freed_is_stale_tlb(world):
     assert checks(w) == ["tlb.stale"]
 
 
-def test_a_tlb_entry_to_one_page_while_the_pte_maps_another_is_stale_tlb(world):
+def test_a_tlb_entry_to_another_page_is_allowed_until_the_call_that_retires_it_returns(world):
+    """A batched flush: between the zap and tlb_finish_mmu, a CPU may still load the old page
+    while the PTE maps a new one.  Once the call promised the range (tlb_promise), it may not."""
     w = world
     touch(w, 3)
     other = w.pool.alloc_page(w.cpu, GFP_KERNEL)
+    w.pool.mem.store64(w.pool.data_off(other & PFN_MASK, 0), 3)
     table = w.mm.walk_pte_table(w.cpu, 0, 3, "test")
+    w.mm.tlb_retired(0, 3, w.mm.tlb_retire())
     old = w.pool.mem.xchg64(w.mm.table_off(table, 3), mk_pte(other, PTE_PRESENT))
+    assert w.mm.access(w.cpu, 0, 3, False)
+    assert checks(w) == []
+    w.mm.tlb_promise(w.cpu, 0, 3, 4)
     w.mm.access(w.cpu, 0, 3, False)
     assert checks(w) == ["tlb.stale"]
-    assert "two CPUs see different memory" in w.machine.findings()[0]["message"]
+    assert "by a call that has returned" in w.machine.findings()[0]["message"]
     w.pool.mem.store64(w.mm.table_off(table, 3), old)
+
+
+def test_a_tlb_entry_made_after_the_retirement_is_not_stale_when_the_promise_comes(world):
+    """MAP_FIXED: the old range is zapped, the new VMA published, a fault maps it and a CPU
+    loads it, all before the mmap returns and promises the range."""
+    w = world
+    touch(w, 3)
+    w.mm.madvise_dontneed(w.cpu, 0, 3, 4)
+    touch(w, 3)
+    w.mm.tlb_promise(w.cpu, 0, 3, 4)
+    assert w.mm.access(w.cpu, 0, 3, False)
+    assert checks(w) == []
+
+
+def test_madvise_dontneed_flushes_once_and_frees_after_the_flush(world, monkeypatch):
+    w = world
+    for v in (3, 4, 5):
+        touch(w, v)
+    free = w.pool.nr_free()
+    flushes = []
+    flush = w.mm.flush_tlb_mm_range
+
+    def counting(cpu, mm, start, end):
+        flushes.append((start, end, w.pool.nr_free()))
+        flush(cpu, mm, start, end)
+
+    monkeypatch.setattr(w.mm, "flush_tlb_mm_range", counting)
+    w.mm.madvise_dontneed(w.cpu, 0, 0, 16)
+    assert flushes == [(3, 6, free)]
+    assert w.pool.nr_free() == free + 3
+    assert not w.mm.access(w.cpu, 0, 4, False)
+    assert w.mem.load32(w.mm.mm_off(0, "tlb_flush_pending")) == 0
+    assert checks(w) == []
+
+
+def _nested_madvise(w: World) -> None:
+    """cpu 1 zaps vpn 3 and stops before its flush; cpu 0, which still has the translation,
+    runs MADV_DONTNEED of the same page, finds it cleared, returns, and loads it again."""
+    touch(w, 3)
+    other = Cpu(w.machine, 1)
+    tlb = w.mm.tlb_gather_mmu(other, 0)
+    w.mm.zap_page_range(other, tlb, 3, 4)
+    w.mm.madvise_dontneed(w.cpu, 0, 3, 4)
+    w.mm.access(w.cpu, 0, 3, False)
+    w.mm.tlb_finish_mmu(other, tlb)
+
+
+def test_a_zap_that_finds_another_zaps_unflushed_ptes_flushes_the_whole_mm(world):
+    w = world
+    _nested_madvise(w)
+    assert checks(w) == []
+    assert counter(w, "tlb_flush_nested") == 1
 
 
 def test_the_mmu_walking_a_freed_table_is_use_after_free(world):
@@ -196,7 +271,7 @@ def test_a_write_to_a_page_another_mm_shares_is_an_invariant(world):
     touch(w, 3)
     pte = pte_at(w, 3)
     dup_mmap(w, 0)
-    w.mm.tlb_fill(w.cpu, w.mm.mm_id(0), 3, pte | PTE_WRITE)
+    w.mm.tlb_fill(w.cpu, w.mm.mm_id(0), 3, pte | PTE_WRITE, w.mm.tlb_epoch())
     assert w.mm.access(w.cpu, 0, 3, True)
     assert checks(w) == ["mm.cow-write-shared"]
     assert "COW page changed under another mm" in w.machine.findings()[0]["message"]
@@ -320,12 +395,12 @@ def test_munmap_tears_down_under_mmap_lock_downgraded_to_read(world, monkeypatch
     seen = []
     zap = w.mm.zap_page_range
 
-    def zap_and_look(cpu, mm, start, end, gather, **k):
+    def zap_and_look(cpu, tlb, start, end, **k):
         got = lock.down_read_trylock(other)
         seen.append((got, lock.is_write_locked()))
         if got:
             lock.up_read(other)
-        return zap(cpu, mm, start, end, gather, **k)
+        return zap(cpu, tlb, start, end, **k)
 
     monkeypatch.setattr(w.mm, "zap_page_range", zap_and_look)
     w.policy.munmap(w, 0, 0, 4)
