@@ -107,6 +107,19 @@ class DropsGatherBatch(MmModel):
         pass
 
 
+class FlushNotNested(MmModel):
+    """DELIBERATELY BROKEN: tlb_finish_mmu() flushes only what its own zap cleared.
+
+    Two zaps of one range under mmap_lock for read (MADV_DONTNEED): the
+    second finds the PTEs the first cleared and has not flushed yet, flushes
+    nothing and returns, while a CPU still loads the old page through its
+    TLB (99baac21e458, "mm: fix MADV_[FREE|DONTNEED] TLB flush miss
+    problem").  Must trip tlb.stale."""
+
+    def mm_tlb_flush_nested(self, mm: int) -> bool:
+        return False
+
+
 class SpfWalksWithIrqsOn(MmModel):
     """DELIBERATELY BROKEN: the speculative fault walks the page tables with interrupts on.
 

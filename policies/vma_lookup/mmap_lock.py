@@ -31,6 +31,7 @@ from policies.mm.checks import (
     PIN_FOREIGN_WRITE,
     PTE_IN_NO_VMA,
     RMAP_UNDERFLOW,
+    STALE_TLB,
     WALK_FREED_TABLE,
 )
 from policies.mm.mm import BroadcastTlbiModel
@@ -355,6 +356,15 @@ MUTANTS = (
         "zap stops one entry early",
         "ptes_zapped",
         model=broken.SkipsLastPte,
+    ),
+    mutant(
+        mmap_lock,
+        "tlb_flush_not_nested",
+        STALE_TLB,
+        "99baac21e458 'mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem' (mm_tlb_flush_nested)",
+        "a zap that finds another zap's unflushed PTEs returns without flushing them",
+        "tlb_flush_nested",
+        model=broken.FlushNotNested,
     ),
     mutant(
         mmap_lock,

@@ -132,6 +132,11 @@ LITMUS = {
         _repeat([["access", 0, 4, 1], ["mmap", 0, 0, 11, 1], ["gup", 0, 4, 0], ["access", 0, 4, 0]], 3),
         _UNMAP_REMAP,
     ],
+    # Two MADV_DONTNEEDs of one page: the second finds it cleared while the first has not flushed.
+    "tlb_flush_not_nested": [
+        _repeat([["access", 0, 4, 0], ["madvise", 0, 3, 2], ["access", 0, 4, 0]], 12),
+        _repeat([["access", 1, 5, 0], ["madvise", 1, 4, 2]], 12),
+    ],
     # cpu 0 keeps a writable TLB entry for vpn 5; cpu 2 evicts its own (vpn 37 shares the slot)
     # and write-faults vpn 5 while cpu 1 forks.
     "fork_without_vma_start_write": [

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from policies import World, get_scenario
-from policies.mm import VM_FAULT_OK, VM_FAULT_SIGSEGV, Vmf, sweep
+from policies.mm import VM_FAULT_OK, VM_FAULT_SIGSEGV, Vmf, broken, sweep
 from policies.mm.pgtable import PTE_PRESENT, PTE_WRITE, mk_pte
 from policies.vma_lookup.scenario import dup_mmap
 from shm import GFP_KERNEL, Cpu, Machine, Segment, new_run_id
@@ -201,6 +201,12 @@ def test_a_zap_that_finds_another_zaps_unflushed_ptes_flushes_the_whole_mm(world
     _nested_madvise(w)
     assert checks(w) == []
     assert counter(w, "tlb_flush_nested") == 1
+
+
+def test_tlb_finish_mmu_without_the_nested_check_leaves_a_stale_tlb_entry():
+    with world_of("mmap_lock", model=broken.FlushNotNested) as w:
+        _nested_madvise(w)
+        assert checks(w) == ["tlb.stale"]
 
 
 def test_the_mmu_walking_a_freed_table_is_use_after_free(world):
