@@ -9,6 +9,7 @@ broadcast TLBI; VMAs never freed; and the model's own functions broken one at a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from policies.mm import (
@@ -85,15 +86,17 @@ def must_fall_back(w: World, mm: int, vmf: Vmf) -> bool:
     )
 
 
-def fault_or_fall_back(w: World, mm: int, vpn: int, write: bool, vmf: Vmf | None) -> int:
+def fault_or_fall_back(
+    w: World, mm: int, vpn: int, write: bool, vmf: Vmf | None, fallback: Callable[..., int] = fault_mmap_lock
+) -> int:
     """Handle the fault on the VMA the policy pinned, or release it and fault under mmap_lock
-    (must_fall_back)."""
+    (must_fall_back) as `fallback` does."""
     if vmf is None:
         return VM_FAULT_SIGSEGV
     if must_fall_back(w, mm, vmf):
         w.policy.release(w, vmf)
         w.count("fallbacks")
-        return fault_mmap_lock(w, mm, vpn, write)
+        return fallback(w, mm, vpn, write)
     return handle_with(w, vmf)
 
 

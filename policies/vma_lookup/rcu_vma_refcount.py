@@ -15,6 +15,7 @@ from policies.mm import (
     VM_BABY,
     VM_DETACHED,
     VM_FAULT_RETRY,
+    VM_FAULT_SIGSEGV,
     VM_READ,
     VM_WRITE,
     VM_ZOMBIE,
@@ -96,18 +97,42 @@ def rcu_refcount_lookup(w: World, mm: int, vpn: int, write: bool, map_pages: boo
             w.count("retries")
             continue
         if flags & VM_BABY:
-            w.count("baby_waits")
-            off = m.vma_off(vma, "vm_flags")
-
-            def born(off: int = off) -> bool:
-                return not w.mem.load32(off) & VM_BABY
-
-            wait_var_event(cpu, m.vma_cache.address(vma, "vm_flags"), born)
+            wait_born(w, vma)
             vma_put(w, vma)
             w.count("retries")
             continue
         return Vmf(mm, vma, vpn, write, "refcount")
     return None
+
+
+def wait_born(w: World, vma: int) -> None:
+    """Sleep until the MAP_FIXED that made the VMA has torn the old range down (BABY cleared)."""
+    w.count("baby_waits")
+    off = w.mm.vma_off(vma, "vm_flags")
+
+    def born() -> bool:
+        return not w.mem.load32(off) & VM_BABY
+
+    wait_var_event(w.cpu, w.mm.vma_cache.address(vma, "vm_flags"), born)
+
+
+def fault_mmap_lock_born(w: World, mm: int, vpn: int, write: bool) -> int:
+    """The fallback under mmap_lock for read.  Here the lock does not hold a MAP_FIXED's
+    teardown off (it runs without it), so a BABY VMA is waited for, as the lookup does."""
+    m, cpu = w.mm, w.cpu
+    lock = m.mmap_lock(mm)
+    for _ in range(FAULT_TRIES):
+        lock.down_read(cpu)
+        vma = m.find_vma(cpu, mm, vpn)
+        if vma and m.vma_field(cpu, vma, "vm_flags", "fallback") & VM_BABY:
+            lock.up_read(cpu)
+            wait_born(w, vma)
+            continue
+        try:
+            return m.handle_mm_fault(cpu, Vmf(mm, vma, vpn, write, "mmap_lock")) if vma else VM_FAULT_SIGSEGV
+        finally:
+            lock.up_read(cpu)
+    return VM_FAULT_RETRY
 
 
 def _giant(w: World, vma: int) -> bool:
@@ -124,7 +149,7 @@ def release_rcu_refcount(w: World, vmf: Vmf) -> None:
 
 def fault_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> int:
     vmf = rcu_refcount_lookup(w, mm, vpn, write, map_pages=True)
-    return vmf if isinstance(vmf, int) else fault_or_fall_back(w, mm, vpn, write, vmf)
+    return vmf if isinstance(vmf, int) else fault_or_fall_back(w, mm, vpn, write, vmf, fault_mmap_lock_born)
 
 
 def _rcu_unmap_deferred(
