@@ -3,81 +3,17 @@ the corruption it exists for (every checker proven by a mutant it catches)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
-
 import pytest
 
-from policies import World, get_scenario
-from policies.mm import VM_FAULT_OK, VM_FAULT_SIGSEGV, Vmf, broken, sweep
+from policies import World
+from policies.mm import VM_FAULT_SIGSEGV, Vmf, broken, sweep
 from policies.mm.pgtable import PTE_PRESENT, PTE_WRITE, mk_pte
 from policies.vma_lookup.scenario import dup_mmap
-from shm import GFP_KERNEL, Cpu, Machine, Segment, new_run_id
+from shm import GFP_KERNEL, Cpu, Machine, new_run_id
 from shm.cpu import IPI_DELIVERING, IRQS_OFF, IRQS_ON
 from shm.pool import PFN_MASK
 from shm.sched import OsScheduler
-
-
-@contextmanager
-def world_of(policy: str, **changes) -> Iterator[World]:
-    """A booted vma_lookup world of `policy` (with `changes` to its fields) on cpu 0 of 2."""
-    sc = get_scenario("vma_lookup")
-    pol = replace(sc.policy(policy), **changes)
-    run = new_run_id()
-    m = Machine.create(run, ncpus=2, pool_pages=sc.needs.pool_pages, page_size=sc.needs.page_size, keep_going=True)
-    seg = Segment.create(sc.layout(2), run, 1)
-    m.add_segment(seg)
-    try:
-        w = World(m, Cpu(m, 0), sc, pol, seg, 2)
-        sc.attach(w)
-        sc.setup(w)
-        yield w
-    finally:
-        m.rcu.stop_kthread()
-        seg.unlink()
-        m.unlink()
-        m.close()
-
-
-@pytest.fixture(params=["mmap_lock"])
-def world(request):
-    with world_of(request.param) as w:
-        yield w
-
-
-def counter(w: World, name: str) -> int:
-    return w.counts[w.counter_index[name]]
-
-
-def checks(w: World) -> list[str]:
-    return [f["check"] for f in w.machine.findings()]
-
-
-def drain_rcu(w: World) -> None:
-    """Run the queued call_rcu callbacks here (no kthread in this process)."""
-    rcu, mem = w.rcu, w.machine.mem
-    for i in range(w.machine.nslots):
-        for k in range(mem.load64(rcu.tail_off[i]), mem.load64(rcu.head_off[i])):
-            e = rcu.entries_off[i] + (k % 1024) * 16
-            from shm.rcu import invoke_callback
-
-            invoke_callback(w.cpu, mem.load32(e), mem.load64(e + 8))
-        mem.store64(rcu.tail_off[i], mem.load64(rcu.head_off[i]))
-
-
-def touch(w: World, vpn: int, write: bool = True) -> None:
-    m = w.mm
-    for _ in range(3):
-        if m.access(w.cpu, 0, vpn, write):
-            return
-        assert w.policy.fault(w, 0, vpn, write) == VM_FAULT_OK
-    raise AssertionError("access did not succeed after faults")
-
-
-def pte_at(w: World, vpn: int) -> int:
-    table = w.mm.walk_pte_table(w.cpu, 0, vpn, "test")
-    return w.mm.read_entry(w.cpu, table, vpn % w.mm.geometry.pte, "test") if table else 0
+from tests.policies.mmworld import AtWindow, checks, counter, drain_rcu, pte_at, touch, world_of
 
 
 def test_faults_map_pages_and_the_sweep_is_clean(world):
@@ -412,20 +348,6 @@ def test_munmap_tears_down_under_mmap_lock_downgraded_to_read(world, monkeypatch
     w.policy.munmap(w, 0, 0, 4)
     assert seen == [(True, False)]
     assert not lock.is_write_locked() and lock.readers() == [] and checks(w) == []
-
-
-class AtWindow(OsScheduler):
-    """Runs `then` once, when the CPU reaches the window `name` (another CPU acting there)."""
-
-    def __init__(self, name: str, then):
-        self.name, self.then = name, then
-
-    def window(self, cpu, name):
-        if name == self.name and self.then:
-            then, self.then = self.then, None
-            then()
-            return True
-        return False
 
 
 def _pte_of(w: World, vpn: int) -> tuple[int, int]:
