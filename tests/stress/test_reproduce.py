@@ -68,10 +68,10 @@ def test_reproduce_refuses_a_controlled_report(tmp_path, capsys):
 
 
 def test_a_finding_that_needs_the_state_the_run_built_is_reproduced_from_a_longer_window():
-    """An RSS counter that lost a zap's batch is wrong only against the pages the whole run
-    mapped: no suffix of 32 operations trips it, so the search widens the window up to
-    everything each CPU ran before it gives up."""
-    report = _as_free_running(_failing("vma_lookup", "rss_batch_lost"))
+    """A pgtable_bytes that kept the tables freed is wrong only against the tables the whole
+    run allocated and freed: no suffix of 32 operations trips it, so the search widens the
+    window up to everything each CPU ran before it gives up."""
+    report = _as_free_running(_failing("vma_lookup", "pgtable_bytes_kept"))
     found = reproduce(report, max_runs=600, max_seconds=math.inf)
     assert found is not None and found.check == report["findings"][0]["check"] and found.window > 32
     assert mismatch(found.result.report, replay(found.result.report)) is None
