@@ -7,15 +7,6 @@ hooks the model calls: vma_free, remove_tables, the model class); its
 policies are written against the `MmModel` it builds, which it does not copy.
 """
 
-from policies.mm.fault import (
-    FAULT_FLAG_SPECULATIVE,
-    FAULT_RESULTS,
-    VM_FAULT_OK,
-    VM_FAULT_OOM,
-    VM_FAULT_RETRY,
-    VM_FAULT_SIGSEGV,
-    Vmf,
-)
 from policies.mm.geometry import Geometry
 from policies.mm.mm import MM_EXITED, MM_LIVE, MmModel
 from policies.mm.policy import MmPolicy
@@ -30,6 +21,15 @@ from policies.mm.vma import (
     VM_WRITE,
     VM_ZAPPED,
     VM_ZOMBIE,
+)
+from policies.mm.vmf import (
+    FAULT_FLAG_SPECULATIVE,
+    FAULT_RESULTS,
+    VM_FAULT_OK,
+    VM_FAULT_OOM,
+    VM_FAULT_RETRY,
+    VM_FAULT_SIGSEGV,
+    Vmf,
 )
 
 __all__ = [

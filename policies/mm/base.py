@@ -3,8 +3,9 @@
 The model is one class built in layers, each a file named after the kernel's:
 this base (mm_struct and the handles of its locks), page tables
 (pgtable.py), VMAs and their index (vma.py), TLBs (tlb.py), struct page and
-rmap (rmap.py); on those, side by side, the fault handler (fault.py), zap
-and free_pgtables (zap.py) with madvise on it (madvise.py), fork's copy
+rmap (rmap.py), swap slots and the page lock (swap.py); on those, side by
+side, the fault handler (fault.py) with page migration on it (migrate.py),
+zap and free_pgtables (zap.py) with madvise on it (madvise.py), fork's copy
 (fork.py), GUP (gup.py) and the
 CPU's own accesses (access.py); and the mm lifecycle that puts them
 together (mm.py: `MmModel`).  Each layer may call the ones below it.
@@ -46,6 +47,7 @@ MM_STRUCT = np.dtype(
         ("pgd", "<i8"),
         ("index", "<i8"),
         ("rss", "<i8"),
+        ("swapents", "<i8"),
         ("pgtable_bytes", "<i8"),
         ("pgtable_list", "<i8"),
     ],
@@ -58,6 +60,8 @@ MM_GLOBAL = np.dtype(
         ("pad", "<i4"),
         ("zero_ref", "<i8"),
         ("tlb_epoch", "<i8"),
+        ("swap_hint", "<i4"),
+        ("pad2", "<i4"),
     ]
 )
 

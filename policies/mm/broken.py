@@ -170,3 +170,54 @@ __all__ = [
     "SpfWalksWithIrqsOn",
     "UnpinsTwice",
 ]
+
+
+class SwapinSkipsPteSame(MmModel):
+    """DELIBERATELY BROKEN: do_swap_page() installs its page without checking that the PTE is
+    still the swap entry it faulted on.
+
+    Two threads fault one swapped-out page: the first swaps it in and frees
+    the slot; the second reads the freed slot and maps a second page over the
+    first (mm/memory.c do_swap_page: "if (unlikely(!pte_same(ptep_get(vmf->pte),
+    vmf->orig_pte))) goto out_nomap").  Must trip mm.swap-freed."""
+
+    def swapin_pte_same(self, off: int, orig: int) -> bool:
+        return True
+
+
+class ZapKeepsSwapSlot(MmModel):
+    """DELIBERATELY BROKEN: zap_nonpresent_ptes() clears a swap entry without
+    free_swap_and_cache().
+
+    The slot stays taken with no entry naming it: swap space leaks until
+    the device is full.  Must trip mm.swap-count."""
+
+    def free_swap_and_cache(self, cpu, slot: int) -> None:
+        pass
+
+
+class MigratesWithoutFlush(MmModel):
+    """DELIBERATELY BROKEN: migrate_vma_collect_pmd() does not flush after installing its
+    migration entries.
+
+    A CPU keeps its translation of the old page while it is copied and
+    freed (mm/migrate_device.c: "Only flush the TLB if we actually modified
+    any entries": flush_tlb_range).  Must trip tlb.stale."""
+
+    def migrate_vma_flush(self, cpu, mm: int, start: int, end: int) -> None:
+        pass
+
+
+class LeavesFailedMigration(MmModel):
+    """DELIBERATELY BROKEN: migrate_vma_finalize() unlocks a page that could not move (someone
+    took a reference: -EAGAIN) and goes on to the next, leaving its migration entry.
+
+    It must remove_migration_ptes(src, src) first; left behind, every fault
+    on the entry finds the page unlocked and retries for ever, and the page
+    is held by nothing that will release it.  Must trip mm.stuck-migration."""
+
+    def migrate_vma_finalize_one(self, cpu, vmf, entry: int, old: int, new: int | None) -> bool:
+        if new is None:
+            self.folio_unlock(cpu, old)
+            return False
+        return super().migrate_vma_finalize_one(cpu, vmf, entry, old, new)

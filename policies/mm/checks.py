@@ -8,14 +8,16 @@ write that lands in a page after copy-on-write copied it, fork copying an
 anon page into a VMA without anon_vma, free_pgtables freeing a table that
 still maps a page, a write to a page another mm shares, a GUP pin that sees
 another mm's write, a load through a stale TLB entry or a PTE to a freed
-page, page_remove_rmap of a page that is not mapped.
+page, page_remove_rmap of a page that is not mapped, swap-in from a freed
+swap slot, a swap slot freed more often than it was named.
 
 Quiescent (`sweep`): every present PTE lies in a live VMA of its mm; each
-mm's RSS and pgtable_bytes equal what its tables map and hold (check_mm's
-"Bad rss-counter state"); each page's _mapcount and _refcount equal its
-mappings; every allocated page is a page table, a mapped page or the zero
-page (else nothing owns it: a leak); every VMA and index array in the caches
-belongs to a live mm.
+mm's RSS, swap entries and pgtable_bytes equal what its tables map and hold
+(check_mm's "Bad rss-counter state"); each page's _mapcount and _refcount
+equal its mappings; each swap slot's count equals the entries that name it;
+no migration entry is left; every allocated page is a page table, a mapped
+page or the zero page (else nothing owns it: a leak); every VMA and index
+array in the caches belongs to a live mm.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ COW_WRITE_SHARED = define_check(
 STALE_TLB = define_check(
     "tlb.stale",
     "stale-tlb",
-    "a CPU loads or stores through a TLB entry that the page tables no longer back (the page was freed, "
-    "or the PTE now maps another page)",
+    "a CPU loads or stores through a TLB entry to a page that was freed, or whose PTE was cleared by a call "
+    "that has since returned (munmap, mmap, MADV_DONTNEED, a COW fault, a migration)",
 )
 ACCESS_FREED_PAGE = define_check(
     "mm.pte-maps-freed-page",
@@ -86,4 +88,21 @@ BAD_PGTABLE_BYTES = define_check(
 )
 BAD_PAGE_REFS = define_check(
     "mm.page-refs", "refcount", "quiescent: a page's _mapcount or _refcount differs from its mappings"
+)
+SWAP_FREED = define_check(
+    "mm.swap-freed",
+    "use-after-free",
+    "swap-in reads a swap slot that was freed (do_swap_page without its pte_same recheck under the ptl)",
+)
+SWAP_COUNT = define_check(
+    "mm.swap-count",
+    "refcount",
+    "a swap slot's count differs from the swap entries that name it (swap_free below zero, or at a quiescent "
+    "point a slot no entry names)",
+)
+STUCK_MIGRATION = define_check(
+    "mm.stuck-migration",
+    "invariant",
+    "quiescent: a migration entry is left in a page table with no migration in flight (every fault on it "
+    "waits and retries for ever)",
 )

@@ -1,66 +1,23 @@
-"""mm/memory.c, the fault side: handle_mm_fault, do_anonymous_page, do_wp_page, ->map_pages.
+"""mm/memory.c, the fault side: handle_mm_fault, do_anonymous_page, do_swap_page, do_wp_page,
+->map_pages.
 
-Every function takes the VMA as the caller found and pinned it (a `Vmf`): how
-it was found (mmap_lock, RCU and a refcount, SRCU, a seqcount, a per-VMA
-lock) is the mechanism under test, and lives in the mechanism's module.  A
-mechanism that must revalidate before installing a PTE (the speculative
-fault) gives the Vmf a `validate` callback that runs under the ptl.
-
-The model's WARN_ONs on this side, checked just before set_pte_at: a fault
-installs a PTE for a VMA that munmap has already zapped, every table of it
-(the PTE would outlive its VMA: Vlastimil, 2019-12-10, "a parallel fault
-that started with the old VMA ... doesn't end up being the last to install
-the PTE for the VMA that's going away"); a fault installs a PTE outside its
-VMA, or for a VMA of another mm.  And in wp_page_copy, after its flush: a
-write that landed in the old page after it was copied (a lost write).
+How a fault reaches and locks its PTE, and what it checks before
+set_pte_at, is vmf.py.  The model's WARN_ON here, in wp_page_copy after its
+flush: a write that landed in the old page after it was copied (a lost
+write).
 """
 
 from __future__ import annotations
 
-from policies.mm.checks import LOST_WRITE, PTE_AFTER_ZAP, PTE_OUTSIDE_VMA
-from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, mk_pte
-from policies.mm.rmap import ANON_SITE, LAST_WRITER, Rmap, stamp
-from policies.mm.vma import VM_ZAPPED, VMA
+from policies.mm.migrate import Migrate
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, is_migration_entry, mk_pte, swp_offset
+from policies.mm.rmap import ANON_SITE, LAST_WRITER
+from policies.mm.vmf import FAULT_FLAG_SPECULATIVE, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_RETRY, Vmf
 from shm import GFP_KERNEL, GFP_NOWAIT
-from shm.layout import field_offsets
 from shm.pool import PAGE_STRIDE, PFN_MASK
-from shm.slab import SLOT_MASK
-
-_VMA_FIELDS = field_offsets(VMA)
-_VM_START = _VMA_FIELDS["vm_start"]
-_VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (
-    _VMA_FIELDS[f] - _VM_START for f in ("vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end")
-)
-
-VM_FAULT_OK = 0
-VM_FAULT_RETRY = 1
-VM_FAULT_SIGSEGV = 2
-VM_FAULT_OOM = 3
-FAULT_RESULTS = ("ok", "retry", "sigsegv", "oom")
 
 
-FAULT_FLAG_SPECULATIVE = 0x1
-
-
-class Vmf:
-    """struct vm_fault: the VMA as the mechanism pinned it, and what to check before installing.
-
-    FAULT_FLAG_SPECULATIVE (Dufour's SPF) is a fault that holds neither
-    mmap_lock nor anything that keeps page tables: it walks them with
-    interrupts off and takes the ptl by trylock (spf_walk, pte_map_lock)."""
-
-    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags")
-
-    def __init__(
-        self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None, flags: int = 0
-    ):
-        self.mm, self.vma, self.vpn, self.write = mm, vma, vpn, write
-        self.how, self.token, self.validate, self.flags = how, token, validate, flags
-        self.pmd: tuple[int, int] | None = None
-        self.orig_pmd = 0
-
-
-class Fault(Rmap):
+class Fault(Migrate):
     """The fault handler: anonymous pages, the zero page, copy-on-write, ->map_pages."""
 
     def wp_can_reuse_anon_folio(self, ref: int) -> bool:
@@ -69,47 +26,6 @@ class Fault(Rmap):
         simplification", CVE-2020-29374): a page GUP pinned and another mm unmapped has one
         mapping, but the pin still reads it."""
         return self.page_mem.load32(self._page_word(ref, "_refcount")) == 1
-
-    def _may_install(self, cpu, vmf: Vmf) -> bool:
-        """Under the ptl, just before set_pte_at: the mechanism's check, then the model's."""
-        if vmf.validate is not None and not vmf.validate(vmf):
-            return False
-        vma = vmf.vma
-        c = self.vma_cache
-        mem = self.mm_mem
-        base = c.base + (vma & SLOT_MASK) * c.stride + _VM_START
-        flags = mem.load32(base + _VM_FLAGS)
-        s, e = mem.load32(base), mem.load32(base + _VM_END)
-        vm_mm = mem.load32(base + _VM_MM)
-        if not c.check(cpu, vma, "set_pte_at: the fault's VMA"):
-            return False
-        if flags & VM_ZAPPED and mem.load32(base + _ZAP_START) <= vmf.vpn < mem.load32(base + _ZAP_END):
-            cpu.report(
-                PTE_AFTER_ZAP,
-                f"fault installs a PTE at {vmf.vpn} for VMA {self._vma_text(vma)} after "
-                "munmap zapped it: the PTE outlives its VMA (a parallel fault that started with the "
-                "old VMA ended up the last to install the PTE)",
-                mm=vmf.mm,
-                vpn=vmf.vpn,
-                **self.vma_describe(vma),
-            )
-            return False
-        if not s <= vmf.vpn < e or vm_mm != self.mm_id(vmf.mm):
-            cpu.report(
-                PTE_OUTSIDE_VMA,
-                f"fault installs a PTE at {vmf.vpn} of mm {vmf.mm} through VMA "
-                f"[{s}, {e}) of mm id {vm_mm}: the VMA it holds is not the one that covers the "
-                "address (was the slot reused?)",
-                mm=vmf.mm,
-                vpn=vmf.vpn,
-                **self.vma_describe(vma),
-            )
-            return False
-        return True
-
-    def _vma_text(self, vma: int) -> str:
-        d = self.vma_describe(vma)
-        return f"{d['vma']} ({d.get('vm_flags', '')})"
 
     def handle_mm_fault(self, cpu, vmf: Vmf) -> int:
         """handle_mm_fault() for a private anonymous VMA: anonymous, zero page, or COW."""
@@ -123,73 +39,15 @@ class Fault(Rmap):
                 return VM_FAULT_OOM
             vmf.pmd = (pmd, pi)
             pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "handle_pte_fault")
-        if not pte & PTE_PRESENT:
+        if not pte:
             return self.do_anonymous_page(cpu, vmf)
+        if not pte & PTE_PRESENT:
+            if vmf.flags & FAULT_FLAG_SPECULATIVE:
+                return VM_FAULT_RETRY  # the model's SPF leaves swap and migration to mmap_lock
+            return self.do_swap_page(cpu, vmf, pte)
         if vmf.write and not pte & PTE_WRITE:
             return self.do_wp_page(cpu, vmf)
         return VM_FAULT_OK
-
-    def spf_walk(self, cpu, vmf: Vmf) -> int:
-        """handle_speculative_fault's walk to the PTE (Dufour, "Speculative page faults"): with
-        interrupts off, so that free_pgtables' IPI waits for it; a missing table is not
-        allocated speculatively.  The PTE, or -1 to fall back to mmap_lock."""
-        cpu.local_irq_disable()
-        try:
-            return self._spf_walk(cpu, vmf)
-        finally:
-            cpu.local_irq_enable()
-
-    def _spf_walk(self, cpu, vmf: Vmf) -> int:
-        pmd, mi = self.walk_pmd(cpu, vmf.mm, vmf.vpn, "spf: walk")
-        if not pmd:
-            return -1
-        e = self.read_entry(cpu, pmd, mi, "spf: pmd")
-        if not e & PTE_PRESENT:
-            self.count("spf_no_table")
-            return -1
-        cpu.window("spf:between-pmd-and-pte")
-        pte = self.read_entry(cpu, e >> FLAG_BITS, vmf.vpn % self.geometry.pte, "spf: pte")
-        if self.page_mem.load64(self.table_off(pmd, mi)) != e:
-            self.count("spf_walk_unhooked")  # the walk is in a table free_pgtables unhooked
-        vmf.pmd, vmf.orig_pmd = (pmd, mi), e
-        return pte
-
-    def pte_map_lock(self, cpu, vmf: Vmf):
-        """The fault's PTE table and ptl, locked; (0, None): retry (or fall back, if speculative).
-
-        A speculative fault (Dufour's pte_map_lock) disables interrupts,
-        checks that its VMA did not change (so a munmap that starts after
-        that waits for it in free_pgtables' IPI), that the pmd still holds
-        the table it walked, and takes the ptl by trylock: spinning on it
-        with interrupts off could deadlock against a holder that waits for
-        this CPU's IPI."""
-        if not vmf.flags & FAULT_FLAG_SPECULATIVE:
-            return self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
-        assert vmf.pmd is not None
-        cpu.local_irq_disable()
-        try:
-            if vmf.validate is not None and not vmf.validate(vmf):
-                return 0, None
-            pmd, mi = vmf.pmd
-            if self.read_entry(cpu, pmd, mi, "pte_map_lock") != vmf.orig_pmd:
-                return 0, None
-            ptl = self.pool.ptl((vmf.orig_pmd >> FLAG_BITS) & PFN_MASK)
-            if not ptl.trylock(cpu):
-                self.count("spf_ptl_busy")
-                return 0, None
-            return vmf.orig_pmd >> FLAG_BITS, ptl
-        finally:
-            cpu.local_irq_enable()
-
-    def _new_anon_page(self, cpu, vmf: Vmf, gfp: int = GFP_KERNEL) -> tuple[int | None, int]:
-        anon = self.anon_vma_prepare(cpu, vmf.mm, vmf.vma)
-        page = self.pool.alloc_page(cpu, gfp, ANON_SITE)
-        if page is not None:
-            data = self.pool_data0 + (page & PFN_MASK) * self.page_size
-            self.page_mem.store64(data, stamp(anon, vmf.vpn))
-            self.page_mem.store64(data + 8, 0)
-            self.page_mem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
-        return page, anon
 
     def do_anonymous_page(self, cpu, vmf: Vmf, page: int | None = None) -> int:
         """do_anonymous_page(): the zero page for a read, a new page for a write."""
@@ -223,9 +81,55 @@ class Fault(Rmap):
         ptl.unlock(cpu)
         return VM_FAULT_OK
 
-    def _drop_new(self, cpu, page: int | None) -> None:
-        if page is not None:
-            self.pool.free_page(cpu, page, ANON_SITE)
+    def do_swap_page(self, cpu, vmf: Vmf, orig: int) -> int:
+        """do_swap_page(): a migration entry waits for the migration; a swap entry is read into
+        a new page, which replaces it if the PTE is still the same under the ptl.
+
+        The slot is read under the ptl: while the PTE names it, its count
+        holds it (the kernel reads it earlier, into the swap cache).  The page
+        is mapped writable for a write fault when no other entry names the
+        slot (it is exclusive: RMAP_EXCLUSIVE)."""
+        if is_migration_entry(orig):
+            self.migration_entry_wait(cpu, vmf, orig)
+            return VM_FAULT_OK
+        slot = swp_offset(orig)
+        anon = self.mm_mem.load32(self.vma_off(vmf.vma, "anon_vma"))
+        page = self.pool.alloc_page(cpu, GFP_KERNEL, ANON_SITE)
+        if page is None:
+            return VM_FAULT_OOM
+        cpu.window("do_swap_page:before-ptl")
+        table, ptl = self.pte_map_lock(cpu, vmf)
+        if not table:
+            self._drop_new(cpu, page)
+            return VM_FAULT_RETRY
+        off = self.table_off(table, vmf.vpn % self.geometry.pte)
+        if not self.swapin_pte_same(off, orig):
+            self.count("swapin_raced")
+            ptl.unlock(cpu)
+            self._drop_new(cpu, page)
+            return VM_FAULT_OK
+        if not self._may_install(cpu, vmf):
+            ptl.unlock(cpu)
+            self._drop_new(cpu, page)
+            return VM_FAULT_RETRY
+        if not self.swap_read_folio(cpu, slot, page):
+            ptl.unlock(cpu)
+            self._drop_new(cpu, page)
+            return VM_FAULT_OK
+        self.page_mem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
+        writable = vmf.write and self.swap_count(slot) == 1
+        self.page_add_anon_rmap(page, anon, vmf.vpn)
+        self.add_rss(vmf.mm, 1)
+        self.mm_mem.fetch_sub64(self.mm_off(vmf.mm, "swapents"), 1)
+        self.page_mem.store64(off, mk_pte(page, PTE_PRESENT | (PTE_WRITE if writable else 0)))
+        self.swap_free(cpu, slot)
+        ptl.unlock(cpu)
+        self.count("swapins")
+        return VM_FAULT_OK
+
+    def swapin_pte_same(self, off: int, orig: int) -> bool:
+        """do_swap_page's pte_same(): nobody swapped the entry in (or zapped it) meanwhile."""
+        return self.page_mem.load64(off) == orig
 
     def do_wp_page(self, cpu, vmf: Vmf) -> int:
         """do_wp_page(): reuse an exclusive anon page, else copy it (wp_page_copy)."""
@@ -283,16 +187,8 @@ class Fault(Rmap):
         self.page_mem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
         self.tlb_promise(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
-        if not special and (now := self.pool.read(cpu, old, 1, "wp_page_copy: after the flush")) != writes:
-            cpu.report(
-                LOST_WRITE,
-                f"wp_page_copy: {now - writes} write(s) landed in page {old & PFN_MASK} after "
-                f"it was copied for vpn {vmf.vpn} of mm {vmf.mm}: the mm now maps the copy, which lacks "
-                "them (a writable TLB entry outlived the write-protect)",
-                mm=vmf.mm,
-                vpn=vmf.vpn,
-                **self.pool.describe(old & PFN_MASK),
-            )
+        if not special:
+            self.check_lost_write(cpu, old, page, vmf, "wp_page_copy")
         self.page_add_anon_rmap(page, anon, vmf.vpn)
         self.page_mem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
         if special:
@@ -317,6 +213,8 @@ class Fault(Rmap):
         pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "map_pages: walk")
         if pte & PTE_PRESENT and (not vmf.write or pte & PTE_WRITE):
             return VM_FAULT_OK
+        if pte and not pte & PTE_PRESENT:
+            return VM_FAULT_RETRY
         if pte & PTE_PRESENT or not vmf.write:
             if pte & PTE_PRESENT:
                 return VM_FAULT_RETRY

@@ -1,4 +1,4 @@
-"""mm/memory.c copy_page_range: fork shares every anonymous page write-protected.
+"""mm/memory.c copy_page_range: fork shares every anonymous page write-protected, and swap slots.
 
 The model's WARN_ON here: fork copies an anon page into a VMA without
 anon_vma (VM_BUG_ON_VMA(!anon_vma) in the rmap code).
@@ -7,12 +7,21 @@ anon_vma (VM_BUG_ON_VMA(!anon_vma) in the rmap code).
 from __future__ import annotations
 
 from policies.mm.checks import FORK_NO_ANON_VMA
-from policies.mm.pgtable import PTE_PRESENT, PTE_WRITE
-from policies.mm.rmap import Rmap
+from policies.mm.pgtable import (
+    PTE_PRESENT,
+    PTE_WRITE,
+    SWP_MIGRATION_READ,
+    SWP_MIGRATION_WRITE,
+    is_migration_entry,
+    swp_entry,
+    swp_offset,
+    swp_type,
+)
+from policies.mm.swap import Swap
 from shm.pool import PFN_MASK
 
 
-class Fork(Rmap):
+class Fork(Swap):
     """anon_vma_fork, copy_page_range and copy_pte_range."""
 
     def anon_vma_fork(self, cpu, dst_vma: int, src_vma: int) -> None:
@@ -21,6 +30,21 @@ class Fork(Rmap):
         self.mm_mem.store32(
             self.vma_off(dst_vma, "anon_vma"), self.vma_field(cpu, src_vma, "anon_vma", "anon_vma_fork")
         )
+
+    def copy_nonpresent_pte(self, cpu, dst_mm: int, soff: int, pte: int) -> int:
+        """copy_nonpresent_pte(): the entry the child gets.  A swap entry: the child names the
+        slot too (swap_duplicate).  A migration entry (none in a correct model: it migrates under
+        mmap_lock for read, which dup_mmap holds for write): a writable one becomes readable in
+        both, for copy-on-write, and counts in the child's RSS."""
+        if is_migration_entry(pte):
+            if swp_type(pte) == SWP_MIGRATION_WRITE:
+                pte = swp_entry(SWP_MIGRATION_READ, swp_offset(pte))
+                self.page_mem.store64(soff, pte)
+            self.add_rss(dst_mm, 1)
+            return pte
+        self.swap_duplicate(cpu, swp_offset(pte))
+        self.mm_mem.fetch_add64(self.mm_off(dst_mm, "swapents"), 1)
+        return pte
 
     def copy_page_range(self, cpu, dst_mm: int, src_mm: int, dst_vma: int, start: int, end: int) -> bool:
         """copy_page_range(): share every present page with the child, write-protected in both."""
@@ -43,7 +67,11 @@ class Fork(Rmap):
                 for v in range(vpn, stop):
                     soff = self.table_off(src, v % g.pte)
                     pte = self.page_mem.load64(soff)
+                    if not pte:
+                        continue
                     if not pte & PTE_PRESENT:
+                        pte = self.copy_nonpresent_pte(cpu, dst_mm, soff, pte)
+                        self.page_mem.store64(self.table_off(dst, v % g.pte), pte)
                         continue
                     ref = self.vm_normal_page(pte)
                     if ref:

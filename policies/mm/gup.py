@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from policies.mm.checks import PIN_FOREIGN_WRITE
-from policies.mm.fault import Vmf
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE
 from policies.mm.rmap import ANON_SITE, LAST_WRITER, Rmap
+from policies.mm.vmf import Vmf
 from shm.pool import PAGE_STRIDE, PFN_MASK
 
 

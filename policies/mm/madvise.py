@@ -1,14 +1,18 @@
-"""mm/madvise.c: MADV_DONTNEED, the zap that runs beside faults under mmap_lock for read.
+"""mm/madvise.c: MADV_DONTNEED and MADV_PAGEOUT, under mmap_lock for read beside faults.
 
-jemalloc-like allocators give memory back this way without unmapping it;
-the pte_ref seed's workload.  Each VMA's part is zapped into its own
-mmu_gather (zap_page_range_single), so its pages are flushed and freed
-once, after the ptls were dropped, and not per table.
+jemalloc-like allocators give memory back with MADV_DONTNEED without
+unmapping it; the pte_ref seed's workload.  Each VMA's part is zapped into
+its own mmu_gather (zap_page_range_single), so its pages are flushed and
+freed once, after the ptls were dropped, and not per table.
+
+MADV_PAGEOUT reclaims a range's exclusive anonymous pages to swap: each PTE
+becomes a swap entry, which faults, fork, zap and the sweep then meet.
 """
 
 from __future__ import annotations
 
-from policies.mm.vma import RESERVED
+from policies.mm.pgtable import PTE_PRESENT, SWP_SWAPFILE, swp_entry
+from policies.mm.rmap import ANON_SITE
 from policies.mm.zap import Zap
 
 
@@ -23,10 +27,9 @@ class Madvise(Zap):
         lock.down_read(cpu)
         done: list[tuple[int, int]] = []
         try:
-            for s, e, v in self.index_entries(mm):
-                if v != RESERVED and s < end and e > start:
-                    self.zap_page_range_single(cpu, mm, max(s, start), min(e, end))
-                    done.append((max(s, start), min(e, end)))
+            for s, e, _ in self.index_parts(mm, start, end):
+                self.zap_page_range_single(cpu, mm, s, e)
+                done.append((s, e))
         finally:
             lock.up_read(cpu)
         for s, e in done:
@@ -37,3 +40,57 @@ class Madvise(Zap):
         tlb = self.tlb_gather_mmu(cpu, mm)
         self.zap_page_range(cpu, tlb, start, end)
         self.tlb_finish_mmu(cpu, tlb)
+
+    def madvise_pageout(self, cpu, mm: int, start: int, end: int) -> int:
+        """madvise(MADV_PAGEOUT) of [start, end): each VMA's exclusive pages swapped out
+        (madvise_cold_or_pageout_pte_range, then reclaim); how many."""
+        lock = self.mmap_lock(mm)
+        lock.down_read(cpu)
+        out = 0
+        try:
+            g = self.geometry
+            for vpn, stop, _ in self.index_parts(mm, start, end):
+                while vpn < stop:
+                    table_end = min(stop, (vpn // g.pte + 1) * g.pte)
+                    out += self._pageout_table(cpu, mm, vpn, table_end)
+                    vpn = table_end
+        finally:
+            lock.up_read(cpu)
+        return out
+
+    def _pageout_table(self, cpu, mm: int, start: int, end: int) -> int:
+        table, ptl = self.pte_offset_map_lock(cpu, mm, start)
+        if not table:
+            return 0
+        out = 0
+        for v in range(start, end):
+            off = self.table_off(table, v % self.geometry.pte)
+            pte = self.page_mem.load64(off)
+            ref = self.vm_normal_page(pte) if pte & PTE_PRESENT else 0
+            if not ref or self.page_mem.load32(self._page_word(ref, "_mapcount")) != 0:
+                continue
+            if self.page_mem.load32(self._page_word(ref, "_refcount")) != 1:
+                continue
+            slot = self.get_swap_page(cpu)
+            if slot < 0:
+                break
+            self.try_to_unmap_one(cpu, mm, v, off, ref, slot)
+            out += 1
+        ptl.unlock(cpu)
+        return out
+
+    def try_to_unmap_one(self, cpu, mm: int, vpn: int, off: int, ref: int, slot: int) -> None:
+        """try_to_unmap_one() and pageout() of an exclusive page, under the ptl: clear and flush
+        the PTE (ptep_clear_flush), write the page to its slot, leave a swap entry, free it.
+        The page is written after the flush: no CPU can write it through its TLB any more."""
+        self.tlb_retired(mm, vpn, self.tlb_retire())
+        self.page_mem.store64(off, 0)
+        self.flush_tlb_mm_range(cpu, mm, vpn, vpn + 1)
+        self.tlb_promise(cpu, mm, vpn, vpn + 1)
+        self.swap_writepage(cpu, slot, ref)
+        self.page_mem.store64(off, swp_entry(SWP_SWAPFILE, slot))
+        self.page_remove_rmap(cpu, ref)
+        self.add_rss(mm, -1)
+        self.mm_mem.fetch_add64(self.mm_off(mm, "swapents"), 1)
+        self.pool.put_page(cpu, ref, ANON_SITE)
+        self.count("pages_swapped_out")

@@ -26,6 +26,7 @@ from policies.mm.geometry import Geometry
 from policies.mm.gup import Gup
 from policies.mm.madvise import Madvise
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
+from policies.mm.swap import SWAP_SLOT
 from policies.mm.tlb import TLB_ENTRY, TLB_PROMISE, TLB_SIZE
 from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX
 from shm import GFP_KERNEL, Refcount, Region
@@ -39,7 +40,8 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
     A mechanism may run a variant of the model (a subclass overriding one of
     its kernel functions: vm_normal_page, zap_pte_range, add_mm_rss_vec,
     mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio, free_pgtables,
-    free_pages_and_swap_cache, spf_walk, anon_vma_fork; or a flag of the
+    free_pages_and_swap_cache, spf_walk, anon_vma_fork, mm_tlb_flush_nested,
+    swapin_pte_same, free_swap_and_cache, migrate_vma_flush, migrate_vma_finalize_one; or a flag of the
     architecture, broadcast_tlbi): that is how a mutant of the model itself
     is written (policies/mm/broken.py)."""
 
@@ -52,6 +54,13 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         "tables_freed",
         "tables_rcu_freed",
         "tlb_flush_nested",
+        "pages_swapped_out",
+        "swapins",
+        "swapin_raced",
+        "swap_entries_zapped",
+        "pages_migrated",
+        "migrations_failed",
+        "migration_waits",
         "gup_fast_unhooked",
         "gup_fast_pmd_changed",
         "spf_no_table",
@@ -68,6 +77,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
             Region("mm_global", MM_GLOBAL),
             Region("tlb", TLB_ENTRY, (ncpus + 2) * TLB_SIZE),
             Region("tlb_promise", TLB_PROMISE, max_mms * geometry.pages),
+            Region("swap_map", SWAP_SLOT, geometry.pages),
             *KmemCache.regions("vma", VMA, vma_slots),
             *KmemCache.regions("vma_index", VMA_INDEX, index_slots),
         ]
@@ -110,6 +120,9 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         self.tlb0 = lay.offset("tlb")
         self.tlb_epoch_off = self._global["tlb_epoch"]
         self.promise0 = lay.offset("tlb_promise")
+        self.swap0 = lay.offset("swap_map")
+        self.swap_slots = lay.regions["swap_map"].count
+        self.swap_map = w.seg.view("swap_map")
         self.mms = w.seg.view("mm")
         self._mmap_locks = [None] * self.max_mms
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
@@ -155,7 +168,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         s.fetch_add32(self.mm_off(mm, "gen"), 1)
         for f in ("forking", "mm_lock_seq", "flags", "tlb_flush_pending"):
             s.store32(self.mm_off(mm, f), 0)
-        for f in ("index", "rss", "pgtable_bytes", "pgtable_list"):
+        for f in ("index", "rss", "swapents", "pgtable_bytes", "pgtable_list"):
             s.store64(self.mm_off(mm, f), 0)
         s.store64(self.mm_off(mm, "pgd"), pgd)
         s.store32(self.mm_off(mm, "mm_users"), 1)

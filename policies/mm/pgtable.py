@@ -43,6 +43,13 @@ FLAG_NAMES = {
     _COW_SHARED: "cow-shared",
 }
 
+# A non-present entry that is not none (include/linux/swapops.h): _SWAP set, _PRESENT clear,
+# its type in bits 1-3, and above FLAG_BITS the swap slot or, for a migration entry, the
+# page's reference (pfn and generation).  Device-private entries (ZONE_DEVICE) are encoded
+# here for the mechanism that brings device memory.
+SWP_SWAPFILE, SWP_MIGRATION_READ, SWP_MIGRATION_WRITE, SWP_DEVICE_PRIVATE_READ, SWP_DEVICE_PRIVATE_WRITE = range(5)
+SWP_TYPE_NAMES = ("swap", "migration", "migration-write", "device-private", "device-private-write")
+
 PGD_SITE = alloc_site("mm: pgd_alloc")
 PMD_SITE = alloc_site("mm: pmd_alloc")
 PTE_SITE = alloc_site("mm: pte_alloc_one")
@@ -60,9 +67,36 @@ def pte_pfn(entry: int) -> int:
     return (entry >> FLAG_BITS) & PFN_MASK
 
 
+def swp_entry(type_: int, offset: int) -> int:
+    """A non-present entry of `type_` naming `offset` (a swap slot, or a page's reference)."""
+    return offset << FLAG_BITS | type_ << 1 | _SWAP
+
+
+def is_swap_pte(entry: int) -> bool:
+    """Neither none nor present: a swap, migration or device-private entry."""
+    return bool(entry & _SWAP)
+
+
+def swp_type(entry: int) -> int:
+    return (entry >> 1) & 7
+
+
+def swp_offset(entry: int) -> int:
+    return entry >> FLAG_BITS
+
+
+def is_migration_entry(entry: int) -> bool:
+    return bool(entry & _SWAP) and swp_type(entry) in (SWP_MIGRATION_READ, SWP_MIGRATION_WRITE)
+
+
 def describe_entry(entry: int) -> str:
     if not entry:
         return "none"
+    if entry & _SWAP:
+        what = SWP_TYPE_NAMES[swp_type(entry)] if swp_type(entry) < len(SWP_TYPE_NAMES) else "bad-type"
+        if swp_type(entry) == SWP_SWAPFILE:
+            return f"{what} entry, slot {swp_offset(entry)}"
+        return f"{what} entry, pfn {pte_pfn(entry)} gen {pte_ref(entry) >> 24}"
     flags = "|".join(n for b, n in FLAG_NAMES.items() if entry & b)
     return f"pfn {pte_pfn(entry)} gen {pte_ref(entry) >> 24} [{flags}]"
 

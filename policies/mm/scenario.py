@@ -9,9 +9,11 @@ and its own counters.
 
 from __future__ import annotations
 
+import numpy as np
+
 from policies.mm.geometry import Geometry
 from policies.mm.mm import MmModel
-from policies.mm.sweep import sweep
+from policies.mm.sweep import check_swap_map, sweep
 from policies.scenario import Needs, Region, Scenario, World
 from shm.checks import SLAB_LEAK
 
@@ -46,13 +48,14 @@ class MmScenario(Scenario):
         sweep(w.mm, w.cpu)
 
     def teardown(self, w: World) -> None:
-        """Every mm exits; after the callbacks ran, no VMA or index array may be left."""
+        """Every mm exits; after the callbacks ran, no VMA, index array or swap slot may be left."""
         m = w.mm
         for mm in m.live_mms():
             m.mm_mem.store32(m.mm_off(mm, "mm_users"), 1)
             m.mmput(w.cpu, mm)
         w.rcu.barrier(w.cpu)
         m.free_zero_page(w.cpu)
+        check_swap_map(m, w.cpu, np.zeros(m.swap_slots, dtype=np.int64))
         for cache in (m.vma_cache, m.index_cache):
             left = cache.allocated()
             if len(left):

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.mm.checks import BAD_PAGE_REFS, BAD_PGTABLE_BYTES, BAD_RSS, PTE_IN_NO_VMA
-from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, describe_entry
+from policies.mm.checks import (
+    BAD_PAGE_REFS,
+    BAD_PGTABLE_BYTES,
+    BAD_RSS,
+    PTE_IN_NO_VMA,
+    STUCK_MIGRATION,
+    SWAP_COUNT,
+)
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, describe_entry, is_migration_entry, swp_offset
 from policies.mm.vma import RESERVED
 from shm.checks import POOL_LEAK, SLAB_LEAK
 from shm.pool import PFN_MASK
@@ -28,6 +35,7 @@ def sweep(model, cpu) -> None:
     if model.zero_page:
         owned.add(model.zero_page & PFN_MASK)
     reported = 0
+    slot_refs = np.zeros(model.swap_slots, dtype=np.int64)
     for mm in model.live_mms():
         entries = model.index_entries(mm)
         idx = int(model.mm_mem.load64(model.mm_off(mm, "index")))
@@ -42,7 +50,7 @@ def sweep(model, cpu) -> None:
         if not pgd:
             continue
         owned.add(pgd & PFN_MASK)
-        rss = tables = 0
+        rss = tables = swapents = 0
         for gi, pe in enumerate(_entries(model, pgd, g.pgd)):
             if not pe & PTE_PRESENT:
                 continue
@@ -58,9 +66,21 @@ def sweep(model, cpu) -> None:
                 base = gi * g.pmd_span + mi * g.pte
                 for k, pte in enumerate(_entries(model, table, g.pte)):
                     pte = int(pte)
-                    if not pte & PTE_PRESENT:
+                    if not pte:
                         continue
                     vpn = base + k
+                    if not pte & PTE_PRESENT:
+                        if is_migration_entry(pte):
+                            cpu.report(
+                                STUCK_MIGRATION,
+                                f"mm {mm}: vpn {vpn} still holds a {describe_entry(pte)} with no migration in flight",
+                                mm=mm,
+                                vpn=vpn,
+                            )
+                            continue
+                        slot_refs[swp_offset(pte)] += 1
+                        swapents += 1
+                        continue
                     if not covered[vpn] and reported < 4:
                         reported += 1
                         cpu.report(
@@ -74,6 +94,15 @@ def sweep(model, cpu) -> None:
                     pfn = (pte >> FLAG_BITS) & PFN_MASK
                     mapped[pfn] = mapped.get(pfn, 0) + 1
                     rss += 1
+        want_swap = int(model.mm_mem.load64(model.mm_off(mm, "swapents")))
+        if want_swap != swapents:
+            cpu.report(
+                BAD_RSS,
+                f"mm {mm}: MM_SWAPENTS says {want_swap}, the page tables hold {swapents} swap entries",
+                mm=mm,
+                swapents=want_swap,
+                entries=swapents,
+            )
         want_rss = int(model.mm_mem.load64(model.mm_off(mm, "rss")))
         if want_rss != rss:
             cpu.report(
@@ -90,6 +119,7 @@ def sweep(model, cpu) -> None:
                 f"mm {mm}: pgtable_bytes is {bytes_}, the mm holds {tables} tables ({tables * model.page_size} bytes)",
                 mm=mm,
             )
+    check_swap_map(model, cpu, slot_refs)
     pages = pool.pages
     for pfn, n in sorted(mapped.items()):
         owned.add(pfn)
@@ -115,3 +145,17 @@ def sweep(model, cpu) -> None:
             cpu.report(
                 SLAB_LEAK, f"{len(stray)} {cache.name} object(s) allocated that no live mm refers to", slots=stray[:16]
             )
+
+
+def check_swap_map(model, cpu, slot_refs: np.ndarray) -> None:
+    """Each swap slot's count is the number of swap entries that name it (all mms exited: none)."""
+    counts = model.swap_slots_used()
+    bad = np.flatnonzero(counts != slot_refs)
+    if len(bad):
+        slot = int(bad[0])
+        cpu.report(
+            SWAP_COUNT,
+            f"swap slot {slot}: count {int(counts[slot])}, named by {int(slot_refs[slot])} swap entries"
+            f" ({len(bad)} slot(s) wrong)",
+            slot=slot,
+        )

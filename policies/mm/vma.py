@@ -184,6 +184,22 @@ class VmaTree(PageTables):
             for i in range(mem.load32(base))
         ]
 
+    def index_parts(self, mm: int, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(start, end, vma) of each VMA's part of [start, end), under mmap_lock for read (madvise,
+        migration).  A RESERVED range has none, nor has a BABY VMA: an unmap that no longer
+        holds mmap_lock still tears its range down (rcu_vma_refcount), so nothing of it is
+        mapped yet and its tables may be going."""
+        parts = []
+        for s, e, v in self.index_entries(mm):
+            if (
+                v != RESERVED
+                and s < end
+                and e > start
+                and not self.mm_mem.load32(self.vma_off(v, "vm_flags")) & VM_BABY
+            ):
+                parts.append((max(s, start), min(e, end), v))
+        return parts
+
     def index_publish(self, cpu, mm: int, entries: list[tuple[int, int, int]]) -> bool:
         """Publish a new sorted array and retire the old one after a grace period.
 

@@ -14,8 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from policies.mm.checks import FREE_MAPPED_TABLE
-from policies.mm.pgtable import FLAG_BITS, PMD_SITE, PTE_PRESENT, PTE_SITE, describe_entry
-from policies.mm.rmap import ANON_SITE, Rmap
+from policies.mm.pgtable import (
+    FLAG_BITS,
+    PMD_SITE,
+    PTE_PRESENT,
+    PTE_SITE,
+    describe_entry,
+    is_migration_entry,
+    swp_offset,
+)
+from policies.mm.rmap import ANON_SITE
+from policies.mm.swap import Swap
 from shm import rcu_callback
 from shm.pool import PFN_MASK
 
@@ -45,7 +54,7 @@ def tlb_remove_table_rcu(cpu, arg: int) -> None:
     cpu.ctx.mm.free_table(cpu, arg >> 1, -1 if arg & 1 else None)
 
 
-class Zap(Rmap):
+class Zap(Swap):
     """zap_page_range, the mmu_gather's page batch, free_pgtables and the table frees."""
 
     def remove_tables(self, cpu, mm: int, floor: int, ceiling: int, tables: list[tuple[int, int]]) -> None:
@@ -95,7 +104,10 @@ class Zap(Rmap):
         for v in range(start, end):
             off = self.table_off(table, v % self.geometry.pte)
             pte = self.page_mem.load64(off)
+            if not pte:
+                continue
             if not pte & PTE_PRESENT:
+                rss -= self.zap_nonpresent_pte(cpu, tlb.mm, off, pte)
                 continue
             epoch = epoch or self.tlb_retire()
             self.tlb_retired(tlb.mm, v, epoch)
@@ -112,6 +124,18 @@ class Zap(Rmap):
             tlb.pages.append(ref)
         self.add_mm_rss_vec(tlb.mm, rss)
         return zapped
+
+    def zap_nonpresent_pte(self, cpu, mm: int, off: int, pte: int) -> int:
+        """zap_nonpresent_ptes(): clear a swap or migration entry (no TLB holds it); the RSS it
+        counted.  A swap entry gives its slot back; a migration entry's page stays with the
+        migration, whose remove_migration_ptes will find the entry gone."""
+        self.page_mem.store64(off, 0)
+        self.count("swap_entries_zapped")
+        if is_migration_entry(pte):
+            return 1
+        self.free_swap_and_cache(cpu, swp_offset(pte))
+        self.mm_mem.fetch_sub64(self.mm_off(mm, "swapents"), 1)
+        return 0
 
     def mm_tlb_flush_nested(self, mm: int) -> bool:
         """mm_tlb_flush_nested(): another zap of this mm has cleared PTEs it has not flushed yet."""

@@ -84,6 +84,8 @@ class VmaLookup(MmScenario):
             Operation("mmap", 3, op_mmap, (mm_a, vpn_a, Arg("len", MAX_LEN), Arg("fixed", 2))),
             Operation("munmap", 3, op_munmap, (mm_a, vpn_a, Arg("len", MAX_LEN))),
             Operation("madvise", 2, op_madvise, (mm_a, vpn_a, Arg("len", MAX_LEN))),
+            Operation("pageout", 1, op_pageout, (mm_a, vpn_a, Arg("len", MAX_LEN))),
+            Operation("migrate", 1, op_migrate, (mm_a, vpn_a, Arg("len", MAX_LEN))),
             Operation("gup", 4, op_gup, (mm_a, vpn_a, Arg("fast", 2))),
             Operation("fork", 1, op_fork, (mm_a,)),
             Operation("exit", 1, op_exit, (mm_a,)),
@@ -136,6 +138,16 @@ LITMUS = {
     "tlb_flush_not_nested": [
         _repeat([["access", 0, 4, 0], ["madvise", 0, 3, 2], ["access", 0, 4, 0]], 12),
         _repeat([["access", 1, 5, 0], ["madvise", 1, 4, 2]], 12),
+    ],
+    # A page swapped out, then its entry zapped.
+    "zap_keeps_swap_slot": [
+        _repeat([["access", 0, 4, 1], ["pageout", 0, 4, 0], ["madvise", 0, 4, 0]], 4),
+        [["access", 1, 9, 1]],
+    ],
+    # cpu 1 faults the page cpu 0 migrates: its wait holds a reference, so the page cannot move.
+    "failed_migration_not_restored": [
+        _repeat([["access", 0, 4, 1], ["migrate", 0, 4, 0]], 8),
+        _repeat([["access", 1, 4, 0], ["madvise", 1, 9, 0]], 16),
     ],
     # cpu 0 keeps a writable TLB entry for vpn 5; cpu 2 evicts its own (vpn 37 shares the slot)
     # and write-faults vpn 5 while cpu 1 forks.
@@ -240,6 +252,26 @@ def op_madvise(w: World, task: int, vpn: int, length: int) -> None:
         try:
             w.mm.madvise_dontneed(w.cpu, mm, *clamp_range(w, vpn, length))
             w.count("madvises")
+        finally:
+            leave(w, mm)
+
+
+def op_pageout(w: World, task: int, vpn: int, length: int) -> None:
+    """madvise(MADV_PAGEOUT): the range's exclusive pages to swap."""
+    mm = TASK_MM[task]
+    if enter(w, mm):
+        try:
+            w.mm.madvise_pageout(w.cpu, mm, *clamp_range(w, vpn, length))
+        finally:
+            leave(w, mm)
+
+
+def op_migrate(w: World, task: int, vpn: int, length: int) -> None:
+    """Move the range's exclusive pages (migrate_vma, as a driver or NUMA balancing would)."""
+    mm = TASK_MM[task]
+    if enter(w, mm):
+        try:
+            w.mm.migrate_vma(w.cpu, mm, *clamp_range(w, vpn, length))
         finally:
             leave(w, mm)
 
