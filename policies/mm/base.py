@@ -87,6 +87,7 @@ class MmBase:
     rss_field: int
     tlb0: int
     tlb_epoch_off: int
+    flush_upto: int  # the TLB epoch this CPU's last tlb_finish_mmu flushed up to
     promise0: int
     mms: np.ndarray
     vma_cache: KmemCache

@@ -183,10 +183,10 @@ class Fault(Migrate):
             ptl.unlock(cpu)
             self._drop_new(cpu, page)
             return VM_FAULT_OK
-        self.tlb_retired(vmf.mm, vmf.vpn, self.tlb_retire())
+        epoch = self.tlb_retire(vmf.mm, vmf.vpn)
         self.page_mem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
-        self.tlb_promise(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
+        self.tlb_promise(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1, epoch)
         if not special:
             self.check_lost_write(cpu, old, page, vmf, "wp_page_copy")
         self.page_add_anon_rmap(page, anon, vmf.vpn)

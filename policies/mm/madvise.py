@@ -23,8 +23,10 @@ class Madvise(Zap):
         """madvise(MADV_DONTNEED) of [start, end) (madvise_dontneed_single_vma): each VMA's part
         zapped, flushed and freed; when it returns, no CPU may hold a translation of those parts.
         A hole is -ENOMEM and promises nothing: a munmap may be tearing it down right now."""
+        since = self.tlb_epoch()
         lock = self.mmap_lock(mm)
         lock.down_read(cpu)
+        self.flush_upto = 0
         done: list[tuple[int, int]] = []
         try:
             for s, e, _ in self.index_parts(mm, start, end):
@@ -33,7 +35,7 @@ class Madvise(Zap):
         finally:
             lock.up_read(cpu)
         for s, e in done:
-            self.tlb_promise(cpu, mm, s, e)
+            self.tlb_promise(cpu, mm, s, e, since=since)
 
     def zap_page_range_single(self, cpu, mm: int, start: int, end: int) -> None:
         """zap_page_range_single(): one VMA's range, with its own mmu_gather."""
@@ -83,10 +85,10 @@ class Madvise(Zap):
         """try_to_unmap_one() and pageout() of an exclusive page, under the ptl: clear and flush
         the PTE (ptep_clear_flush), write the page to its slot, leave a swap entry, free it.
         The page is written after the flush: no CPU can write it through its TLB any more."""
-        self.tlb_retired(mm, vpn, self.tlb_retire())
+        epoch = self.tlb_retire(mm, vpn)
         self.page_mem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, mm, vpn, vpn + 1)
-        self.tlb_promise(cpu, mm, vpn, vpn + 1)
+        self.tlb_promise(cpu, mm, vpn, vpn + 1, epoch)
         self.swap_writepage(cpu, slot, ref)
         self.page_mem.store64(off, swp_entry(SWP_SWAPFILE, slot))
         self.page_remove_rmap(cpu, ref)

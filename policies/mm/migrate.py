@@ -24,7 +24,7 @@ from policies.mm.pgtable import (
 )
 from policies.mm.rmap import ANON_SITE, LAST_WRITER
 from policies.mm.vmf import Vmf, VmFault
-from shm import GFP_KERNEL
+from shm import GFP_NOWAIT
 from shm.pool import PAGE_STRIDE, PFN_MASK
 
 
@@ -32,20 +32,19 @@ class Migrate(VmFault):
     """Migration entries: the wait, the restore, and migrate_vma."""
 
     def migration_entry_wait(self, cpu, vmf: Vmf, orig: int) -> None:
-        """migration_entry_wait(): under the ptl, a reference to the page the entry names; then,
-        without the ptl, wait for the migration to unlock it.  The fault returns and retries."""
+        """migration_entry_wait(): under the ptl, the entry is still there; then, without the ptl
+        and without a reference, wait for the migration to unlock the page, which it holds
+        until then (migration_entry_wait_on_locked, 6.0+).  The fault returns and retries."""
         table, ptl = self.pte_map_lock(cpu, vmf)
         if not table:
             return
-        ref = swp_offset(orig)
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
-        if self.page_mem.load64(off) != orig or not self.pool.refcount(ref & PFN_MASK).inc_not_zero(cpu):
+        if self.page_mem.load64(off) != orig or not self.check_migration_entry(cpu, vmf.mm, vmf.vpn, orig):
             ptl.unlock(cpu)
             return
         ptl.unlock(cpu)
         self.count("migration_waits")
-        self.folio_wait_locked(cpu, ref)
-        self.pool.put_page(cpu, ref, ANON_SITE)
+        self.folio_wait_locked(cpu, swp_offset(orig))
 
     def remove_migration_pte(self, cpu, vmf: Vmf, entry: int, dst: int) -> bool:
         """remove_migration_pte(): under the ptl, the migration entry replaced by a PTE to `dst`
@@ -59,7 +58,6 @@ class Migrate(VmFault):
             return False
         if dst != swp_offset(entry):
             self.check_lost_write(cpu, swp_offset(entry), dst, vmf, "migrate")
-            self.tlb_promise(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)
         self.page_add_anon_rmap(dst, self.mm_mem.load32(self.vma_off(vmf.vma, "anon_vma")), vmf.vpn)
         self.pool.refcount(dst & PFN_MASK).inc(cpu)
         writable = swp_type(entry) == SWP_MIGRATION_WRITE
@@ -111,13 +109,13 @@ class Migrate(VmFault):
     def migrate_vma_collect_pmd(self, cpu, mm: int, start: int, end: int) -> list[tuple[int, int, int]]:
         """migrate_vma_collect_pmd(): under the ptl, each exclusive page that nothing else holds
         (migrate_vma_check_page) is locked and referenced, and its PTE becomes a migration
-        entry; then the range is flushed, after the ptl is dropped and before any copy.
-        (vpn, page, entry) of each."""
+        entry; then the range is flushed, before the ptl is dropped (60bae7370896,
+        "mm/migrate_device.c: flush TLB while holding PTL": a zap could otherwise clear the
+        entry and return before the flush).  (vpn, page, entry) of each."""
         table, ptl = self.pte_offset_map_lock(cpu, mm, start)
         if not table:
             return []
         collected = []
-        epoch = 0
         for v in range(start, end):
             off = self.table_off(table, v % self.geometry.pte)
             pte = self.page_mem.load64(off)
@@ -127,16 +125,16 @@ class Migrate(VmFault):
             if self.page_mem.load32(self._page_word(ref, "_refcount")) != 1 or not self.folio_trylock(cpu, ref):
                 continue
             self.pool.refcount(ref & PFN_MASK).inc(cpu)
-            epoch = epoch or self.tlb_retire()
-            self.tlb_retired(mm, v, epoch)
+            upto = self.tlb_retire(mm, v)
             entry = swp_entry(SWP_MIGRATION_WRITE if pte & PTE_WRITE else SWP_MIGRATION_READ, ref)
             self.page_mem.store64(off, entry)
             self.page_remove_rmap(cpu, ref)
             self.pool.put_page(cpu, ref, ANON_SITE)
             collected.append((v, ref, entry))
-        ptl.unlock(cpu)
         if collected:
             self.migrate_vma_flush(cpu, mm, start, end)
+            self.tlb_promise(cpu, mm, start, end, upto)
+        ptl.unlock(cpu)
         return collected
 
     def migrate_vma_flush(self, cpu, mm: int, start: int, end: int) -> None:
@@ -150,7 +148,7 @@ class Migrate(VmFault):
         expected count, -EAGAIN)."""
         if self.page_mem.load32(self._page_word(old, "_refcount")) != 1:
             return None
-        new = self.pool.alloc_page(cpu, GFP_KERNEL, ANON_SITE)
+        new = self.pool.alloc_page(cpu, GFP_NOWAIT, ANON_SITE)
         if new is None:
             return None
         for i in (0, 1):

@@ -120,6 +120,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         self.tlb0 = lay.offset("tlb")
         self.tlb_epoch_off = self._global["tlb_epoch"]
         self.promise0 = lay.offset("tlb_promise")
+        self.flush_upto = 0
         self.swap0 = lay.offset("swap_map")
         self.swap_slots = lay.regions["swap_map"].count
         self.swap_map = w.seg.view("swap_map")

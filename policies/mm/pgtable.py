@@ -44,9 +44,10 @@ FLAG_NAMES = {
 }
 
 # A non-present entry that is not none (include/linux/swapops.h): _SWAP set, _PRESENT clear,
-# its type in bits 1-3, and above FLAG_BITS the swap slot or, for a migration entry, the
-# page's reference (pfn and generation).  Device-private entries (ZONE_DEVICE) are encoded
-# here for the mechanism that brings device memory.
+# its type in bits 1-3 (where a present entry's WRITE and DIRTY are: test _PRESENT first),
+# and above FLAG_BITS the swap slot or, for a migration entry, the page's reference (pfn
+# and generation).  Device-private entries (ZONE_DEVICE) are encoded here for the
+# mechanism that brings device memory.
 SWP_SWAPFILE, SWP_MIGRATION_READ, SWP_MIGRATION_WRITE, SWP_DEVICE_PRIVATE_READ, SWP_DEVICE_PRIVATE_WRITE = range(5)
 SWP_TYPE_NAMES = ("swap", "migration", "migration-write", "device-private", "device-private-write")
 
@@ -190,7 +191,7 @@ class PageTables(MmBase):
         if new is None:
             return 0
         self._zero_table(new)
-        self.pool.mem.store64(self.pool.field_off(new & PFN_MASK, "private"), mm)
+        self.pool.mem.store64(self.pool.field_off(new & PFN_MASK, "private"), self.mm_id(mm))
         cpu.window("__pte_alloc:before-pmd_lock")
         ptl = self.page_table_lock(mm)
         ptl.lock(cpu)
@@ -204,6 +205,10 @@ class PageTables(MmBase):
         ptl.unlock(cpu)
         self.pool.free_page(cpu, new, site)
         return e >> FLAG_BITS
+
+    def table_mm(self, table: int) -> int:
+        """page->pt_mm: the id (generation and slot) of the mm a page table was allocated for."""
+        return self.page_mem.load64(self.pool.field_off(table & PFN_MASK, "private"))
 
     def pte_offset_map_lock(self, cpu, mm: int, vpn: int, pmd: tuple[int, int] | None = None) -> tuple[int, Any]:
         """pte_offset_map_lock(): the PTE table and its ptl, locked; (0, None) if there is none.

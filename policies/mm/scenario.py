@@ -19,7 +19,11 @@ from shm.checks import SLAB_LEAK
 
 
 class MmScenario(Scenario):
-    """A scenario on the mm model: `geometry` sizes the page tables, `max_mms` the processes."""
+    """A scenario on the mm model: `geometry` sizes the page tables, `max_mms` the processes.
+
+    One GFP_NOWAIT allocation in 20 fails (should_fail_alloc_page, unless --nowait-fail-rate
+    says otherwise), so that the paths that may not sleep take their way out: ->map_pages
+    returns VM_FAULT_RETRY, a migration puts the old page back."""
 
     max_mms = 3
     counters: tuple[str, ...] = MmModel.COUNTERS
@@ -30,6 +34,7 @@ class MmScenario(Scenario):
             pool_pages=4 * self.geometry.pages + 512,
             page_size=self.geometry.page_size_needed(),
             srcu_domains=srcu_domains,
+            nowait_fail_rate=0.05,
         )
 
     def regions(self, ncpus: int) -> list[Region]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.mm.checks import SWAP_COUNT, SWAP_FREED
+from policies.mm.checks import STUCK_MIGRATION, SWAP_COUNT, SWAP_FREED
+from policies.mm.pgtable import describe_entry, swp_offset
 from policies.mm.rmap import Rmap
 from shm.pool import PAGE_FIELDS, PAGE_STRIDE, PFN_MASK
 
@@ -86,6 +87,22 @@ class Swap(Rmap):
     def swap_slots_used(self) -> np.ndarray:
         """Each slot's count (the sweep's view)."""
         return self.swap_map["count"]
+
+    def check_migration_entry(self, cpu, mm: int, vpn: int, entry: int) -> bool:
+        """Under the ptl: a migration entry names a page its migration holds locked until it has
+        put a PTE back (remove_migration_pte runs before folio_unlock).  One that no migration
+        holds is left behind for good."""
+        ref = swp_offset(entry)
+        if self.pool.alive(ref) and self.page_mem.load32(self._flags_off(ref)) & PG_LOCKED:
+            return True
+        cpu.report(
+            STUCK_MIGRATION,
+            f"mm {mm}: vpn {vpn} holds a {describe_entry(entry)} that no migration holds: every fault on "
+            "it retries for ever",
+            mm=mm,
+            vpn=vpn,
+        )
+        return False
 
     # -- struct page's lock -------------------------------------------------------------
     def _flags_off(self, ref: int) -> int:

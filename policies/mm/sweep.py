@@ -77,6 +77,7 @@ def sweep(model, cpu) -> None:
                                 mm=mm,
                                 vpn=vpn,
                             )
+                            rss += 1  # it counts in MM_ANONPAGES, as its page did
                             continue
                         slot_refs[swp_offset(pte)] += 1
                         swapents += 1

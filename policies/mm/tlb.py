@@ -18,11 +18,15 @@ MADV_DONTNEED or munmap returns, another CPU may still load the old page
 through its TLB while a fault has already installed a new one.  What the
 kernel promises is the state when the call returns.  So the model keeps a
 TLB epoch: a fill records the epoch it read after its walk; clearing a PTE
-first moves the epoch on and notes it for the page (`tlb_retire`); and a
-call that promises the range has no old translation left stamps it when it
-returns (`tlb_promise`: munmap, mmap and MADV_DONTNEED, and a COW fault
-before it publishes its new PTE).  A CPU that uses an entry older than a
-retirement that was since promised holds a stale translation.
+first moves the epoch on and notes it for the page (`tlb_retire`); a
+tlb_finish_mmu notes the epoch its flush covers (every clearing before it:
+its own, and through mm_tlb_flush_nested those of zaps in flight); and a
+call that promises its range has no old translation left marks, when it
+returns, the clearings its flush covered and the epoch it began in
+(`tlb_promise`: munmap, mmap and MADV_DONTNEED: whatever a CPU cached of
+the range before the call began must be gone; a COW fault, a swap-out and
+a migration right after their flush, under the ptl).  A CPU that uses an
+entry older than what was promised for its page holds a stale translation.
 """
 
 from __future__ import annotations
@@ -61,30 +65,34 @@ class Tlb(VmaTree):
     def tlb_epoch(self) -> int:
         return self.mm_mem.load64(self.tlb_epoch_off)
 
-    def tlb_retire(self) -> int:
-        """Move the TLB epoch on before clearing PTEs: a translation made since reads a later one."""
-        return self.mm_mem.fetch_add64(self.tlb_epoch_off, 1) + 1
-
-    def tlb_retired(self, mm: int, vpn: int, epoch: int) -> None:
-        """mm's vpn loses its translation in `epoch` (from tlb_retire): one made before is old."""
+    def tlb_retire(self, mm: int, vpn: int) -> int:
+        """Just before mm's PTE for vpn is cleared: move the TLB epoch on and note it for the page.
+        A translation made before reads an older epoch; one made after, a later one."""
+        epoch = self.mm_mem.fetch_add64(self.tlb_epoch_off, 1) + 1
         self.mm_mem.store64(self.promise0 + (mm * self.geometry.pages + vpn) * TLB_PROMISE.itemsize, epoch)
+        return epoch
 
-    def tlb_promise(self, cpu, mm: int, start: int, end: int) -> None:
-        """From now on no CPU may use a translation of mm's [start, end) that was retired: the
-        caller returns to user space having flushed them (the model's check, not a kernel function)."""
-        epoch = self.tlb_retire()
+    def tlb_promise(self, cpu, mm: int, start: int, end: int, upto: int | None = None, since: int = 0) -> None:
+        """The caller returns having flushed every translation of mm's [start, end) made before
+        it began (epoch `since`), and every one whose PTE was cleared up to epoch `upto` (by
+        default `flush_upto`, what the caller's last tlb_finish_mmu covered): from now on no
+        CPU may use one (the model's check, not a kernel function).  A clearing after `upto`,
+        by a zap still in flight, is not promised: its own call will."""
+        upto = self.flush_upto if upto is None else upto
         size = TLB_PROMISE.itemsize
-        base = self.promise0 + mm * self.geometry.pages * size + 8
+        base = self.promise0 + mm * self.geometry.pages * size
+        mem = self.mm_mem
         for v in range(start, min(end, self.geometry.pages)):
-            self.mm_mem.store64(base + v * size, epoch)
+            off = base + v * size
+            retired = mem.load64(off)
+            promised = max(since, retired if retired <= upto else 0)
+            if mem.load64(off + 8) < promised:
+                mem.store64(off + 8, promised)
 
     def tlb_stale_since(self, mm: int, vpn: int, epoch: int) -> int:
-        """The epoch of the promised retirement that makes a translation made in `epoch` stale, or 0."""
-        off = self.promise0 + (mm * self.geometry.pages + vpn) * TLB_PROMISE.itemsize
-        retired = self.mm_mem.load64(off)
-        if retired <= epoch or self.mm_mem.load64(off + 8) < retired:
-            return 0
-        return retired
+        """The promised clearing that makes a translation made in `epoch` stale, or 0."""
+        promised = self.mm_mem.load64(self.promise0 + (mm * self.geometry.pages + vpn) * TLB_PROMISE.itemsize + 8)
+        return promised if epoch < promised else 0
 
     def _flush_handler(self, target: int, arg: tuple[int, int, int]) -> None:
         """The IPI handler, run for `target`: drop its entries of (mm, [start, end))."""

@@ -26,7 +26,6 @@ from policies.mm.pgtable import (
 from policies.mm.rmap import ANON_SITE
 from policies.mm.swap import Swap
 from shm import rcu_callback
-from shm.pool import PFN_MASK
 
 
 @dataclass
@@ -100,17 +99,16 @@ class Zap(Swap):
 
     def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
         """zap_pte_range(): under the table's ptl, clear [start, end) and gather the pages; how many PTEs."""
-        zapped = rss = epoch = 0
+        zapped = rss = 0
         for v in range(start, end):
             off = self.table_off(table, v % self.geometry.pte)
             pte = self.page_mem.load64(off)
             if not pte:
                 continue
             if not pte & PTE_PRESENT:
-                rss -= self.zap_nonpresent_pte(cpu, tlb.mm, off, pte)
+                rss -= self.zap_nonpresent_pte(cpu, tlb.mm, v, off, pte)
                 continue
-            epoch = epoch or self.tlb_retire()
-            self.tlb_retired(tlb.mm, v, epoch)
+            self.tlb_retire(tlb.mm, v)
             self.page_mem.store64(off, 0)
             tlb.cleared(v)
             zapped += 1
@@ -125,13 +123,14 @@ class Zap(Swap):
         self.add_mm_rss_vec(tlb.mm, rss)
         return zapped
 
-    def zap_nonpresent_pte(self, cpu, mm: int, off: int, pte: int) -> int:
+    def zap_nonpresent_pte(self, cpu, mm: int, vpn: int, off: int, pte: int) -> int:
         """zap_nonpresent_ptes(): clear a swap or migration entry (no TLB holds it); the RSS it
         counted.  A swap entry gives its slot back; a migration entry's page stays with the
         migration, whose remove_migration_ptes will find the entry gone."""
         self.page_mem.store64(off, 0)
         self.count("swap_entries_zapped")
         if is_migration_entry(pte):
+            self.check_migration_entry(cpu, mm, vpn, pte)
             return 1
         self.free_swap_and_cache(cpu, swp_offset(pte))
         self.mm_mem.fetch_sub64(self.mm_off(mm, "swapents"), 1)
@@ -150,6 +149,7 @@ class Zap(Swap):
         call would return while another CPU still reaches the old pages
         (99baac21e458, "mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem")."""
         mm = tlb.mm
+        self.flush_upto = self.tlb_epoch()
         if self.mm_tlb_flush_nested(mm):
             tlb.start, tlb.end = 0, self.geometry.pages
             self.count("tlb_flush_nested")
@@ -246,7 +246,7 @@ class Zap(Swap):
                 cpu.report(
                     FREE_MAPPED_TABLE,
                     f"free_pgtables: freeing a table that still maps {where}: {describe_entry(e)}",
-                    mm=self.page_mem.load64(self.pool.field_off(table & PFN_MASK, "private")),
+                    mm=self.table_mm(table) & 0xFF,
                 )
                 break
         self.count("tables_freed")

@@ -228,9 +228,10 @@ def op_mmap(w: World, task: int, vpn: int, length: int, fixed: int) -> None:
     mm = TASK_MM[task]
     if enter(w, mm):
         try:
+            since, w.mm.flush_upto = w.mm.tlb_epoch(), 0
             start = w.policy.mmap(w, mm, vpn, 1 + length, bool(fixed))
             if start is not None:
-                w.mm.tlb_promise(w.cpu, mm, start, start + 1 + length)
+                w.mm.tlb_promise(w.cpu, mm, start, start + 1 + length, since=since)
         finally:
             leave(w, mm)
 
@@ -240,8 +241,9 @@ def op_munmap(w: World, task: int, vpn: int, length: int) -> None:
     if enter(w, mm):
         try:
             start, end = clamp_range(w, vpn, length)
+            since, w.mm.flush_upto = w.mm.tlb_epoch(), 0
             if w.policy.munmap(w, mm, start, end):
-                w.mm.tlb_promise(w.cpu, mm, start, end)
+                w.mm.tlb_promise(w.cpu, mm, start, end, since=since)
         finally:
             leave(w, mm)
 

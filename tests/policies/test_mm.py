@@ -76,11 +76,11 @@ def test_a_tlb_entry_to_another_page_is_allowed_until_the_call_that_retires_it_r
     other = w.pool.alloc_page(w.cpu, GFP_KERNEL)
     w.pool.mem.store64(w.pool.data_off(other & PFN_MASK, 0), 3)
     table = w.mm.walk_pte_table(w.cpu, 0, 3, "test")
-    w.mm.tlb_retired(0, 3, w.mm.tlb_retire())
+    epoch = w.mm.tlb_retire(0, 3)
     old = w.pool.mem.xchg64(w.mm.table_off(table, 3), mk_pte(other, PTE_PRESENT))
     assert w.mm.access(w.cpu, 0, 3, False)
     assert checks(w) == []
-    w.mm.tlb_promise(w.cpu, 0, 3, 4)
+    w.mm.tlb_promise(w.cpu, 0, 3, 4, epoch)
     w.mm.access(w.cpu, 0, 3, False)
     assert checks(w) == ["tlb.stale"]
     assert "by a call that has returned" in w.machine.findings()[0]["message"]
@@ -96,6 +96,27 @@ def test_a_tlb_entry_made_after_the_retirement_is_not_stale_when_the_promise_com
     touch(w, 3)
     w.mm.tlb_promise(w.cpu, 0, 3, 4)
     assert w.mm.access(w.cpu, 0, 3, False)
+    assert checks(w) == []
+
+
+def test_a_promise_covers_only_the_clearings_its_flush_covered(world):
+    """MADV_DONTNEED A zaps and flushes vpn 3; a fault maps a new page, which this CPU loads;
+    B (another CPU) clears it and has not flushed when A returns: A promised nothing of B's."""
+    w = world
+    touch(w, 3)
+    tlb = w.mm.tlb_gather_mmu(w.cpu, 0)
+    w.mm.zap_page_range(w.cpu, tlb, 3, 4)
+    w.mm.tlb_finish_mmu(w.cpu, tlb)
+    touch(w, 3, write=False)
+    other = Cpu(w.machine, 1)
+    late = w.mm.tlb_gather_mmu(other, 0)
+    w.mm.zap_page_range(other, late, 3, 4)
+    w.mm.tlb_promise(w.cpu, 0, 3, 4)
+    assert w.mm.access(w.cpu, 0, 3, False)
+    assert checks(w) == []
+    w.mm.tlb_finish_mmu(other, late)
+    w.mm.tlb_promise(other, 0, 3, 4)
+    assert not w.mm.access(w.cpu, 0, 3, False)
     assert checks(w) == []
 
 

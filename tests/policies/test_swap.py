@@ -7,6 +7,8 @@ from policies.mm import broken, sweep
 from policies.mm.pgtable import PTE_PRESENT, PTE_WRITE, SWP_MIGRATION_WRITE, is_swap_pte, swp_entry, swp_offset
 from policies.vma_lookup.scenario import dup_mmap
 from shm import Cpu
+from shm.pool import PFN_MASK
+from shm.sched import OsScheduler
 from tests.policies.mmworld import AtWindow, checks, counter, drain_rcu, pte_at, touch, world_of
 
 
@@ -134,35 +136,60 @@ def test_a_page_someone_holds_does_not_move_and_gets_its_pte_back(world):
     w = world
     touch(w, 3)
     pte = pte_at(w, 3)
-    w.cpu.set_scheduler(AtWindow("migrate_vma:collected", lambda: w.pool.refcount((pte >> 8) & 0xFFFFFF).inc(w.cpu)))
+    page = (pte >> 8) & PFN_MASK
+    w.cpu.set_scheduler(AtWindow("migrate_vma:collected", lambda: w.pool.refcount(page).inc(w.cpu)))
     assert w.mm.migrate_vma(w.cpu, 0, 3, 4) == 0
     assert pte_at(w, 3) == pte and counter(w, "migrations_failed") == 1
     w.pool.put_page(w.cpu, pte >> 8)
     assert _quiet(w) == []
 
 
+class UnlockWhenWaited(OsScheduler):
+    """The migration's part, as the fault sleeps: it unlocks the page (and we note the wait)."""
+
+    def __init__(self, unlock):
+        self.unlock, self.waits = unlock, 0
+
+    def spin(self, cpu, attempt, mem=None, off=0, seen=0, bits=32):
+        self.waits += 1
+        self.unlock()
+
+
 def test_a_fault_on_a_migration_entry_waits_for_the_page_unlock(world):
-    """migration_entry_wait: while the migration holds the page locked, the fault waits."""
+    """migration_entry_wait: while the migration holds the page locked, the fault sleeps."""
     w = world
     touch(w, 3)
     other = Cpu(w.machine, 1)
     waited = []
 
     def fault_meanwhile() -> None:
+        ref = swp_offset(pte_at(w, 3))
+        sched = UnlockWhenWaited(lambda: w.mm.folio_unlock(other, ref))
+        other.set_scheduler(sched)
         w.cpu, mine = other, w.cpu
         try:
-            ref = swp_offset(pte_at(w, 3))
-            w.mm.folio_unlock(other, ref)  # as the migration will once it is done
             assert not w.mm.access(other, 0, 3, False)
-            waited.append(w.policy.fault(w, 0, 3, False))
-            assert w.mm.folio_trylock(other, ref)
+            waited.append((w.policy.fault(w, 0, 3, False), sched.waits))
+            assert w.mm.folio_trylock(other, ref)  # the migration's again, which unlocks it at its end
         finally:
             w.cpu = mine
 
     w.cpu.set_scheduler(AtWindow("migrate_vma:collected", fault_meanwhile))
     w.mm.migrate_vma(w.cpu, 0, 3, 4)
-    assert waited == [0] and counter(w, "migration_waits") == 1
+    assert waited == [(0, 1)] and counter(w, "migration_waits") == 1
     assert _quiet(w) == []
+
+
+def test_a_fault_on_a_migration_entry_no_migration_holds_finds_it_stuck():
+    with world_of("mmap_lock", model=broken.LeavesFailedMigration) as w:
+        touch(w, 3)
+        pte = pte_at(w, 3)
+        w.cpu.set_scheduler(
+            AtWindow("migrate_vma:collected", lambda: w.pool.refcount((pte >> 8) & 0xFFFFFF).inc(w.cpu))
+        )
+        w.mm.migrate_vma(w.cpu, 0, 3, 4)
+        w.policy.fault(w, 0, 3, False)
+        assert checks(w)[0] == "mm.stuck-migration"
 
 
 def test_a_migration_entry_at_a_quiescent_point_is_stuck(world):
