@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from policies.mm.checks import MM_UAF
 from policies.mm.geometry import Geometry
 from shm import MUTEX, RWSEM, SPINLOCK, Machine, Mutex, Refcount, Rwsem, Spinlock
 from shm.events import address
@@ -133,6 +134,23 @@ class MmBase:
 
     def vma_lock(self, vma: int) -> Rwsem:
         return self.machine.handle(Rwsem, self.seg_index, self.vma_cache.off(vma, "vm_lock"))
+
+    def mm_check(self, cpu, mmid: int, what: str) -> bool:
+        """The mm `mmid` names (from mm_id) is still that mm: not freed, its slot not reused.  A
+        holder of an mm reference (mmget, mmgrab) that finds otherwise used a freed mm_struct."""
+        mm = mmid & 0xFF
+        state = self.mm_state(mm)
+        now = self.mm_id(mm)
+        if state != MM_FREE and now == mmid:
+            return True
+        cpu.report(
+            MM_UAF,
+            f"{what}: mm {mm} generation {mmid >> 8} was freed"
+            + ("" if state == MM_FREE else f" and its slot reused (generation {now >> 8})"),
+            mm=mm,
+            state=MM_STATES[state],
+        )
+        return False
 
     def mm_state(self, mm: int) -> int:
         return self.mm_mem.load32(self.mm_off(mm, "state"))

@@ -9,7 +9,7 @@ races.  Any mechanism built on the model can run them.
 
 from __future__ import annotations
 
-from policies.mm.mm import MmModel
+from policies.mm.mm import BroadcastTlbiModel, MmModel
 from policies.mm.pgtable import FLAG_BITS
 from policies.mm.zap import MmuGather
 
@@ -221,3 +221,34 @@ class LeavesFailedMigration(MmModel):
             self.folio_unlock(cpu, old)
             return False
         return super().migrate_vma_finalize_one(cpu, vmf, entry, old, new)
+
+
+class CountsTablesAtRcuFree(BroadcastTlbiModel):
+    """DELIBERATELY BROKEN: a page table leaves its mm's pgtable_bytes when the RCU callback frees
+    it (through page->pt_mm), not when free_pgtables unhooks it.
+
+    The process exits meanwhile: exit_mmap queues its tables and mmdrop
+    frees the mm before the grace period ends, so the callback writes a
+    freed mm_struct (the s390 seed on pte_free_defer: "what guarantees that
+    mm has not been freed now?!").  Must trip mm.uaf."""
+
+    def mm_dec_nr_ptes(self, mm: int) -> None:
+        pass
+
+    def free_table(self, cpu, table: int, lo: int | None) -> None:
+        mmid = self.table_mm(table)
+        if self.mm_check(cpu, mmid, "tlb_remove_table_rcu: mm_dec_nr_ptes(page->pt_mm)"):
+            super().mm_dec_nr_ptes(mmid & 0xFF)
+        super().free_table(cpu, table, lo)
+
+
+class FindVmaUnchecked(MmModel):
+    """DELIBERATELY BROKEN: the fault finds its VMA with find_vma() and does not check vm_start.
+
+    find_vma() returns the first VMA that ends above the address, which may
+    begin above it: a fault in a hole is served by the VMA above the hole and
+    installs a PTE outside it (the kernel's many "use vma_lookup() instead of
+    find_vma()" fixes).  Must trip mm.pte-outside-vma."""
+
+    def vma_lookup(self, cpu, mm: int, vpn: int) -> int:
+        return self.find_vma(cpu, mm, vpn)

@@ -106,3 +106,9 @@ STUCK_MIGRATION = define_check(
     "quiescent: a migration entry is left in a page table with no migration in flight (every fault on it "
     "waits and retries for ever)",
 )
+MM_UAF = define_check(
+    "mm.uaf",
+    "use-after-free",
+    "an mm_struct used after it was freed, or through a reference to a slot another mm now holds (the s390 "
+    "seed: 'what guarantees that mm has not been freed now?!')",
+)

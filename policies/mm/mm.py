@@ -41,9 +41,9 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
     its kernel functions: vm_normal_page, zap_pte_range, add_mm_rss_vec,
     mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio, free_pgtables,
     free_pages_and_swap_cache, spf_walk, anon_vma_fork, mm_tlb_flush_nested,
-    swapin_pte_same, free_swap_and_cache, migrate_vma_flush, migrate_vma_finalize_one; or a flag of the
-    architecture, broadcast_tlbi): that is how a mutant of the model itself
-    is written (policies/mm/broken.py)."""
+    swapin_pte_same, free_swap_and_cache, migrate_vma_flush, migrate_vma_finalize_one,
+    free_table; or a flag of the architecture, broadcast_tlbi): that is how a
+    mutant of the model itself is written (policies/mm/broken.py)."""
 
     COUNTERS = (
         "cow_copies",
@@ -61,6 +61,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         "pages_migrated",
         "migrations_failed",
         "migration_waits",
+        "get_task_mm_raced",
         "gup_fast_unhooked",
         "gup_fast_pmd_changed",
         "spf_no_table",
@@ -180,6 +181,24 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
     def mm_set_live(self, mm: int) -> None:
         """The new mm's task starts running (wake_up_new_task): other CPUs may now use it."""
         self.mm_mem.store32(self.mm_off(mm, "state"), MM_LIVE)
+
+    def get_task_mm(self, cpu, mm: int) -> int:
+        """get_task_mm(): the id (generation and slot) of the task's mm with a reference taken, or
+        0.  The kernel reads task->mm under task_lock, which exit_mm takes to clear it; the
+        model's task lock is held across a whole operation of the child, so here the mm's id is
+        read before the reference and checked after: a slot freed and reused by another mm
+        meanwhile gives the reference back."""
+        mmid = self.mm_id(mm)
+        if self.mm_state(mm) != MM_LIVE:
+            return 0
+        cpu.window("get_task_mm:before-mmget")
+        if not self.mmget_not_zero(cpu, mm):
+            return 0
+        if self.mm_id(mm) != mmid:
+            self.count("get_task_mm_raced")
+            self.mmput(cpu, mm)
+            return 0
+        return mmid
 
     def mmget_not_zero(self, cpu, mm: int) -> bool:
         return self._lock(Refcount, "mm_users", mm).inc_not_zero(cpu)

@@ -146,8 +146,8 @@ class VmaTree(PageTables):
         }
 
     # -- the index -------------------------------------------------------------
-    def find_vma(self, cpu, mm: int, vpn: int) -> int:
-        """mas_walk(): the VMA covering vpn, 0 if none (a RESERVED range is none).
+    def vma_lookup(self, cpu, mm: int, vpn: int) -> int:
+        """vma_lookup(): the VMA covering vpn, 0 if none (a RESERVED range is none).
 
         The caller holds mmap_lock or is inside an RCU read-side section."""
         mem = self.mm_mem
@@ -165,8 +165,16 @@ class VmaTree(PageTables):
                     break
             else:
                 break
-        c.check(cpu, idx, "find_vma: walking the VMA index")
+        c.check(cpu, idx, "vma_lookup: walking the VMA index")
         return 0 if found == RESERVED else found
+
+    def find_vma(self, cpu, mm: int, vpn: int) -> int:
+        """find_vma(): the first VMA that ends above vpn, which may begin above it too (0 if none):
+        a caller that wants the VMA covering vpn checks vm_start, or calls vma_lookup."""
+        for _, e, v in self.index_entries(mm):
+            if vpn < e and v != RESERVED:
+                return v
+        return 0
 
     def index_entries(self, mm: int) -> list[tuple[int, int, int]]:
         """The current entries (start, end, vma); a writer's view, under mmap_lock for write."""

@@ -29,8 +29,10 @@ from policies.mm.checks import (
     COW_WRITE_SHARED,
     FORK_NO_ANON_VMA,
     FREE_MAPPED_TABLE,
+    MM_UAF,
     PIN_FOREIGN_WRITE,
     PTE_IN_NO_VMA,
+    PTE_OUTSIDE_VMA,
     RMAP_UNDERFLOW,
     STALE_TLB,
     STUCK_MIGRATION,
@@ -55,7 +57,7 @@ from shm.checks import POOL_LEAK, SLAB_LEAK
 def lookup_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
     lock = w.mm.mmap_lock(mm)
     lock.down_read(w.cpu)
-    vma = w.mm.find_vma(w.cpu, mm, vpn)
+    vma = w.mm.vma_lookup(w.cpu, mm, vpn)
     if not vma:
         lock.up_read(w.cpu)
         return None
@@ -72,7 +74,7 @@ def fault_mmap_lock(w: World, mm: int, vpn: int, write: bool) -> int:
     lock = w.mm.mmap_lock(mm)
     lock.down_read(cpu)
     try:
-        vma = w.mm.find_vma(cpu, mm, vpn)
+        vma = w.mm.vma_lookup(cpu, mm, vpn)
         return w.mm.handle_mm_fault(cpu, Vmf(mm, vma, vpn, write, "mmap_lock")) if vma else VM_FAULT_SIGSEGV
     finally:
         lock.up_read(cpu)
@@ -407,6 +409,26 @@ MUTANTS = (
         "a page that could not move is unlocked and left under its migration entry",
         "migrations_failed",
         model=broken.LeavesFailedMigration,
+    ),
+    mutant(
+        rcu_table_free,
+        "tables_counted_at_rcu_free",
+        MM_UAF,
+        "mm/memory.c free_pte_range(): mm_dec_nr_ptes() at the unhook, not in the RCU callback; the s390 "
+        "seed: 'what guarantees that mm has not been freed now?!'",
+        "the RCU callback that frees a table subtracts it from its mm, which exit may have freed",
+        "tables_rcu_freed",
+        model=broken.CountsTablesAtRcuFree,
+    ),
+    mutant(
+        mmap_lock,
+        "find_vma_without_vm_start",
+        PTE_OUTSIDE_VMA,
+        "mm/mmap.c find_vma(): 'Returns the first VMA which satisfies addr < vm_end'; vma_lookup() for the "
+        "VMA covering addr",
+        "a fault takes the VMA above a hole for the one covering its address",
+        "sigsegv",
+        model=broken.FindVmaUnchecked,
     ),
     mutant(
         mmap_lock,

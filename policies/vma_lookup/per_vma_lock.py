@@ -10,6 +10,7 @@ from policies.mm import (
 from policies.mm.checks import (
     ANON_VMA_UNLOCKED,
     LOST_WRITE,
+    PTE_AFTER_ZAP,
     PTE_OUTSIDE_VMA,
 )
 from policies.scenario import World, mutant
@@ -63,7 +64,7 @@ def lock_vma_under_rcu(w: World, mm: int, vpn: int, *, check: bool = True, anon_
     runs anon_vma_prepare under the VMA lock alone."""
     m, cpu, rcu, mem = w.mm, w.cpu, w.rcu, w.mem
     rcu.read_lock(cpu)
-    vma = m.find_vma(cpu, mm, vpn)
+    vma = m.vma_lookup(cpu, mm, vpn)
     if not vma:
         rcu.read_unlock(cpu)
         return 0
@@ -118,7 +119,8 @@ def _per_vma_fault(w: World, mm: int, vpn: int, write: bool, *, check: bool = Tr
 def fault_no_recheck(w: World, mm: int, vpn: int, write: bool) -> int:
     """DELIBERATELY BROKEN: the VMA found under RCU is used without checking, once locked, that
     it is still of this mm and covers the address (a typesafe slot may have been reused).
-    Must trip mm.pte-outside-vma."""
+    Must trip mm.pte-outside-vma (the slot holds another VMA by then) or mm.pte-after-zap (it
+    holds the detached one still, which munmap zapped)."""
     return _per_vma_fault(w, mm, vpn, write, check=False)
 
 
@@ -191,7 +193,7 @@ MUTANTS = (
     mutant(
         per_vma_lock,
         "typesafe_no_recheck",
-        PTE_OUTSIDE_VMA,
+        (PTE_OUTSIDE_VMA, PTE_AFTER_ZAP),
         "mm/memory.c lock_vma_under_rcu (SLAB_TYPESAFE_BY_RCU): check vm_mm and the range after locking",
         "a reused VMA slot is used without checking vm_mm and the range after taking the lock",
         "vma_lock_miss",

@@ -78,7 +78,7 @@ def rcu_refcount_lookup(w: World, mm: int, vpn: int, write: bool, map_pages: boo
     m, cpu, rcu = w.mm, w.cpu, w.rcu
     for _ in range(FAULT_TRIES):
         rcu.read_lock(cpu)
-        vma = m.find_vma(cpu, mm, vpn)
+        vma = m.vma_lookup(cpu, mm, vpn)
         if not vma:
             rcu.read_unlock(cpu)
             return None
@@ -123,7 +123,7 @@ def fault_mmap_lock_born(w: World, mm: int, vpn: int, write: bool) -> int:
     lock = m.mmap_lock(mm)
     for _ in range(FAULT_TRIES):
         lock.down_read(cpu)
-        vma = m.find_vma(cpu, mm, vpn)
+        vma = m.vma_lookup(cpu, mm, vpn)
         if vma and m.vma_field(cpu, vma, "vm_flags", "fallback") & VM_BABY:
             lock.up_read(cpu)
             wait_born(w, vma)

@@ -110,15 +110,15 @@ _UNMAP_REMAP = _repeat([["munmap", 1, 0, 11], ["mmap", 1, 0, 11, 1]], 6)
 # Write faults over several pages: a fresh VMA's first one takes mmap_lock (it allocates the
 # anon_vma), the next ones take the policy's lockless path.
 _WRITES = [["access", 0, 4 + i % 6, 1] for i in range(12)]
-# A VMA slot freed and reused by another VMA of the mm while a fault holds on to it; the faults
-# are in the table [8, 16), which the munmap of [0, 14) keeps (its neighbour [14, 16) uses it),
-# so that what the fault finds is the slot's reuse, not a table freed under it.
-_TABLE_KEPT_WRITES = [["access", 0, 8 + i % 6, 1] for i in range(12)]
-_SLOT_REUSE = _repeat([["munmap", 1, 0, 13], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 13, 1]], 3)
 LITMUS = {
     "munmap_no_refcount_wait": [_WRITES, _UNMAP_REMAP],
     "fault_without_srcu": [_WRITES, _UNMAP_REMAP],
-    "no_revalidate": [_repeat([["access", 0, 4, 0], ["access", 0, 5, 0]], 4), _UNMAP_REMAP],
+    # Read faults in the table [8, 16), which the munmap of [0, 12) zaps but keeps (its neighbour
+    # [12, 16) uses it), each after MADV_DONTNEED emptied the PTE.
+    "no_revalidate": [
+        _repeat([["madvise", 0, 9, 1], ["access", 0, 9, 0], ["access", 0, 10, 0]], 16),
+        _repeat([["munmap", 1, 0, 11], ["mmap", 1, 0, 11, 1]], 12),
+    ],
     # MADV_DONTNEED empties the PTEs but keeps the table, so each read faults and walks it.
     "spf_walk_irqs_on": [
         _repeat([["madvise", 0, 4, 1], ["access", 0, 4, 0], ["access", 0, 5, 0]], 16),
@@ -144,7 +144,7 @@ LITMUS = {
         _repeat([["access", 0, 4, 1], ["pageout", 0, 4, 0], ["madvise", 0, 4, 0]], 4),
         [["access", 1, 9, 1]],
     ],
-    # cpu 1 faults the page cpu 0 migrates: its wait holds a reference, so the page cannot move.
+    # cpu 0 migrates a page cpu 1 faults; one migration in 20 gets no new page (GFP_NOWAIT).
     "failed_migration_not_restored": [
         _repeat([["access", 0, 4, 1], ["migrate", 0, 4, 0]], 8),
         _repeat([["access", 1, 4, 0], ["madvise", 1, 9, 0]], 16),
@@ -160,11 +160,20 @@ LITMUS = {
         _WRITES,
         _repeat([["munmap", 1, 0, 15], ["mmap", 1, 100, 3, 0], ["munmap", 1, 100, 3], ["mmap", 1, 0, 15, 1]], 3),
     ],
-    "typesafe_no_recheck": [_TABLE_KEPT_WRITES, _SLOT_REUSE],
-    # cpu 0 pins vpn 5 of the child remotely; the child unmaps it, the parent write-faults it.
+    # Write faults in the table [8, 16) (emptied by MADV_DONTNEED so that they fault) while one
+    # CPU unmaps and maps [0, 13) again and another forks: the fault's VMA slot is freed, and
+    # may be reused by the child's copy of a VMA.
+    "typesafe_no_recheck": [
+        _repeat([["madvise", 0, 8, 4], ["access", 0, 8, 1], ["access", 0, 9, 1], ["access", 0, 10, 1]], 8),
+        _repeat([["munmap", 1, 0, 13], ["mmap", 1, 0, 13, 1]], 8),
+        _repeat([["fork", 1], ["exit", 2]], 8),
+    ],
+    # cpu 0 pins vpn 5 of the child remotely; the child unmaps it, a parent thread write-faults it
+    # (cpu 2's writes keep coming while cpu 0 uses its pin).
     "cow_reuse_by_mapcount": [
-        _repeat([["remote", 2, 5]], 12),
+        _repeat([["remote", 2, 5]], 24),
         _repeat([["access", 1, 5, 1], ["fork", 1], ["munmap", 2, 0, 15], ["access", 1, 5, 1], ["exit", 2]], 4),
+        _repeat([["access", 0, 5, 1]], 24),
     ],
     # Two of the model's mutants show another way too in generated programs (a PTE to a freed page is
     # also a mapped page below its mappings at the sweep; a PTE left behind is also a table freed under
@@ -311,32 +320,20 @@ def op_gup(w: World, task: int, vpn: int, fast: int) -> None:
         leave(w, mm)
 
 
-def get_task_mm(w: World, mm: int) -> bool:
-    """get_task_mm(): a reference to the task's mm as it is now, not to a slot freed and reused
-    by another mm meanwhile.  The kernel takes task_lock for that, briefly; the model's task
-    lock is held across a whole operation of the child, so here the mm's generation is read
-    before and after the reference is taken, and a changed one gives the reference back."""
-    m = w.mm
-    mmid = m.mm_id(mm)
-    if m.mm_state(mm) != MM_LIVE or not m.mmget_not_zero(w.cpu, mm):
-        return False
-    if m.mm_id(mm) != mmid:
-        m.mmput(w.cpu, mm)
-        return False
-    return True
-
-
 def op_remote(w: World, task: int, vpn: int) -> None:
-    """access_remote_vm() as /proc/pid/mem does it: get_task_mm, GUP, mmput."""
+    """access_remote_vm() as /proc/pid/mem does it: get_task_mm, GUP, mmput; the mm it holds must
+    still be the one it took (mm.uaf)."""
     mm = TASK_MM[task]
     m = w.mm
-    if not get_task_mm(w, mm):
+    mmid = m.get_task_mm(w.cpu, mm)
+    if not mmid:
         w.count("nomm")
         return
     try:
         gup_slow(w, mm, vpn, False)
         w.count("remote")
     finally:
+        m.mm_check(w.cpu, mmid, "access_remote_vm")
         m.mmput(w.cpu, mm)
 
 

@@ -47,7 +47,7 @@ def _spf_fault(w: World, mm: int, vpn: int, write: bool, *, validate: bool) -> i
     and install the PTE. If anything goes wrong, we bail").  Falls back to mmap_lock."""
     m, cpu, rcu = w.mm, w.cpu, w.rcu
     rcu.read_lock(cpu)
-    vma = m.find_vma(cpu, mm, vpn)
+    vma = m.vma_lookup(cpu, mm, vpn)
     got = bool(vma) and vma_get(w, vma)
     seq = w.mem.load32(m.vma_off(vma, "vm_seq")) if got else 1
     rcu.read_unlock(cpu)

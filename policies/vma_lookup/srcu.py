@@ -29,7 +29,7 @@ def lookup_srcu(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
     srcu = w.srcu[0]
     idx = srcu.read_lock(w.cpu)
     w.rcu.read_lock(w.cpu)
-    vma = w.mm.find_vma(w.cpu, mm, vpn)
+    vma = w.mm.vma_lookup(w.cpu, mm, vpn)
     w.rcu.read_unlock(w.cpu)
     if not vma:
         srcu.read_unlock(w.cpu, idx)
@@ -54,7 +54,7 @@ def lookup_srcu_unlocked(w: World, mm: int, vpn: int, write: bool) -> Vmf | None
     started with the old VMA ... ends up being the last to install the
     PTE"; mm.pte-after-zap)."""
     w.rcu.read_lock(w.cpu)
-    vma = w.mm.find_vma(w.cpu, mm, vpn)
+    vma = w.mm.vma_lookup(w.cpu, mm, vpn)
     w.rcu.read_unlock(w.cpu)
     return Vmf(mm, vma, vpn, write, "none") if vma else None
 

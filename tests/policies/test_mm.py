@@ -253,7 +253,7 @@ def test_fork_copying_an_anon_page_into_a_vma_without_anon_vma_is_an_invariant(w
 def test_installing_a_pte_for_a_zapped_vma_is_an_invariant(world):
     w = world
     touch(w, 0)
-    vma = w.mm.find_vma(w.cpu, 0, 3)
+    vma = w.mm.vma_lookup(w.cpu, 0, 3)
     w.mm.vma_mark_zapped(vma, 0, 4)
     w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 3, True))
     assert checks(w) == ["mm.pte-after-zap"]
@@ -266,7 +266,7 @@ def test_a_pte_in_the_part_of_a_zapped_vma_a_split_kept_is_not_a_finding(world):
     (found free-running on 4 CPUs; the check was wrong, not the design)."""
     w = world
     touch(w, 0)
-    vma = w.mm.find_vma(w.cpu, 0, 8)
+    vma = w.mm.vma_lookup(w.cpu, 0, 8)
     w.mm.vma_mark_zapped(vma, 0, 4)
     w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 8, True))
     assert checks(w) == []
@@ -275,13 +275,13 @@ def test_a_pte_in_the_part_of_a_zapped_vma_a_split_kept_is_not_a_finding(world):
 def test_a_first_anonymous_page_needs_mmap_lock(world):
     """__anon_vma_prepare asserts mmap_lock: a fault holding only its VMA must fall back."""
     w = world
-    vma = w.mm.find_vma(w.cpu, 0, 3)
+    vma = w.mm.vma_lookup(w.cpu, 0, 3)
     lock = w.mm.mmap_lock(0)
     lock.down_read(w.cpu)
     w.mm.handle_mm_fault(w.cpu, Vmf(0, vma, 3, True))
     lock.up_read(w.cpu)
     assert checks(w) == []
-    other = w.mm.find_vma(w.cpu, 0, 40)
+    other = w.mm.vma_lookup(w.cpu, 0, 40)
     w.mm.handle_mm_fault(w.cpu, Vmf(0, other, 40, True))
     assert checks(w) == ["mm.anon-vma-unlocked"]
 
@@ -417,7 +417,7 @@ def test_a_write_through_a_stale_tlb_entry_after_the_cow_copy_is_lost(world):
     w.cpu.set_scheduler(AtWindow("wp_page_copy:before-ptl", lambda: w.mm.access(other, 0, 3, True)))
     lock = w.mm.mmap_lock(0)
     lock.down_read(w.cpu)
-    w.mm.handle_mm_fault(w.cpu, Vmf(0, w.mm.find_vma(w.cpu, 0, 3), 3, True))
+    w.mm.handle_mm_fault(w.cpu, Vmf(0, w.mm.vma_lookup(w.cpu, 0, 3), 3, True))
     lock.up_read(w.cpu)
     assert checks(w) == ["mm.lost-write"]
 
@@ -448,6 +448,30 @@ def test_exit_frees_page_tables_as_the_policy_does(world):
     drain_rcu(w)
     assert checks(w) == []
     assert set(int(p) for p in w.pool.allocated()) <= {w.mm.zero_page & PFN_MASK}
+
+
+def test_an_rcu_callback_that_reaches_the_exited_mm_is_a_use_after_free():
+    """exit_mmap queues the tables, mmdrop frees the mm; the callbacks run after."""
+    with world_of("rcu_table_free", model=broken.CountsTablesAtRcuFree) as w:
+        touch(w, 3)
+        w.mm.mm_mem.store32(w.mm.mm_off(0, "mm_users"), 1)
+        w.mm.mmput(w.cpu, 0)
+        assert checks(w) == []
+        drain_rcu(w)
+        assert checks(w)[0] == "mm.uaf"
+        assert "was freed" in w.machine.findings()[0]["message"]
+
+
+def test_an_mm_id_names_one_generation_of_its_slot(world):
+    w = world
+    child = dup_mmap(w, 0)
+    mmid = w.mm.mm_id(child)
+    assert w.mm.mm_check(w.cpu, mmid, "test") and checks(w) == []
+    w.mm.mmput(w.cpu, child)
+    again = dup_mmap(w, 0)
+    assert again == child and w.mm.mm_id(again) != mmid
+    assert not w.mm.mm_check(w.cpu, mmid, "test")
+    assert checks(w) == ["mm.uaf"] and "slot reused" in w.machine.findings()[0]["message"]
 
 
 def test_taking_the_ptl_of_a_freed_table_is_a_use_after_free(world):
