@@ -28,13 +28,15 @@ unmapper wait for it" differently:
 
 The model (page tables, TLBs, faults, zap, fork) is `policies.mm`; this
 package holds only what the mechanisms change: one module per policy,
-its broken twins right below it.
+its broken twins right below it; model.py runs the model's own mutants
+(policies/mm/broken.py) under the baseline; litmus.py has the programs
+in which the races are reachable.
 """
 
 from __future__ import annotations
 
 from policies import register
-from policies.vma_lookup import mmap_lock, per_vma_lock, rcu_vma_refcount, speculative, srcu
+from policies.vma_lookup import mmap_lock, model, per_vma_lock, rcu_vma_refcount, speculative, srcu
 from policies.vma_lookup.common import VmaPolicy
 from policies.vma_lookup.scenario import VmaLookup
 
@@ -44,6 +46,7 @@ register(
             mmap_lock.mmap_lock,
             mmap_lock.rcu_table_free,
             *mmap_lock.MUTANTS,
+            *model.MUTANTS,
             rcu_vma_refcount.rcu_vma_refcount,
             *rcu_vma_refcount.MUTANTS,
             srcu.srcu,
