@@ -58,7 +58,7 @@ class Cpu:
         self.mem = machine.mem
         self.hmem = machine.raw  # the harness's own words: never a step
         self.id = cpu_id
-        self.me = cpu_id + 1
+        self.owner_id = cpu_id + 1  # what a lock's owner word holds while this CPU owns it
         self.rng = random.Random(seed)
         self.preempt_count = 0
         self.rcu_nesting = 0

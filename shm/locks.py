@@ -113,7 +113,7 @@ class Spinlock(Handle):
     __slots__ = ()
 
     def lock(self, cpu: Cpu) -> None:
-        if self.mem.cmpxchg32(self.off, 0, cpu.me):
+        if self.mem.cmpxchg32(self.off, 0, cpu.owner_id):
             self._lock_slow(cpu)
         cpu.preempt_count += 1
         d = cpu.rcu_depth  # Cpu.rcu_reader_enter, inlined: a spinlock is on every fault's path
@@ -127,8 +127,8 @@ class Spinlock(Handle):
         cpu.mem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | self.ev_lock)
 
     def _lock_slow(self, cpu: Cpu) -> None:
-        mem, off, me = self.mem, self.off, cpu.me
-        if mem.load32(off) == me:
+        mem, off, owner = self.mem, self.off, cpu.owner_id
+        if mem.load32(off) == owner:
             cpu.report(LOCK_RECURSIVE, f"recursive spin_lock of {self.name()} (AA deadlock)")
         self._begin_wait(cpu, WAIT_SPIN)
         spin = cpu.sched.spin
@@ -136,7 +136,7 @@ class Spinlock(Handle):
         while True:
             v = mem.load32(off)
             if v == 0:
-                if (v := mem.cmpxchg32(off, 0, me)) == 0:
+                if (v := mem.cmpxchg32(off, 0, owner)) == 0:
                     break
                 cpu.hmem.fetch_add64(cpu.lock_races_off, 1)
             spin(cpu, attempt, mem, off, v)
@@ -144,7 +144,7 @@ class Spinlock(Handle):
         self._end_wait(cpu)
 
     def trylock(self, cpu: Cpu) -> bool:
-        if self.mem.cmpxchg32(self.off, 0, cpu.me):
+        if self.mem.cmpxchg32(self.off, 0, cpu.owner_id):
             return False
         cpu.preempt_count += 1
         cpu.rcu_reader_enter()
@@ -157,7 +157,7 @@ class Spinlock(Handle):
         cpu._tseq = s + 1
         cpu.mem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | self.ev_unlock)
         prev = self.mem.xchg32(self.off, 0)
-        if prev != cpu.me:
+        if prev != cpu.owner_id:
             _bad_unlock(cpu, "spin_unlock", self, prev)
         held = cpu.held
         if held and held[-1] == self.addr:
@@ -197,20 +197,20 @@ class Mutex(Handle):
         self._acquire(cpu)
 
     def _acquire(self, cpu: Cpu) -> None:
-        if self.mem.cmpxchg32(self.off, 0, cpu.me):
+        if self.mem.cmpxchg32(self.off, 0, cpu.owner_id):
             self._lock_slow(cpu)
         cpu.held.append(self.addr)
         cpu.trace(_EV_LOCK, self.addr)
 
     def _lock_slow(self, cpu: Cpu) -> None:
-        mem, off, me = self.mem, self.off, cpu.me
-        if mem.load32(off) == me:
+        mem, off, owner = self.mem, self.off, cpu.owner_id
+        if mem.load32(off) == owner:
             cpu.report(LOCK_RECURSIVE, f"recursive mutex_lock of {self.name()} (AA deadlock)")
         self._begin_wait(cpu, WAIT_MUTEX)
         mem.fetch_add32(off + 4, 1)
         block = cpu.sched.block
         while True:
-            v = mem.cmpxchg32(off, 0, me)
+            v = mem.cmpxchg32(off, 0, owner)
             if v == 0:
                 break
             block(cpu, mem, off, v, None)
@@ -218,7 +218,7 @@ class Mutex(Handle):
         self._end_wait(cpu)
 
     def trylock(self, cpu: Cpu) -> bool:
-        if self.mem.cmpxchg32(self.off, 0, cpu.me):
+        if self.mem.cmpxchg32(self.off, 0, cpu.owner_id):
             return False
         cpu.held.append(self.addr)
         cpu.trace(_EV_LOCK, self.addr)
@@ -227,7 +227,7 @@ class Mutex(Handle):
     def unlock(self, cpu: Cpu) -> None:
         cpu.trace(_EV_UNLOCK, self.addr)
         prev = self.mem.xchg32(self.off, 0)
-        if prev != cpu.me:
+        if prev != cpu.owner_id:
             _bad_unlock(cpu, "mutex_unlock", self, prev)
         self._drop_held(cpu, self.addr)
         if self.mem.load32(self.off + 4):
@@ -298,13 +298,13 @@ class Rwsem(Handle):
         c = mem.load32(off)
         if c & ~RWSEM_WAITING or mem.cmpxchg32(off, c, RWSEM_LOCKED) != c:
             self._write_slow(cpu)
-        mem.store32(off + 4, cpu.me)
+        mem.store32(off + 4, cpu.owner_id)
         cpu.held.append(self.addr)
         cpu.trace(_EV_LOCK, self.addr)
 
     def _write_slow(self, cpu: Cpu) -> None:
         mem, off = self.mem, self.off
-        if mem.load32(off + 4) == cpu.me:
+        if mem.load32(off + 4) == cpu.owner_id:
             cpu.report(LOCK_RECURSIVE, f"recursive down_write of {self.name()} (AA deadlock)")
         self._begin_wait(cpu, WAIT_WRITE)
         mem.fetch_add32(off + 16, 1)
@@ -327,7 +327,7 @@ class Rwsem(Handle):
         c = mem.load32(off)
         if c & ~RWSEM_WAITING or mem.cmpxchg32(off, c, RWSEM_LOCKED) != c:
             return False
-        mem.store32(off + 4, cpu.me)
+        mem.store32(off + 4, cpu.owner_id)
         cpu.held.append(self.addr)
         cpu.trace(_EV_LOCK, self.addr)
         return True
@@ -336,7 +336,7 @@ class Rwsem(Handle):
         mem, off = self.mem, self.off
         cpu.trace(_EV_UNLOCK, self.addr)
         prev = mem.xchg32(off + 4, 0)
-        if prev != cpu.me:
+        if prev != cpu.owner_id:
             mem.cmpxchg32(off + 4, 0, prev)
             _bad_unlock(cpu, "up_write", self, prev)
             return
@@ -348,7 +348,7 @@ class Rwsem(Handle):
     def downgrade_write(self, cpu: Cpu) -> None:
         """Writer becomes a reader without letting another writer in between."""
         mem, off = self.mem, self.off
-        if mem.xchg32(off + 4, 0) != cpu.me:
+        if mem.xchg32(off + 4, 0) != cpu.owner_id:
             _bad_unlock(cpu, "downgrade_write", self, -1)
         mem.fetch_add32(off, 1 - RWSEM_LOCKED)
         mem.fetch_or64(off + 8, 1 << cpu.id)

@@ -78,7 +78,7 @@ class CpuLike(Protocol):
     """The CPU a primitive runs on: its identity, context counters, trace, findings and waits."""
 
     id: int
-    me: int
+    owner_id: int
     mem: Memory
     hmem: Memory
     sched: Scheduler

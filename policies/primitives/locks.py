@@ -145,14 +145,14 @@ def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:
         cpu.sched.spin(cpu, attempt, mem, off, v)
         attempt += 1
     cpu.window("busted_spin_lock:test-then-set")
-    mem.store32(off, cpu.me)
+    mem.store32(off, cpu.owner_id)
     cpu.preempt_count += 1
     cpu.rcu_reader_enter()
     mark_acquired(cpu, lock)
 
 
 def enter_critical(w: World, i: int) -> None:
-    prev = w.mem.xchg32(w.holder_off[i], w.cpu.me)
+    prev = w.mem.xchg32(w.holder_off[i], w.cpu.owner_id)
     if prev:
         w.cpu.report(
             EXCLUSION,
@@ -164,8 +164,8 @@ def enter_critical(w: World, i: int) -> None:
 
 
 def leave_critical(w: World, i: int) -> None:
-    prev = w.mem.cmpxchg32(w.holder_off[i], w.cpu.me, 0)
-    if prev != w.cpu.me:
+    prev = w.mem.cmpxchg32(w.holder_off[i], w.cpu.owner_id, 0)
+    if prev != w.cpu.owner_id:
         w.cpu.report(
             EXCLUSION,
             f"mutual exclusion broken: cpu {prev - 1} is inside the critical section of "

@@ -61,7 +61,7 @@ def busted_down_write(sem: Rwsem, cpu: Cpu) -> None:
             c = seen
         cpu.sched.spin(cpu, attempt, mem, off, c)
         attempt += 1
-    mem.store32(off + 4, cpu.me)
+    mem.store32(off + 4, cpu.owner_id)
     mark_acquired(cpu, sem)
 
 

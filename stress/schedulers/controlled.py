@@ -135,14 +135,14 @@ class ControlledScheduler(OsScheduler):
         self.cpu = cast("Cpu", cpu)  # the machine's own CPU: the scheduler reads its whole state
         self.st = st = SchedState.attach(self.segment)
         self.mem = st.mem
-        self.me = cpu.id
-        if not 0 <= self.me < st.nparts:
+        self.cpu_id = cpu.id
+        if not 0 <= self.cpu_id < st.nparts:
             raise ValueError(f"cpu {cpu.id} is not a participant of the controlled scheduler")
         self.op = 0
         self.base = self.synced = accesses()
         self.armed = False
         self.npoints = 0
-        table = self.replay.deviations[self.me] if self.replay else None
+        table = self.replay.deviations[self.cpu_id] if self.replay else None
         self.table = table or None
         # looked up apart: an access point is reached only through the countdown, a window or a boundary never
         self.access_table = {k: v for k, v in (table or {}).items() if k[1] > 0} or None
@@ -159,12 +159,12 @@ class ControlledScheduler(OsScheduler):
         self.spin_slots = (os.cpu_count() or 1) - 1  # the running CPU has a core; spinners take the rest
         self.opstart = None
         if st.rec_cap:
-            me = self.me
-            self.opstart = st.seg.view("opstart")[me * MAX_PROFILE_OPS : (me + 1) * MAX_PROFILE_OPS]
+            cpu_id = self.cpu_id
+            self.opstart = st.seg.view("opstart")[cpu_id * MAX_PROFILE_OPS : (cpu_id + 1) * MAX_PROFILE_OPS]
             self.opstart[:] = -1
             self.opstart[0] = 0
-            self.opclock = st.seg.view("opclock")[me * MAX_PROFILE_OPS : (me + 1) * MAX_PROFILE_OPS]
-            record(st.seg.view("rec")[me * st.rec_cap : (me + 1) * st.rec_cap])
+            self.opclock = st.seg.view("opclock")[cpu_id * MAX_PROFILE_OPS : (cpu_id + 1) * MAX_PROFILE_OPS]
+            record(st.seg.view("rec")[cpu_id * st.rec_cap : (cpu_id + 1) * st.rec_cap])
         set_hook(self._on_access)
         self.arms = self.strategy.preempts_accesses or bool(self.anchors) or self.opstart is not None
         self.counts = self.strategy.preempts_accesses or self.opstart is not None
@@ -206,7 +206,7 @@ class ControlledScheduler(OsScheduler):
     def exit(self, cpu: CpuLike) -> None:
         set_hook(None)
         if self.opstart is not None:
-            self.mem.store64(self.st.nrec_off[self.me], recorded())
+            self.mem.store64(self.st.nrec_off[self.cpu_id], recorded())
             record(None)
             self.opstart = None
         if not self.free:
@@ -225,7 +225,7 @@ class ControlledScheduler(OsScheduler):
         n = (
             0
             if self.free or not self.strategy.preempts_accesses
-            else self.strategy.countdown(self.st, self.me, self.mem.load64(self.st.accesses_off))
+            else self.strategy.countdown(self.st, self.cpu_id, self.mem.load64(self.st.accesses_off))
         )
         todo = self.anchors.get(self.op) if not self.free else None
         if todo:
@@ -239,17 +239,17 @@ class ControlledScheduler(OsScheduler):
             self.armed = bool(n)
 
     def _watch(self, mem: Memory, off: int, seen: int, bits: int, timed: bool) -> None:
-        st, m, me = self.st, self.mem, self.me
+        st, m, cpu_id = self.st, self.mem, self.cpu_id
         seg = self._seg_index.get(id(mem))
         if seg is None:
             machine = self.cpu.machine
             seg = next(i for i, (a, b) in enumerate(zip(machine.mems, machine.raws)) if mem is a or mem is b)
             self._seg_index[id(mem)] = seg
-        m.store32(st.wseg_off[me], seg)
-        m.store32(st.wbits_off[me], bits)
-        m.store64(st.woff_off[me], off)
-        m.store64(st.wval_off[me], seen)
-        m.store32(st.timed_off[me], int(timed))
+        m.store32(st.wseg_off[cpu_id], seg)
+        m.store32(st.wbits_off[cpu_id], bits)
+        m.store64(st.woff_off[cpu_id], off)
+        m.store64(st.wval_off[cpu_id], seen)
+        m.store32(st.timed_off[cpu_id], int(timed))
 
     def _changed(self, i: int) -> bool:
         st, m = self.st, self.mem
@@ -260,7 +260,7 @@ class ControlledScheduler(OsScheduler):
 
     def _point(self, state: int, why: str, next_op: bool = False) -> bool:
         """A scheduling decision; True if another participant ran before this one continues."""
-        st, m, me, cpu = self.st, self.mem, self.me, self.cpu
+        st, m, cpu_id, cpu = self.st, self.mem, self.cpu_id, self.cpu
         # the access count: for an access point's anchor, an operation's base, and the whole run's count
         # (what pct and random draw over, and a profile reads); nothing is anchored at an access otherwise
         arms = self.arms
@@ -277,7 +277,7 @@ class ControlledScheduler(OsScheduler):
         if need and (self.counts or state == EXITED):
             m.fetch_add64(st.accesses_off, now - self.synced)
             self.synced = now
-        m.store32(st.state_off[me], state)
+        m.store32(st.state_off[cpu_id], state)
         strong: list[int] = []
         weak: list[int] = []
         timed: list[int] = []
@@ -321,12 +321,12 @@ class ControlledScheduler(OsScheduler):
             assert blocked
             self._wedge(SCHED_ALL_BLOCKED, "every CPU is blocked")
             return False
-        if me in cands:
-            default = me
+        if cpu_id in cands:
+            default = cpu_id
         else:
-            default = next((c for c in cands if c > me), cands[0])
+            default = next((c for c in cands if c > cpu_id), cands[0])
         step = m.load64(st.step_off)
-        choice = self.strategy.choose(st, me, cands, default, step, why)
+        choice = self.strategy.choose(st, cpu_id, cands, default, step, why)
         table = self.access_table if why is ACCESS else self.point_table
         if table:
             target = table.get((op, point))
@@ -349,8 +349,8 @@ class ControlledScheduler(OsScheduler):
             self.npoints = 0
             if self.opstart is not None and self.op < MAX_PROFILE_OPS:
                 self.opstart[self.op] = recorded()
-        if choice == me:
-            m.store32(st.state_off[me], RUNNABLE)
+        if choice == cpu_id:
+            m.store32(st.state_off[cpu_id], RUNNABLE)
             if self.arms and (next_op or why is ACCESS):
                 self._resume(next_op, now)
             return False
@@ -364,7 +364,7 @@ class ControlledScheduler(OsScheduler):
             return True
         self._wait_turn()
         if not self.free:
-            m.store32(st.state_off[me], RUNNABLE)
+            m.store32(st.state_off[cpu_id], RUNNABLE)
         if self.arms:
             self._resume(next_op, now if need else accesses())
         return True
@@ -379,7 +379,7 @@ class ControlledScheduler(OsScheduler):
         fit the cores and one is free for a spinner (the kernel's optimistic spinning: a handoff
         to a spinning CPU is a store, not a futex wake and a wakeup); then sleep on the turn word,
         saying so, so that the CPU that hands the token over wakes only a sleeper."""
-        st, m, me = self.st, self.mem, self.me
+        st, m, cpu_id = self.st, self.mem, self.cpu_id
         token, mode = st.token_off, st.mode_off
         runnable = sum(m.load32(off) in (RUNNABLE, YIELDED) for off in st.state_off)
         if runnable > self.spin_slots + 1:
@@ -387,14 +387,14 @@ class ControlledScheduler(OsScheduler):
         elif m.fetch_add32(st.spinners_off, 1) < self.spin_slots:
             try:
                 for _ in range(SPIN_TURN_LOOPS):
-                    if m.load32(token) == me or m.load32(mode) != CONTROLLED:
+                    if m.load32(token) == cpu_id or m.load32(mode) != CONTROLLED:
                         break
                     cpu_relax()
             finally:
                 m.fetch_sub32(st.spinners_off, 1)
         else:
             m.fetch_sub32(st.spinners_off, 1)
-        turn, sleeping = st.turn_off[me], st.sleeping_off[me]
+        turn, sleeping = st.turn_off[cpu_id], st.sleeping_off[cpu_id]
         while True:
             m.store32(sleeping, 1)
             seq = m.load32(turn)
@@ -402,23 +402,23 @@ class ControlledScheduler(OsScheduler):
                 m.store32(sleeping, 0)
                 self.free = True
                 return
-            if m.load32(token) == me:
+            if m.load32(token) == cpu_id:
                 m.store32(sleeping, 0)
                 return
             m.futex_wait(turn, seq, TURN_TIMEOUT_S)
 
     def _record(self, op: int, point: int, target: int) -> None:
-        st, m, me = self.st, self.mem, self.me
+        st, m, cpu_id = self.st, self.mem, self.cpu_id
         n = self.ndev
         if n >= st.capacity:
-            m.store32(st.overflow_off[me], 1)
+            m.store32(st.overflow_off[cpu_id], 1)
             return
-        base = st.dev_off[me] + n * DEVIATION.itemsize
+        base = st.dev_off[cpu_id] + n * DEVIATION.itemsize
         m.store32(base, op)
         m.store32(base + 4, point)
         m.store32(base + 8, target)
         self.ndev = n + 1
-        m.store32(st.ndev_off[me], n + 1)
+        m.store32(st.ndev_off[cpu_id], n + 1)
 
     def _diverge(self, step: int, op: int, point: int, target: int, unreached: bool = False) -> None:
         st, m = self.st, self.mem
@@ -426,7 +426,7 @@ class ControlledScheduler(OsScheduler):
         if m.cmpxchg32(st.diverged_off, 0, 1) == 0:
             m.store64(lay.offset("control", 0, "div_step"), step)
             for f, v in (
-                ("div_slot", self.me),
+                ("div_slot", self.cpu_id),
                 ("div_op", op),
                 ("div_point", point),
                 ("div_target", target),
@@ -479,7 +479,7 @@ class ControlledScheduler(OsScheduler):
                 locks_held=wd.held_locks(),
             )
             cpu.machine.request_stop()
-        turn = st.turn_off[self.me]
+        turn = st.turn_off[self.cpu_id]
         while m.load32(st.mode_off) == CONTROLLED:
             m.futex_wait(turn, m.load32(turn), TURN_TIMEOUT_S)
         self.free = True
