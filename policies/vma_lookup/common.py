@@ -31,11 +31,13 @@ def vm_area_free_rcu(cpu, vma: int) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class VmaPolicy(MmPolicy):
-    """How a fault pins its VMA (`lookup`/`release`, or a whole `fault`), and how VMAs change."""
+    """How a fault pins its VMA (`lookup`/`release`, or a whole `fault`; `fallback`: the fault under
+    mmap_lock a lockless one falls back to, None for fault_mmap_lock), and how VMAs change."""
 
     lookup: Callable[[World, int, int, bool], Vmf | None]
     release: Callable[[World, Vmf], None]
     fault: Callable[[World, int, int, bool], int]
+    fallback: Callable[[World, int, int, bool], int] | None = None
     mmap: Callable[[World, int, int, int, bool], int | None]
     munmap: Callable[[World, int, int, int], bool]
     new_vma: Callable[[World, int, int, int, int], int | None]

@@ -9,7 +9,6 @@ broadcast TLBI; VMAs never freed; and the model's own functions broken one at a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 from policies.mm import (
@@ -74,17 +73,16 @@ def must_fall_back(w: World, mm: int, vmf: Vmf) -> bool:
     )
 
 
-def fault_or_fall_back(
-    w: World, mm: int, vpn: int, write: bool, vmf: Vmf | None, fallback: Callable[..., int] = fault_mmap_lock
-) -> int:
+def fault_or_fall_back(w: World, mm: int, vpn: int, write: bool, vmf: Vmf | None) -> int:
     """Handle the fault on the VMA the policy pinned, or release it and fault under mmap_lock
-    (must_fall_back) as `fallback` does."""
+    (must_fall_back), as the policy's `fallback` does (by default fault_mmap_lock)."""
     if vmf is None:
         return VM_FAULT_SIGSEGV
+    policy: VmaPolicy = w.policy
     if must_fall_back(w, mm, vmf):
-        w.policy.release(w, vmf)
+        policy.release(w, vmf)
         w.count("fallbacks")
-        return fallback(w, mm, vpn, write)
+        return (policy.fallback or fault_mmap_lock)(w, mm, vpn, write)
     return handle_with(w, vmf)
 
 

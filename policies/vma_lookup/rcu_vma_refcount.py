@@ -149,7 +149,7 @@ def release_rcu_refcount(w: World, vmf: Vmf) -> None:
 
 def fault_rcu_refcount(w: World, mm: int, vpn: int, write: bool) -> int:
     vmf = rcu_refcount_lookup(w, mm, vpn, write, map_pages=True)
-    return vmf if isinstance(vmf, int) else fault_or_fall_back(w, mm, vpn, write, vmf, fault_mmap_lock_born)
+    return vmf if isinstance(vmf, int) else fault_or_fall_back(w, mm, vpn, write, vmf)
 
 
 def _rcu_unmap_deferred(
@@ -324,6 +324,7 @@ rcu_vma_refcount = RcuRefcountPolicy(
     lookup=lookup_rcu_refcount,
     release=release_rcu_refcount,
     fault=fault_rcu_refcount,
+    fallback=fault_mmap_lock_born,
     mmap=mmap_rcu_refcount,
     munmap=munmap_rcu_refcount,
     new_vma=new_vma_plain,
