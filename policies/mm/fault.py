@@ -65,13 +65,9 @@ class Fault(Migrate):
             return VM_FAULT_RETRY
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
         if self.page_mem.load64(off):
-            ptl.unlock(cpu)
-            self._drop_new(cpu, page)
-            return VM_FAULT_OK
+            return self._back_out(cpu, ptl, page, VM_FAULT_OK)
         if not self._may_install(cpu, vmf):
-            ptl.unlock(cpu)
-            self._drop_new(cpu, page)
-            return VM_FAULT_RETRY
+            return self._back_out(cpu, ptl, page, VM_FAULT_RETRY)
         if page is None:
             self.page_mem.store64(off, mk_pte(self.zero_page, PTE_PRESENT | PTE_SPECIAL))
         else:
@@ -105,17 +101,11 @@ class Fault(Migrate):
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
         if not self.swapin_pte_same(off, orig):
             self.count("swapin_raced")
-            ptl.unlock(cpu)
-            self._drop_new(cpu, page)
-            return VM_FAULT_OK
+            return self._back_out(cpu, ptl, page, VM_FAULT_OK)
         if not self._may_install(cpu, vmf):
-            ptl.unlock(cpu)
-            self._drop_new(cpu, page)
-            return VM_FAULT_RETRY
+            return self._back_out(cpu, ptl, page, VM_FAULT_RETRY)
         if not self.swap_read_folio(cpu, slot, page):
-            ptl.unlock(cpu)
-            self._drop_new(cpu, page)
-            return VM_FAULT_OK
+            return self._back_out(cpu, ptl, page, VM_FAULT_OK)
         self.page_mem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
         writable = vmf.write and self.swap_count(slot) == 1
         self.page_add_anon_rmap(page, anon, vmf.vpn)
@@ -180,9 +170,7 @@ class Fault(Migrate):
             return VM_FAULT_RETRY
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
         if self.page_mem.load64(off) != orig or not self._may_install(cpu, vmf):
-            ptl.unlock(cpu)
-            self._drop_new(cpu, page)
-            return VM_FAULT_OK
+            return self._back_out(cpu, ptl, page, VM_FAULT_OK)
         epoch = self.tlb_retire(vmf.mm, vmf.vpn)
         self.page_mem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1)

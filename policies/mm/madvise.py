@@ -50,12 +50,8 @@ class Madvise(Zap):
         lock.down_read(cpu)
         out = 0
         try:
-            g = self.geometry
-            for vpn, stop, _ in self.index_parts(mm, start, end):
-                while vpn < stop:
-                    table_end = min(stop, (vpn // g.pte + 1) * g.pte)
-                    out += self._pageout_table(cpu, mm, vpn, table_end)
-                    vpn = table_end
+            for s, e, _ in self.index_parts(mm, start, end, per_table=True):
+                out += self._pageout_table(cpu, mm, s, e)
         finally:
             lock.up_read(cpu)
         return out

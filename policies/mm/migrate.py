@@ -72,12 +72,8 @@ class Migrate(VmFault):
         lock.down_read(cpu)
         moved = 0
         try:
-            g = self.geometry
-            for vpn, stop, v in self.index_parts(mm, start, end):
-                while vpn < stop:
-                    table_end = min(stop, (vpn // g.pte + 1) * g.pte)
-                    moved += self._migrate_table(cpu, mm, v, vpn, table_end)
-                    vpn = table_end
+            for s, e, v in self.index_parts(mm, start, end, per_table=True):
+                moved += self._migrate_table(cpu, mm, v, s, e)
         finally:
             lock.up_read(cpu)
         return moved

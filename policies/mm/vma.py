@@ -192,20 +192,21 @@ class VmaTree(PageTables):
             for i in range(mem.load32(base))
         ]
 
-    def index_parts(self, mm: int, start: int, end: int) -> list[tuple[int, int, int]]:
+    def index_parts(self, mm: int, start: int, end: int, per_table: bool = False) -> list[tuple[int, int, int]]:
         """(start, end, vma) of each VMA's part of [start, end), under mmap_lock for read (madvise,
-        migration).  A RESERVED range has none, nor has a BABY VMA: an unmap that no longer
-        holds mmap_lock still tears its range down (rcu_vma_refcount), so nothing of it is
-        mapped yet and its tables may be going."""
+        migration), cut at page-table boundaries if `per_table`.  A RESERVED range has none, nor
+        has a BABY VMA: an unmap that no longer holds mmap_lock still tears its range down
+        (rcu_vma_refcount), so nothing of it is mapped yet and its tables may be going."""
         parts = []
+        span = self.geometry.pte
         for s, e, v in self.index_entries(mm):
-            if (
-                v != RESERVED
-                and s < end
-                and e > start
-                and not self.mm_mem.load32(self.vma_off(v, "vm_flags")) & VM_BABY
-            ):
-                parts.append((max(s, start), min(e, end), v))
+            if v == RESERVED or s >= end or e <= start or self.mm_mem.load32(self.vma_off(v, "vm_flags")) & VM_BABY:
+                continue
+            lo, hi = max(s, start), min(e, end)
+            while lo < hi:
+                cut = min(hi, (lo // span + 1) * span) if per_table else hi
+                parts.append((lo, cut, v))
+                lo = cut
         return parts
 
     def index_publish(self, cpu, mm: int, entries: list[tuple[int, int, int]]) -> bool:

@@ -168,6 +168,12 @@ class VmFault(Swap):
             self.page_mem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
         return page, anon
 
+    def _back_out(self, cpu, ptl, page: int | None, ret: int) -> int:
+        """Under the ptl, the fault will not install: unlock, give its new page back, return `ret`."""
+        ptl.unlock(cpu)
+        self._drop_new(cpu, page)
+        return ret
+
     def _drop_new(self, cpu, page: int | None) -> None:
         if page is not None:
             self.pool.free_page(cpu, page, ANON_SITE)
