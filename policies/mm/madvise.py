@@ -23,10 +23,9 @@ class Madvise(Zap):
         """madvise(MADV_DONTNEED) of [start, end) (madvise_dontneed_single_vma): each VMA's part
         zapped, flushed and freed; when it returns, no CPU may hold a translation of those parts.
         A hole is -ENOMEM and promises nothing: a munmap may be tearing it down right now."""
-        since = self.tlb_epoch()
+        since = self.tlb_call_begin()
         lock = self.mmap_lock(mm)
         lock.down_read(cpu)
-        self.flush_upto = 0
         done: list[tuple[int, int]] = []
         try:
             for s, e, _ in self.index_parts(mm, start, end):

@@ -72,6 +72,12 @@ class Tlb(VmaTree):
         self.mm_mem.store64(self.promise0 + (mm * self.geometry.pages + vpn) * TLB_PROMISE.itemsize, epoch)
         return epoch
 
+    def tlb_call_begin(self) -> int:
+        """A call that will promise its range (munmap, mmap, MADV_DONTNEED) begins: the epoch it
+        began in, for its `tlb_promise(since=...)`; only its own flushes count from now."""
+        self.flush_upto = 0
+        return self.tlb_epoch()
+
     def tlb_promise(self, cpu, mm: int, start: int, end: int, upto: int | None = None, since: int = 0) -> None:
         """The caller returns having flushed every translation of mm's [start, end) made before
         it began (epoch `since`), and every one whose PTE was cleared up to epoch `upto` (by

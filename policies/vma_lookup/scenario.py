@@ -3,6 +3,9 @@ the litmus programs are litmus.py."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from policies.mm import (
     MM_EXITED,
     MM_LIVE,
@@ -141,67 +144,59 @@ def user_access(w: World, mm: int, vpn: int, write: bool) -> None:
             w.count("retries")
 
 
-def access(w: World, task: int, vpn: int, write: int) -> None:
-    mm = TASK_MM[task]
-    if enter(w, mm):
-        try:
-            user_access(w, mm, vpn, bool(write))
-        finally:
-            leave(w, mm)
+def as_task(body: Callable[..., None]) -> Callable[..., None]:
+    """An operation run by a thread of task's mm (`body(w, mm, ...)`): the child's task lock is
+    held around it, and nothing runs if the child is gone."""
+
+    @functools.wraps(body)
+    def op(w: World, task: int, *args: int) -> None:
+        mm = TASK_MM[task]
+        if enter(w, mm):
+            try:
+                body(w, mm, *args)
+            finally:
+                leave(w, mm)
+
+    return op
 
 
-def op_mmap(w: World, task: int, vpn: int, length: int, fixed: int) -> None:
-    mm = TASK_MM[task]
-    if enter(w, mm):
-        try:
-            since, w.mm.flush_upto = w.mm.tlb_epoch(), 0
-            start = w.policy.mmap(w, mm, vpn, 1 + length, bool(fixed))
-            if start is not None:
-                w.mm.tlb_promise(w.cpu, mm, start, start + 1 + length, since=since)
-        finally:
-            leave(w, mm)
+@as_task
+def access(w: World, mm: int, vpn: int, write: int) -> None:
+    user_access(w, mm, vpn, bool(write))
 
 
-def op_munmap(w: World, task: int, vpn: int, length: int) -> None:
-    mm = TASK_MM[task]
-    if enter(w, mm):
-        try:
-            start, end = clamp_range(w, vpn, length)
-            since, w.mm.flush_upto = w.mm.tlb_epoch(), 0
-            if w.policy.munmap(w, mm, start, end):
-                w.mm.tlb_promise(w.cpu, mm, start, end, since=since)
-        finally:
-            leave(w, mm)
+@as_task
+def op_mmap(w: World, mm: int, vpn: int, length: int, fixed: int) -> None:
+    since = w.mm.tlb_call_begin()
+    start = w.policy.mmap(w, mm, vpn, 1 + length, bool(fixed))
+    if start is not None:
+        w.mm.tlb_promise(w.cpu, mm, start, start + 1 + length, since=since)
 
 
-def op_madvise(w: World, task: int, vpn: int, length: int) -> None:
-    mm = TASK_MM[task]
-    if enter(w, mm):
-        try:
-            w.mm.madvise_dontneed(w.cpu, mm, *clamp_range(w, vpn, length))
-            w.count("madvises")
-        finally:
-            leave(w, mm)
+@as_task
+def op_munmap(w: World, mm: int, vpn: int, length: int) -> None:
+    start, end = clamp_range(w, vpn, length)
+    since = w.mm.tlb_call_begin()
+    if w.policy.munmap(w, mm, start, end):
+        w.mm.tlb_promise(w.cpu, mm, start, end, since=since)
 
 
-def op_pageout(w: World, task: int, vpn: int, length: int) -> None:
+@as_task
+def op_madvise(w: World, mm: int, vpn: int, length: int) -> None:
+    w.mm.madvise_dontneed(w.cpu, mm, *clamp_range(w, vpn, length))
+    w.count("madvises")
+
+
+@as_task
+def op_pageout(w: World, mm: int, vpn: int, length: int) -> None:
     """madvise(MADV_PAGEOUT): the range's exclusive pages to swap."""
-    mm = TASK_MM[task]
-    if enter(w, mm):
-        try:
-            w.mm.madvise_pageout(w.cpu, mm, *clamp_range(w, vpn, length))
-        finally:
-            leave(w, mm)
+    w.mm.madvise_pageout(w.cpu, mm, *clamp_range(w, vpn, length))
 
 
-def op_migrate(w: World, task: int, vpn: int, length: int) -> None:
+@as_task
+def op_migrate(w: World, mm: int, vpn: int, length: int) -> None:
     """Move the range's exclusive pages (migrate_vma, as a driver or NUMA balancing would)."""
-    mm = TASK_MM[task]
-    if enter(w, mm):
-        try:
-            w.mm.migrate_vma(w.cpu, mm, *clamp_range(w, vpn, length))
-        finally:
-            leave(w, mm)
+    w.mm.migrate_vma(w.cpu, mm, *clamp_range(w, vpn, length))
 
 
 def gup_slow(w: World, mm: int, vpn: int, write: bool) -> None:
@@ -221,20 +216,15 @@ def gup_slow(w: World, mm: int, vpn: int, write: bool) -> None:
         m.use_pinned_page(w.cpu, mm, ref, "get_user_pages: using the pinned page")
 
 
-def op_gup(w: World, task: int, vpn: int, fast: int) -> None:
-    mm = TASK_MM[task]
-    if not enter(w, mm):
-        return
-    try:
-        if fast:
-            ref = w.mm.gup_fast(w.cpu, mm, vpn, False)
-            if ref:
-                w.count("gup_fast")
-                w.mm.use_pinned_page(w.cpu, mm, ref, "get_user_pages_fast: using the pinned page")
-                return
-        gup_slow(w, mm, vpn, False)
-    finally:
-        leave(w, mm)
+@as_task
+def op_gup(w: World, mm: int, vpn: int, fast: int) -> None:
+    if fast:
+        ref = w.mm.gup_fast(w.cpu, mm, vpn, False)
+        if ref:
+            w.count("gup_fast")
+            w.mm.use_pinned_page(w.cpu, mm, ref, "get_user_pages_fast: using the pinned page")
+            return
+    gup_slow(w, mm, vpn, False)
 
 
 def op_remote(w: World, task: int, vpn: int) -> None:
@@ -254,14 +244,9 @@ def op_remote(w: World, task: int, vpn: int) -> None:
         m.mmput(w.cpu, mm)
 
 
-def op_fork(w: World, task: int) -> None:
-    mm = TASK_MM[task]
-    if not enter(w, mm):
-        return
-    try:
-        dup_mmap(w, mm)
-    finally:
-        leave(w, mm)
+@as_task
+def op_fork(w: World, mm: int) -> None:
+    dup_mmap(w, mm)
 
 
 def dup_mmap(w: World, oldmm: int) -> int:
