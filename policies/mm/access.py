@@ -108,5 +108,5 @@ class Access(Tlb):
                     **pool.describe(pfn),
                 )
                 return
+            page_mem.store64(f + LAST_WRITER, mmid)  # first: who sees the count move sees the writer
             page_mem.fetch_add64(data + 8, 1)
-            page_mem.store64(f + LAST_WRITER, mmid)
