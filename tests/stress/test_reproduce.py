@@ -69,9 +69,16 @@ def test_reproduce_refuses_a_controlled_report(tmp_path, capsys):
 
 def test_a_finding_that_needs_the_state_the_run_built_is_reproduced_from_a_longer_window():
     """A pgtable_bytes that kept the tables freed is wrong only against the tables the whole
-    run allocated and freed: no suffix of 32 operations trips it, so the search widens the
-    window up to everything each CPU ran before it gives up."""
-    report = _as_free_running(_failing("vma_lookup", "pgtable_bytes_kept"))
+    run allocated and freed: here a munmap frees two tables first and 40 accesses to mapped
+    pages follow, so no suffix of 32 operations trips it and the search widens the window up
+    to everything each CPU ran."""
+    program = [
+        [["access", 0, 48, 1], ["munmap", 0, 48, 15]] + [["access", 0, i % 16, 1] for i in range(40)],
+        [["access", 0, i % 16, 0] for i in range(40)],
+    ]
+    r = run("vma_lookup", "pgtable_bytes_kept", cpus=2, program=program, scheduler="free", progress="off")
+    report = r.report
+    assert report["findings"][0]["check"] == "mm.pgtable-bytes" and report.get("schedule") is None
     found = reproduce(report, max_runs=600, max_seconds=math.inf)
     assert found is not None and found.check == report["findings"][0]["check"] and found.window > 32
     assert mismatch(found.result.report, replay(found.result.report)) is None
