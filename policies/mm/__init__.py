@@ -8,6 +8,7 @@ policies are written against the `MmModel` it builds, which it does not copy.
 """
 
 from policies.mm.geometry import Geometry
+from policies.mm.gup import FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GUP_MUST_UNSHARE
 from policies.mm.mm import MM_EXITED, MM_LIVE, MmModel
 from policies.mm.policy import MmPolicy
 from policies.mm.scenario import MmScenario
@@ -24,6 +25,7 @@ from policies.mm.vma import (
 )
 from policies.mm.vmf import (
     FAULT_FLAG_SPECULATIVE,
+    FAULT_FLAG_UNSHARE,
     FAULT_RESULTS,
     VM_FAULT_OK,
     VM_FAULT_OOM,
@@ -34,6 +36,12 @@ from policies.mm.vmf import (
 
 __all__ = [
     "FAULT_FLAG_SPECULATIVE",
+    "FAULT_FLAG_UNSHARE",
+    "FOLL_GET",
+    "FOLL_LONGTERM",
+    "FOLL_PIN",
+    "FOLL_WRITE",
+    "GUP_MUST_UNSHARE",
     "FAULT_RESULTS",
     "MAX_VMAS",
     "MM_EXITED",

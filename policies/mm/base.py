@@ -20,7 +20,7 @@ import numpy as np
 
 from policies.mm.checks import MM_UAF
 from policies.mm.geometry import Geometry
-from shm import MUTEX, RWSEM, SPINLOCK, Machine, Mutex, Refcount, Rwsem, Spinlock
+from shm import MUTEX, RWSEM, SEQCOUNT, SPINLOCK, Machine, Mutex, Refcount, Rwsem, Seqcount, Spinlock
 from shm.events import address
 from shm.slab import KmemCache
 
@@ -41,6 +41,7 @@ MM_STRUCT = np.dtype(
         ("mm_lock_seq", "<i4"),
         ("flags", "<i4"),
         ("tlb_flush_pending", "<i4"),
+        ("write_protect_seq", SEQCOUNT),
         ("mmap_lock", RWSEM),
         ("page_table_lock", SPINLOCK),
         ("context_lock", SPINLOCK),
@@ -90,6 +91,9 @@ class MmBase:
     tlb_epoch_off: int
     flush_upto: int  # the TLB epoch this CPU's last tlb_finish_mmu flushed up to
     promise0: int
+    pins0: int  # the drivers' long-term pins, a slot per CPU (gup.py)
+    pin_slots: int
+    pin_unmaps0: int  # per (mm, vpn): unmaps of a maybe-pinned page by its mm (rmap.py)
     mms: np.ndarray
     vma_cache: KmemCache
     index_cache: KmemCache
@@ -122,6 +126,11 @@ class MmBase:
 
     def page_table_lock(self, mm: int) -> Spinlock:
         return self._lock(Spinlock, "page_table_lock", mm)
+
+    def write_protect_seq(self, mm: int) -> Seqcount:
+        """mm->write_protect_seq: odd while fork write-protects the mm's anon pages (FOLL_PIN
+        fast GUP backs off)."""
+        return self._lock(Seqcount, "write_protect_seq", mm)
 
     def task_lock(self, mm: int) -> Mutex:
         return self._lock(Mutex, "task_lock", mm)

@@ -7,7 +7,8 @@ munmap zapped or outside its VMA, anon_vma_prepare without mmap_lock, a
 write that lands in a page after copy-on-write copied it, fork copying an
 anon page into a VMA without anon_vma, free_pgtables freeing a table that
 still maps a page, a write to a page another mm shares, a GUP pin that sees
-another mm's write, a load through a stale TLB entry or a PTE to a freed
+another mm's write, a released FOLL_PIN pin whose page its mm no longer
+maps though it was not unmapped, a load through a stale TLB entry or a PTE to a freed
 page, page_remove_rmap of a page that is not mapped, swap-in from a freed
 swap slot, a swap slot freed more often than it was named.
 
@@ -62,6 +63,13 @@ PIN_FOREIGN_WRITE = define_check(
     "invariant",
     "a page GUP pinned from one mm is written by another while the pin reads it: copy-on-write reused a "
     "page another mm still holds (CVE-2020-29374)",
+)
+PIN_DIVERGED = define_check(
+    "mm.pin-diverged",
+    "invariant",
+    "a page FOLL_PIN pinned from an mm is no longer the page that mm maps there, though the mm never unmapped "
+    "it: copy-on-write moved the mm to a copy and the pin reads or DMAs into a page the process cannot see "
+    "(70e806e4e645, a7f226604170, PageAnonExclusive)",
 )
 FREE_MAPPED_TABLE = define_check(
     "mm.free-mapped-table", "invariant", "free_pgtables frees a page table that still maps a page"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from policies.mm.migrate import Migrate
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, is_migration_entry, mk_pte, swp_offset
 from policies.mm.rmap import ANON_SITE, LAST_WRITER
-from policies.mm.vmf import FAULT_FLAG_SPECULATIVE, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_RETRY, Vmf
+from policies.mm.vmf import FAULT_FLAG_SPECULATIVE, FAULT_FLAG_UNSHARE, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_RETRY, Vmf
 from shm import GFP_KERNEL, GFP_NOWAIT
 from shm.pool import PAGE_STRIDE, PFN_MASK
 
@@ -26,6 +26,14 @@ class Fault(Migrate):
         simplification", CVE-2020-29374): a page GUP pinned and another mm unmapped has one
         mapping, but the pin still reads it."""
         return self.page_mem.load32(self._page_word(ref, "_refcount")) == 1
+
+    def wp_can_reuse(self, ref: int) -> bool:
+        """do_wp_page's test: PageAnonExclusive, or wp_can_reuse_anon_folio()."""
+        if self.page_anon_exclusive(ref):
+            if self.folio_maybe_dma_pinned(ref):
+                self.count("pinned_reuses")
+            return True
+        return self.wp_can_reuse_anon_folio(ref)
 
     def handle_mm_fault(self, cpu, vmf: Vmf) -> int:
         """handle_mm_fault() for a private anonymous VMA: anonymous, zero page, or COW."""
@@ -45,7 +53,7 @@ class Fault(Migrate):
             if vmf.flags & FAULT_FLAG_SPECULATIVE:
                 return VM_FAULT_RETRY  # the model's SPF leaves swap and migration to mmap_lock
             return self.do_swap_page(cpu, vmf, pte)
-        if vmf.write and not pte & PTE_WRITE:
+        if (vmf.write or vmf.flags & FAULT_FLAG_UNSHARE) and not pte & PTE_WRITE:
             return self.do_wp_page(cpu, vmf)
         return VM_FAULT_OK
 
@@ -71,7 +79,7 @@ class Fault(Migrate):
         if page is None:
             self.page_mem.store64(off, mk_pte(self.zero_page, PTE_PRESENT | PTE_SPECIAL))
         else:
-            self.page_add_anon_rmap(page, anon, vmf.vpn)
+            self.page_add_anon_rmap(page, anon, vmf.vpn, exclusive=True)
             self.mm_mem.fetch_add64(self.mm0 + vmf.mm * self.mm_stride + self.rss_field, 1)
             self.page_mem.store64(off, page << FLAG_BITS | PTE_PRESENT | PTE_WRITE)
         ptl.unlock(cpu)
@@ -107,8 +115,9 @@ class Fault(Migrate):
         if not self.swap_read_folio(cpu, slot, page):
             return self._back_out(cpu, ptl, page, VM_FAULT_OK)
         self.page_mem.store64(self.page0 + (page & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
-        writable = vmf.write and self.swap_count(slot) == 1
-        self.page_add_anon_rmap(page, anon, vmf.vpn)
+        exclusive = self.swap_count(slot) == 1
+        writable = vmf.write and exclusive
+        self.page_add_anon_rmap(page, anon, vmf.vpn, exclusive=exclusive)
         self.add_rss(vmf.mm, 1)
         self.mm_mem.fetch_sub64(self.mm_off(vmf.mm, "swapents"), 1)
         self.page_mem.store64(off, mk_pte(page, PTE_PRESENT | (PTE_WRITE if writable else 0)))
@@ -122,7 +131,13 @@ class Fault(Migrate):
         return self.page_mem.load64(off) == orig
 
     def do_wp_page(self, cpu, vmf: Vmf) -> int:
-        """do_wp_page(): reuse an exclusive anon page, else copy it (wp_page_copy)."""
+        """do_wp_page(): reuse an exclusive anon page, else copy it (wp_page_copy).
+
+        PageAnonExclusive is reused whatever its count: a FOLL_PIN pin adds
+        GUP_PIN_COUNTING_BIAS, and copying a pinned page away from the mm
+        that pinned it leaves the pin on a page the process no longer sees.
+        An unshare fault (FAULT_FLAG_UNSHARE) makes the page exclusive and
+        leaves the PTE read-only."""
         table, ptl = self.pte_map_lock(cpu, vmf)
         if not table:
             return VM_FAULT_RETRY
@@ -133,11 +148,13 @@ class Fault(Migrate):
             return VM_FAULT_OK
         old = pte >> FLAG_BITS
         special = bool(pte & PTE_SPECIAL)
-        if not special and self.wp_can_reuse_anon_folio(old):
+        if not special and self.wp_can_reuse(old):
             if not self._may_install(cpu, vmf):
                 ptl.unlock(cpu)
                 return VM_FAULT_RETRY
-            self.page_mem.store64(off, pte | PTE_WRITE)
+            self.set_page_anon_exclusive(old)
+            if vmf.write:
+                self.page_mem.store64(off, pte | PTE_WRITE)
             ptl.unlock(cpu)
             return VM_FAULT_OK
         if not special:
@@ -177,8 +194,8 @@ class Fault(Migrate):
         self.tlb_promise(cpu, vmf.mm, vmf.vpn, vmf.vpn + 1, epoch)
         if not special:
             self.check_lost_write(cpu, old, page, vmf, "wp_page_copy")
-        self.page_add_anon_rmap(page, anon, vmf.vpn)
-        self.page_mem.store64(off, mk_pte(page, PTE_PRESENT | PTE_WRITE))
+        self.page_add_anon_rmap(page, anon, vmf.vpn, exclusive=True)
+        self.page_mem.store64(off, mk_pte(page, PTE_PRESENT | (PTE_WRITE if vmf.write else 0)))
         if special:
             self.add_rss(vmf.mm, 1)
         else:

@@ -1,4 +1,5 @@
-"""mm/memory.c copy_page_range: fork shares every anonymous page write-protected, and swap slots.
+"""mm/memory.c copy_page_range: fork shares every anonymous page write-protected, and swap slots;
+a page the parent may have pinned is copied for the child instead.
 
 The model's WARN_ON here: fork copies an anon page into a VMA without
 anon_vma (VM_BUG_ON_VMA(!anon_vma) in the rmap code).
@@ -13,12 +14,15 @@ from policies.mm.pgtable import (
     SWP_MIGRATION_READ,
     SWP_MIGRATION_WRITE,
     is_migration_entry,
+    mk_pte,
     swp_entry,
     swp_offset,
     swp_type,
 )
+from policies.mm.rmap import ANON_SITE, LAST_WRITER
 from policies.mm.swap import Swap
-from shm.pool import PFN_MASK
+from shm import GFP_KERNEL
+from shm.pool import PAGE_STRIDE, PFN_MASK
 
 
 class Fork(Swap):
@@ -46,55 +50,118 @@ class Fork(Swap):
         self.mm_mem.fetch_add64(self.mm_off(dst_mm, "swapents"), 1)
         return pte
 
+    def folio_needs_cow_for_dma(self, ref: int) -> bool:
+        """folio_needs_cow_for_dma(): the page may be pinned, so the child must get a copy."""
+        return self.folio_maybe_dma_pinned(ref)
+
+    def folio_try_dup_anon_rmap(self, cpu, ref: int) -> bool:
+        """__folio_try_dup_anon_rmap(): share the page with the child; False when it must be copied
+        instead, an exclusive page that may be pinned (70e806e4e645, "mm: Do early cow for pinned
+        pages during fork() for ptes": the pinned page stays the parent's).
+
+        It runs under the ptl and src_mm's write_protect_seq: a fast GUP pin
+        that lands after the check sees the sequence move and backs off."""
+        if self.page_anon_exclusive(ref):
+            if self.folio_needs_cow_for_dma(ref):
+                return False
+            self.clear_page_anon_exclusive(ref)
+        self.page_dup_rmap(cpu, ref)
+        return True
+
+    def copy_present_page(self, cpu, doff: int, pte: int, ref: int, new: int, dst_anon: int, vpn: int) -> None:
+        """copy_present_page(): the child's own copy of a page the parent may have pinned; the
+        parent's PTE stays as it was."""
+        for i in (0, 1):
+            self.page_mem.store64(self.pool.data_off(new & PFN_MASK, i), self.pool.read(cpu, ref, i, "fork: copy"))
+        self.page_mem.store64(self.page0 + (new & PFN_MASK) * PAGE_STRIDE + LAST_WRITER, 0)
+        self.page_add_anon_rmap(new, dst_anon, vpn, exclusive=True)
+        self.page_mem.store64(doff, mk_pte(new, PTE_PRESENT | (pte & PTE_WRITE)))
+        self.count("fork_pinned_copies")
+
     def copy_page_range(self, cpu, dst_mm: int, src_mm: int, dst_vma: int, start: int, end: int) -> bool:
-        """copy_page_range(): share every present page with the child, write-protected in both."""
+        """copy_page_range(): share every present page with the child, write-protected in both,
+        inside src_mm's write_protect_seq; a page that must be copied gets a page allocated with
+        the ptls dropped (page_copy_prealloc), and the table is taken again from there."""
         g = self.geometry
         vpn = start
         dst_anon = self.mm_mem.load32(self.vma_off(dst_vma, "anon_vma"))
-        while vpn < end:
-            stop = min(end, (vpn // g.pte + 1) * g.pte)
-            if self.walk_pte_table(cpu, src_mm, vpn, "copy_pte_range"):
-                dst = self.pte_alloc(cpu, dst_mm, vpn)  # pte_alloc_map_lock first, as copy_pte_range does
-                if not dst:
-                    return False
-                src, sptl = self.pte_offset_map_lock(cpu, src_mm, vpn)
-            else:
+        seq = self.write_protect_seq(src_mm)
+        seq.write_begin(cpu)
+        prealloc: int | None = None
+        try:
+            while vpn < end:
+                stop = min(end, (vpn // g.pte + 1) * g.pte)
                 src = 0
-            if src:
-                dptl = self.pool.ptl(dst & PFN_MASK)
-                dptl.lock(cpu)
-                rss = 0
-                for v in range(vpn, stop):
-                    soff = self.table_off(src, v % g.pte)
-                    pte = self.page_mem.load64(soff)
-                    if not pte:
+                if self.walk_pte_table(cpu, src_mm, vpn, "copy_pte_range"):
+                    dst = self.pte_alloc(cpu, dst_mm, vpn)  # pte_alloc_map_lock first, as copy_pte_range does
+                    if not dst:
+                        return False
+                    src, sptl = self.pte_offset_map_lock(cpu, src_mm, vpn)
+                if src:
+                    dptl = self.pool.ptl(dst & PFN_MASK)
+                    dptl.lock(cpu)
+                    at, prealloc = self.copy_pte_range(cpu, dst_mm, dst, src, dst_anon, vpn, stop, prealloc)
+                    dptl.unlock(cpu)
+                    sptl.unlock(cpu)
+                    if at < stop:
+                        prealloc = self.pool.alloc_page(cpu, GFP_KERNEL, ANON_SITE)
+                        if prealloc is None:
+                            return False
+                        vpn = at
                         continue
-                    if not pte & PTE_PRESENT:
-                        pte = self.copy_nonpresent_pte(cpu, dst_mm, soff, pte)
-                        self.page_mem.store64(self.table_off(dst, v % g.pte), pte)
-                        continue
-                    ref = self.vm_normal_page(pte)
-                    if ref:
-                        if not dst_anon:
-                            cpu.report(
-                                FORK_NO_ANON_VMA,
-                                f"copy_present_pte: anon page {ref & PFN_MASK} (anon_vma "
-                                f"{self.page_mem.load64(self._page_word(ref, 'private'))}) copied into a child "
-                                f"VMA without anon_vma at vpn {v}: the parent's VMA changed under dup_mmap, "
-                                "so rmap cannot reach the child's mapping and the child sees a page the "
-                                "parent is changing",
-                                mm=dst_mm,
-                                vpn=v,
-                            )
-                        self.page_dup_rmap(cpu, ref)
+                vpn = stop
+                cpu.window("copy_pte_range:next-table")
+            return True
+        finally:
+            if prealloc is not None:
+                self.pool.put_page(cpu, prealloc, ANON_SITE)
+            seq.write_end(cpu)
+
+    def copy_pte_range(
+        self, cpu, dst_mm: int, dst: int, src: int, dst_anon: int, start: int, stop: int, prealloc: int | None
+    ) -> tuple[int, int | None]:
+        """copy_pte_range() under both ptls: where it stopped (`stop`, or a vpn whose page must be
+        copied and no page is at hand), and the preallocated page it did not use."""
+        g = self.geometry
+        rss = 0
+        try:
+            for v in range(start, stop):
+                soff = self.table_off(src, v % g.pte)
+                doff = self.table_off(dst, v % g.pte)
+                pte = self.page_mem.load64(soff)
+                if not pte:
+                    continue
+                if not pte & PTE_PRESENT:
+                    self.page_mem.store64(doff, self.copy_nonpresent_pte(cpu, dst_mm, soff, pte))
+                    continue
+                ref = self.vm_normal_page(pte)
+                if ref:
+                    if not dst_anon:
+                        self.report_no_anon_vma(cpu, dst_mm, ref, v)
+                    if not self.folio_try_dup_anon_rmap(cpu, ref):
+                        if prealloc is None:
+                            return v, None
+                        self.copy_present_page(cpu, doff, pte, ref, prealloc, dst_anon, v)
+                        prealloc = None
                         rss += 1
-                        if pte & PTE_WRITE:
-                            pte &= ~PTE_WRITE
-                            self.page_mem.store64(soff, pte)
-                    self.page_mem.store64(self.table_off(dst, v % g.pte), pte)
-                self.add_mm_rss_vec(dst_mm, rss)
-                dptl.unlock(cpu)
-                sptl.unlock(cpu)
-            vpn = stop
-            cpu.window("copy_pte_range:next-table")
-        return True
+                        continue
+                    rss += 1
+                    if pte & PTE_WRITE:
+                        pte &= ~PTE_WRITE
+                        self.page_mem.store64(soff, pte)
+                self.page_mem.store64(doff, pte)
+            return stop, prealloc
+        finally:
+            self.add_mm_rss_vec(dst_mm, rss)
+
+    def report_no_anon_vma(self, cpu, dst_mm: int, ref: int, vpn: int) -> None:
+        cpu.report(
+            FORK_NO_ANON_VMA,
+            f"copy_present_pte: anon page {ref & PFN_MASK} (anon_vma "
+            f"{self.page_mem.load64(self._page_word(ref, 'private'))}) copied into a child "
+            f"VMA without anon_vma at vpn {vpn}: the parent's VMA changed under dup_mmap, "
+            "so rmap cannot reach the child's mapping and the child sees a page the "
+            "parent is changing",
+            mm=dst_mm,
+            vpn=vpn,
+        )

@@ -58,9 +58,11 @@ class Migrate(VmFault):
             return False
         if dst != swp_offset(entry):
             self.check_lost_write(cpu, swp_offset(entry), dst, vmf, "migrate")
-        self.page_add_anon_rmap(dst, self.mm_mem.load32(self.vma_off(vmf.vma, "anon_vma")), vmf.vpn)
-        self.pool.refcount(dst & PFN_MASK).inc(cpu)
         writable = swp_type(entry) == SWP_MIGRATION_WRITE
+        exclusive = writable or self.page_anon_exclusive(swp_offset(entry))
+        anon = self.mm_mem.load32(self.vma_off(vmf.vma, "anon_vma"))
+        self.page_add_anon_rmap(dst, anon, vmf.vpn, exclusive=exclusive)
+        self.pool.refcount(dst & PFN_MASK).inc(cpu)
         self.page_mem.store64(off, mk_pte(dst, PTE_PRESENT | (PTE_WRITE if writable else 0)))
         ptl.unlock(cpu)
         return True

@@ -18,19 +18,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from policies.mm.access import Access
 from policies.mm.base import MM_DEAD, MM_EXITED, MM_FREE, MM_GLOBAL, MM_LIVE, MM_STRUCT
+from policies.mm.checks import PIN_DIVERGED
 from policies.mm.fault import Fault
 from policies.mm.fork import Fork
 from policies.mm.geometry import Geometry
-from policies.mm.gup import Gup
+from policies.mm.gup import FOLL_PIN, GUP_PIN, Gup
 from policies.mm.madvise import Madvise
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, describe_entry, is_migration_entry, swp_offset
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
 from policies.mm.swap import SWAP_SLOT
 from policies.mm.tlb import TLB_ENTRY, TLB_PROMISE, TLB_SIZE
 from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX
 from shm import GFP_KERNEL, Refcount, Region
 from shm.layout import field_offsets
+from shm.pool import PFN_MASK
 from shm.slab import KmemCache
 
 
@@ -48,6 +53,10 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
     COUNTERS = (
         "cow_copies",
         "gup_unpins",
+        "pins_kept",
+        "pinned_reuses",
+        "fork_pinned_copies",
+        "gup_fast_fork_raced",
         "ptes_zapped",
         "zero_pages_zapped",
         "shared_tables_kept",
@@ -79,6 +88,8 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
             Region("tlb", TLB_ENTRY, (ncpus + 2) * TLB_SIZE),
             Region("tlb_promise", TLB_PROMISE, max_mms * geometry.pages),
             Region("swap_map", SWAP_SLOT, geometry.pages),
+            Region("gup_pins", GUP_PIN, ncpus + 2),
+            Region("pin_unmaps", np.dtype("<i8"), max_mms * geometry.pages),
             *KmemCache.regions("vma", VMA, vma_slots),
             *KmemCache.regions("vma_index", VMA_INDEX, index_slots),
         ]
@@ -125,6 +136,9 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         self.swap0 = lay.offset("swap_map")
         self.swap_slots = lay.regions["swap_map"].count
         self.swap_map = w.seg.view("swap_map")
+        self.pins0 = lay.offset("gup_pins")
+        self.pin_unmaps0 = lay.offset("pin_unmaps")
+        self.pin_slots = lay.regions["gup_pins"].count
         self.mms = w.seg.view("mm")
         self._mmap_locks = [None] * self.max_mms
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
@@ -232,6 +246,59 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
                 self.remove_vma(cpu, v)
         self.free_pgd(cpu, mm)
         lock.up_write(cpu)
+
+    # -- a driver's long-term pins (gup.py keeps them) -------------------------------
+    def release_pin(self, cpu, cpu_id: int) -> None:
+        """The driver lets go of slot `cpu_id`'s pin: check what it held, then unpin."""
+        _, writes, mmid, mm, vpn, gup_flags, unmaps = self.held_pin(cpu_id)
+        ref = self.take_pin(cpu_id)
+        if not ref:
+            return
+        what = "unpin_user_page: the driver releases its long-term pin"
+        self.check_foreign_write(cpu, mm, mmid, ref, writes, what)
+        if gup_flags & FOLL_PIN:
+            self.check_pin(cpu, mm, mmid, vpn, ref, unmaps)
+        self.unpin_user_page(cpu, ref, gup_flags)
+
+    def release_all_pins(self, cpu) -> None:
+        for i in range(self.pin_slots):
+            self.release_pin(cpu, i)
+
+    def check_pin(self, cpu, mm: int, mmid: int, vpn: int, ref: int, unmaps: int) -> None:
+        """A FOLL_PIN page is the page its mm maps at vpn for as long as the pin lasts, unless the
+        mm unmapped it (munmap, MADV_DONTNEED, exit: pinned_unmaps moved).  Checked with the mm
+        held, under mmap_lock and the ptl; the record is read after the PTE, so a zap that
+        cleared it is seen."""
+        if self.get_task_mm(cpu, mm) != mmid:
+            return
+        lock = self.mmap_lock(mm)
+        lock.down_read(cpu)
+        try:
+            table, ptl = self.pte_offset_map_lock(cpu, mm, vpn)
+            pte = 0
+            if table:
+                pte = self.page_mem.load64(self.table_off(table, vpn % self.geometry.pte))
+                ptl.unlock(cpu)
+            unmapped = self.pinned_unmaps(mm, vpn) != unmaps
+        finally:
+            lock.up_read(cpu)
+            self.mmput(cpu, mm)
+        pfn = ref & PFN_MASK
+        if pte & PTE_PRESENT:
+            maps = (pte >> FLAG_BITS) & PFN_MASK == pfn
+        else:
+            maps = is_migration_entry(pte) and swp_offset(pte) & PFN_MASK == pfn
+        if not maps and not unmapped:
+            mapcount = self.page_mem.load32(self._page_word(ref, "_mapcount")) + 1
+            cpu.report(
+                PIN_DIVERGED,
+                f"page {pfn}, FOLL_PIN pinned from mm {mm} at vpn {vpn}, which mm {mm} never unmapped, "
+                f"now maps {describe_entry(pte)} there (the pinned page has {mapcount} mapping(s)): "
+                "copy-on-write moved the process off its pinned page",
+                mm=mm,
+                vpn=vpn,
+                **self.pool.describe(pfn),
+            )
 
     def free_zero_page(self, cpu) -> None:
         ref = self.mm_mem.xchg64(self._global["zero_ref"], 0)

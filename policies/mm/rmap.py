@@ -4,6 +4,13 @@ A page's _mapcount counts its mappings (-1: none), its _refcount the
 mappings and every other reference (GUP's, a COW copy in flight); the mm's
 RSS counts the normal pages its tables map (check_mm verifies it at exit).
 The zero page is special: mapped by PTE_SPECIAL entries that count nothing.
+
+PageAnonExclusive (6c287605fd56, "mm: remember exclusively mapped anonymous
+pages with PG_anon_exclusive") marks an anon page that only one mapping can
+reach: a write fault reuses it whatever its count, and only such a page may
+be FOLL_PIN-pinned.  A FOLL_PIN pin adds GUP_PIN_COUNTING_BIAS to _refcount,
+so that folio_maybe_dma_pinned() tells fork to copy the page rather than
+share it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,11 @@ ZERO_STAMP = 0x5A45524F
 _PRIVATE = PAGE_FIELDS["private"]
 _MAPCOUNT = PAGE_FIELDS["_mapcount"]
 _REFCOUNT = PAGE_FIELDS["_refcount"]
+_FLAGS = PAGE_FIELDS["flags"]
 LAST_WRITER = _PRIVATE + 24  # struct page word: the id of the mm whose CPU last wrote the page
+
+PG_ANON_EXCLUSIVE = 1 << 1  # beside swap.py's PG_LOCKED in struct page's flags
+GUP_PIN_COUNTING_BIAS = 1024
 
 
 def stamp(anon: int, vpn: int) -> int:
@@ -34,11 +45,39 @@ class Rmap(Tlb):
     def _page_word(self, ref: int, field: str) -> int:
         return self.pool.field_off(ref & PFN_MASK, field)
 
-    def page_add_anon_rmap(self, ref: int, anon: int, vpn: int) -> None:
+    def page_add_anon_rmap(self, ref: int, anon: int, vpn: int, *, exclusive: bool) -> None:
+        """The page's first mapping (folio_add_new_anon_rmap; RMAP_EXCLUSIVE when only this
+        mapping can reach it)."""
         page_mem, f = self.page_mem, self.page0 + (ref & PFN_MASK) * PAGE_STRIDE
         page_mem.store32(f + _MAPCOUNT, 0)
         page_mem.store64(f + _PRIVATE, anon)
         page_mem.store64(f + _PRIVATE + 8, vpn)
+        if exclusive:
+            page_mem.fetch_or32(f + _FLAGS, PG_ANON_EXCLUSIVE)
+        else:
+            page_mem.fetch_and32(f + _FLAGS, ~PG_ANON_EXCLUSIVE)
+
+    def page_anon_exclusive(self, ref: int) -> bool:
+        """PageAnonExclusive()."""
+        return bool(self.page_mem.load32(self._page_word(ref, "flags")) & PG_ANON_EXCLUSIVE)
+
+    def set_page_anon_exclusive(self, ref: int) -> None:
+        self.page_mem.fetch_or32(self._page_word(ref, "flags"), PG_ANON_EXCLUSIVE)
+
+    def clear_page_anon_exclusive(self, ref: int) -> None:
+        self.page_mem.fetch_and32(self._page_word(ref, "flags"), ~PG_ANON_EXCLUSIVE)
+
+    def note_pinned_unmap(self, mm: int, vpn: int) -> None:
+        """The model's record that mm itself unmapped a maybe-pinned page at vpn (zap, under the
+        ptl): after that, the pin may rightly outlive the mapping."""
+        self.mm_mem.fetch_add64(self.pin_unmaps0 + 8 * (mm * self.geometry.pages + vpn), 1)
+
+    def pinned_unmaps(self, mm: int, vpn: int) -> int:
+        return self.mm_mem.load64(self.pin_unmaps0 + 8 * (mm * self.geometry.pages + vpn))
+
+    def folio_maybe_dma_pinned(self, ref: int) -> bool:
+        """folio_maybe_dma_pinned(): a count past GUP_PIN_COUNTING_BIAS may be a FOLL_PIN pin."""
+        return self.page_mem.load32(self._page_word(ref, "_refcount")) >= GUP_PIN_COUNTING_BIAS
 
     def page_dup_rmap(self, cpu, ref: int) -> None:
         """A second mapping of the page (fork): one more mapcount and one more reference."""

@@ -49,12 +49,15 @@ class MmScenario(Scenario):
         w.mm.setup(w.cpu, w.ncpus)
 
     def sweep(self, w: World) -> None:
+        """The drivers release the pins they kept, then the sweep."""
+        w.mm.release_all_pins(w.cpu)
         w.rcu.barrier(w.cpu)
         sweep(w.mm, w.cpu)
 
     def teardown(self, w: World) -> None:
         """Every mm exits; after the callbacks ran, no VMA, index array or swap slot may be left."""
         m = w.mm
+        m.release_all_pins(w.cpu)
         for mm in m.live_mms():
             m.mm_mem.store32(m.mm_off(mm, "mm_users"), 1)
             m.mmput(w.cpu, mm)

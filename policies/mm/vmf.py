@@ -41,6 +41,7 @@ FAULT_RESULTS = ("ok", "retry", "sigsegv", "oom")
 
 
 FAULT_FLAG_SPECULATIVE = 0x1
+FAULT_FLAG_UNSHARE = 0x2
 
 
 class Vmf:
@@ -48,7 +49,10 @@ class Vmf:
 
     FAULT_FLAG_SPECULATIVE (Dufour's SPF) is a fault that holds neither
     mmap_lock nor anything that keeps page tables: it walks them with
-    interrupts off and takes the ptl by trylock (spf_walk, pte_map_lock)."""
+    interrupts off and takes the ptl by trylock (spf_walk, pte_map_lock).
+    FAULT_FLAG_UNSHARE (a7f226604170) is GUP asking for an exclusive page
+    where a R/O pin would otherwise pin one that fork shares: do_wp_page
+    without the write."""
 
     __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags")
 

@@ -117,6 +117,8 @@ class Zap(Swap):
             if not ref:
                 self.count("zero_pages_zapped")
                 continue
+            if self.folio_maybe_dma_pinned(ref):
+                self.note_pinned_unmap(tlb.mm, v)
             self.page_remove_rmap(cpu, ref)
             rss -= 1
             tlb.pages.append(ref)

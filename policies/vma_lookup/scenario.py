@@ -7,6 +7,12 @@ import functools
 from collections.abc import Callable
 
 from policies.mm import (
+    FAULT_FLAG_UNSHARE,
+    FOLL_GET,
+    FOLL_LONGTERM,
+    FOLL_PIN,
+    FOLL_WRITE,
+    GUP_MUST_UNSHARE,
     MM_EXITED,
     MM_LIVE,
     RESERVED,
@@ -21,7 +27,7 @@ from policies.mm.scenario import MmScenario
 from policies.scenario import Arg, Operation, Policy, World
 from policies.vma_lookup.common import FAULT_TRIES, GIANT, MAX_LEN, TASK_MM, VmaPolicy, clamp_range
 from policies.vma_lookup.litmus import LITMUS
-from policies.vma_lookup.mmap_lock import mmap_write_lock
+from policies.vma_lookup.mmap_lock import lookup_mmap_lock, mmap_write_lock, release_mmap_lock
 
 
 class VmaLookup(MmScenario):
@@ -48,6 +54,7 @@ class VmaLookup(MmScenario):
         "exits",
         "gups",
         "gup_fast",
+        "gup_unshares",
         "remote",
         "nomm",
         "enomem",
@@ -91,6 +98,8 @@ class VmaLookup(MmScenario):
             Operation("pageout", 1, op_pageout, (mm_a, vpn_a, Arg("len", MAX_LEN))),
             Operation("migrate", 1, op_migrate, (mm_a, vpn_a, Arg("len", MAX_LEN))),
             Operation("gup", 4, op_gup, (mm_a, vpn_a, Arg("fast", 2))),
+            Operation("pin", 2, op_pin, (mm_a, vpn_a, Arg("how", len(PIN_HOW)), Arg("fast", 2))),
+            Operation("unpin", 2, op_unpin, ()),
             Operation("fork", 1, op_fork, (mm_a,)),
             Operation("exit", 1, op_exit, (mm_a,)),
             Operation("remote", 2, op_remote, (mm_a, vpn_a)),
@@ -199,32 +208,75 @@ def op_migrate(w: World, mm: int, vpn: int, length: int) -> None:
     w.mm.migrate_vma(w.cpu, mm, *clamp_range(w, vpn, length))
 
 
-def gup_slow(w: World, mm: int, vpn: int, write: bool) -> None:
-    """get_user_pages(): pin the VMA as faults do, follow the PTE, fault it in if needed."""
+def get_user_pages(w: World, mm: int, vpn: int, gup_flags: int) -> int:
+    """__get_user_pages(): find the VMA, follow the PTE, fault it in (or unshare it for a R/O
+    FOLL_PIN) if needed, follow again; the page, or 0.  A FOLL_PIN holds mmap_lock for read, as
+    pin_user_pages does (its fault may allocate the VMA's anon_vma); a FOLL_GET for a moment's
+    read pins the VMA as the policy's faults do."""
     m, policy = w.mm, w.policy
-    vmf = policy.lookup(w, mm, vpn, write)
+    lookup, release = (lookup_mmap_lock, release_mmap_lock) if gup_flags & FOLL_PIN else (policy.lookup, policy.release)
+    vmf = lookup(w, mm, vpn, bool(gup_flags & FOLL_WRITE))
     if vmf is None:
-        return
+        return 0
     try:
-        ref = m.follow_page(w.cpu, vmf)
-        if not ref and m.handle_mm_fault(w.cpu, vmf) == VM_FAULT_OK:
-            ref = m.follow_page(w.cpu, vmf)
+        ref = m.follow_page(w.cpu, vmf, gup_flags)
+        if ref == GUP_MUST_UNSHARE:
+            vmf.flags |= FAULT_FLAG_UNSHARE
+            w.count("gup_unshares")
+        if ref <= 0 and m.handle_mm_fault(w.cpu, vmf) == VM_FAULT_OK:
+            ref = m.follow_page(w.cpu, vmf, gup_flags)
     finally:
-        policy.release(w, vmf)
-    if ref:
+        release(w, vmf)
+    if ref > 0:
         w.count("gups")
-        m.use_pinned_page(w.cpu, mm, ref, "get_user_pages: using the pinned page")
+        return ref
+    return 0
+
+
+def gup_slow(w: World, mm: int, vpn: int) -> None:
+    """get_user_pages() for a moment's use: a copy, as /proc/pid/mem or process_vm_readv makes."""
+    ref = get_user_pages(w, mm, vpn, FOLL_GET)
+    if ref:
+        w.mm.use_pinned_page(w.cpu, mm, ref, "get_user_pages: using the pinned page")
 
 
 @as_task
 def op_gup(w: World, mm: int, vpn: int, fast: int) -> None:
     if fast:
-        ref = w.mm.gup_fast(w.cpu, mm, vpn, False)
+        ref = w.mm.gup_fast(w.cpu, mm, vpn, FOLL_GET)
         if ref:
             w.count("gup_fast")
             w.mm.use_pinned_page(w.cpu, mm, ref, "get_user_pages_fast: using the pinned page")
             return
-    gup_slow(w, mm, vpn, False)
+    gup_slow(w, mm, vpn)
+
+
+PIN_HOW = (
+    FOLL_PIN | FOLL_LONGTERM,  # a R/O registration (RDMA, a vfio DMA map read by the device)
+    FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE,  # a device writes into the page
+    FOLL_GET,  # vmsplice: a pipe holds the page for as long as it likes
+)
+
+
+@as_task
+def op_pin(w: World, mm: int, vpn: int, how: int, fast: int) -> None:
+    """pin_user_pages_fast(), falling back to the slow path, for a pin the driver keeps until a
+    later unpin (this CPU's previous pin is released first)."""
+    w.mm.release_pin(w.cpu, w.cpu.id)
+    gup_flags = PIN_HOW[how]
+    unmaps = w.mm.pinned_unmaps(mm, vpn)
+    ref = w.mm.gup_fast(w.cpu, mm, vpn, gup_flags) if fast else 0
+    if ref:
+        w.count("gup_fast")
+    else:
+        ref = get_user_pages(w, mm, vpn, gup_flags)
+    if ref:
+        w.mm.keep_pin(w.cpu, mm, vpn, ref, gup_flags, unmaps)
+
+
+def op_unpin(w: World) -> None:
+    """The driver releases this CPU's long-term pin (unpin_user_page)."""
+    w.mm.release_pin(w.cpu, w.cpu.id)
 
 
 def op_remote(w: World, task: int, vpn: int) -> None:
@@ -237,7 +289,7 @@ def op_remote(w: World, task: int, vpn: int) -> None:
         w.count("nomm")
         return
     try:
-        gup_slow(w, mm, vpn, False)
+        gup_slow(w, mm, vpn)
         w.count("remote")
     finally:
         m.mm_check(w.cpu, mmid, "access_remote_vm")

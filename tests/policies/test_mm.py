@@ -380,11 +380,11 @@ def _pte_of(w: World, vpn: int) -> tuple[int, int]:
 
 
 def _share_as_fork_does(w: World, vpn: int, wrprotect: bool) -> int:
-    """copy_present_pte's two steps on mm 0's page at vpn: the page's mapcount, then (optionally)
-    the write-protect; the page."""
+    """copy_present_pte's two steps on mm 0's page at vpn: the page shared (folio_try_dup_anon_rmap:
+    no longer exclusive, one more mapping), then (optionally) the write-protect; the page."""
     off, pte = _pte_of(w, vpn)
     ref = pte >> 8
-    w.mm.page_dup_rmap(w.cpu, ref)
+    assert w.mm.folio_try_dup_anon_rmap(w.cpu, ref)
     if wrprotect:
         w.mm.page_mem.store64(off, pte & ~PTE_WRITE)
     return ref
@@ -429,7 +429,7 @@ def test_a_pin_that_sees_another_mms_write_is_a_finding(world):
     touch(w, 3)
     other = Cpu(w.machine, 1)
     for pinned_from, want in ((0, []), (1, ["mm.pin-foreign-write"])):
-        ref = w.mm.gup_fast(w.cpu, 0, 3, False)
+        ref = w.mm.gup_fast(w.cpu, 0, 3)
         assert ref
         w.cpu.set_scheduler(AtWindow("gup:using-the-page", lambda: w.mm.access(other, 0, 3, True)))
         w.mm.use_pinned_page(w.cpu, pinned_from, ref, "test: the pin")
