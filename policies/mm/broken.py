@@ -49,7 +49,7 @@ class LeaksGupPin(MmModel):
     The page can never be freed; the sweep finds its _refcount above its
     mappings.  Must trip mm.page-refs."""
 
-    def unpin_user_page(self, cpu, ref: int) -> None:
+    def unpin_user_page(self, cpu, ref: int, gup_flags: int) -> None:
         pass
 
 
@@ -60,9 +60,9 @@ class UnpinsTwice(MmModel):
     The page is freed while a PTE still maps it; the next load through that
     PTE reaches a freed page.  Must trip mm.pte-maps-freed-page."""
 
-    def unpin_user_page(self, cpu, ref: int) -> None:
-        super().unpin_user_page(cpu, ref)
-        super().unpin_user_page(cpu, ref)
+    def unpin_user_page(self, cpu, ref: int, gup_flags: int) -> None:
+        super().unpin_user_page(cpu, ref, gup_flags)
+        super().unpin_user_page(cpu, ref, gup_flags)
 
 
 class ReusesSharedPage(MmModel):
@@ -85,6 +85,41 @@ class ReusesByMapcount(MmModel):
 
     def wp_can_reuse_anon_folio(self, ref: int) -> bool:
         return self.page_mem.load32(self._page_word(ref, "_mapcount")) == 0
+
+
+class ForkSharesPinnedPages(MmModel):
+    """DELIBERATELY BROKEN: fork shares a page the parent may have pinned (before 70e806e4e645,
+    "mm: Do early cow for pinned pages during fork() for ptes").
+
+    The parent's next write copies the page away from its own pin: the pin
+    (an RDMA buffer) now belongs to the child.  Must trip mm.pin-diverged."""
+
+    def folio_needs_cow_for_dma(self, ref: int) -> bool:
+        return False
+
+
+class ReusesByRefcountOnly(MmModel):
+    """DELIBERATELY BROKEN: do_wp_page() decides reuse by the page count alone, PageAnonExclusive
+    unread (the COW logic before 6c287605fd56 and its series).
+
+    A R/O-mapped exclusive page that a driver pinned has a count of
+    GUP_PIN_COUNTING_BIAS more: the process's own write copies it away from
+    the pin.  Must trip mm.pin-diverged."""
+
+    def wp_can_reuse(self, ref: int) -> bool:
+        return self.wp_can_reuse_anon_folio(ref)
+
+
+class PinsWithoutUnshare(MmModel):
+    """DELIBERATELY BROKEN: a R/O FOLL_PIN pins an anon page fork shares, with no unshare fault
+    (before a7f226604170, "mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly
+    shared anonymous page").
+
+    The pinning process's next write copies the shared page: the pin is left
+    on the page the child maps.  Must trip mm.pin-diverged."""
+
+    def gup_must_unshare(self, ref: int, gup_flags: int) -> bool:
+        return False
 
 
 class SkipsLastPte(MmModel):

@@ -72,17 +72,39 @@ LITMUS = {
         _repeat([["munmap", 1, 0, 13], ["mmap", 1, 0, 13, 1]], 8),
         _repeat([["fork", 1], ["exit", 2]], 8),
     ],
-    # cpu 0 pins vpn 5 of the child remotely; the child unmaps it, a parent thread write-faults it
-    # (cpu 2's writes keep coming while cpu 0 uses its pin).
+    # The child vmsplices vpn 5 (a long-term FOLL_GET) and unmaps it; the parent write-faults it.
     "cow_reuse_by_mapcount": [
-        _repeat([["remote", 2, 5]], 24),
-        _repeat([["access", 1, 5, 1], ["fork", 1], ["munmap", 2, 0, 15], ["access", 1, 5, 1], ["exit", 2]], 4),
-        _repeat([["access", 0, 5, 1]], 24),
+        _repeat(
+            [["access", 1, 5, 1], ["fork", 1], ["pin", 2, 5, 2, 1], ["munmap", 2, 0, 15], ["access", 1, 5, 1]]
+            + [["unpin"], ["exit", 2]],
+            3,
+        ),
+        [["access", 0, 9, 1]],
+    ],
+    # A thread pins vpn 5 (R/O, or for a device's writes), the process forks and writes vpn 5.
+    "fork_shares_pinned_pages": [
+        _repeat(
+            [["access", 1, 5, 1], ["pin", 1, 5, 0, 1], ["fork", 1], ["access", 1, 5, 1], ["unpin"], ["exit", 2]], 3
+        ),
+        [["access", 0, 9, 1]],
+    ],
+    # A R/O pin of the zero page unshares it: an exclusive page mapped read-only; then a write.
+    "wp_reuse_by_refcount_only": [
+        _repeat([["madvise", 1, 5, 0], ["access", 1, 5, 0], ["pin", 1, 5, 0, 0], ["access", 1, 5, 1], ["unpin"]], 3),
+        [["access", 0, 9, 1]],
+    ],
+    # After a fork a thread R/O-pins vpn 5, which the child shares; then the process writes it.
+    "pin_without_unshare": [
+        _repeat(
+            [["access", 1, 5, 1], ["fork", 1], ["pin", 1, 5, 0, 0], ["access", 1, 5, 1], ["unpin"], ["exit", 2]], 3
+        ),
+        [["access", 0, 9, 1]],
     ],
     # Two of the model's mutants show another way too in generated programs (a PTE to a freed page is
     # also a mapped page below its mappings at the sweep; a PTE left behind is also a table freed under
     # it): their programs pin the way their check sees.  Of the model's other mutants, those above
-    # (cow_reuse_by_mapcount, spf_walk_irqs_on) have a program too; the rest are hunted blind.
+    # (cow_reuse_by_mapcount, the pins', spf_walk_irqs_on) have a program too; the rest are
+    # hunted blind.
     "gup_unpins_twice": [[["access", 0, 5, 1], ["gup", 0, 5, 0], ["access", 0, 5, 0]], [["access", 1, 9, 1]]],
     "zap_skips_last_pte": [[["access", 0, 3, 1], ["munmap", 0, 0, 3]], [["access", 1, 9, 1]]],
 }
