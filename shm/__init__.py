@@ -13,7 +13,6 @@ from shm.locks import (
     SEQCOUNT,
     SPINLOCK,
     Mutex,
-    Rwsem,
     Seqcount,
     Spinlock,
     wait_var_event,
@@ -24,6 +23,7 @@ from shm.pool import GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, Pool, alloc_site, gen_o
 from shm.protocols import Scheduler
 from shm.rcu import Rcu, RcuFlavor, Srcu, rcu_callback
 from shm.refcount import PERCPU_REF, REFCOUNT, PercpuRef, Refcount
+from shm.rwsem import Rwsem
 from shm.sched import OsScheduler
 from shm.segment import Segment, clean_dead_segments, list_segments, new_run_id
 

@@ -71,7 +71,7 @@ _EV_BLOCK = EV["block"]
 
 
 class Handle:
-    __slots__ = ("mem", "off", "addr", "machine", "ev_lock", "ev_unlock")
+    __slots__ = ("mem", "off", "addr", "machine", "ev_lock", "ev_unlock", "ev_rlock", "ev_runlock")
 
     def __init__(self, machine: Machine, seg: int, off: int):
         self.machine = machine
@@ -80,6 +80,8 @@ class Handle:
         self.addr = address(seg, off)
         self.ev_lock = (_EV_LOCK << 36) | self.addr
         self.ev_unlock = (_EV_UNLOCK << 36) | self.addr
+        self.ev_rlock = (_EV_RLOCK << 36) | self.addr
+        self.ev_runlock = (_EV_RUNLOCK << 36) | self.addr
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.machine.describe(self.addr)}>"
@@ -235,136 +237,6 @@ class Mutex(Handle):
 
     def owner(self) -> int:
         return self.mem.load32(self.off) - 1
-
-
-class Rwsem(Handle):
-    """struct rw_semaphore: many readers or one writer; a waiting writer holds off new readers."""
-
-    __slots__ = ()
-
-    def down_read(self, cpu: Cpu) -> None:
-        cpu.might_sleep("down_read")
-        mem, off = self.mem, self.off
-        c = mem.load32(off)
-        if c & (RWSEM_LOCKED | RWSEM_WAITING) or mem.cmpxchg32(off, c, c + 1) != c:
-            self._read_slow(cpu)
-        mem.fetch_or64(off + 8, 1 << cpu.id)
-        cpu.held.append(self.addr)
-        cpu.trace(_EV_RLOCK, self.addr)
-
-    def _read_slow(self, cpu: Cpu) -> None:
-        mem, off = self.mem, self.off
-        self._begin_wait(cpu, WAIT_READ)
-        mem.fetch_add32(off + 16, 1)
-        block = cpu.sched.block
-        while True:
-            c = mem.load32(off)
-            if not c & (RWSEM_LOCKED | RWSEM_WAITING):
-                if mem.cmpxchg32(off, c, c + 1) == c:
-                    break
-                continue
-            block(cpu, mem, off, c, None)
-        mem.fetch_sub32(off + 16, 1)
-        self._end_wait(cpu)
-
-    def down_read_trylock(self, cpu: Cpu) -> bool:
-        mem, off = self.mem, self.off
-        c = mem.load32(off)
-        if c & (RWSEM_LOCKED | RWSEM_WAITING) or mem.cmpxchg32(off, c, c + 1) != c:
-            return False
-        mem.fetch_or64(off + 8, 1 << cpu.id)
-        cpu.held.append(self.addr)
-        cpu.trace(_EV_RLOCK, self.addr)
-        return True
-
-    def up_read(self, cpu: Cpu) -> None:
-        mem, off = self.mem, self.off
-        cpu.trace(_EV_RUNLOCK, self.addr)
-        if not mem.fetch_and64(off + 8, ~(1 << cpu.id)) & (1 << cpu.id):
-            cpu.report(
-                LOCK_BAD_UNLOCK,
-                f"up_read of {self.name()} by cpu {cpu.id}, which does not hold it for read",
-                lock=self.name(),
-            )
-            return
-        old = mem.fetch_sub32(off, 1)
-        self._drop_held(cpu, self.addr)
-        if not (old - 1) & RWSEM_READERS and mem.load32(off + 16):
-            mem.futex_wake(off, -1)
-
-    def down_write(self, cpu: Cpu) -> None:
-        cpu.might_sleep("down_write")
-        mem, off = self.mem, self.off
-        c = mem.load32(off)
-        if c & ~RWSEM_WAITING or mem.cmpxchg32(off, c, RWSEM_LOCKED) != c:
-            self._write_slow(cpu)
-        mem.store32(off + 4, cpu.owner_id)
-        cpu.held.append(self.addr)
-        cpu.trace(_EV_LOCK, self.addr)
-
-    def _write_slow(self, cpu: Cpu) -> None:
-        mem, off = self.mem, self.off
-        if mem.load32(off + 4) == cpu.owner_id:
-            cpu.report(LOCK_RECURSIVE, f"recursive down_write of {self.name()} (AA deadlock)")
-        self._begin_wait(cpu, WAIT_WRITE)
-        mem.fetch_add32(off + 16, 1)
-        block = cpu.sched.block
-        while True:
-            c = mem.load32(off)
-            if not c & ~RWSEM_WAITING:
-                if mem.cmpxchg32(off, c, RWSEM_LOCKED) == c:
-                    break
-                continue
-            if not c & RWSEM_WAITING:
-                mem.fetch_or32(off, RWSEM_WAITING)
-                continue
-            block(cpu, mem, off, c, None)
-        mem.fetch_sub32(off + 16, 1)
-        self._end_wait(cpu)
-
-    def down_write_trylock(self, cpu: Cpu) -> bool:
-        mem, off = self.mem, self.off
-        c = mem.load32(off)
-        if c & ~RWSEM_WAITING or mem.cmpxchg32(off, c, RWSEM_LOCKED) != c:
-            return False
-        mem.store32(off + 4, cpu.owner_id)
-        cpu.held.append(self.addr)
-        cpu.trace(_EV_LOCK, self.addr)
-        return True
-
-    def up_write(self, cpu: Cpu) -> None:
-        mem, off = self.mem, self.off
-        cpu.trace(_EV_UNLOCK, self.addr)
-        prev = mem.xchg32(off + 4, 0)
-        if prev != cpu.owner_id:
-            mem.cmpxchg32(off + 4, 0, prev)
-            _bad_unlock(cpu, "up_write", self, prev)
-            return
-        mem.fetch_and32(off, ~RWSEM_LOCKED)
-        self._drop_held(cpu, self.addr)
-        if mem.load32(off + 16):
-            mem.futex_wake(off, -1)
-
-    def downgrade_write(self, cpu: Cpu) -> None:
-        """Writer becomes a reader without letting another writer in between."""
-        mem, off = self.mem, self.off
-        if mem.xchg32(off + 4, 0) != cpu.owner_id:
-            _bad_unlock(cpu, "downgrade_write", self, -1)
-        mem.fetch_add32(off, 1 - RWSEM_LOCKED)
-        mem.fetch_or64(off + 8, 1 << cpu.id)
-        cpu.trace(_EV_RLOCK, self.addr)
-        if mem.load32(off + 16):
-            mem.futex_wake(off, -1)
-
-    def write_owner(self) -> int:
-        return self.mem.load32(self.off + 4) - 1
-
-    def readers(self) -> list[int]:
-        mask = self.mem.load64(self.off + 8)
-        return [i for i in range(64) if mask >> i & 1]
-
-    def is_write_locked(self) -> bool:
-        return bool(self.mem.load32(self.off) & RWSEM_LOCKED)
 
 
 class Seqcount(Handle):

@@ -141,6 +141,7 @@ class Pool:
         self._f = PAGE_FIELDS
         self._ptl_field = self._f["ptl"]
         self._ptls: list[Spinlock | None] = [None] * self.npages
+        self._refs: list[Refcount | None] = [None] * self.npages
 
     def close(self) -> None:
         del self.pages, self.data
@@ -166,8 +167,11 @@ class Pool:
         return self.data0 + pfn * self.page_size + 8 * index
 
     def refcount(self, pfn: int) -> Refcount:
-        """The page's _refcount as a refcount_t."""
-        return self.machine.handle(Refcount, 0, self.field_off(pfn, "_refcount"))
+        """The page's _refcount as a refcount_t (on every put_page: resolved once per page)."""
+        h = self._refs[pfn]
+        if h is None:
+            h = self._refs[pfn] = self.machine.handle(Refcount, 0, self.field_off(pfn, "_refcount"))
+        return h
 
     def ptl(self, pfn: int) -> Spinlock:
         """The page's split page-table lock (on every fault's path: resolved once per page)."""
@@ -190,7 +194,8 @@ class Pool:
         """alloc_page(): a reference to a page with _refcount 1, or None."""
         mem = self.mem
         if gfp & GFP_KERNEL:
-            cpu.might_sleep("alloc_page(GFP_KERNEL)")
+            if cpu.preempt_count or cpu.rcu_nesting or cpu.irqs_disabled:  # might_sleep, inlined
+                cpu.might_sleep("alloc_page(GFP_KERNEL)")
         else:
             ppm = self.machine.nowait_fail_ppm
             if ppm and cpu.rng.random() * 1_000_000 < ppm:
@@ -270,9 +275,11 @@ class Pool:
 
     def put_page(self, cpu: Cpu, ref: int, site: int = SITE_UNKNOWN) -> bool:
         """put_page(): drop a reference; the last one frees.  True if freed."""
-        if not self.check(cpu, ref, "put_page"):
+        pfn = ref & PFN_MASK
+        if self.mem.load64(self.page0 + pfn * PAGE_STRIDE) != (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
+            self._report_uaf(cpu, ref, "put_page")
             return False
-        if self.refcount(ref & PFN_MASK).dec_and_test(cpu):
+        if self.refcount(pfn).dec_and_test(cpu):
             return self.free_page(cpu, ref, site)
         return False
 

@@ -86,6 +86,7 @@ class CpuLike(Protocol):
     held: list[int]
     preempt_count: int
     rcu_nesting: int
+    irqs_disabled: int
     rcu_depth: int
     waiting_off: int
     wait_ns_off: int

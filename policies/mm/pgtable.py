@@ -148,7 +148,9 @@ class PageTables(MmBase):
         page_mem = self.page_mem
         ref = self.mm_mem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
         data0, psize, page0 = self.pool_data0, self.page_size, self.page0
-        for index in (vpn // g.pmd_span, vpn // g.pte % g.pmd, vpn % g.pte)[:levels]:
+        npte = g.pte
+        indices = (vpn // g.pmd_span, vpn // npte % g.pmd, vpn % npte)
+        for index in indices if levels == 3 else indices[:levels]:
             if not ref:
                 return 0
             pfn = ref & PFN_MASK

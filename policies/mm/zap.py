@@ -23,9 +23,10 @@ from policies.mm.pgtable import (
     is_migration_entry,
     swp_offset,
 )
-from policies.mm.rmap import ANON_SITE
+from policies.mm.rmap import _REFCOUNT, ANON_SITE, GUP_PIN_COUNTING_BIAS
 from policies.mm.swap import Swap
 from shm import rcu_callback
+from shm.pool import PAGE_STRIDE, PFN_MASK
 
 
 @dataclass
@@ -99,30 +100,35 @@ class Zap(Swap):
 
     def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
         """zap_pte_range(): under the table's ptl, clear [start, end) and gather the pages; how many PTEs."""
-        zapped = rss = 0
+        zapped = rss = zero = 0
+        page_mem, mm, pages = self.page_mem, tlb.mm, tlb.pages
+        base = self.table_off(table, 0) - 8 * (start - start % self.geometry.pte)
+        refcount0 = self.page0 + _REFCOUNT
         for v in range(start, end):
-            off = self.table_off(table, v % self.geometry.pte)
-            pte = self.page_mem.load64(off)
+            off = base + 8 * v
+            pte = page_mem.load64(off)
             if not pte:
                 continue
             if not pte & PTE_PRESENT:
-                rss -= self.zap_nonpresent_pte(cpu, tlb.mm, v, off, pte)
+                rss -= self.zap_nonpresent_pte(cpu, mm, v, off, pte)
                 continue
-            self.tlb_retire(tlb.mm, v)
-            self.page_mem.store64(off, 0)
+            self.tlb_retire(mm, v)
+            page_mem.store64(off, 0)
             tlb.cleared(v)
             zapped += 1
-            self.count("ptes_zapped")
             ref = self.vm_normal_page(pte)
             if not ref:
-                self.count("zero_pages_zapped")
+                zero += 1
                 continue
-            if self.folio_maybe_dma_pinned(ref):
-                self.note_pinned_unmap(tlb.mm, v)
+            if page_mem.load32(refcount0 + (ref & PFN_MASK) * PAGE_STRIDE) >= GUP_PIN_COUNTING_BIAS:
+                self.note_pinned_unmap(mm, v)  # folio_maybe_dma_pinned
             self.page_remove_rmap(cpu, ref)
             rss -= 1
-            tlb.pages.append(ref)
-        self.add_mm_rss_vec(tlb.mm, rss)
+            pages.append(ref)
+        self.add_mm_rss_vec(mm, rss)
+        self.count("ptes_zapped", zapped)
+        if zero:
+            self.count("zero_pages_zapped", zero)
         return zapped
 
     def zap_nonpresent_pte(self, cpu, mm: int, vpn: int, off: int, pte: int) -> int:
