@@ -45,14 +45,19 @@ class Gup(Rmap):
     """Fast and slow GUP, and what a caller does with the page it pinned."""
 
     def gup_must_unshare(self, ref: int, gup_flags: int) -> bool:
-        """gup_must_unshare(): a R/O FOLL_PIN of a page another mapping may share (not
-        PageAnonExclusive; or the zero page, for a long-term pin) must unshare it first."""
+        """gup_must_unshare(): a R/O FOLL_PIN of an anon page another mapping may share (not
+        PageAnonExclusive, a7f226604170) must unshare it first; so must a R/O long-term pin of
+        the zero page (`ref` 0; 84209e87c696), which a write would replace."""
         if not gup_flags & FOLL_PIN or gup_flags & FOLL_WRITE:
             return False
-        return not ref or not self.page_anon_exclusive(ref)
+        if not ref:
+            return bool(gup_flags & FOLL_LONGTERM)
+        return not self.page_anon_exclusive(ref)
 
     def try_grab_page(self, cpu, ref: int, gup_flags: int) -> bool:
-        """try_grab_folio(): one reference for FOLL_GET, GUP_PIN_COUNTING_BIAS for FOLL_PIN."""
+        """try_grab_folio_fast(), and under the ptl try_grab_folio(): one reference for FOLL_GET,
+        GUP_PIN_COUNTING_BIAS for FOLL_PIN; False if the page is being freed (the fast path's
+        folio_try_get: under the ptl a mapped page cannot be)."""
         if not self.pool.refcount(ref & PFN_MASK).inc_not_zero(cpu):
             return False
         if gup_flags & FOLL_PIN:
@@ -108,17 +113,17 @@ class Gup(Rmap):
             got = ref
         finally:
             cpu.local_irq_enable()
-        if gup_flags & FOLL_PIN and self.gup_fast_raced_fork(seq, start):
+        if gup_flags & FOLL_PIN and self.gup_fast_raced_fork(cpu, seq, start):
             self.count("gup_fast_fork_raced")
             self.gup_put_folio(cpu, got, gup_flags)
             return 0
         return got
 
-    def gup_fast_raced_fork(self, seq, start: int) -> bool:
+    def gup_fast_raced_fork(self, cpu, seq, start: int) -> bool:
         """read_seqcount_retry(&mm->write_protect_seq): fork began write-protecting meanwhile."""
-        return seq.raw_read() != start
+        return seq.read_retry(cpu, start)
 
-    def follow_page(self, cpu, vmf: Vmf, gup_flags: int = FOLL_GET) -> int:
+    def follow_page_pte(self, cpu, vmf: Vmf, gup_flags: int = FOLL_GET) -> int:
         """follow_page_pte(): under the ptl, take a reference to the mapped page; 0 if none (a
         fault must map it), GUP_MUST_UNSHARE if a R/O pin must first unshare it."""
         table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)

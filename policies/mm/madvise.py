@@ -71,19 +71,31 @@ class Madvise(Zap):
             slot = self.get_swap_page(cpu)
             if slot < 0:
                 break
-            self.try_to_unmap_one(cpu, mm, v, off, ref, slot)
+            if not self.try_to_unmap_one(cpu, mm, v, off, ref, slot):
+                self.swap_free(cpu, slot)
+                continue
             out += 1
         ptl.unlock(cpu)
         return out
 
-    def try_to_unmap_one(self, cpu, mm: int, vpn: int, off: int, ref: int, slot: int) -> None:
+    def try_to_unmap_one(self, cpu, mm: int, vpn: int, off: int, ref: int, slot: int) -> bool:
         """try_to_unmap_one() and pageout() of an exclusive page, under the ptl: clear and flush
         the PTE (ptep_clear_flush), write the page to its slot, leave a swap entry, free it.
-        The page is written after the flush: no CPU can write it through its TLB any more."""
+        The page is written after the flush: no CPU can write it through its TLB any more.
+
+        A fast GUP pin may have landed since the page's count was read: after
+        the flush, folio_try_share_anon_rmap_pte gives up a page that may be
+        pinned and puts its PTE back (False); a pin after that sees the PTE
+        gone when it rechecks."""
         epoch = self.tlb_retire(mm, vpn)
+        pte = self.page_mem.load64(off)
         self.page_mem.store64(off, 0)
         self.flush_tlb_mm_range(cpu, mm, vpn, vpn + 1)
         self.tlb_promise(cpu, mm, vpn, vpn + 1, epoch)
+        if not self.folio_try_share_anon_rmap(ref):
+            self.page_mem.store64(off, pte)
+            self.count("pageout_pinned")
+            return False
         self.swap_writepage(cpu, slot, ref)
         self.page_mem.store64(off, swp_entry(SWP_SWAPFILE, slot))
         self.page_remove_rmap(cpu, ref)
@@ -91,3 +103,4 @@ class Madvise(Zap):
         self.mm_mem.fetch_add64(self.mm_off(mm, "swapents"), 1)
         self.pool.put_page(cpu, ref, ANON_SITE)
         self.count("pages_swapped_out")
+        return True

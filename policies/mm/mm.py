@@ -26,7 +26,7 @@ from policies.mm.checks import PIN_DIVERGED
 from policies.mm.fault import Fault
 from policies.mm.fork import Fork
 from policies.mm.geometry import Geometry
-from policies.mm.gup import FOLL_PIN, GUP_PIN, Gup
+from policies.mm.gup import FOLL_LONGTERM, FOLL_PIN, GUP_PIN, Gup
 from policies.mm.madvise import Madvise
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, describe_entry, is_migration_entry, swp_offset
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
@@ -44,7 +44,8 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
 
     A mechanism may run a variant of the model (a subclass overriding one of
     its kernel functions: vm_normal_page, zap_pte_range, add_mm_rss_vec,
-    mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio, free_pgtables,
+    mm_dec_nr_ptes, unpin_user_page, wp_can_reuse_anon_folio, wp_can_reuse (do_wp_page's
+    inlined test), folio_needs_cow_for_dma, gup_must_unshare, free_pgtables,
     free_pages_and_swap_cache, spf_walk, anon_vma_fork, mm_tlb_flush_nested,
     swapin_pte_same, free_swap_and_cache, migrate_vma_flush, migrate_vma_finalize_one,
     free_table; or a flag of the architecture, broadcast_tlbi): that is how a
@@ -64,6 +65,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         "tables_rcu_freed",
         "tlb_flush_nested",
         "pages_swapped_out",
+        "pageout_pinned",
         "swapins",
         "swapin_raced",
         "swap_entries_zapped",
@@ -256,7 +258,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
             return
         what = "unpin_user_page: the driver releases its long-term pin"
         self.check_foreign_write(cpu, mm, mmid, ref, writes, what)
-        if gup_flags & FOLL_PIN:
+        if gup_flags & FOLL_PIN and gup_flags & FOLL_LONGTERM:
             self.check_pin(cpu, mm, mmid, vpn, ref, unmaps)
         self.unpin_user_page(cpu, ref, gup_flags)
 
@@ -265,8 +267,9 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
             self.release_pin(cpu, i)
 
     def check_pin(self, cpu, mm: int, mmid: int, vpn: int, ref: int, unmaps: int) -> None:
-        """A FOLL_PIN page is the page its mm maps at vpn for as long as the pin lasts, unless the
-        mm unmapped it (munmap, MADV_DONTNEED, exit: pinned_unmaps moved).  Checked with the mm
+        """A long-term FOLL_PIN page is the page its mm maps at vpn for as long as the pin lasts,
+        unless the mm unmapped it (munmap, MADV_DONTNEED, exit: pinned_unmaps moved; counted per
+        address, so a later unmap there of another pinned page hides an earlier divergence).  Checked with the mm
         held, under mmap_lock and the ptl; the record is read after the PTE, so a zap that
         cleared it is seen."""
         if self.get_task_mm(cpu, mm) != mmid:

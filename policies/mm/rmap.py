@@ -75,6 +75,17 @@ class Rmap(Tlb):
     def pinned_unmaps(self, mm: int, vpn: int) -> int:
         return self.mm_mem.load64(self.pin_unmaps0 + 8 * (mm * self.geometry.pages + vpn))
 
+    def folio_try_share_anon_rmap(self, ref: int) -> bool:
+        """folio_try_share_anon_rmap_pte(): before the PTE of an exclusive page is replaced by a
+        swap or migration entry (it was cleared and flushed), the page stops being exclusive,
+        unless it may be pinned: then False, and it stays exclusive (fast GUP pins first, then
+        checks the PTE and exclusivity; this clears first, then checks the pin)."""
+        self.clear_page_anon_exclusive(ref)
+        if self.folio_maybe_dma_pinned(ref):
+            self.set_page_anon_exclusive(ref)
+            return False
+        return True
+
     def folio_maybe_dma_pinned(self, ref: int) -> bool:
         """folio_maybe_dma_pinned(): a count past GUP_PIN_COUNTING_BIAS may be a FOLL_PIN pin."""
         return self.page_mem.load32(self._page_word(ref, "_refcount")) >= GUP_PIN_COUNTING_BIAS

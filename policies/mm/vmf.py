@@ -50,9 +50,9 @@ class Vmf:
     FAULT_FLAG_SPECULATIVE (Dufour's SPF) is a fault that holds neither
     mmap_lock nor anything that keeps page tables: it walks them with
     interrupts off and takes the ptl by trylock (spf_walk, pte_map_lock).
-    FAULT_FLAG_UNSHARE (a7f226604170) is GUP asking for an exclusive page
-    where a R/O pin would otherwise pin one that fork shares: do_wp_page
-    without the write."""
+    FAULT_FLAG_UNSHARE (c89357e27f20, "mm: support GUP-triggered unsharing
+    of anonymous pages") is GUP asking for an exclusive page where a R/O pin
+    would otherwise pin one that fork shares: do_wp_page without the write."""
 
     __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags")
 

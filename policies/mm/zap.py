@@ -139,6 +139,8 @@ class Zap(Swap):
         self.count("swap_entries_zapped")
         if is_migration_entry(pte):
             self.check_migration_entry(cpu, mm, vpn, pte)
+            if self.folio_maybe_dma_pinned(swp_offset(pte)):
+                self.note_pinned_unmap(mm, vpn)  # a pin taken as the entry went in: it gives up
             return 1
         self.free_swap_and_cache(cpu, swp_offset(pte))
         self.mm_mem.fetch_sub64(self.mm_off(mm, "swapents"), 1)

@@ -43,6 +43,11 @@ LITMUS = {
         _repeat([["access", 0, 4, 0], ["madvise", 0, 3, 2], ["access", 0, 4, 0]], 12),
         _repeat([["access", 1, 5, 0], ["madvise", 1, 4, 2]], 12),
     ],
+    # Two threads fault in one swapped-out page: one of them finds the entry gone under the ptl.
+    "swapin_without_pte_same": [
+        _repeat([["access", 0, 4, 1], ["pageout", 0, 4, 0], ["access", 0, 4, 0]], 8),
+        _repeat([["access", 1, 4, 0], ["access", 1, 9, 1]], 12),
+    ],
     # A page swapped out, then its entry zapped.
     "zap_keeps_swap_slot": [
         _repeat([["access", 0, 4, 1], ["pageout", 0, 4, 0], ["madvise", 0, 4, 0]], 4),

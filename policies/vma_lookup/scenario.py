@@ -210,7 +210,7 @@ def op_migrate(w: World, mm: int, vpn: int, length: int) -> None:
 
 def get_user_pages(w: World, mm: int, vpn: int, gup_flags: int) -> int:
     """__get_user_pages(): find the VMA, follow the PTE, fault it in (or unshare it for a R/O
-    FOLL_PIN) if needed, follow again; the page, or 0.  A FOLL_PIN holds mmap_lock for read, as
+    FOLL_PIN) if needed, and follow again, a few times; the page, or 0.  A FOLL_PIN holds mmap_lock for read, as
     pin_user_pages does (its fault may allocate the VMA's anon_vma); a FOLL_GET for a moment's
     read pins the VMA as the policy's faults do."""
     m, policy = w.mm, w.policy
@@ -219,12 +219,15 @@ def get_user_pages(w: World, mm: int, vpn: int, gup_flags: int) -> int:
     if vmf is None:
         return 0
     try:
-        ref = m.follow_page(w.cpu, vmf, gup_flags)
-        if ref == GUP_MUST_UNSHARE:
-            vmf.flags |= FAULT_FLAG_UNSHARE
-            w.count("gup_unshares")
-        if ref <= 0 and m.handle_mm_fault(w.cpu, vmf) == VM_FAULT_OK:
-            ref = m.follow_page(w.cpu, vmf, gup_flags)
+        for _ in range(FAULT_TRIES):
+            ref = m.follow_page_pte(w.cpu, vmf, gup_flags)
+            if ref > 0:
+                break
+            if ref == GUP_MUST_UNSHARE:
+                vmf.flags |= FAULT_FLAG_UNSHARE
+                w.count("gup_unshares")
+            if m.handle_mm_fault(w.cpu, vmf) != VM_FAULT_OK:
+                break
     finally:
         release(w, vmf)
     if ref > 0:
