@@ -61,6 +61,7 @@ class MachineLike(Protocol):
     segments: list[Segment]
     nslots: int
     rcu: Any
+    srcu: Any
 
     @property
     def nowait_fail_ppm(self) -> int: ...

@@ -14,7 +14,9 @@ kernel's RCU kthreads.
 SRCU follows the kernel's classic two-index scheme: srcu_read_lock() returns
 the index it counted on, synchronize_srcu() waits for readers of the inactive
 index, flips, then waits for the old index to drain
-(srcu_readers_active_idx_check: unlocks summed before locks).
+(srcu_readers_active_idx_check: unlocks summed before locks).  call_srcu()
+queues on call_rcu's queues, marked with its domain; the kthread runs that
+domain's grace period too before it invokes the batch.
 
 Both flavours implement the same small `RcuFlavor` interface, so a test or
 scenario written once runs for each.
@@ -55,7 +57,7 @@ RCU_STATE = np.dtype(
     ]
 )
 READER = np.dtype([("ctr", "<i8"), ("pad", "<i8", (7,))])
-CB_ENTRY = np.dtype([("cb", "<i4"), ("pad", "<i4"), ("arg", "<i8")])
+CB_ENTRY = np.dtype([("cb", "<i4"), ("srcu", "<i4"), ("arg", "<i8")])  # srcu: domain + 1, or 0
 CBQ = np.dtype([("head", "<i8"), ("tail", "<i8"), ("pad", "<i8", (6,)), ("entries", CB_ENTRY, (CBQ_LEN,))])
 
 SRCU_STATE = np.dtype([("completed", "<i8"), ("gp_seq", "<i8"), ("mutex", MUTEX)])
@@ -201,8 +203,9 @@ class Rcu:
     def gp_seq(self) -> int:
         return self.mem.load64(self.gp_seq_off)
 
-    def call(self, cpu: Cpu, callback: Callable | int, arg: int) -> None:
-        """call_rcu(): callback(cpu, arg) runs in the kthread after a grace period."""
+    def call(self, cpu: Cpu, callback: Callable | int, arg: int, srcu_domain: int = -1) -> None:
+        """call_rcu(): callback(cpu, arg) runs in the kthread after a grace period; with an SRCU
+        domain (Srcu.call, call_srcu()), after that domain's grace period."""
         cb_id = callback if isinstance(callback, int) else getattr(callback, "rcu_id")  # noqa: B009
         mem = self.mem
         i = cpu.id
@@ -216,6 +219,7 @@ class Rcu:
             attempt += 1
         e = self.entries_off[i] + (head % CBQ_LEN) * CB_ENTRY.itemsize
         mem.store32(e, cb_id)
+        mem.store32(e + 4, srcu_domain + 1)
         mem.store64(e + 8, arg)
         mem.store64(self.head_off[i], head + 1)
         cpu.trace(_EV_CALL_RCU, cb_id)
@@ -298,6 +302,8 @@ class Rcu:
                 continue
             cpu.window("rcu_gp_kthread:gp-start")
             self.synchronize(cpu)
+            for d in sorted(self._srcu_domains(tails, heads)):
+                self.machine.srcu[d].synchronize(cpu)
             ran = 0
             for i in range(n):
                 base = self.entries_off[i]
@@ -315,6 +321,17 @@ class Rcu:
             mem.fetch_add32(self.cb_done_off, 1)
             mem.futex_wake(self.cb_done_off, -1)
 
+    def _srcu_domains(self, tails: list[int], heads: list[int]) -> set[int]:
+        """The SRCU domains whose grace period a batch waits for (its call_srcu entries)."""
+        mem = self.mem
+        out = set()
+        for i, base in enumerate(self.entries_off):
+            for k in range(tails[i], heads[i]):
+                d = mem.load32(base + (k % CBQ_LEN) * CB_ENTRY.itemsize + 4)
+                if d:
+                    out.add(d - 1)
+        return out
+
     def stop_kthread(self) -> None:
         self.mem.store32(self.stop_off, 1)
         self._wake_kthread(force=True)
@@ -331,6 +348,7 @@ class Srcu:
         self.machine = machine
         self.mem = machine.mem
         self.name = f"srcu{domain}"
+        self.domain = domain
         lay = machine.seg.layout
         n = machine.nslots
         self.completed_off = lay.offset("srcu", domain, "completed")
@@ -371,6 +389,11 @@ class Srcu:
             attempt += 1
         if attempt:
             cpu.hmem.store64(cpu.waiting_off, 0)
+
+    def call(self, cpu: Cpu, callback: Callable | int, arg: int) -> None:
+        """call_srcu(): callback(cpu, arg) runs once every reader that began before the call has
+        finished; the grace-period kthread runs this domain's grace period for its batch."""
+        self.machine.rcu.call(cpu, callback, arg, srcu_domain=self.domain)
 
     def synchronize(self, cpu: Cpu) -> None:
         """synchronize_srcu(): every reader that began before the call has finished."""

@@ -126,3 +126,23 @@ def test_call_rcu_runs_in_the_kthread_and_rcu_barrier_waits_for_it(world):
     m.rcu.stop_kthread()
     k.join()
     assert k.exitcode == 0
+
+
+def test_call_srcu_waits_for_the_srcu_readers_before_it(world):
+    """call_srcu()'s callback runs after its domain's grace period: the kthread waits for a
+    reader inside srcu_read_lock (no RCU reader), and invokes it once the reader has left."""
+    m, _ = world
+    cpu = Cpu(m, 0)
+    idx = m.srcu[0].read_lock(cpu)
+    m.srcu[0].call(cpu, record, 4321)
+    k = CTX.Process(target=kthread, args=(m.seg.name,))
+    k.start()
+    while not m.cpus["waiting_on"][m.gp_cpu] and not m.cpus["step"][0] and k.exitcode is None:
+        m.mem.futex_wait(m.cpu_off(m.gp_cpu, "waiting_on"), 0, 0.01)
+    assert int(m.cpus["step"][0]) == 0, "the callback ran while an SRCU reader from before it was inside"
+    m.srcu[0].read_unlock(cpu, idx)
+    assert m.rcu.barrier(cpu, timeout=30)
+    assert int(m.cpus["step"][0]) == 4321 and m.srcu[0].gp_seq() >= 1
+    m.rcu.stop_kthread()
+    k.join()
+    assert k.exitcode == 0 and m.findings() == []
