@@ -15,7 +15,7 @@ from typing import TextIO
 
 VMA_TARGET_BASELINE_FAULTS = 50_000.0
 VMA_TARGET_CHURN_RATIO = 1.7
-VMA_POLICIES = ("mmap_lock", "rcu_vma_refcount", "srcu", "speculative", "per_vma_lock")
+VMA_POLICIES = ("mmap_lock", "rcu_vma_refcount", "srcu", "srcu_spf", "speculative", "per_vma_lock")
 WORKLOADS = {
     "disjoint": "(a) each CPU faults its own VMA, then MADV_DONTNEED (page_fault3)",
     "giant": "(b) every CPU faults its own part of one giant VMA, then MADV_DONTNEED",

@@ -15,9 +15,12 @@ unmapper wait for it" differently:
                     entry (Wilcox, 2019-12-09); ->map_pages under RCU for a
                     giant VMA; synchronize_rcu skipped when mm_users <= 1
                     (Wilcox, 2019-12-13).
-  srcu              Zijlstra/Wilcox (2020-02-06): faults inside
-                    srcu_read_lock(&vma_srcu); munmap removes the VMA,
-                    synchronize_srcu(), then tears down and frees.
+  srcu              Wilcox's restatement of Zijlstra's design (2020-02-06):
+                    faults inside srcu_read_lock(&vma_srcu); munmap removes
+                    the VMA, synchronize_srcu(), then tears down and frees.
+  srcu_spf          Zijlstra's own answer (2020-02-06/07): faults inside SRCU
+                    walk with interrupts off and validate the VMA under the
+                    ptl; munmap does not wait, the VMA is freed by call_srcu.
   speculative       Dufour's SPF (2020-02-07): a lockless lookup, the VMA's
                     seqcount sampled and validated again under the ptl before
                     the PTE is installed; mmap_lock on a mismatch.
@@ -50,6 +53,7 @@ register(
             rcu_vma_refcount.rcu_vma_refcount,
             *rcu_vma_refcount.MUTANTS,
             srcu.srcu,
+            srcu.srcu_spf,
             *srcu.MUTANTS,
             speculative.speculative,
             *speculative.MUTANTS,

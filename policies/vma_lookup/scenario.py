@@ -65,6 +65,7 @@ class VmaLookup(MmScenario):
         "baby_waits",
         "refcount_waits",
         "srcu_waits",
+        "srcu_frees",
         *MmScenario.counters,
     )
 

@@ -31,7 +31,7 @@ from policies.vma_lookup.mmap_lock import (
 from policies.vma_lookup.rcu_vma_refcount import vma_get
 
 
-def _spf_validate(w: World, seq: int):
+def spf_validate(w: World, seq: int):
     def validate(vmf: Vmf) -> bool:
         if w.mem.load32(w.mm.vma_off(vmf.vma, "vm_seq")) == seq:
             return True
@@ -58,7 +58,7 @@ def _spf_fault(w: World, mm: int, vpn: int, write: bool, *, validate: bool) -> i
             vpn,
             write,
             "speculative",
-            validate=_spf_validate(w, seq) if validate else None,
+            validate=spf_validate(w, seq) if validate else None,
             flags=FAULT_FLAG_SPECULATIVE,
         )
         cpu.window("spf:after-lookup")

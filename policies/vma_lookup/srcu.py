@@ -1,8 +1,11 @@
-"""srcu: Zijlstra's design as Wilcox restated it (2020-02-06), faults inside srcu_read_lock(&vma_srcu)."""
+"""srcu: faults inside srcu_read_lock(&vma_srcu), as Wilcox restated Zijlstra's design (2020-02-06),
+and as Zijlstra answered (2020-02-07): the VMA freed by call_srcu, the fault validated under the ptl."""
 
 from __future__ import annotations
 
 from policies.mm import (
+    FAULT_FLAG_SPECULATIVE,
+    VM_FAULT_RETRY,
     VM_FAULT_SIGSEGV,
     Vmf,
 )
@@ -10,16 +13,20 @@ from policies.mm.checks import (
     PTE_AFTER_ZAP,
 )
 from policies.scenario import World, mutant
-from policies.vma_lookup.common import VmaPolicy, handle_with, new_vma_plain
+from policies.vma_lookup.common import VmaPolicy, handle_with, new_vma_plain, vm_area_free_rcu
 from policies.vma_lookup.mmap_lock import (
     fault_mmap_lock,
     fault_or_fall_back,
+    lookup_mmap_lock,
     mmap_locked,
     mmap_write_downgrade_plain,
     mmap_write_unlock_plain,
     munmap_locked,
     must_fall_back,
+    release_mmap_lock,
+    vma_free_rcu,
 )
+from policies.vma_lookup.speculative import spf_before_unmap, spf_fork_begin, spf_fork_end, spf_validate
 from shm.checks import SCHED_LIVELOCK, SLAB_UAF, WATCHDOG_STALL
 
 
@@ -120,6 +127,58 @@ srcu = VmaPolicy(
 )
 
 
+def srcu_spf_fault(w: World, mm: int, vpn: int, write: bool) -> int:
+    """Zijlstra (2020-02-07): "SRCU only ensures the VMA object remains extant, it does not
+    prevent modification of it ... what we serialize on is the (split) ptlock": inside
+    srcu_read_lock, look the VMA up and sample its sequence; walk the tables with interrupts
+    off, take the ptl and "verify the vma (again) and install the PTE.  If anything goes
+    wrong, we bail" to mmap_lock, outside the SRCU section."""
+    m, cpu, rcu = w.mm, w.cpu, w.rcu
+    ssp = w.srcu[0]
+    idx = ssp.read_lock(cpu)
+    try:
+        rcu.read_lock(cpu)
+        vma = m.vma_lookup(cpu, mm, vpn)
+        rcu.read_unlock(cpu)
+        seq = w.mem.load32(m.vma_off(vma, "vm_seq")) if vma else 1
+        if not seq & 1 and (not write or w.mem.load32(m.vma_off(vma, "anon_vma"))):
+            vmf = Vmf(mm, vma, vpn, write, "srcu_spf", validate=spf_validate(w, seq), flags=FAULT_FLAG_SPECULATIVE)
+            cpu.window("spf:after-lookup")
+            ret = m.handle_mm_fault(cpu, vmf)
+            if ret != VM_FAULT_RETRY:
+                w.count("spf")
+                return ret
+    finally:
+        ssp.read_unlock(cpu, idx)
+    w.count("fallbacks")
+    return fault_mmap_lock(w, mm, vpn, write)
+
+
+def vma_free_srcu(cpu, vma: int) -> None:
+    """Zijlstra (2020-02-06): "call_srcu(), and the (s)rcu callback will then fput() and such
+    things": munmap does not wait for the faults; the VMA goes once they have left."""
+    cpu.ctx.srcu[0].call(cpu, vm_area_free_rcu, vma)
+    cpu.ctx.count("srcu_frees")
+
+
+srcu_spf = VmaPolicy(
+    "srcu_spf",
+    doc="Zijlstra: faults inside SRCU validated under the ptl; munmap zaps and frees the VMA by call_srcu",
+    lookup=lookup_mmap_lock,
+    release=release_mmap_lock,
+    fault=srcu_spf_fault,
+    mmap=mmap_locked,
+    munmap=munmap_locked,
+    new_vma=new_vma_plain,
+    before_unmap=spf_before_unmap,
+    dup_lock_vma=spf_fork_begin,
+    dup_unlock_vma=spf_fork_end,
+    write_unlock=mmap_write_unlock_plain,
+    write_downgrade=mmap_write_downgrade_plain,
+    vma_free=vma_free_srcu,
+)
+
+
 MUTANTS = (
     mutant(
         srcu,
@@ -140,5 +199,15 @@ MUTANTS = (
         "a fault falls back to mmap_lock while still inside srcu_read_lock",
         "fallbacks",
         fault=fault_srcu_mmap_lock_inside,
+    ),
+    mutant(
+        srcu_spf,
+        "vma_freed_after_rcu",
+        SLAB_UAF,
+        "Zijlstra 2020-02-06: 'call_srcu(), and the (s)rcu callback will then fput()': the fault is an SRCU "
+        "reader, not an RCU one",
+        "munmap frees the VMA by call_rcu, whose grace period does not wait for a fault inside SRCU",
+        "spf_bail",
+        vma_free=vma_free_rcu,
     ),
 )
