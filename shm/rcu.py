@@ -15,8 +15,10 @@ SRCU follows the kernel's classic two-index scheme: srcu_read_lock() returns
 the index it counted on, synchronize_srcu() waits for readers of the inactive
 index, flips, then waits for the old index to drain
 (srcu_readers_active_idx_check: unlocks summed before locks).  call_srcu()
-queues on call_rcu's queues, marked with its domain; the kthread runs that
-domain's grace period too before it invokes the batch.
+queues on the domain's own per-CPU queues; the kthread advances the domain's
+grace period without waiting (a flip once the other index is drained) and
+invokes what is ready, so an SRCU reader that sleeps never holds up
+call_rcu's callbacks, and rcu_barrier does not wait for SRCU's.
 
 Both flavours implement the same small `RcuFlavor` interface, so a test or
 scenario written once runs for each.
@@ -57,7 +59,9 @@ RCU_STATE = np.dtype(
     ]
 )
 READER = np.dtype([("ctr", "<i8"), ("pad", "<i8", (7,))])
-CB_ENTRY = np.dtype([("cb", "<i4"), ("srcu", "<i4"), ("arg", "<i8")])  # srcu: domain + 1, or 0
+CB_ENTRY = np.dtype([("cb", "<i4"), ("cookie", "<i4"), ("arg", "<i8")])  # cookie: call_srcu's index count
+COOKIE_MASK = 0x7FFFFFFF
+SRCU_POLL_S = 0.001  # how often the kthread looks again at SRCU callbacks whose readers are inside
 CBQ = np.dtype([("head", "<i8"), ("tail", "<i8"), ("pad", "<i8", (6,)), ("entries", CB_ENTRY, (CBQ_LEN,))])
 
 SRCU_STATE = np.dtype([("completed", "<i8"), ("gp_seq", "<i8"), ("mutex", MUTEX)])
@@ -203,25 +207,29 @@ class Rcu:
     def gp_seq(self) -> int:
         return self.mem.load64(self.gp_seq_off)
 
-    def call(self, cpu: Cpu, callback: Callable | int, arg: int, srcu_domain: int = -1) -> None:
-        """call_rcu(): callback(cpu, arg) runs in the kthread after a grace period; with an SRCU
-        domain (Srcu.call, call_srcu()), after that domain's grace period."""
+    def call(self, cpu: Cpu, callback: Callable | int, arg: int) -> None:
+        """call_rcu(): callback(cpu, arg) runs in the kthread after a grace period."""
+        i = cpu.id
+        self.enqueue(cpu, self.head_off[i], self.tail_off[i], self.entries_off[i], callback, 0, arg)
+
+    def enqueue(self, cpu: Cpu, head_off: int, tail_off: int, entries_off: int, callback, tag: int, arg: int) -> None:
+        """Put a callback on a queue the kthread works through (this CPU's, call_rcu's or
+        call_srcu's), waiting for room if it is full, and wake the kthread."""
         cb_id = callback if isinstance(callback, int) else getattr(callback, "rcu_id")  # noqa: B009
         mem = self.mem
-        i = cpu.id
-        head = mem.load64(self.head_off[i])
+        head = mem.load64(head_off)
         attempt = 0
-        while (tail := mem.load64(self.tail_off[i])) <= head - CBQ_LEN:
+        while (tail := mem.load64(tail_off)) <= head - CBQ_LEN:
             if self.drain(cpu):
                 continue
             self._wake_kthread(force=True)
-            cpu.sched.spin(cpu, attempt, mem, self.tail_off[i], tail, 64)
+            cpu.sched.spin(cpu, attempt, mem, tail_off, tail, 64)
             attempt += 1
-        e = self.entries_off[i] + (head % CBQ_LEN) * CB_ENTRY.itemsize
+        e = entries_off + (head % CBQ_LEN) * CB_ENTRY.itemsize
         mem.store32(e, cb_id)
-        mem.store32(e + 4, srcu_domain + 1)
+        self.machine.raw.store32(e + 4, tag)  # read by the kthread only: no scheduling point
         mem.store64(e + 8, arg)
-        mem.store64(self.head_off[i], head + 1)
+        mem.store64(head_off, head + 1)
         cpu.trace(_EV_CALL_RCU, cb_id)
         self._wake_kthread()
 
@@ -253,8 +261,10 @@ class Rcu:
         return bool(self.mem.load32(self.stop_off))
 
     def pending(self) -> int:
+        """Callbacks queued and not yet invoked: call_rcu's and every SRCU domain's."""
         mem = self.mem
-        return sum(mem.load64(h) - mem.load64(t) for h, t in zip(self.head_off, self.tail_off))
+        own = sum(mem.load64(h) - mem.load64(t) for h, t in zip(self.head_off, self.tail_off))
+        return own + sum(d.pending() for d in self.machine.srcu)
 
     def barrier(self, cpu: Cpu, timeout: float | None = None) -> bool:
         """rcu_barrier(): every callback queued before the call has been invoked.
@@ -263,16 +273,20 @@ class Rcu:
         False if that did not happen in time.  Once the kthread was stopped (the
         quiescent phase, one CPU left), the caller invokes the callbacks itself."""
         cpu.might_sleep("rcu_barrier")
+        return self.wait_for_queues(cpu, self.head_off, self.tail_off, timeout)
+
+    def wait_for_queues(self, cpu: Cpu, head_offs: list[int], tail_offs: list[int], timeout: float | None) -> bool:
+        """Every callback on these queues when called has been invoked (rcu_barrier, srcu_barrier)."""
         mem = self.mem
         if mem.load32(self.stop_off):
             self.drain(cpu)
             return True
-        targets = [mem.load64(h) for h in self.head_off]
+        targets = [mem.load64(h) for h in head_offs]
         self._wake_kthread(force=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             done = mem.load32(self.cb_done_off)
-            if all(mem.load64(t) >= want for t, want in zip(self.tail_off, targets)):
+            if all(mem.load64(t) >= want for t, want in zip(tail_offs, targets)):
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
@@ -288,13 +302,26 @@ class Rcu:
         n = self.nslots
         tails = [mem.load64(t) for t in self.tail_off]
         while True:
+            srcu_left, moved = self._srcu_work(cpu)
             heads = [mem.load64(h) for h in self.head_off]
             if all(h == t for h, t in zip(heads, tails)):
-                if mem.load32(self.stop_off) or (parent and os.getppid() != parent):
+                gone = bool(parent and os.getppid() != parent)
+                if srcu_left and not gone:
+                    if mem.load32(self.stop_off):
+                        if not moved:
+                            return  # draining, and a reader never left (its CPU crashed inside)
+                        continue
+                    cpu.sched.block(cpu, mem, self.cb_wake_off, mem.load32(self.cb_wake_off), SRCU_POLL_S)
+                    continue
+                if mem.load32(self.stop_off) or gone:
                     return
                 seq = mem.load32(self.cb_wake_off)
                 mem.store32(self.sleeping_off, 1)
-                if mem.load32(self.stop_off) or any(mem.load64(self.head_off[i]) != tails[i] for i in range(n)):
+                if (
+                    mem.load32(self.stop_off)
+                    or any(mem.load64(self.head_off[i]) != tails[i] for i in range(n))
+                    or any(d.pending() for d in self.machine.srcu)
+                ):
                     mem.store32(self.sleeping_off, 0)
                     continue
                 cpu.sched.block(cpu, mem, self.cb_wake_off, seq, None)
@@ -302,8 +329,6 @@ class Rcu:
                 continue
             cpu.window("rcu_gp_kthread:gp-start")
             self.synchronize(cpu)
-            for d in sorted(self._srcu_domains(tails, heads)):
-                self.machine.srcu[d].synchronize(cpu)
             ran = 0
             for i in range(n):
                 base = self.entries_off[i]
@@ -321,16 +346,24 @@ class Rcu:
             mem.fetch_add32(self.cb_done_off, 1)
             mem.futex_wake(self.cb_done_off, -1)
 
-    def _srcu_domains(self, tails: list[int], heads: list[int]) -> set[int]:
-        """The SRCU domains whose grace period a batch waits for (its call_srcu entries)."""
+    def _srcu_work(self, cpu: Cpu) -> tuple[int, bool]:
+        """Each SRCU domain with callbacks: flip its index if the other one is drained, invoke what
+        is ready; never waits for a reader, so call_rcu's callbacks are never held up by
+        SRCU's.  (callbacks left, whether anything moved)."""
         mem = self.mem
-        out = set()
-        for i, base in enumerate(self.entries_off):
-            for k in range(tails[i], heads[i]):
-                d = mem.load32(base + (k % CBQ_LEN) * CB_ENTRY.itemsize + 4)
-                if d:
-                    out.add(d - 1)
-        return out
+        left, moved = 0, False
+        for d in self.machine.srcu:
+            if not d.pending():
+                continue
+            moved |= d.advance(cpu)
+            ran = d.run_ready(cpu)
+            if ran:
+                moved = True
+                mem.fetch_add64(self.cbs_run_off, ran)
+                mem.fetch_add32(self.cb_done_off, 1)
+                mem.futex_wake(self.cb_done_off, -1)
+            left += d.pending()
+        return left, moved
 
     def stop_kthread(self) -> None:
         self.mem.store32(self.stop_off, 1)
@@ -342,7 +375,11 @@ class Srcu:
 
     @staticmethod
     def regions(nslots: int, domains: int) -> list[Region]:
-        return [Region("srcu", SRCU_STATE, domains), Region("srcu_cpu", SRCU_CPU, nslots * domains)]
+        return [
+            Region("srcu", SRCU_STATE, domains),
+            Region("srcu_cpu", SRCU_CPU, nslots * domains),
+            Region("srcu_cbq", CBQ, nslots * domains),
+        ]
 
     def __init__(self, machine: Machine, domain: int):
         self.machine = machine
@@ -356,6 +393,9 @@ class Srcu:
         self.mutex = Mutex(machine, 0, lay.offset("srcu", domain, "mutex"))
         self.lock_off = [lay.offset("srcu_cpu", domain * n + i, "lock") for i in range(n)]
         self.unlock_off = [lay.offset("srcu_cpu", domain * n + i, "unlock") for i in range(n)]
+        self.head_off = [lay.offset("srcu_cbq", domain * n + i, "head") for i in range(n)]
+        self.tail_off = [lay.offset("srcu_cbq", domain * n + i, "tail") for i in range(n)]
+        self.entries_off = [lay.offset("srcu_cbq", domain * n + i, "entries") for i in range(n)]
 
     def close(self) -> None:
         pass
@@ -392,8 +432,56 @@ class Srcu:
 
     def call(self, cpu: Cpu, callback: Callable | int, arg: int) -> None:
         """call_srcu(): callback(cpu, arg) runs once every reader that began before the call has
-        finished; the grace-period kthread runs this domain's grace period for its batch."""
-        self.machine.rcu.call(cpu, callback, arg, srcu_domain=self.domain)
+        finished: it is queued with the index count `completed` at the call, c, and runs once it
+        reached c + 2, two flips later, each made only when the index it retires was drained
+        (advance), so a reader counted on either index before the call has left."""
+        i = cpu.id
+        cookie = self.mem.load64(self.completed_off) & COOKIE_MASK
+        self.machine.rcu.enqueue(cpu, self.head_off[i], self.tail_off[i], self.entries_off[i], callback, cookie, arg)
+
+    def advance(self, cpu: Cpu) -> bool:
+        """One step of a grace period that never waits: flip the index if no reader is counted on
+        the inactive one (synchronize's wait, made a test); whether it flipped."""
+        if not self.mutex.trylock(cpu):
+            return False
+        try:
+            c = self.mem.load64(self.completed_off)
+            if self.readers_active_idx(1 ^ (c & 1)):
+                return False
+            self.mem.store64(self.completed_off, c + 1)
+            return True
+        finally:
+            self.mutex.unlock(cpu)
+
+    def run_ready(self, cpu: Cpu) -> int:
+        """Invoke, in order on each CPU's queue, the callbacks whose two flips have happened."""
+        mem = self.mem
+        c = mem.load64(self.completed_off) & COOKIE_MASK
+        ran = 0
+        for head_off, tail_off, base in zip(self.head_off, self.tail_off, self.entries_off):
+            for k in range(mem.load64(tail_off), mem.load64(head_off)):
+                e = base + (k % CBQ_LEN) * CB_ENTRY.itemsize
+                if (c - mem.load32(e + 4)) & COOKIE_MASK < 2:
+                    break
+                cb_id = mem.load32(e)
+                cpu.window("srcu_invoke_callbacks:invoke")
+                cpu.trace(_EV_CB, cb_id)
+                invoke_callback(cpu, cb_id, mem.load64(e + 8))
+                mem.store64(tail_off, k + 1)
+                ran += 1
+        return ran
+
+    def pending(self) -> int:
+        """Callbacks queued and not yet invoked: the kthread's look before it works or sleeps,
+        read through the harness's memory (no scheduling point, so a run that never calls
+        call_srcu is scheduled as it was before there was one)."""
+        raw = self.machine.raw
+        return sum(raw.load64(h) - raw.load64(t) for h, t in zip(self.head_off, self.tail_off))
+
+    def barrier(self, cpu: Cpu, timeout: float | None = None) -> bool:
+        """srcu_barrier(): every callback call_srcu queued before the call has been invoked."""
+        cpu.might_sleep("srcu_barrier")
+        return self.machine.rcu.wait_for_queues(cpu, self.head_off, self.tail_off, timeout)
 
     def synchronize(self, cpu: Cpu) -> None:
         """synchronize_srcu(): every reader that began before the call has finished."""

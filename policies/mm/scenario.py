@@ -51,6 +51,8 @@ class MmScenario(Scenario):
     def sweep(self, w: World) -> None:
         """The drivers release the pins they kept, then the sweep."""
         w.mm.release_all_pins(w.cpu)
+        for ssp in w.srcu:
+            ssp.barrier(w.cpu)
         w.rcu.barrier(w.cpu)
         sweep(w.mm, w.cpu)
 
@@ -61,6 +63,8 @@ class MmScenario(Scenario):
         for mm in m.live_mms():
             m.mm_mem.store32(m.mm_off(mm, "mm_users"), 1)
             m.mmput(w.cpu, mm)
+        for ssp in w.srcu:
+            ssp.barrier(w.cpu)
         w.rcu.barrier(w.cpu)
         m.free_zero_page(w.cpu)
         check_swap_map(m, w.cpu, np.zeros(m.swap_slots, dtype=np.int64))

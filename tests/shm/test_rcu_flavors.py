@@ -109,6 +109,11 @@ def record(cpu, arg):
     cpu.machine.mem.store64(cpu.machine.seg.layout.offset("cpu", 0, "step"), arg)
 
 
+@rcu_callback("tests: record on cpu 1's word")
+def record_other(cpu, arg):
+    cpu.machine.mem.store64(cpu.machine.seg.layout.offset("cpu", 1, "step"), arg)
+
+
 def kthread(mname):
     m = Machine.attach(mname)
     m.rcu.kthread(Cpu(m, m.gp_cpu))
@@ -128,21 +133,23 @@ def test_call_rcu_runs_in_the_kthread_and_rcu_barrier_waits_for_it(world):
     assert k.exitcode == 0
 
 
-def test_call_srcu_waits_for_the_srcu_readers_before_it(world):
-    """call_srcu()'s callback runs after its domain's grace period: the kthread waits for a
-    reader inside srcu_read_lock (no RCU reader), and invokes it once the reader has left."""
+def test_call_srcu_waits_for_the_srcu_readers_before_it_and_holds_up_no_call_rcu(world):
+    """call_srcu()'s callback runs once a reader inside srcu_read_lock before it has left; a
+    call_rcu() callback queued behind it is not held up by that reader (rcu_barrier returns)."""
     m, _ = world
     cpu = Cpu(m, 0)
     idx = m.srcu[0].read_lock(cpu)
     m.srcu[0].call(cpu, record, 4321)
+    m.rcu.call(cpu, record_other, 77)
     k = CTX.Process(target=kthread, args=(m.seg.name,))
     k.start()
-    while not m.cpus["waiting_on"][m.gp_cpu] and not m.cpus["step"][0] and k.exitcode is None:
-        m.mem.futex_wait(m.cpu_off(m.gp_cpu, "waiting_on"), 0, 0.01)
-    assert int(m.cpus["step"][0]) == 0, "the callback ran while an SRCU reader from before it was inside"
-    m.srcu[0].read_unlock(cpu, idx)
     assert m.rcu.barrier(cpu, timeout=30)
-    assert int(m.cpus["step"][0]) == 4321 and m.srcu[0].gp_seq() >= 1
+    assert int(m.cpus["step"][1]) == 77
+    assert int(m.cpus["step"][0]) == 0, "the SRCU callback ran while a reader from before it was inside"
+    assert m.srcu[0].pending() == 1
+    m.srcu[0].read_unlock(cpu, idx)
+    assert m.srcu[0].barrier(cpu, timeout=30)
+    assert int(m.cpus["step"][0]) == 4321 and m.srcu[0].pending() == 0
     m.rcu.stop_kthread()
     k.join()
     assert k.exitcode == 0 and m.findings() == []
