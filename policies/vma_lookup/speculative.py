@@ -33,7 +33,7 @@ from policies.vma_lookup.rcu_vma_refcount import vma_get
 
 def spf_validate(w: World, seq: int):
     def validate(vmf: Vmf) -> bool:
-        if w.mem.load32(w.mm.vma_off(vmf.vma, "vm_seq")) == seq:
+        if w.mm.vma_field(w.cpu, vmf.vma, "vm_seq", "spf: validate the VMA under the ptl") == seq:
             return True
         w.count("spf_bail")
         return False

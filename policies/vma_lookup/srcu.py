@@ -140,7 +140,7 @@ def srcu_spf_fault(w: World, mm: int, vpn: int, write: bool) -> int:
         rcu.read_lock(cpu)
         vma = m.vma_lookup(cpu, mm, vpn)
         rcu.read_unlock(cpu)
-        seq = w.mem.load32(m.vma_off(vma, "vm_seq")) if vma else 1
+        seq = m.vma_field(cpu, vma, "vm_seq", "srcu_spf: the VMA's sequence") if vma else 1
         if not seq & 1 and (not write or w.mem.load32(m.vma_off(vma, "anon_vma"))):
             vmf = Vmf(mm, vma, vpn, write, "srcu_spf", validate=spf_validate(w, seq), flags=FAULT_FLAG_SPECULATIVE)
             cpu.window("spf:after-lookup")
