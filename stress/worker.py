@@ -10,6 +10,7 @@ policy code becomes a cpu-crash finding carrying the CPU's trace.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import time
@@ -116,6 +117,7 @@ def _process(spec: ProcessSpec, cpu_id: int, what: str, controlled: bool, run: C
     scheduler's begin and exit, and any exception turned into a cpu-crash finding."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    gc.freeze()  # what fork inherited (modules, the harness): the child's collections neither walk it nor dirty it
     die_with_parent(spec.parent)
     w = None
     try:
