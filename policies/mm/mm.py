@@ -32,7 +32,7 @@ from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, describe_entry, is_migra
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
 from policies.mm.swap import SWAP_SLOT
 from policies.mm.tlb import TLB_ENTRY, TLB_PROMISE, TLB_SIZE
-from policies.mm.vma import RESERVED, VM_DETACHED, VMA, VMA_INDEX
+from policies.mm.vma import RESERVED, VM_BABY, VM_DETACHED, VMA, VMA_INDEX
 from shm import GFP_KERNEL, Refcount, Region
 from shm.layout import field_offsets
 from shm.pool import PFN_MASK
@@ -269,14 +269,18 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
     def check_pin(self, cpu, mm: int, mmid: int, vpn: int, ref: int, unmaps: int) -> None:
         """A long-term FOLL_PIN page is the page its mm maps at vpn for as long as the pin lasts,
         unless the mm unmapped it (munmap, MADV_DONTNEED, exit: pinned_unmaps moved; counted per
-        address, so a later unmap there of another pinned page hides an earlier divergence).  Checked with the mm
-        held, under mmap_lock and the ptl; the record is read after the PTE, so a zap that
-        cleared it is seen."""
+        address, so a later unmap there of another pinned page hides an earlier divergence).
+        Checked with the mm held, under mmap_lock and the ptl, through a VMA that covers vpn, as
+        a walker must (a detached range's tables are freed under mmap_lock for read); the record
+        is read after the PTE, so a zap that cleared it is seen."""
         if self.get_task_mm(cpu, mm) != mmid:
             return
         lock = self.mmap_lock(mm)
         lock.down_read(cpu)
         try:
+            vma = self.vma_lookup(cpu, mm, vpn)
+            if not vma or self.vma_field(cpu, vma, "vm_flags", "check_pin") & VM_BABY:
+                return  # unmapped, or being torn down without mmap_lock: its tables may be going
             table, ptl = self.pte_offset_map_lock(cpu, mm, vpn)
             pte = 0
             if table:

@@ -32,12 +32,15 @@ def vm_area_free_rcu(cpu, vma: int) -> None:
 @dataclass(frozen=True, kw_only=True)
 class VmaPolicy(MmPolicy):
     """How a fault pins its VMA (`lookup`/`release`, or a whole `fault`; `fallback`: the fault under
-    mmap_lock a lockless one falls back to, None for fault_mmap_lock), and how VMAs change."""
+    mmap_lock a lockless one falls back to, None for fault_mmap_lock; `lookup_locked`: the VMA
+    under mmap_lock for read, as pin_user_pages takes it, released by release_mmap_lock, None
+    for lookup_mmap_lock), and how VMAs change."""
 
     lookup: Callable[[World, int, int, bool], Vmf | None]
     release: Callable[[World, Vmf], None]
     fault: Callable[[World, int, int, bool], int]
     fallback: Callable[[World, int, int, bool], int] | None = None
+    lookup_locked: Callable[[World, int, int, bool], Vmf | None] | None = None
     mmap: Callable[[World, int, int, int, bool], int | None]
     munmap: Callable[[World, int, int, int], bool]
     new_vma: Callable[[World, int, int, int, int], int | None]

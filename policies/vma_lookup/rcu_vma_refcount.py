@@ -116,9 +116,10 @@ def wait_born(w: World, vma: int) -> None:
     wait_var_event(w.cpu, w.mm.vma_cache.address(vma, "vm_flags"), born)
 
 
-def fault_mmap_lock_born(w: World, mm: int, vpn: int, write: bool) -> int:
-    """The fallback under mmap_lock for read.  Here the lock does not hold a MAP_FIXED's
-    teardown off (it runs without it), so a BABY VMA is waited for, as the lookup does."""
+def _mmap_lock_born(w: World, mm: int, vpn: int) -> int:
+    """mmap_lock for read and the VMA covering vpn (0: none), waiting out a BABY one: here the
+    lock does not hold a MAP_FIXED's teardown off (it runs without it).  -1 if it stayed BABY
+    (the lock is then not held)."""
     m, cpu = w.mm, w.cpu
     lock = m.mmap_lock(mm)
     for _ in range(FAULT_TRIES):
@@ -128,11 +129,30 @@ def fault_mmap_lock_born(w: World, mm: int, vpn: int, write: bool) -> int:
             lock.up_read(cpu)
             wait_born(w, vma)
             continue
-        try:
-            return m.handle_mm_fault(cpu, Vmf(mm, vma, vpn, write, "mmap_lock")) if vma else VM_FAULT_SIGSEGV
-        finally:
-            lock.up_read(cpu)
-    return VM_FAULT_RETRY
+        return vma
+    return -1
+
+
+def fault_mmap_lock_born(w: World, mm: int, vpn: int, write: bool) -> int:
+    """The fallback under mmap_lock for read, a BABY VMA waited for, as the lookup does."""
+    vma = _mmap_lock_born(w, mm, vpn)
+    if vma < 0:
+        return VM_FAULT_RETRY
+    try:
+        return w.mm.handle_mm_fault(w.cpu, Vmf(mm, vma, vpn, write, "mmap_lock")) if vma else VM_FAULT_SIGSEGV
+    finally:
+        w.mm.mmap_lock(mm).up_read(w.cpu)
+
+
+def lookup_mmap_lock_born(w: World, mm: int, vpn: int, write: bool) -> Vmf | None:
+    """The VMA under mmap_lock for read (held until release_mmap_lock), a BABY one waited for:
+    what a FOLL_PIN GUP looks up (lookup_locked)."""
+    vma = _mmap_lock_born(w, mm, vpn)
+    if vma <= 0:
+        if vma == 0:
+            w.mm.mmap_lock(mm).up_read(w.cpu)
+        return None
+    return Vmf(mm, vma, vpn, write, "mmap_lock")
 
 
 def _giant(w: World, vma: int) -> bool:
@@ -325,6 +345,7 @@ rcu_vma_refcount = RcuRefcountPolicy(
     release=release_rcu_refcount,
     fault=fault_rcu_refcount,
     fallback=fault_mmap_lock_born,
+    lookup_locked=lookup_mmap_lock_born,
     mmap=mmap_rcu_refcount,
     munmap=munmap_rcu_refcount,
     new_vma=new_vma_plain,

@@ -215,7 +215,10 @@ def get_user_pages(w: World, mm: int, vpn: int, gup_flags: int) -> int:
     pin_user_pages does (its fault may allocate the VMA's anon_vma); a FOLL_GET for a moment's
     read pins the VMA as the policy's faults do."""
     m, policy = w.mm, w.policy
-    lookup, release = (lookup_mmap_lock, release_mmap_lock) if gup_flags & FOLL_PIN else (policy.lookup, policy.release)
+    if gup_flags & FOLL_PIN:
+        lookup, release = policy.lookup_locked or lookup_mmap_lock, release_mmap_lock
+    else:
+        lookup, release = policy.lookup, policy.release
     vmf = lookup(w, mm, vpn, bool(gup_flags & FOLL_WRITE))
     if vmf is None:
         return 0
