@@ -21,11 +21,12 @@ from shm.locks import (
 from shm.machine import MAX_CPUS, Machine
 from shm.pool import GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, Pool, alloc_site, gen_of, pfn_of
 from shm.protocols import Scheduler
-from shm.rcu import Rcu, RcuFlavor, Srcu, rcu_callback
+from shm.rcu import Rcu, RcuFlavor, rcu_callback
 from shm.refcount import PERCPU_REF, REFCOUNT, PercpuRef, Refcount
 from shm.rwsem import Rwsem
 from shm.sched import OsScheduler
 from shm.segment import Segment, clean_dead_segments, list_segments, new_run_id
+from shm.srcu import Srcu
 
 __all__ = [
     "GFP_ATOMIC",

@@ -21,8 +21,9 @@ from shm.checks import Check, check_by_code
 from shm.events import KIND_INDEX, KINDS, STOPS_THE_RUN, TRACE_LEN, address, split_address
 from shm.layout import Layout, LayoutError, Region
 from shm.pool import Pool
-from shm.rcu import Rcu, Srcu
+from shm.rcu import Rcu
 from shm.segment import Segment
+from shm.srcu import Srcu
 
 _LOCK_WORDS = {"spin_owner", "mutex_owner", "rwsem_count", "sequence", "refs", "pcref_flags"}
 MAX_CPUS = 64
