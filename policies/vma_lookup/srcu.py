@@ -3,6 +3,8 @@ and as Zijlstra answered (2020-02-07): the VMA freed by call_srcu, the fault val
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from policies.mm import (
     FAULT_FLAG_SPECULATIVE,
     VM_FAULT_RETRY,
@@ -17,16 +19,14 @@ from policies.vma_lookup.common import VmaPolicy, handle_with, new_vma_plain, vm
 from policies.vma_lookup.mmap_lock import (
     fault_mmap_lock,
     fault_or_fall_back,
-    lookup_mmap_lock,
     mmap_locked,
     mmap_write_downgrade_plain,
     mmap_write_unlock_plain,
     munmap_locked,
     must_fall_back,
-    release_mmap_lock,
     vma_free_rcu,
 )
-from policies.vma_lookup.speculative import spf_before_unmap, spf_fork_begin, spf_fork_end, spf_validate
+from policies.vma_lookup.speculative import speculative, spf_validate
 from shm.checks import SCHED_LIVELOCK, SLAB_UAF, WATCHDOG_STALL
 
 
@@ -161,20 +161,11 @@ def vma_free_srcu(cpu, vma: int) -> None:
     cpu.ctx.count("srcu_frees")
 
 
-srcu_spf = VmaPolicy(
-    "srcu_spf",
+srcu_spf = replace(
+    speculative,
+    name="srcu_spf",
     doc="Zijlstra: faults inside SRCU validated under the ptl; munmap zaps and frees the VMA by call_srcu",
-    lookup=lookup_mmap_lock,
-    release=release_mmap_lock,
     fault=srcu_spf_fault,
-    mmap=mmap_locked,
-    munmap=munmap_locked,
-    new_vma=new_vma_plain,
-    before_unmap=spf_before_unmap,
-    dup_lock_vma=spf_fork_begin,
-    dup_unlock_vma=spf_fork_end,
-    write_unlock=mmap_write_unlock_plain,
-    write_downgrade=mmap_write_downgrade_plain,
     vma_free=vma_free_srcu,
 )
 

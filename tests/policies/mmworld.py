@@ -52,6 +52,15 @@ def drain_rcu(w: World) -> None:
         mem.store64(rcu.tail_off[i], mem.load64(rcu.head_off[i]))
 
 
+def quiet(w: World) -> list[str]:
+    """The findings once the queued callbacks ran and the quiescent sweep looked."""
+    from policies.mm import sweep
+
+    drain_rcu(w)
+    sweep(w.mm, w.cpu)
+    return checks(w)
+
+
 def touch(w: World, vpn: int, write: bool = True) -> None:
     m = w.mm
     for _ in range(3):

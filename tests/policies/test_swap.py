@@ -9,18 +9,12 @@ from policies.vma_lookup.scenario import dup_mmap
 from shm import Cpu
 from shm.pool import PFN_MASK
 from shm.sched import OsScheduler
-from tests.policies.mmworld import AtWindow, checks, counter, drain_rcu, pte_at, touch, world_of
+from tests.policies.mmworld import AtWindow, checks, counter, pte_at, quiet, touch, world_of
 
 
 def _written(w, vpn: int) -> int:
     """The page at vpn's write count (the model's second word of every anonymous page)."""
     return w.pool.read(w.cpu, pte_at(w, vpn) >> 8, 1)
-
-
-def _quiet(w) -> list[str]:
-    drain_rcu(w)
-    sweep(w.mm, w.cpu)
-    return checks(w)
 
 
 def test_pageout_leaves_a_swap_entry_and_a_fault_reads_the_page_back(world):
@@ -34,12 +28,12 @@ def test_pageout_leaves_a_swap_entry_and_a_fault_reads_the_page_back(world):
     assert w.mm.swap_count(swp_offset(entry)) == 1
     assert w.pool.nr_free() == free + 1
     assert w.mem.load64(w.mm.mm_off(0, "swapents")) == 1 and w.mem.load64(w.mm.mm_off(0, "rss")) == 0
-    assert _quiet(w) == []
+    assert quiet(w) == []
     touch(w, 3, write=False)
     assert pte_at(w, 3) & PTE_PRESENT and _written(w, 3) == 2
     assert w.mm.swap_count(swp_offset(entry)) == 0
     assert w.mem.load64(w.mm.mm_off(0, "swapents")) == 0 and w.mem.load64(w.mm.mm_off(0, "rss")) == 1
-    assert _quiet(w) == []
+    assert quiet(w) == []
 
 
 def test_a_swapped_out_page_read_through_an_old_tlb_entry_is_stale(world):
@@ -64,10 +58,10 @@ def test_fork_shares_a_swap_slot_and_each_mm_reads_its_own_copy(world):
     assert w.mem.load64(w.mm.mm_off(child, "swapents")) == 1
     touch(w, 3)
     assert w.mm.swap_count(slot) == 1
-    assert _quiet(w) == []
+    assert quiet(w) == []
     w.mm.mmput(w.cpu, child)
     assert w.mm.swap_count(slot) == 0
-    assert _quiet(w) == []
+    assert quiet(w) == []
 
 
 def test_munmap_gives_the_swap_slot_back(world):
@@ -78,7 +72,7 @@ def test_munmap_gives_the_swap_slot_back(world):
     w.policy.munmap(w, 0, 0, 16)
     assert w.mm.swap_count(slot) == 0
     assert counter(w, "swap_entries_zapped") == 1
-    assert _quiet(w) == []
+    assert quiet(w) == []
 
 
 def test_zap_that_keeps_the_slot_is_a_swap_count_finding():
@@ -86,7 +80,7 @@ def test_zap_that_keeps_the_slot_is_a_swap_count_finding():
         touch(w, 3)
         w.mm.madvise_pageout(w.cpu, 0, 3, 4)
         w.mm.madvise_dontneed(w.cpu, 0, 0, 16)
-        assert _quiet(w) == ["mm.swap-count"]
+        assert quiet(w) == ["mm.swap-count"]
 
 
 def _racing_swapin(w) -> None:
@@ -110,7 +104,7 @@ def test_two_swapins_of_one_entry_install_one_page(world):
     w = world
     _racing_swapin(w)
     assert counter(w, "swapin_raced") == 1 and counter(w, "swapins") == 1
-    assert _quiet(w) == []
+    assert quiet(w) == []
 
 
 def test_a_swapin_without_pte_same_reads_a_freed_slot():
@@ -129,7 +123,7 @@ def test_migrate_moves_a_page_and_keeps_its_contents(world):
     assert pte_at(w, 3) >> 8 != old and pte_at(w, 3) & PTE_WRITE
     assert _written(w, 3) == 2 and w.pool.nr_free() == free
     assert not w.pool.alive(old)
-    assert _quiet(w) == []
+    assert quiet(w) == []
 
 
 def test_a_page_someone_holds_does_not_move_and_gets_its_pte_back(world):
@@ -141,7 +135,7 @@ def test_a_page_someone_holds_does_not_move_and_gets_its_pte_back(world):
     assert w.mm.migrate_vma(w.cpu, 0, 3, 4) == 0
     assert pte_at(w, 3) == pte and counter(w, "migrations_failed") == 1
     w.pool.put_page(w.cpu, pte >> 8)
-    assert _quiet(w) == []
+    assert quiet(w) == []
 
 
 class UnlockWhenWaited(OsScheduler):
@@ -177,7 +171,7 @@ def test_a_fault_on_a_migration_entry_waits_for_the_page_unlock(world):
     w.cpu.set_scheduler(AtWindow("migrate_vma:collected", fault_meanwhile))
     w.mm.migrate_vma(w.cpu, 0, 3, 4)
     assert waited == [(0, 1)] and counter(w, "migration_waits") == 1
-    assert _quiet(w) == []
+    assert quiet(w) == []
 
 
 def test_a_fault_on_a_migration_entry_no_migration_holds_finds_it_stuck():
