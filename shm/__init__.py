@@ -3,7 +3,7 @@
 It knows nothing of mm and nothing of how it is driven.
 """
 
-from shm._atomic import Memory, cpu_relax
+from shm._atomic import Memory, Walker, cpu_relax
 from shm.cpu import Cpu
 from shm.events import KINDS, address
 from shm.layout import Layout, LayoutError, Region

@@ -317,6 +317,7 @@ mem_cpu_relax(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+
 /* fill(off, nbytes, byte): memset of a range, one step (a new table zeroed, a freed page poisoned). */
 static PyObject *
 mem_fill(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -542,6 +543,173 @@ static PyTypeObject MemoryType = {
     .tp_repr = (reprfunc)mem_repr,
 };
 
+
+/*
+ * Walker: a walk down tables of 64-bit entries kept in pool pages, each
+ * entry naming the next table by its reference (pfn | gen << pfn_bits), as
+ * a page-table walk does.  Each table is checked as a checked load checks a
+ * page: its struct page's first word must be (gen << 32 | live).  The loads
+ * are the Memory's, one step each, in the order of the Python they replace:
+ * the entry, then the table's struct page.
+ */
+typedef struct {
+    PyObject_HEAD
+    MemoryObject *mem;
+    Py_ssize_t page0, stride, data0, psize;
+    int pfn_bits, shift;
+    int64_t present, live;
+    int64_t freed;
+} WalkerObject;
+
+/* One checked load of entry `index` of table `ref`: 0 and the step counted if all is well,
+ * 1 if the table is freed (self->freed set), -1 on error. */
+static inline int
+walker_load(WalkerObject *self, int64_t ref, Py_ssize_t index, int64_t *out)
+{
+    MemoryObject *m = self->mem;
+    if (m->base == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Memory is released");
+        return -1;
+    }
+    int64_t pfn = ref & (((int64_t)1 << self->pfn_bits) - 1);
+    Py_ssize_t off = self->data0 + (Py_ssize_t)pfn * self->psize + 8 * index;
+    Py_ssize_t f = self->page0 + (Py_ssize_t)pfn * self->stride;
+    if (index < 0 || index >= self->psize / 8 || off < 0 || off > m->len - 8 || f < 0 || f > m->len - 8 ||
+        off % 8 || f % 8) {
+        PyErr_Format(PyExc_IndexError, "walk of table %lld index %zd out of range", (long long)ref, index);
+        return -1;
+    }
+    if (step(m, ACCESS_LOAD, off) < 0)
+        return -1;
+    int64_t e = __atomic_load_n((int64_t *)(m->base + off), __ATOMIC_SEQ_CST);
+    if (step(m, ACCESS_LOAD, f) < 0)
+        return -1;
+    int64_t w = __atomic_load_n((int64_t *)(m->base + f), __ATOMIC_SEQ_CST);
+    if ((uint64_t)w != (((uint64_t)ref >> self->pfn_bits) << 32 | (uint64_t)self->live)) {
+        self->freed = ref;
+        return 1;
+    }
+    *out = e;
+    return 0;
+}
+
+/* walk(ref, i0, i1, ...) -> the entry the last index names, or 0 where a table is missing, an
+ * entry is not present, or a table is freed (then .freed names it). */
+static PyObject *
+walker_walk(WalkerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t ref, e = 0;
+    self->freed = 0;
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "walk() takes a table and at least one index");
+        return NULL;
+    }
+    if (get_value64(args[0], &ref) < 0)
+        return NULL;
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        if (!ref)
+            return PyLong_FromLong(0);
+        Py_ssize_t index = PyLong_AsSsize_t(args[i]);
+        if (index == -1 && PyErr_Occurred())
+            return NULL;
+        int r = walker_load(self, ref, index, &e);
+        if (r < 0)
+            return NULL;
+        if (r > 0 || !(e & self->present))
+            return PyLong_FromLong(0);
+        ref = (int64_t)((uint64_t)e >> self->shift);
+    }
+    return PyLong_FromLongLong(e);
+}
+
+/* load(ref, index) -> entry `index` of table `ref`, whatever it holds; 0 if the table is freed
+ * (then .freed names it). */
+static PyObject *
+walker_entry(WalkerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t ref, e = 0;
+    self->freed = 0;
+    if (check_nargs("load", nargs, 2) < 0 || get_value64(args[0], &ref) < 0)
+        return NULL;
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    int r = walker_load(self, ref, index, &e);
+    if (r < 0)
+        return NULL;
+    return PyLong_FromLongLong(r ? 0 : e);
+}
+
+static int
+walker_init(WalkerObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *mem;
+    Py_ssize_t page0, stride, data0, psize;
+    int pfn_bits, shift;
+    long long present, live;
+    static char *kwlist[] = {"memory", "page0", "stride", "data0", "page_size", "pfn_bits", "shift", "present",
+                             "live", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nnnniiLL:Walker", kwlist, &MemoryType, &mem, &page0, &stride,
+                                     &data0, &psize, &pfn_bits, &shift, &present, &live))
+        return -1;
+    if (page0 < 0 || data0 < 0 || stride <= 0 || stride % 8 || psize < 8 || psize % 8 || page0 % 8 || data0 % 8 ||
+        pfn_bits <= 0 || pfn_bits > 40 || shift < 0 || shift > 63) {
+        PyErr_SetString(PyExc_ValueError, "Walker: a bad layout");
+        return -1;
+    }
+    Py_XSETREF(self->mem, (MemoryObject *)Py_NewRef(mem));
+    self->page0 = page0;
+    self->stride = stride;
+    self->data0 = data0;
+    self->psize = psize;
+    self->pfn_bits = pfn_bits;
+    self->shift = shift;
+    self->present = present;
+    self->live = live;
+    self->freed = 0;
+    return 0;
+}
+
+static void
+walker_dealloc(WalkerObject *self)
+{
+    Py_XDECREF(self->mem);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+walker_get_freed(WalkerObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(self->freed);
+}
+
+static PyMethodDef walker_methods[] = {
+    {"walk", (PyCFunction)(void (*)(void))walker_walk, METH_FASTCALL,
+     "walk(ref, i0, i1, ...) -> the entry at the end, or 0 where the walk stops (.freed: a freed table)"},
+    {"load", (PyCFunction)(void (*)(void))walker_entry, METH_FASTCALL,
+     "load(ref, index) -> the entry, or 0 if the table is freed (.freed names it)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef walker_getset[] = {
+    {"freed", (getter)walker_get_freed, NULL, "the freed table the last walk or load met, or 0", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject WalkerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shm.Walker",
+    .tp_basicsize = sizeof(WalkerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Walker(memory, page0, stride, data0, page_size, pfn_bits, shift, present, live): checked walks "
+              "down tables of 64-bit entries in pool pages",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)walker_init,
+    .tp_dealloc = (destructor)walker_dealloc,
+    .tp_methods = walker_methods,
+    .tp_getset = walker_getset,
+};
+
 static PyMethodDef module_methods[] = {
     {"cpu_relax", (PyCFunction)(void (*)(void))mem_cpu_relax, METH_FASTCALL,
      "cpu_relax(): the pause instruction of a spin loop"},
@@ -567,7 +735,7 @@ static struct PyModuleDef atomic_module = {
 PyMODINIT_FUNC
 PyInit__atomic(void)
 {
-    if (PyType_Ready(&MemoryType) < 0)
+    if (PyType_Ready(&MemoryType) < 0 || PyType_Ready(&WalkerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&atomic_module);
     if (m == NULL)
@@ -575,6 +743,12 @@ PyInit__atomic(void)
     Py_INCREF(&MemoryType);
     if (PyModule_AddObject(m, "Memory", (PyObject *)&MemoryType) < 0) {
         Py_DECREF(&MemoryType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&WalkerType);
+    if (PyModule_AddObject(m, "Walker", (PyObject *)&WalkerType) < 0) {
+        Py_DECREF(&WalkerType);
         Py_DECREF(m);
         return NULL;
     }

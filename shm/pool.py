@@ -20,6 +20,7 @@ import zlib
 
 import numpy as np
 
+from shm._atomic import Walker
 from shm.checks import POOL_DOUBLE_FREE, POOL_UAF, Check
 from shm.events import EV
 from shm.layout import Region, field_offsets
@@ -284,6 +285,14 @@ class Pool:
         return False
 
     # -- checked accessors -------------------------------------------------
+    def walker(self, shift: int, present: int) -> Walker:
+        """Checked walks down tables kept in pool pages whose entries name the next page as
+        `entry >> shift` when `entry & present`: each table is checked as alive() checks a
+        page, one load for the entry and one for its struct page, as steps of this CPU."""
+        return Walker(
+            self.mem, self.page0, PAGE_STRIDE, self.data0, self.page_size, PFN_BITS, shift, present, PAGE_ALLOCATED
+        )
+
     def alive(self, ref: int) -> bool:
         """The page behind ref is allocated and still the same generation (no finding if not)."""
         return self.mem.load64(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE) == live_word(ref)

@@ -25,7 +25,7 @@ from shm.events import address
 from shm.slab import KmemCache
 
 if TYPE_CHECKING:
-    from shm import Memory, Pool
+    from shm import Memory, Pool, Walker
 
 MM_FREE, MM_LIVE, MM_EXITED, MM_DEAD = 0, 1, 2, 3
 MM_STATES = ("free", "live", "exited", "dead")
@@ -82,6 +82,7 @@ class MmBase:
     page_size: int
     pool_data0: int
     page0: int
+    walker: Walker  # checked loads of page-table entries (pgtable.py)
     mm_stride: int
     mm0: int
     max_mms: int

@@ -130,6 +130,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         self.pgd_field = self._mm_fields["pgd"]
         self.rss_field = self._mm_fields["rss"]
         self.page0 = self.pool.page0
+        self.walker = self.pool.walker(FLAG_BITS, PTE_PRESENT)
         self._global = {f: lay.offset("mm_global", 0, f) for f in field_offsets(MM_GLOBAL)}
         self.tlb0 = lay.offset("tlb")
         self.tlb_epoch_off = self._global["tlb_epoch"]

@@ -119,13 +119,10 @@ class PageTables(MmBase):
 
     def read_entry(self, cpu, table_ref: int, index: int, what: str) -> int:
         """A checked load of one entry: walking a freed table is a use-after-free."""
-        pfn = table_ref & PFN_MASK
-        page_mem = self.page_mem
-        v = page_mem.load64(self.pool_data0 + pfn * self.page_size + 8 * index)
-        f = self.page0 + pfn * PAGE_STRIDE
-        if page_mem.load64(f) != (table_ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
+        walker = self.walker
+        v = walker.load(table_ref, index)
+        if walker.freed:
             self.pool._report_uaf(cpu, table_ref, what, WALK_FREED_TABLE)
-            return 0
         return v
 
     def walk_pmd(self, cpu, mm: int, vpn: int, what: str) -> tuple[int, int]:
@@ -145,24 +142,16 @@ class PageTables(MmBase):
         table it reads as read_entry does (unless `report` is False: a diagnostic look that
         must not become a finding of its own); 0 where the walk stops."""
         g = self.geometry
-        page_mem = self.page_mem
-        ref = self.mm_mem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
-        data0, psize, page0 = self.pool_data0, self.page_size, self.page0
-        npte = g.pte
-        indices = (vpn // g.pmd_span, vpn // npte % g.pmd, vpn % npte)
-        for index in indices if levels == 3 else indices[:levels]:
-            if not ref:
-                return 0
-            pfn = ref & PFN_MASK
-            e = page_mem.load64(data0 + pfn * psize + 8 * index)
-            f = page0 + pfn * PAGE_STRIDE
-            if page_mem.load64(f) != (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
-                if report:
-                    self.pool._report_uaf(cpu, ref, what, WALK_FREED_TABLE)
-                return 0
-            if not e & _PRESENT:
-                return 0
-            ref = e >> FLAG_BITS
+        walker = self.walker
+        pgd = self.mm_mem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        if levels == 3:
+            e = walker.walk(pgd, vpn // g.pmd_span, vpn // g.pte % g.pmd, vpn % g.pte)
+        elif levels == 2:
+            e = walker.walk(pgd, vpn // g.pmd_span, vpn // g.pte % g.pmd)
+        else:
+            e = walker.walk(pgd, vpn // g.pmd_span)
+        if not e and report and walker.freed:
+            self.pool._report_uaf(cpu, walker.freed, what, WALK_FREED_TABLE)
         return e
 
     def pte_alloc(self, cpu, mm: int, vpn: int) -> int:

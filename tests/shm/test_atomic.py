@@ -179,3 +179,47 @@ def test_every_access_of_a_counted_memory_is_a_step_and_the_countdown_calls_the_
         set_hook(None)
     with pytest.raises(IndexError):
         mem.fill(60, 8, 0)
+
+
+def test_a_walker_checks_each_table_and_each_of_its_loads_is_a_step():
+    """Walker: the C walk down tables in pool pages (a page-table walk) reads what the same
+    loads in Python read, in the same order, and names a freed table instead of following it."""
+    from shm._atomic import Walker, record, recorded
+
+    page0, stride, data0, psize, pfn_bits, shift, present, live = 0, 16, 64, 32, 24, 8, 1, 1
+    mem = Memory(bytearray(64 + 4 * psize), tag=5)
+
+    def table(pfn: int, gen: int) -> int:
+        mem.store64(page0 + pfn * stride, gen << 32 | live)
+        return gen << pfn_bits | pfn
+
+    def entry(ref: int) -> int:
+        return ref << shift | present
+
+    root, mid, leaf = table(0, 3), table(1, 4), table(2, 5)
+    mem.store64(data0 + 8 * 1, entry(mid))
+    mem.store64(data0 + psize + 8 * 2, entry(leaf))
+    mem.store64(data0 + 2 * psize + 8 * 3, 0x77 << shift | present)
+    w = Walker(mem, page0, stride, data0, psize, pfn_bits, shift, present, live)
+    buf = np.zeros(8, dtype="<i8")
+    record(buf)
+    try:
+        assert w.walk(root, 1, 2, 3) == 0x77 << shift | present and w.freed == 0
+        assert recorded() == 6
+        offs = [int(x) & 0xFFFFFFFFFFFF for x in buf[:6]]
+        assert offs == [data0 + 8, 0, data0 + psize + 16, stride, data0 + 2 * psize + 24, 2 * stride]
+    finally:
+        record(None)
+    assert w.walk(root, 2, 0) == 0 and w.freed == 0  # not present: the walk stops
+    assert w.walk(0, 1) == 0
+    assert w.load(mid, 2) == entry(leaf) and w.load(mid, 0) == 0 and w.freed == 0
+    mem.store64(page0 + 1 * stride, 5 << 32)  # mid freed and reused: another generation
+    assert w.walk(root, 1, 2, 3) == 0 and w.freed == mid
+    assert w.load(mid, 2) == 0 and w.freed == mid
+    assert w.load(root, 1) == entry(mid) and w.freed == 0
+    with pytest.raises(IndexError):
+        w.load(root, psize // 8)
+    with pytest.raises(IndexError):
+        w.walk(9, 0)
+    with pytest.raises(ValueError):
+        Walker(mem, page0, 12, data0, psize, pfn_bits, shift, present, live)
