@@ -318,6 +318,90 @@ mem_cpu_relax(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
+/*
+ * A Treiber stack of indices: the head word is (count << 32 | index + 1), 0
+ * empty; the next index of entry i is the 32-bit word at next0 + i * stride.
+ * The loads and the cmpxchg are steps, as the Python they replace made them.
+ */
+static int
+stack_offsets(MemoryObject *self, PyObject *const *args, Py_ssize_t *head, Py_ssize_t *next0, Py_ssize_t *stride)
+{
+    if (check_offset(self, args[0], 8, head) < 0 || check_offset(self, args[1], 4, next0) < 0)
+        return -1;
+    *stride = PyLong_AsSsize_t(args[2]);
+    if (*stride == -1 && PyErr_Occurred())
+        return -1;
+    if (*stride <= 0 || *stride % 4) {
+        PyErr_SetString(PyExc_ValueError, "a stack's stride is a positive multiple of 4");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+stack_next_off(MemoryObject *self, Py_ssize_t next0, Py_ssize_t stride, int64_t i, Py_ssize_t *out)
+{
+    if (i < 0 || i > (self->len - 4 - next0) / stride) {
+        PyErr_Format(PyExc_IndexError, "stack index %lld out of range", (long long)i);
+        return -1;
+    }
+    *out = next0 + (Py_ssize_t)i * stride;
+    return 0;
+}
+
+/* stack_pop(head_off, next0, stride) -> the index popped, or -1 if the stack is empty */
+static PyObject *
+mem_stack_pop(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t head, next0, stride, noff;
+    if (check_nargs("stack_pop", nargs, 3) < 0 || stack_offsets(self, args, &head, &next0, &stride) < 0)
+        return NULL;
+    for (;;) {
+        if (step(self, ACCESS_LOAD, head) < 0)
+            return NULL;
+        int64_t h = __atomic_load_n(W64(head), __ATOMIC_SEQ_CST);
+        int64_t i = (int64_t)(h & 0xFFFFFFFF) - 1;
+        if (i < 0)
+            return PyLong_FromLong(-1);
+        if (stack_next_off(self, next0, stride, i, &noff) < 0 || step(self, ACCESS_LOAD, noff) < 0)
+            return NULL;
+        int64_t nxt = __atomic_load_n(W32(noff), __ATOMIC_SEQ_CST);
+        int64_t want = (int64_t)((((uint64_t)h >> 32) + 1) << 32) | (int64_t)(uint32_t)(nxt + 1);
+        if (step(self, ACCESS_RMW, head) < 0)
+            return NULL;
+        if (__atomic_compare_exchange_n(W64(head), &h, want, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return PyLong_FromLongLong(i);
+    }
+}
+
+/* stack_push(head_off, next0, stride, i) */
+static PyObject *
+mem_stack_push(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t head, next0, stride, noff;
+    int64_t i;
+    if (check_nargs("stack_push", nargs, 4) < 0 || stack_offsets(self, args, &head, &next0, &stride) < 0 ||
+        get_value64(args[3], &i) < 0 || stack_next_off(self, next0, stride, i, &noff) < 0)
+        return NULL;
+    if (i >= 0xFFFFFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "a stack index must fit in 32 bits");
+        return NULL;
+    }
+    for (;;) {
+        if (step(self, ACCESS_LOAD, head) < 0)
+            return NULL;
+        int64_t h = __atomic_load_n(W64(head), __ATOMIC_SEQ_CST);
+        if (step(self, ACCESS_STORE, noff) < 0)
+            return NULL;
+        __atomic_store_n(W32(noff), (int32_t)((h & 0xFFFFFFFF) - 1), __ATOMIC_SEQ_CST);
+        int64_t want = (int64_t)((((uint64_t)h >> 32) + 1) << 32) | (i + 1);
+        if (step(self, ACCESS_RMW, head) < 0)
+            return NULL;
+        if (__atomic_compare_exchange_n(W64(head), &h, want, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            Py_RETURN_NONE;
+    }
+}
+
 /* fill(off, nbytes, byte): memset of a range, one step (a new table zeroed, a freed page poisoned). */
 static PyObject *
 mem_fill(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -513,6 +597,8 @@ static PyMethodDef mem_methods[] = {
     FAST(fetch_xor32, "fetch_xor32(off, v) -> old"),
     FAST(fetch_xor64, "fetch_xor64(off, v) -> old"),
     FAST(fill, "fill(off, nbytes, byte): set a range of bytes, one step"),
+    FAST(stack_pop, "stack_pop(head_off, next0, stride) -> index popped from a Treiber stack, -1 if empty"),
+    FAST(stack_push, "stack_push(head_off, next0, stride, i): push index i on a Treiber stack"),
     FAST(futex_wait, "futex_wait(off, expected, timeout=None) -> False on timeout"),
     FAST(futex_wake, "futex_wake(off, n) -> number woken (n < 0: all)"),
     {"cpu_relax", (PyCFunction)(void (*)(void))mem_cpu_relax, METH_FASTCALL,

@@ -28,7 +28,6 @@ from shm.locks import SPINLOCK, WAIT_PAGE, WAIT_SHIFT, Spinlock
 from shm.protocols import CpuLike as Cpu
 from shm.protocols import MachineLike as Machine
 from shm.refcount import Refcount
-from shm.slab import freelist_pop, freelist_push
 
 PFN_BITS = 24
 PFN_MASK = (1 << PFN_BITS) - 1
@@ -141,6 +140,7 @@ class Pool:
         self.data0 = lay.offset("page_data")
         self._f = PAGE_FIELDS
         self._ptl_field = self._f["ptl"]
+        self._next0 = self.page0 + self._f["lru_next"]  # the free list: a Treiber stack of pfns
         self._ptls: list[Spinlock | None] = [None] * self.npages
         self._refs: list[Refcount | None] = [None] * self.npages
 
@@ -160,9 +160,6 @@ class Pool:
 
     def field_off(self, pfn: int, field: str) -> int:
         return self.page0 + pfn * PAGE_STRIDE + self._f[field]
-
-    def _next_off(self, pfn: int) -> int:
-        return self.page0 + pfn * PAGE_STRIDE + self._f["lru_next"]
 
     def data_off(self, pfn: int, index: int = 0) -> int:
         return self.data0 + pfn * self.page_size + 8 * index
@@ -201,7 +198,7 @@ class Pool:
             ppm = self.machine.nowait_fail_ppm
             if ppm and cpu.rng.random() * 1_000_000 < ppm:
                 return None
-        while (pfn := freelist_pop(mem, self.head_off, self._next_off)) < 0:
+        while (pfn := mem.stack_pop(self.head_off, self._next0, PAGE_STRIDE)) < 0:
             if not gfp & GFP_KERNEL or self.machine.stop_requested():
                 return None
             self._wait_for_free_page(cpu)
@@ -267,7 +264,7 @@ class Pool:
         mem.store32(f + fo["free_cpu"], cpu.id)
         mem.store32(f + fo["free_owner"], site)
         mem.store32(f, PAGE_FREE)
-        freelist_push(mem, self.head_off, self._next_off, pfn)
+        mem.stack_push(self.head_off, self._next0, PAGE_STRIDE, pfn)
         mem.fetch_add32(self.nfree_off, 1)
         cpu.trace(_EV_FREE, pfn)
         if mem.load32(self.waiters_off):

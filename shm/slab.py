@@ -44,26 +44,6 @@ _EV_ALLOC = EV["alloc"]
 _EV_FREE = EV["free"]
 
 
-def freelist_pop(mem: Memory, head_off: int, next_off) -> int:
-    """Pop an index from a Treiber stack with a tagged head (count << 32 | index + 1); -1 if empty."""
-    while True:
-        h = mem.load64(head_off)
-        i = (h & 0xFFFFFFFF) - 1
-        if i < 0:
-            return -1
-        nxt = mem.load32(next_off(i))
-        if mem.cmpxchg64(head_off, h, (((h >> 32) + 1) << 32) | (nxt + 1)) == h:
-            return i
-
-
-def freelist_push(mem: Memory, head_off: int, next_off, i: int) -> None:
-    while True:
-        h = mem.load64(head_off)
-        mem.store32(next_off(i), (h & 0xFFFFFFFF) - 1)
-        if mem.cmpxchg64(head_off, h, (((h >> 32) + 1) << 32) | (i + 1)) == h:
-            return
-
-
 class KmemCache:
     """kmem_cache_create(name, ...): `count` objects of `dtype`, LIFO reuse."""
 
@@ -89,6 +69,7 @@ class KmemCache:
         self.stride = lay.stride(name)
         self.base = lay.offset(name)
         self.hdr0 = lay.offset(f"{name}_hdr")
+        self._next0 = self.hdr0 + OBJ_HEADER.fields["next"][1]  # the free list: a Treiber stack of slots
         self.head_off = lay.offset(f"{name}_cache", 0, "free_head")
         self.nfree_off = lay.offset(f"{name}_cache", 0, "nfree")
         self.allocs_off = lay.offset(f"{name}_cache", 0, "allocs")
@@ -107,9 +88,6 @@ class KmemCache:
         self.mem.store64(self.head_off, 1)
 
     # -- addresses ---------------------------------------------------------
-    def _next_off(self, slot: int) -> int:
-        return self.hdr0 + slot * 32 + 8
-
     def off(self, ref: int, field: str) -> int:
         """Byte offset of a field of the object `ref` (or a bare slot) names."""
         return self.base + (ref & SLOT_MASK) * self.stride + self.fields[field]
@@ -129,7 +107,7 @@ class KmemCache:
     # -- allocation ----------------------------------------------------------
     def alloc(self, cpu: Cpu) -> int | None:
         """kmem_cache_alloc(): a new reference, or None when the cache is exhausted."""
-        slot = freelist_pop(self.mem, self.head_off, self._next_off)
+        slot = self.mem.stack_pop(self.head_off, self._next0, OBJ_HEADER.itemsize)
         if slot < 0:
             return None
         mem, h = self.mem, self.hdr0 + slot * 32
@@ -156,7 +134,7 @@ class KmemCache:
             )
             return False
         mem.store32(h + 16, cpu.id)
-        freelist_push(mem, self.head_off, self._next_off, slot)
+        mem.stack_push(self.head_off, self._next0, OBJ_HEADER.itemsize, slot)
         mem.fetch_add32(self.nfree_off, 1)
         cpu.trace(_EV_FREE, (1 << 30) | slot)
         return True

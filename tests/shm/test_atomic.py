@@ -223,3 +223,23 @@ def test_a_walker_checks_each_table_and_each_of_its_loads_is_a_step():
         w.walk(9, 0)
     with pytest.raises(ValueError):
         Walker(mem, page0, 12, data0, psize, pfn_bits, shift, present, live)
+
+
+def test_a_treiber_stack_pops_what_was_pushed_last_in_three_steps():
+    """stack_pop/stack_push: the free lists of the pool and the slab caches, each access a step
+    (load the head, the next word, cmpxchg the head) as in the Python they replaced."""
+    from shm._atomic import accesses
+
+    mem = Memory(bytearray(8 + 4 * 8))
+    head, next0, stride = 0, 8, 8
+    assert mem.stack_pop(head, next0, stride) == -1
+    before = accesses()
+    for i in (2, 0, 3):
+        mem.stack_push(head, next0, stride, i)
+    assert accesses() - before == 9
+    assert mem.load64(head) >> 32 == 3  # the tag counts the changes of the head (ABA)
+    assert [mem.stack_pop(head, next0, stride) for _ in range(4)] == [3, 0, 2, -1]
+    with pytest.raises(IndexError):
+        mem.stack_push(head, next0, stride, 4)
+    with pytest.raises(ValueError):
+        mem.stack_pop(head, next0, 6)
