@@ -126,7 +126,7 @@ class Spinlock(Handle):
         cpu.held.append(self.addr)
         s = cpu._tseq
         cpu._tseq = s + 1
-        cpu.mem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | self.ev_lock)
+        cpu.hmem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | self.ev_lock)
 
     def _lock_slow(self, cpu: Cpu) -> None:
         mem, off, owner = self.mem, self.off, cpu.owner_id
@@ -157,7 +157,7 @@ class Spinlock(Handle):
     def unlock(self, cpu: Cpu) -> None:
         s = cpu._tseq
         cpu._tseq = s + 1
-        cpu.mem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | self.ev_unlock)
+        cpu.hmem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | self.ev_unlock)
         prev = self.mem.xchg32(self.off, 0)
         if prev != cpu.owner_id:
             _bad_unlock(cpu, "spin_unlock", self, prev)

@@ -129,7 +129,7 @@ def mark_acquired(cpu: Cpu, lock) -> None:
     cpu.held.append(lock.addr)
     s = cpu._tseq
     cpu._tseq = s + 1
-    cpu.mem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | (EV["lock"] << 36) | lock.addr)
+    cpu.hmem.store64(cpu._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | (EV["lock"] << 36) | lock.addr)
 
 
 def busted_spin_lock(lock: Spinlock, cpu: Cpu) -> None:

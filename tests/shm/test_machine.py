@@ -16,6 +16,7 @@ from shm import (
     alloc_site,
     new_run_id,
 )
+from shm.events import EV
 from shm.layout import Region as R
 from shm.locks import lock_sites
 from shm.segment import clean_dead_segments, list_segments, parse_name, segment_name
@@ -138,6 +139,21 @@ def test_unlock_by_another_cpu_is_lock_misuse(machine):
     ptl.lock(a)
     ptl.unlock(b)
     assert checks(machine) == ["lock.bad-unlock"]
+
+
+def test_an_uncontended_lock_is_one_step_and_its_trace_none(machine):
+    """The trace ring is the harness's: writing it is no scheduling point, however inlined."""
+    from shm._atomic import accesses
+
+    cpu = Cpu(machine, 0)
+    ptl = machine.pool.ptl(3)
+    before = accesses()
+    ptl.lock(cpu)
+    assert accesses() - before == 1  # the cmpxchg
+    ptl.unlock(cpu)
+    assert accesses() - before == 2  # the xchg
+    assert [e >> 36 & 0xFF for e in machine.traces[0] if e][-2:] == [EV["lock"], EV["unlock"]]
+    assert not machine.findings()
 
 
 def test_refcount_addition_on_zero_and_underflow(machine):
