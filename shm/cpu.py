@@ -274,12 +274,16 @@ class Cpu:
     # -- operations ------------------------------------------------------
     def op_begin(self, op: int) -> None:
         self.op = op
-        self.hmem.store32(self._op_off, op)
-        self.trace(_EV_OP_BEGIN, op)
+        h, s = self.hmem, self._tseq  # trace(), inlined: twice an operation
+        self._tseq = s + 1
+        h.store64(self._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | (_EV_OP_BEGIN << 36) | op)
+        h.store32(self._op_off, op)
 
     def op_end(self, done: int) -> None:
         """End of an operation: nothing may be held on the way back to user space."""
-        self.trace(_EV_OP_END, self.op)
+        h, s = self.hmem, self._tseq
+        self._tseq = s + 1
+        h.store64(self._tbase + ((s & TRACE_MASK) << 3), ((s & SEQ_MASK) << 44) | (_EV_OP_END << 36) | self.op)
         if self.held or self.preempt_count or self.rcu_nesting or self.irqs_disabled:
             self.report(
                 LOCK_HELD_AT_RETURN,
@@ -289,6 +293,6 @@ class Cpu:
                 rcu_nesting=self.rcu_nesting,
                 irqs_disabled=self.irqs_disabled,
             )
-        self.hmem.store64(self._hb_off, done)
-        self.hmem.store32(self._op_off, -1)
+        h.store64(self._hb_off, done)
+        h.store32(self._op_off, -1)
         self.op = -1
