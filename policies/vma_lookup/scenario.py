@@ -118,9 +118,8 @@ class VmaLookup(MmScenario):
 
 
 def enter(w: World, mm: int) -> bool:
-    """Run as a thread of mm: mm 0's threads are the CPUs; a child is single-threaded."""
-    if mm == 0:
-        return True
+    """Run as the thread of child mm (single-threaded: its task lock is held); False if it is
+    gone.  mm 0's threads are the CPUs, which need no such thing."""
     lock = w.mm.task_lock(mm)
     lock.lock(w.cpu)
     if w.mm.mm_state(mm) != MM_LIVE:
@@ -131,12 +130,32 @@ def enter(w: World, mm: int) -> bool:
 
 
 def leave(w: World, mm: int) -> None:
-    if mm:
-        w.mm.task_lock(mm).unlock(w.cpu)
+    w.mm.task_lock(mm).unlock(w.cpu)
 
 
-def user_access(w: World, mm: int, vpn: int, write: bool) -> None:
+def as_task(body: Callable[..., None]) -> Callable[..., None]:
+    """An operation run by a thread of task's mm (`body(w, mm, ...)`): the child's task lock is
+    held around it, and nothing runs if the child is gone."""
+
+    @functools.wraps(body)
+    def op(w: World, task: int, *args: int) -> None:
+        mm = TASK_MM[task]
+        if not mm:
+            body(w, 0, *args)
+        elif enter(w, mm):
+            try:
+                body(w, mm, *args)
+            finally:
+                leave(w, mm)
+
+    return op
+
+
+@as_task
+def access(w: World, mm: int, vpn: int, write: int) -> None:
+    """A user load or store, and the faults it takes until it succeeds (FAULT_TRIES at most)."""
     m, cpu, policy = w.mm, w.cpu, w.policy
+    write = bool(write)
     for _ in range(FAULT_TRIES):
         if m.access(cpu, mm, vpn, write):
             w.count("accesses")
@@ -152,27 +171,6 @@ def user_access(w: World, mm: int, vpn: int, write: bool) -> None:
             w.count("faults")
         else:
             w.count("retries")
-
-
-def as_task(body: Callable[..., None]) -> Callable[..., None]:
-    """An operation run by a thread of task's mm (`body(w, mm, ...)`): the child's task lock is
-    held around it, and nothing runs if the child is gone."""
-
-    @functools.wraps(body)
-    def op(w: World, task: int, *args: int) -> None:
-        mm = TASK_MM[task]
-        if enter(w, mm):
-            try:
-                body(w, mm, *args)
-            finally:
-                leave(w, mm)
-
-    return op
-
-
-@as_task
-def access(w: World, mm: int, vpn: int, write: int) -> None:
-    user_access(w, mm, vpn, bool(write))
 
 
 @as_task
