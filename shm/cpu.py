@@ -201,17 +201,21 @@ class Cpu:
         broadcast TLB invalidation completes only after walks in flight have
         (what the architecture guarantees of TLBI; DSB waits for it).  User
         mode is a quiescent state for RCU: this is not a reader."""
-        self._irq_word_set(self._irq_off, IRQS_OFF | INSN, IPI_DELIVERING | TLBI_DELIVERING)
+        off = self._irq_off
+        v = self.mem.cmpxchg32(off, IRQS_ON, IRQS_OFF | INSN)  # the loop's first try, inlined
+        if v != IRQS_ON:
+            self._irq_word_set(off, IRQS_OFF | INSN, IPI_DELIVERING | TLBI_DELIVERING, v=v)
 
     def insn_end(self) -> None:
         self.mem.fetch_and32(self._irq_off, ~(IRQS_OFF | INSN))
 
-    def _irq_word_set(self, off: int, bits: int, wait_for: int, target: int = -1) -> int:
+    def _irq_word_set(self, off: int, bits: int, wait_for: int, target: int = -1, v: int = IRQS_ON) -> int:
         """Set `bits` in an irq word once it has none of `wait_for`; how many spins it took.
-        Waiting on another CPU's word (target >= 0) is shown as waiting for its IPI."""
+        Waiting on another CPU's word (target >= 0) is shown as waiting for its IPI.  `v` is
+        the value the word is expected to hold (what a first cmpxchg found, if the caller
+        tried one)."""
         mem = self.mem
         attempt = 0
-        v = IRQS_ON
         while True:
             if not v & wait_for:
                 if (w := mem.cmpxchg32(off, v, v | bits)) == v:
