@@ -70,6 +70,9 @@ PAGE_STRIDE = PAGE.itemsize
 PAGE_FIELDS = field_offsets(PAGE)
 assert PAGE_FIELDS["state"] == 0 and PAGE_FIELDS["gen"] == 4  # (state, gen) is one 64-bit word:
 # one load checks a reference, one cmpxchg allocates or frees the page with its generation
+_FLAGS, _MAPCOUNT = PAGE_FIELDS["flags"], PAGE_FIELDS["_mapcount"]
+assert PAGE_FIELDS["_refcount"] == _FLAGS + 4 and PAGE_FIELDS["owner"] == _MAPCOUNT + 4 and _FLAGS % 8 == 0
+# so that alloc_page sets (flags, _refcount) and (_mapcount, owner) with one store each
 
 
 def live_word(ref: int) -> int:
@@ -208,11 +211,9 @@ class Pool:
         gen = ((word >> 32) + 1) & GEN_MASK
         if word & 0xFFFFFFFF != PAGE_FREE or mem.cmpxchg64(f, word, gen << 32 | PAGE_ALLOCATED) != word:
             raise RuntimeError(f"page pool corrupted: page {pfn} on the free list is not free")
-        mem.store32(f + fo["owner"], site)
+        mem.store64(f + _FLAGS, 1 << 32)  # flags 0, _refcount 1
+        mem.store64(f + _MAPCOUNT, site << 32 | 0xFFFFFFFF)  # _mapcount -1, owner
         mem.store32(f + fo["alloc_cpu"], cpu.id)
-        mem.store32(f + fo["_refcount"], 1)
-        mem.store32(f + fo["_mapcount"], -1)
-        mem.store32(f + fo["flags"], 0)
         mem.fetch_sub32(self.nfree_off, 1)
         cpu.trace(_EV_ALLOC, pfn)
         return (gen << PFN_BITS) | pfn
