@@ -39,6 +39,7 @@ CACHE_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("allocs", "<i4"
 OBJ_HEADER = np.dtype(
     [("state", "<i4"), ("gen", "<i4"), ("next", "<i4"), ("alloc_cpu", "<i4"), ("free_cpu", "<i4"), ("pad", "<i4", (3,))]
 )
+assert OBJ_HEADER.fields["gen"][1] == 4  # (state, gen) is one 64-bit word, as a page's
 
 _EV_ALLOC = EV["alloc"]
 _EV_FREE = EV["free"]
@@ -144,11 +145,12 @@ class KmemCache:
         """The object is still the one `ref` names (or, typesafe, not free outside RCU)."""
         mem, slot = self.mem, ref & SLOT_MASK
         h = self.hdr0 + slot * 32
-        state = mem.load32(h)
+        word = mem.load64(h)  # (state, gen): one load, as a page's reference is checked
+        state = word & 0xFFFFFFFF
         if self.typesafe_by_rcu:
             if state == OBJ_ALLOCATED or cpu.rcu_depth:
                 return True
-        elif state == OBJ_ALLOCATED and mem.load32(h + 4) == ref >> SLOT_BITS:
+        elif word == (ref >> SLOT_BITS) << 32 | OBJ_ALLOCATED:
             return True
         cpu.report(
             SLAB_UAF,
