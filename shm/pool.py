@@ -17,6 +17,7 @@ out, which is what makes stale references bite).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -70,8 +71,8 @@ PAGE_STRIDE = PAGE.itemsize
 PAGE_FIELDS = field_offsets(PAGE)
 assert PAGE_FIELDS["state"] == 0 and PAGE_FIELDS["gen"] == 4  # (state, gen) is one 64-bit word:
 # one load checks a reference, one cmpxchg allocates or frees the page with its generation
-_FLAGS, _MAPCOUNT = PAGE_FIELDS["flags"], PAGE_FIELDS["_mapcount"]
-assert PAGE_FIELDS["_refcount"] == _FLAGS + 4 and PAGE_FIELDS["owner"] == _MAPCOUNT + 4 and _FLAGS % 8 == 0
+_FLAGS, _REFCOUNT, _MAPCOUNT = PAGE_FIELDS["flags"], PAGE_FIELDS["_refcount"], PAGE_FIELDS["_mapcount"]
+assert _REFCOUNT == _FLAGS + 4 and PAGE_FIELDS["owner"] == _MAPCOUNT + 4 and _FLAGS % 8 == 0
 # so that alloc_page sets (flags, _refcount) and (_mapcount, owner) with one store each
 
 
@@ -274,13 +275,26 @@ class Pool:
 
     def put_page(self, cpu: Cpu, ref: int, site: int = SITE_UNKNOWN) -> bool:
         """put_page(): drop a reference; the last one frees.  True if freed."""
-        pfn = ref & PFN_MASK
-        if self.mem.load64(self.page0 + pfn * PAGE_STRIDE) != (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
-            self._report_uaf(cpu, ref, "put_page")
-            return False
-        if self.refcount(pfn).dec_and_test(cpu):
-            return self.free_page(cpu, ref, site)
-        return False
+        return self.release_pages(cpu, (ref,), site) > 0
+
+    def release_pages(self, cpu: Cpu, refs: Iterable[int], site: int = SITE_UNKNOWN) -> int:
+        """release_pages() (mm/swap.c): put_page() of each page of a batch, such as the pages an
+        mmu_gather collected, in one loop; how many it freed.  A reference to a freed page is a
+        use-after-free; a count that goes below zero is refcount_t's underflow."""
+        mem, page0 = self.mem, self.page0
+        freed = 0
+        for ref in refs:
+            pfn = ref & PFN_MASK
+            f = page0 + pfn * PAGE_STRIDE
+            if mem.load64(f) != (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED:
+                self._report_uaf(cpu, ref, "put_page")
+                continue
+            old = mem.fetch_sub32(f + _REFCOUNT, 1)  # Refcount.dec_and_test, inlined
+            if old == 1:
+                freed += self.free_page(cpu, ref, site)
+            elif old <= 0:
+                self.refcount(pfn).underflowed(cpu, old)
+        return freed
 
     # -- checked accessors -------------------------------------------------
     def walker(self, shift: int, present: int) -> Walker:

@@ -98,8 +98,13 @@ class Refcount(Handle):
         if old == 1:
             return True
         if old <= 0:
-            self._saturate(cpu, REFCOUNT_UNDERFLOW, "underflow; use-after-free", old)
+            self.underflowed(cpu, old)
         return False
+
+    def underflowed(self, cpu: Cpu, old: int) -> None:
+        """A decrement found `old` <= 0: reported, and the count saturated (what a caller that
+        did the fetch_sub itself calls)."""
+        self._saturate(cpu, REFCOUNT_UNDERFLOW, "underflow; use-after-free", old)
 
 
 class PercpuRef(Handle):

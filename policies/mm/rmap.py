@@ -96,7 +96,7 @@ class Rmap(Tlb):
         self.pool.refcount(ref & PFN_MASK).inc(cpu)
 
     def page_remove_rmap(self, cpu, ref: int) -> None:
-        if self.page_mem.fetch_sub32(self._page_word(ref, "_mapcount"), 1) < 0:
+        if self.page_mem.fetch_sub32(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE + _MAPCOUNT, 1) < 0:
             cpu.report(
                 RMAP_UNDERFLOW,
                 f"page_remove_rmap: page {ref & PFN_MASK} was not mapped",

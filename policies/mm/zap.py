@@ -19,6 +19,7 @@ from policies.mm.pgtable import (
     PMD_SITE,
     PTE_PRESENT,
     PTE_SITE,
+    PTE_SPECIAL,
     describe_entry,
     is_migration_entry,
     swp_offset,
@@ -39,10 +40,11 @@ class MmuGather:
     end: int = 0
     pages: list[int] = field(default_factory=list)
 
-    def cleared(self, vpn: int) -> None:
-        """tlb_remove_tlb_entry(): the flush must cover vpn."""
-        self.start = min(self.start, vpn)
-        self.end = max(self.end, vpn + 1)
+    def cleared(self, start: int, end: int) -> None:
+        """tlb_remove_tlb_entry() of each PTE cleared in [start, end): the flush must cover them
+        (__tlb_adjust_range)."""
+        self.start = min(self.start, start)
+        self.end = max(self.end, end)
 
 
 def _tlb_remove_table_smp_sync(target: int, arg: object) -> None:
@@ -101,6 +103,7 @@ class Zap(Swap):
     def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
         """zap_pte_range(): under the table's ptl, clear [start, end) and gather the pages; how many PTEs."""
         zapped = rss = zero = 0
+        first = last = -1
         page_mem, mm, pages = self.page_mem, tlb.mm, tlb.pages
         base = self.table_off(table, 0) - 8 * (start - start % self.geometry.pte)
         refcount0 = self.page0 + _REFCOUNT
@@ -114,17 +117,21 @@ class Zap(Swap):
                 continue
             self.tlb_retire(mm, v)
             page_mem.store64(off, 0)
-            tlb.cleared(v)
+            if first < 0:
+                first = v
+            last = v
             zapped += 1
-            ref = self.vm_normal_page(pte)
-            if not ref:
+            if pte & PTE_SPECIAL:  # vm_normal_page(): none for the zero page
                 zero += 1
                 continue
+            ref = pte >> FLAG_BITS
             if page_mem.load32(refcount0 + (ref & PFN_MASK) * PAGE_STRIDE) >= GUP_PIN_COUNTING_BIAS:
                 self.note_pinned_unmap(mm, v)  # folio_maybe_dma_pinned
             self.page_remove_rmap(cpu, ref)
             rss -= 1
             pages.append(ref)
+        if zapped:
+            tlb.cleared(first, last + 1)
         self.add_mm_rss_vec(mm, rss)
         self.count("ptes_zapped", zapped)
         if zero:
@@ -169,9 +176,8 @@ class Zap(Swap):
         self.mm_mem.fetch_sub32(self.mm_off(mm, "tlb_flush_pending"), 1)
 
     def free_pages_and_swap_cache(self, cpu, pages: list[int]) -> None:
-        """The mmu_gather's batch released (tlb_batch_pages_flush): one put_page each."""
-        for ref in pages:
-            self.pool.put_page(cpu, ref, ANON_SITE)
+        """The mmu_gather's batch released (tlb_batch_pages_flush): release_pages."""
+        self.pool.release_pages(cpu, pages, ANON_SITE)
 
     def free_pgtables(self, cpu, mm: int, start: int, end: int, floor: int, ceiling: int) -> None:
         """free_pgtables() of the unmapped [start, end): free the tables whose whole span lies in
