@@ -307,7 +307,7 @@ class Pool:
 
     def alive(self, ref: int) -> bool:
         """The page behind ref is allocated and still the same generation (no finding if not)."""
-        return self.mem.load64(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE) == live_word(ref)
+        return self.mem.load64(self.page0 + (ref & PFN_MASK) * PAGE_STRIDE) == (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
 
     def check(self, cpu: Cpu, ref: int, what: str = "access") -> bool:
         """The page behind ref is allocated and still the same generation."""
