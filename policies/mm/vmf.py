@@ -32,6 +32,7 @@ _VM_START = _VMA_FIELDS["vm_start"]
 _VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (
     _VMA_FIELDS[f] - _VM_START for f in ("vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end")
 )
+assert _VM_START % 8 == 0 and _VM_END == 4 and _VM_FLAGS % 8 == 0 and _VM_MM == _VM_FLAGS + 4
 
 VM_FAULT_OK = 0
 VM_FAULT_RETRY = 1
@@ -77,9 +78,10 @@ class VmFault(Swap):
         c = self.vma_cache
         mem = self.mm_mem
         base = c.base + (vma & SLOT_MASK) * c.stride + _VM_START
-        flags = mem.load32(base + _VM_FLAGS)
-        s, e = mem.load32(base), mem.load32(base + _VM_END)
-        vm_mm = mem.load32(base + _VM_MM)
+        mm_flags = mem.load64(base + _VM_FLAGS)  # the model's own look: each pair in one load
+        flags, vm_mm = mm_flags & 0xFFFFFFFF, mm_flags >> 32
+        span = mem.load64(base)
+        s, e = span & 0xFFFFFFFF, span >> 32
         if not c.check(cpu, vma, "set_pte_at: the fault's VMA"):
             return False
         if flags & VM_ZAPPED and mem.load32(base + _ZAP_START) <= vmf.vpn < mem.load32(base + _ZAP_END):
