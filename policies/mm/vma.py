@@ -59,11 +59,12 @@ VMA_INDEX = np.dtype(
     [
         ("nr", "<i4"),
         ("pad", "<i4"),
-        ("start", "<i4", (MAX_VMAS,)),
-        ("end", "<i4", (MAX_VMAS,)),
+        ("span", "<i8", (MAX_VMAS,)),  # end << 32 | start, sorted
         ("vma", "<i8", (MAX_VMAS,)),
     ]
 )
+_SPAN0 = VMA_INDEX.fields["span"][1]
+_VMA0 = VMA_INDEX.fields["vma"][1]
 
 
 def vm_flags_text(flags: int) -> str:
@@ -149,21 +150,27 @@ class VmaTree(PageTables):
     def vma_lookup(self, cpu, mm: int, vpn: int) -> int:
         """vma_lookup(): the VMA covering vpn, 0 if none (a RESERVED range is none).
 
-        The caller holds mmap_lock or is inside an RCU read-side section."""
+        A binary search of the sorted array, as the maple tree's walk is a
+        search of sorted ranges.  The caller holds mmap_lock or is inside an
+        RCU read-side section."""
         mem = self.mm_mem
         idx = mem.load64(self.mm_off(mm, "index"))
         if not idx:
             return 0
         c = self.index_cache
         base = c.off(idx, "nr")
-        nr = mem.load32(base)
+        lo, hi = 0, mem.load32(base)
+        spans = base + _SPAN0
         found = 0
-        for i in range(nr):
-            if mem.load32(base + 8 + 4 * i) <= vpn:
-                if vpn < mem.load32(base + 8 + 4 * MAX_VMAS + 4 * i):
-                    found = mem.load64(base + 8 + 8 * MAX_VMAS + 8 * i)
-                    break
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            span = mem.load64(spans + 8 * mid)
+            if span >> 32 <= vpn:
+                lo = mid + 1
+            elif span & 0xFFFFFFFF > vpn:
+                hi = mid
             else:
+                found = mem.load64(base + _VMA0 + 8 * mid)
                 break
         c.check(cpu, idx, "vma_lookup: walking the VMA index")
         return 0 if found == RESERVED else found
@@ -183,14 +190,8 @@ class VmaTree(PageTables):
             return []
         base = self.index_cache.off(idx, "nr")
         mem = self.mm_mem
-        return [
-            (
-                mem.load32(base + 8 + 4 * i),
-                mem.load32(base + 8 + 4 * MAX_VMAS + 4 * i),
-                mem.load64(base + 8 + 8 * MAX_VMAS + 8 * i),
-            )
-            for i in range(mem.load32(base))
-        ]
+        spans = [mem.load64(base + _SPAN0 + 8 * i) for i in range(mem.load32(base))]
+        return [(span & 0xFFFFFFFF, span >> 32, mem.load64(base + _VMA0 + 8 * i)) for i, span in enumerate(spans)]
 
     def index_parts(self, mm: int, start: int, end: int, per_table: bool = False) -> list[tuple[int, int, int]]:
         """(start, end, vma) of each VMA's part of [start, end), under mmap_lock for read (madvise,
@@ -224,12 +225,11 @@ class VmaTree(PageTables):
             return False  # ENOMEM; arrays nobody refers to are a leak the sweep reports
         base = self.index_cache.off(new, "nr")
         mem = self.mm_mem
-        mem.fill(base, 8 + 16 * MAX_VMAS, 0)
+        mem.fill(base, VMA_INDEX.itemsize, 0)
         mem.store32(base, len(entries))
         for i, (s, e, v) in enumerate(entries):
-            mem.store32(base + 8 + 4 * i, s)
-            mem.store32(base + 8 + 4 * MAX_VMAS + 4 * i, e)
-            mem.store64(base + 8 + 8 * MAX_VMAS + 8 * i, v)
+            mem.store64(base + _SPAN0 + 8 * i, e << 32 | s)
+            mem.store64(base + _VMA0 + 8 * i, v)
         cpu.window("index_publish:before-swap")
         old = self.mm_mem.xchg64(self.mm_off(mm, "index"), new)
         if old:
