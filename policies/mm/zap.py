@@ -19,7 +19,6 @@ from policies.mm.pgtable import (
     PMD_SITE,
     PTE_PRESENT,
     PTE_SITE,
-    PTE_SPECIAL,
     describe_entry,
     is_migration_entry,
     swp_offset,
@@ -121,10 +120,10 @@ class Zap(Swap):
                 first = v
             last = v
             zapped += 1
-            if pte & PTE_SPECIAL:  # vm_normal_page(): none for the zero page
+            ref = self.vm_normal_page(pte)
+            if not ref:
                 zero += 1
                 continue
-            ref = pte >> FLAG_BITS
             if page_mem.load32(refcount0 + (ref & PFN_MASK) * PAGE_STRIDE) >= GUP_PIN_COUNTING_BIAS:
                 self.note_pinned_unmap(mm, v)  # folio_maybe_dma_pinned
             self.page_remove_rmap(cpu, ref)
