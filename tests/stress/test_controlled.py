@@ -226,7 +226,7 @@ def test_swarm_programs_focus_the_arguments_and_drop_operations():
     assert dropped >= 10
 
 
-@pytest.mark.parametrize("preempt_every,seed", [(3, 397), (3, 494), (4, 359), (5, 111)])
+@pytest.mark.parametrize("preempt_every,seed", [(3, 472), (3, 641), (4, 380), (5, 90)])
 def test_a_spinner_preempted_between_its_load_and_cmpxchg_still_wakes(preempt_every, seed):
     """spin_lock's slow path loads 0, is preempted, and its cmpxchg fails: it must wait for the
     owner it saw fail, not for the 0 it loaded, or the owner's unlock (back to 0) wakes nobody.
@@ -316,12 +316,13 @@ def test_swarm_seeds_of_a_hunt_run_longer_programs():
 
 
 def test_shrink_takes_out_preemptions_first_from_a_dense_schedule(tmp_path):
-    """Seed 1 draws a preemption every 18 accesses and fails with more preemptions than
-    operations, each pinning the operations around it: removing operations first stalled at 43
-    of 119 after a thousand runs; preemptions first reach 17 operations in about 140 runs, and
-    the pairs the lock cycle itself (2 operations, 1 preemption) in about 340."""
+    """Seed 90 fails with more preemptions than operations (402 in 349), each pinning the
+    operations around it.  Removing operations first stalled (on an earlier seed of this kind:
+    at 43 of 119 operations after a thousand runs); preemptions first reach the lock cycle
+    itself (2-3 operations, 1-2 preemptions) in about 300 runs.  Re-pick the seed if the random
+    strategy's draws change (the scan: seeds whose report has more preemptions than operations)."""
     path = tmp_path / "r.json"
-    r = _run("spinlock", "abba", ops=300, seed=1, scheduler="random", json_path=str(path))
+    r = _run("spinlock", "abba", ops=300, seed=90, scheduler="random", json_path=str(path))
     assert r.findings
     report = json.loads(path.read_text())
     assert report["schedule"]["preemptions"] > sum(len(p) for p in report["program"]), report["schedule"]
