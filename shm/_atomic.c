@@ -645,33 +645,51 @@ typedef struct {
     int pfn_bits, shift;
     int64_t present, live;
     int64_t freed;
+    int stale;
 } WalkerObject;
 
-/* One checked load of entry `index` of table `ref`: 0 and the step counted if all is well,
- * 1 if the table is freed (self->freed set), -1 on error. */
+/* The Memory is still bound after a step (a hook may have released it). */
 static inline int
-walker_load(WalkerObject *self, int64_t ref, Py_ssize_t index, int64_t *out)
+step_alive(MemoryObject *m)
 {
-    MemoryObject *m = self->mem;
     if (m->base == NULL) {
         PyErr_SetString(PyExc_ValueError, "Memory is released");
         return -1;
     }
+    return 0;
+}
+
+/* One checked load of entry `index` of table `ref`: 0 if all is well, 1 if the table is freed
+ * (self->stale and self->freed set), -1 on error.  Bounds are checked before any arithmetic
+ * that could overflow, and again after each step (its hook may have released the Memory). */
+static inline int
+walker_load(WalkerObject *self, int64_t ref, Py_ssize_t index, int64_t *out)
+{
+    MemoryObject *m = self->mem;
+    if (m == NULL || m->base == NULL) {
+        PyErr_SetString(PyExc_ValueError, m == NULL ? "Walker is not initialised" : "Memory is released");
+        return -1;
+    }
     int64_t pfn = ref & (((int64_t)1 << self->pfn_bits) - 1);
-    Py_ssize_t off = self->data0 + (Py_ssize_t)pfn * self->psize + 8 * index;
-    Py_ssize_t f = self->page0 + (Py_ssize_t)pfn * self->stride;
-    if (index < 0 || index >= self->psize / 8 || off < 0 || off > m->len - 8 || f < 0 || f > m->len - 8 ||
-        off % 8 || f % 8) {
+    if (index < 0 || index >= self->psize / 8 || pfn > (m->len - self->data0) / self->psize ||
+        pfn > (m->len - self->page0) / self->stride) {
         PyErr_Format(PyExc_IndexError, "walk of table %lld index %zd out of range", (long long)ref, index);
         return -1;
     }
-    if (step(m, ACCESS_LOAD, off) < 0)
+    Py_ssize_t off = self->data0 + (Py_ssize_t)pfn * self->psize + 8 * index;
+    Py_ssize_t f = self->page0 + (Py_ssize_t)pfn * self->stride;
+    if (off > m->len - 8 || f > m->len - 8 || ((uintptr_t)(m->base + off)) % 8 || ((uintptr_t)(m->base + f)) % 8) {
+        PyErr_Format(PyExc_IndexError, "walk of table %lld index %zd out of range", (long long)ref, index);
+        return -1;
+    }
+    if (step(m, ACCESS_LOAD, off) < 0 || step_alive(m) < 0)
         return -1;
     int64_t e = __atomic_load_n((int64_t *)(m->base + off), __ATOMIC_SEQ_CST);
-    if (step(m, ACCESS_LOAD, f) < 0)
+    if (step(m, ACCESS_LOAD, f) < 0 || step_alive(m) < 0)
         return -1;
     int64_t w = __atomic_load_n((int64_t *)(m->base + f), __ATOMIC_SEQ_CST);
     if ((uint64_t)w != (((uint64_t)ref >> self->pfn_bits) << 32 | (uint64_t)self->live)) {
+        self->stale = 1;
         self->freed = ref;
         return 1;
     }
@@ -680,12 +698,13 @@ walker_load(WalkerObject *self, int64_t ref, Py_ssize_t index, int64_t *out)
 }
 
 /* walk(ref, i0, i1, ...) -> the entry the last index names, or 0 where a table is missing, an
- * entry is not present, or a table is freed (then .freed names it). */
+ * entry is not present, or a table is freed (then .stale is true and .freed names it). */
 static PyObject *
 walker_walk(WalkerObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t ref, e = 0;
     self->freed = 0;
+    self->stale = 0;
     if (nargs < 2) {
         PyErr_SetString(PyExc_TypeError, "walk() takes a table and at least one index");
         return NULL;
@@ -709,12 +728,13 @@ walker_walk(WalkerObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* load(ref, index) -> entry `index` of table `ref`, whatever it holds; 0 if the table is freed
- * (then .freed names it). */
+ * (then .stale is true and .freed names it). */
 static PyObject *
 walker_entry(WalkerObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t ref, e = 0;
     self->freed = 0;
+    self->stale = 0;
     if (check_nargs("load", nargs, 2) < 0 || get_value64(args[0], &ref) < 0)
         return NULL;
     Py_ssize_t index = PyLong_AsSsize_t(args[1]);
@@ -753,6 +773,7 @@ walker_init(WalkerObject *self, PyObject *args, PyObject *kwds)
     self->present = present;
     self->live = live;
     self->freed = 0;
+    self->stale = 0;
     return 0;
 }
 
@@ -769,16 +790,23 @@ walker_get_freed(WalkerObject *self, void *Py_UNUSED(closure))
     return PyLong_FromLongLong(self->freed);
 }
 
+static PyObject *
+walker_get_stale(WalkerObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->stale);
+}
+
 static PyMethodDef walker_methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walker_walk, METH_FASTCALL,
-     "walk(ref, i0, i1, ...) -> the entry at the end, or 0 where the walk stops (.freed: a freed table)"},
+     "walk(ref, i0, i1, ...) -> the entry at the end, or 0 where the walk stops (.stale: at a freed table)"},
     {"load", (PyCFunction)(void (*)(void))walker_entry, METH_FASTCALL,
-     "load(ref, index) -> the entry, or 0 if the table is freed (.freed names it)"},
+     "load(ref, index) -> the entry, or 0 if the table is freed (.stale; .freed names it)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef walker_getset[] = {
-    {"freed", (getter)walker_get_freed, NULL, "the freed table the last walk or load met, or 0", NULL},
+    {"stale", (getter)walker_get_stale, NULL, "whether the last walk or load met a freed table", NULL},
+    {"freed", (getter)walker_get_freed, NULL, "the freed table the last walk or load met (if stale)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -76,12 +76,6 @@ assert _REFCOUNT == _FLAGS + 4 and PAGE_FIELDS["owner"] == _MAPCOUNT + 4 and _FL
 # so that alloc_page sets (flags, _refcount) and (_mapcount, owner) with one store each
 
 
-def live_word(ref: int) -> int:
-    """struct page's first word (state, gen) while the page `ref` names is allocated: what a
-    checked access compares (inline it as (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED on a hot path)."""
-    return (ref >> PFN_BITS) << 32 | PAGE_ALLOCATED
-
-
 POOL_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("freed", "<i4"), ("waiters", "<i4")])
 
 _SITES: dict[int, str] = {}

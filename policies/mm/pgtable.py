@@ -121,7 +121,7 @@ class PageTables(MmBase):
         """A checked load of one entry: walking a freed table is a use-after-free."""
         walker = self.walker
         v = walker.load(table_ref, index)
-        if walker.freed:
+        if walker.stale:
             self.pool._report_uaf(cpu, table_ref, what, WALK_FREED_TABLE)
         return v
 
@@ -150,7 +150,7 @@ class PageTables(MmBase):
             e = walker.walk(pgd, vpn // g.pmd_span, vpn // g.pte % g.pmd)
         else:
             e = walker.walk(pgd, vpn // g.pmd_span)
-        if not e and report and walker.freed:
+        if not e and report and walker.stale:
             self.pool._report_uaf(cpu, walker.freed, what, WALK_FREED_TABLE)
         return e
 

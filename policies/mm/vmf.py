@@ -32,7 +32,7 @@ _VM_START = _VMA_FIELDS["vm_start"]
 _VM_END, _VM_FLAGS, _VM_MM, _ZAP_START, _ZAP_END = (
     _VMA_FIELDS[f] - _VM_START for f in ("vm_end", "vm_flags", "vm_mm", "zap_start", "zap_end")
 )
-assert _VM_START % 8 == 0 and _VM_END == 4 and _VM_FLAGS % 8 == 0 and _VM_MM == _VM_FLAGS + 4
+assert VMA.itemsize % 8 == 0 and _VM_START % 8 == 0 and _VM_END == 4 and _VM_FLAGS % 8 == 0 and _VM_MM == _VM_FLAGS + 4
 
 VM_FAULT_OK = 0
 VM_FAULT_RETRY = 1

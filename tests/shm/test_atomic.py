@@ -210,25 +210,29 @@ def test_a_walker_checks_each_table_and_each_of_its_loads_is_a_step():
         assert offs == [data0 + 8, 0, data0 + psize + 16, stride, data0 + 2 * psize + 24, 2 * stride]
     finally:
         record(None)
-    assert w.walk(root, 2, 0) == 0 and w.freed == 0  # not present: the walk stops
-    assert w.walk(0, 1) == 0
-    assert w.load(mid, 2) == entry(leaf) and w.load(mid, 0) == 0 and w.freed == 0
+    assert w.walk(root, 2, 0) == 0 and not w.stale  # not present: the walk stops
+    assert w.walk(0, 1) == 0 and not w.stale  # no table: nothing walked
+    assert w.load(mid, 2) == entry(leaf) and w.load(mid, 0) == 0 and not w.stale
     mem.store64(page0 + 1 * stride, 5 << 32)  # mid freed and reused: another generation
-    assert w.walk(root, 1, 2, 3) == 0 and w.freed == mid
-    assert w.load(mid, 2) == 0 and w.freed == mid
-    assert w.load(root, 1) == entry(mid) and w.freed == 0
-    with pytest.raises(IndexError):
-        w.load(root, psize // 8)
+    assert w.walk(root, 1, 2, 3) == 0 and w.stale and w.freed == mid
+    assert w.load(mid, 2) == 0 and w.stale and w.freed == mid
+    assert w.load(root, 1) == entry(mid) and not w.stale
+    assert w.load(0, 0) == 0 and w.stale and w.freed == 0  # reference 0 names no live table
+    for bad in ((root, psize // 8), (root, -1), (9, 0)):
+        with pytest.raises(IndexError):
+            w.load(*bad)
     with pytest.raises(IndexError):
         w.walk(9, 0)
     with pytest.raises(ValueError):
         Walker(mem, page0, 12, data0, psize, pfn_bits, shift, present, live)
+    with pytest.raises(ValueError):
+        Walker.__new__(Walker).load(1, 0)  # not initialised: an error, not a crash
 
 
 def test_a_treiber_stack_pops_what_was_pushed_last_in_three_steps():
     """stack_pop/stack_push: the free lists of the pool and the slab caches, each access a step
     (load the head, the next word, cmpxchg the head) as in the Python they replaced."""
-    from shm._atomic import accesses
+    from shm._atomic import accesses, record
 
     mem = Memory(bytearray(8 + 4 * 8))
     head, next0, stride = 0, 8, 8
@@ -238,7 +242,15 @@ def test_a_treiber_stack_pops_what_was_pushed_last_in_three_steps():
         mem.stack_push(head, next0, stride, i)
     assert accesses() - before == 9
     assert mem.load64(head) >> 32 == 3  # the tag counts the changes of the head (ABA)
-    assert [mem.stack_pop(head, next0, stride) for _ in range(4)] == [3, 0, 2, -1]
+    buf = np.zeros(4, dtype="<i8")
+    record(buf)
+    try:
+        assert mem.stack_pop(head, next0, stride) == 3
+        assert [(int(x) >> 48) & 0xFF for x in buf[:3]] == [0, 0, 2]  # load head, load next, cmpxchg
+        assert [int(x) & 0xFFFFFFFFFFFF for x in buf[:3]] == [head, next0 + 3 * stride, head]
+    finally:
+        record(None)
+    assert [mem.stack_pop(head, next0, stride) for _ in range(3)] == [0, 2, -1]
     with pytest.raises(IndexError):
         mem.stack_push(head, next0, stride, 4)
     with pytest.raises(ValueError):
