@@ -8,7 +8,9 @@ lock being waited on, the trace ring) is in shared memory.
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,23 @@ _EV_IRQ_ON = EV["irq-on"]
 _EV_IPI = EV["ipi"]
 
 IRQS_ON, IRQS_OFF, IPI_DELIVERING, INSN, TLBI_DELIVERING = 0, 1, 2, 4, 8
+
+
+SITE_FRAMES = 4
+_MACHINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def finding_site(frames: int = SITE_FRAMES) -> str:
+    """Where a finding is reported from: the innermost functions on the stack that are not the
+    machine's own (the model's, the mechanism's), innermost first, '<'-separated.  No address
+    or generation: what findings of one bug have in common, whichever run found them."""
+    names: list[str] = []
+    f = sys._getframe(1)
+    while f is not None and len(names) < frames:
+        if not f.f_code.co_filename.startswith(_MACHINE_DIR):
+            names.append(f.f_code.co_name)
+        f = f.f_back
+    return "<".join(names)
 
 
 def irqs_off(word: int) -> bool:
@@ -118,7 +137,7 @@ class Cpu:
         """Record a finding of `check` with this CPU's trace; the run stops unless keep-going."""
         self.trace(_EV_FINDING, KIND_INDEX[check.kind])
         ring = self.machine.traces[self.id].copy()
-        self.machine.record_finding(check, self.id, self.op, self.steps, message, objects, ring)
+        self.machine.record_finding(check, self.id, self.op, self.steps, message, objects, ring, finding_site())
 
     # -- context ---------------------------------------------------------
     def in_atomic(self) -> bool:

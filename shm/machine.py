@@ -88,6 +88,7 @@ FINDING = np.dtype(
         ("step", "<i8"),
         ("message", "S256"),
         ("objects", "S760"),
+        ("site", "S120"),
         ("trace", "<i8", (TRACE_LEN,)),
     ]
 )
@@ -294,6 +295,7 @@ class Machine:
         message: str,
         objects: dict | None = None,
         trace=None,
+        site: str = "",
     ) -> None:
         """Count the finding under its check and kind; keep it (the first few of each check,
         up to MAX_FINDINGS in all) with its objects and trace; stop the run unless keep-going.
@@ -317,6 +319,7 @@ class Machine:
                 slot["step"] = step
                 slot["message"] = message.encode(errors="replace")[:255]
                 slot["objects"] = _json_clip(objects or {}, 759)
+                slot["site"] = site.encode(errors="replace")[:119]
                 if trace is not None:
                     slot["trace"][0] = trace
                 self.mem.store32(self.seg.layout.offset("finding", n, "valid"), 1)
@@ -370,6 +373,7 @@ class Machine:
                     "step": int(s["step"]),
                     "message": bytes(s["message"]).decode(errors="replace"),
                     "objects": objects,
+                    "site": [f for f in bytes(s["site"]).decode(errors="replace").split("<") if f],
                     "trace": [int(w) for w in s["trace"]],
                 }
             )

@@ -52,6 +52,7 @@ class Finding:
     step: int
     objects: dict = field(default_factory=dict)
     trace: list[str] = field(default_factory=list)
+    site: list[str] = field(default_factory=list)  # the reporting functions, innermost first (shm.cpu.finding_site)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -137,6 +138,7 @@ def collect_findings(machine: Machine, op_names: list[str], seed: int) -> list[F
                 step=f["step"],
                 objects=f["objects"],
                 trace=decode_trace(machine, f["trace"], op_names),
+                site=f["site"],
             )
         )
     return out

@@ -176,6 +176,8 @@ def test_rcu_read_unlock_without_lock_and_trace_ring(machine):
     (f,) = machine.findings()
     assert f["check"] == "rcu.unlock-imbalance"
     assert any(w for w in f["trace"])  # the finding carries the CPU's ring
+    # and where it was reported from, the machine's own frames left out
+    assert f["site"][0] == "test_rcu_read_unlock_without_lock_and_trace_ring"
 
 
 def test_lock_sites_are_found_by_dtype(machine):
