@@ -59,6 +59,7 @@ __all__ = [
     "Seqcount",
     "Spinlock",
     "Srcu",
+    "Walker",
     "address",
     "alloc_site",
     "clean_dead_segments",

@@ -12,6 +12,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from shm.checks import (
@@ -50,7 +51,7 @@ def finding_site(frames: int = SITE_FRAMES) -> str:
     machine's own (the model's, the mechanism's), innermost first, '<'-separated.  No address
     or generation: what findings of one bug have in common, whichever run found them."""
     names: list[str] = []
-    f = sys._getframe(1)
+    f: FrameType | None = sys._getframe(1)
     while f is not None and len(names) < frames:
         if not f.f_code.co_filename.startswith(_MACHINE_DIR):
             names.append(f.f_code.co_name)

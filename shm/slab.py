@@ -39,7 +39,7 @@ CACHE_STATE = np.dtype([("free_head", "<i8"), ("nfree", "<i4"), ("allocs", "<i4"
 OBJ_HEADER = np.dtype(
     [("state", "<i4"), ("gen", "<i4"), ("next", "<i4"), ("alloc_cpu", "<i4"), ("free_cpu", "<i4"), ("pad", "<i4", (3,))]
 )
-assert OBJ_HEADER.fields["gen"][1] == 4  # (state, gen) is one 64-bit word, as a page's
+assert field_offsets(OBJ_HEADER)["gen"] == 4  # (state, gen) is one 64-bit word, as a page's
 
 _EV_ALLOC = EV["alloc"]
 _EV_FREE = EV["free"]
@@ -70,7 +70,7 @@ class KmemCache:
         self.stride = lay.stride(name)
         self.base = lay.offset(name)
         self.hdr0 = lay.offset(f"{name}_hdr")
-        self._next0 = self.hdr0 + OBJ_HEADER.fields["next"][1]  # the free list: a Treiber stack of slots
+        self._next0 = self.hdr0 + field_offsets(OBJ_HEADER)["next"]  # the free list: a Treiber stack of slots
         self.head_off = lay.offset(f"{name}_cache", 0, "free_head")
         self.nfree_off = lay.offset(f"{name}_cache", 0, "nfree")
         self.allocs_off = lay.offset(f"{name}_cache", 0, "allocs")

@@ -21,7 +21,7 @@ from typing import Any
 from policies.mm.base import MmBase
 from policies.mm.checks import WALK_FREED_TABLE
 from shm import GFP_KERNEL, alloc_site
-from shm.pool import PAGE_ALLOCATED, PAGE_STRIDE, PFN_BITS, PFN_MASK
+from shm.pool import PFN_MASK
 
 _PRESENT, _WRITE, _DIRTY, _SPECIAL, _HUGE, _SWAP, _COW_SHARED = 1, 2, 4, 8, 16, 32, 64
 PTE_PRESENT = _PRESENT

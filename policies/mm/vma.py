@@ -18,6 +18,7 @@ import numpy as np
 
 from policies.mm.pgtable import PageTables
 from shm import REFCOUNT, RWSEM, SEQCOUNT, rcu_callback
+from shm.layout import field_offsets
 from shm.slab import SLOT_MASK
 
 MAX_VMAS = 16
@@ -63,8 +64,8 @@ VMA_INDEX = np.dtype(
         ("vma", "<i8", (MAX_VMAS,)),
     ]
 )
-_SPAN0 = VMA_INDEX.fields["span"][1]
-_VMA0 = VMA_INDEX.fields["vma"][1]
+_SPAN0 = field_offsets(VMA_INDEX)["span"]
+_VMA0 = field_offsets(VMA_INDEX)["vma"]
 
 
 def vm_flags_text(flags: int) -> str:
