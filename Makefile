@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py shm/_atomic.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench,campaign]'
 	$(BIN)/python -c "import shm._atomic"
 	touch $(STAMP)
 

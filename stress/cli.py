@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from stress.campaign import CampaignError
 from stress.hunt import STRATEGIES as HUNT_STRATEGIES
 from stress.knobs import KNOBS
 from stress.report import EXIT_FINDINGS, EXIT_HARNESS, EXIT_OK, EXIT_USAGE, SUITE_SCHEMA, end_line, write_json
@@ -172,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
     ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
     ip.add_argument("segment", help="a machine segment name (see /dev/shm/mmtorture-*-0)")
+    from stress import campaign
+
+    campaign.add_arguments(
+        sub.add_parser("campaign", help="a matrix of runs on Ray (embedded or a cluster), findings by signature")
+    )
     cp = sub.add_parser("clean", help="remove segments whose creator process is dead")
     cp.add_argument("--all", action="store_true", help="remove every mmtorture segment")
     return parser
@@ -653,7 +659,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "clean":
             return cmd_clean(args)
-    except UsageError as e:
+        if args.command == "campaign":
+            from stress.campaign import command
+
+            return command(args)
+    except (UsageError, CampaignError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as e:
