@@ -141,3 +141,11 @@ def test_a_small_campaign_on_an_embedded_ray(tmp_path):
         assert os.path.exists(s["report"])
     assert set(os.listdir("/dev/shm")) <= shm_before
     assert not _ray_processes() - ray_before
+
+
+def test_without_ray_the_campaign_says_how_to_get_it(monkeypatch):
+    from stress.campaign import ray_init
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(CampaignError, match=r"pip install 'mmtorture\[campaign\]'"):
+        ray_init(None)
