@@ -43,18 +43,30 @@ IRQS_ON, IRQS_OFF, IPI_DELIVERING, INSN, TLBI_DELIVERING = 0, 1, 2, 4, 8
 
 
 SITE_FRAMES = 4
-_MACHINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_NOT_SITES = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
+
+
+def not_a_site(directory: str) -> None:
+    """Leave the functions of files under `directory` out of findings' sites, as the machine's
+    own are (what drives the software under test registers itself)."""
+    d = os.path.abspath(directory) + os.sep
+    if d not in _NOT_SITES:
+        _NOT_SITES.append(d)
 
 
 def finding_site(frames: int = SITE_FRAMES) -> str:
-    """Where a finding is reported from: the innermost functions on the stack that are not the
-    machine's own (the model's, the mechanism's), innermost first, '<'-separated.  No address
-    or generation: what findings of one bug have in common, whichever run found them."""
+    """Where a finding is reported from: the innermost functions on the stack between the
+    machine's and its driver's (the model's, the mechanism's), innermost first,
+    '<'-separated.  No address or generation: what findings of one bug have in common,
+    whichever run found them."""
     names: list[str] = []
+    skip = tuple(_NOT_SITES)
     f: FrameType | None = sys._getframe(1)
     while f is not None and len(names) < frames:
-        if not f.f_code.co_filename.startswith(_MACHINE_DIR):
+        if not f.f_code.co_filename.startswith(skip):
             names.append(f.f_code.co_name)
+        elif names:
+            break  # out of the software, into what called it
         f = f.f_back
     return "<".join(names)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from policies import World, get_scenario, load_module
 from shm import Cpu, Machine, Segment
 from shm.checks import CPU_CRASH
+from shm.cpu import not_a_site
 from shm.machine import CPU_STATUS, NSTATS
 from stress.program import Program, generate, mixes
 from stress.schedulers import Replay, make_scheduler
@@ -75,6 +76,7 @@ def die_with_parent(parent: int) -> None:
 
 def open_world(spec: ProcessSpec, cpu_id: int, controlled: bool = False) -> World:
     """Attach the run's segments in this process and build its World for cpu_id."""
+    not_a_site(os.path.dirname(os.path.abspath(__file__)))  # a finding's site is the software's, not the loop's
     for m in spec.policy_modules:
         load_module(m)
     scenario = get_scenario(spec.scenario)
