@@ -187,6 +187,7 @@ def execute(spec: dict, directory: str) -> dict:
     if rc in (EXIT_OK, EXIT_FINDINGS) and os.path.exists(report):
         with open(report) as f:
             doc = json.load(f)
+        out["run_id"] = doc.get("run_id")
         out["findings"] = [
             {"check": x["check"], "op": x.get("op"), "site": x.get("site", [])[:SITE_FRAMES], "message": x["message"]}
             for x in doc.get("findings", [])

@@ -139,7 +139,10 @@ def test_a_small_campaign_on_an_embedded_ray(tmp_path):
     assert len(_runs(d)) == 9
     for s in sigs:
         assert os.path.exists(s["report"])
-    assert set(os.listdir("/dev/shm")) <= shm_before
+    left = os.listdir("/dev/shm")
+    run_ids = [r["run_id"] for r in _runs(d)]
+    assert all(run_ids) and not [n for n in left if any(i in n for i in run_ids)]  # the runs' segments
+    assert {n for n in left if not n.startswith("mmtorture-")} <= shm_before  # Ray's own
     assert not _ray_processes() - ray_before
 
 
