@@ -55,6 +55,7 @@ class RunSpec:
     n: int  # the seed's index in its cell: what plan() and cpus_for() alternate on
     cpus: int
     ops: int | None = None
+    policy_modules: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -69,6 +70,8 @@ class RunSpec:
             args += ["--duration", str(FREE_RUN_S), "--ops", "0", "--delay-every", str(DELAY_EVERY)]
         else:
             args += ["--ops", str(ops_for(name, self.ops))]
+        for m in self.policy_modules:
+            args += ["--policy-module", m]
         return args + ["--progress", "off", "--quiet", "--json", report]
 
     @property
@@ -87,13 +90,15 @@ class Plan:
     duration: float | None = None
     cpus: int = 2
     ops: int | None = None
+    policy_modules: list[str] = field(default_factory=list)  # scenarios of the user's own, as --policy-module
 
     def specs(self) -> Iterator[RunSpec]:
         """Cell after cell, seed by seed: a budget that ends early has covered every cell."""
         n = 0
+        mods = tuple(self.policy_modules)
         while self.seeds is None or n < self.seeds:
             for sc, pol, strat in self.cells:
-                yield RunSpec(sc, pol, strat, self.first_seed + n, n, self.cpus, self.ops)
+                yield RunSpec(sc, pol, strat, self.first_seed + n, n, self.cpus, self.ops, mods)
             n += 1
 
     def to_json(self) -> dict:
@@ -117,7 +122,12 @@ def build_plan(
     every mutant (`mutants`: a blind hunt at scale), each by every strategy."""
     from policies import get_scenario
     from policies import scenarios as registry
+    from stress.runner import UsageError, load_policy_modules
 
+    try:
+        load_policy_modules(budget.get("policy_modules") or [])
+    except UsageError as e:
+        raise CampaignError(str(e)) from None
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         raise CampaignError(f"unknown strategy {bad[0]!r} (known: {', '.join(STRATEGIES)})")
@@ -268,6 +278,12 @@ class Campaign:
                 raise CampaignError(f"{directory}/plan.json is not a {CAMPAIGN_SCHEMA} plan")
             c = cls(directory, Plan.from_json(doc["plan"]))
         except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CampaignError(f"cannot resume {directory}: {e}") from None
+        from stress.runner import UsageError, load_policy_modules
+
+        try:
+            load_policy_modules(c.plan.policy_modules)
+        except UsageError as e:
             raise CampaignError(f"cannot resume {directory}: {e}") from None
         try:
             with open(os.path.join(directory, "campaign.json")) as f:
@@ -482,6 +498,13 @@ def add_arguments(p) -> None:
     p.add_argument("--dir", metavar="DIR", help="the campaign's directory (default campaign-TIMESTAMP)")
     p.add_argument("--resume", metavar="DIR", help="continue the campaign in DIR: what finished is not run again")
     p.add_argument("--address", help="a Ray cluster (default RAY_ADDRESS, else an embedded Ray on this machine)")
+    p.add_argument(
+        "--policy-module",
+        action="append",
+        default=[],
+        metavar="MOD",
+        help="import a module or .py file that registers scenarios (repeatable; every run loads it too)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="only the summary")
 
 
@@ -511,6 +534,7 @@ def command(args) -> int:
             duration=args.duration,
             cpus=args.cpus,
             ops=args.ops,
+            policy_modules=[os.path.abspath(m) if os.path.exists(m) else m for m in args.policy_module],
         )
         campaign = Campaign.create(args.dir or time.strftime("campaign-%Y%m%d-%H%M%S"), plan)
     stopped_by: list[int] = []
