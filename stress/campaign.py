@@ -174,9 +174,10 @@ def execute(spec: dict, directory: str) -> dict:
     cmd = [sys.executable, "-m", "stress", *s.args(report)]
     t0 = time.monotonic()
     attempts, rc = 0, -1
+    cleaned: list[str] = []
     while attempts < 2:
         attempts += 1
-        clean_dead_segments()
+        cleaned += clean_dead_segments()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
@@ -191,8 +192,9 @@ def execute(spec: dict, directory: str) -> dict:
         rc = proc.returncode
         if rc >= 0:
             break
-    clean_dead_segments()
+    cleaned += clean_dead_segments()
     out = {"id": s.id, "spec": spec, "exit": rc, "attempts": attempts, "seconds": round(time.monotonic() - t0, 3)}
+    out["cleaned"] = cleaned  # segments dead runs left on this node (a killed attempt's among them)
     out["findings"] = []
     if rc in (EXIT_OK, EXIT_FINDINGS) and os.path.exists(report):
         with open(report) as f:

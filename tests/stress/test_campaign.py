@@ -152,3 +152,28 @@ def test_without_ray_the_campaign_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(CampaignError, match=r"pip install 'mmtorture\[campaign\]'"):
         ray_init(None)
+
+
+def test_a_run_killed_by_sigkill_is_run_once_more_and_counted_once(tmp_path, monkeypatch):
+    """The first run of harness_test/killed_once SIGKILLs its own runner mid-run (its CPU 0 does,
+    at its first operation, as the OOM killer would): the campaign completes, that run took two
+    attempts and is one line, and nothing of the killed run is left in /dev/shm."""
+    pytest.importorskip("ray")
+    from tests.conftest import HARNESS_SCENARIOS
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("MMTORTURE_TEST_KILL_ONCE", str(marker))  # Ray's workers inherit it
+    d = str(tmp_path / "c")
+    plan = build_plan(
+        ["harness_test"], ["killed_once"], ["random"], seeds=2, ops=20, policy_modules=[HARNESS_SCENARIOS]
+    )
+    doc = run_campaign(Campaign.create(d, plan))
+    assert marker.exists()
+    runs = _runs(d)
+    assert doc["runs"] == 2 and len(runs) == 2 and doc["retried"] == 1
+    assert sorted(r["attempts"] for r in runs) == [1, 2] and all(r["exit"] == 0 for r in runs)
+    assert not doc["signatures"]
+    (killed,) = [r for r in runs if r["attempts"] == 2]
+    assert killed["cleaned"], "the killed attempt's segments were not found dead and cleaned"
+    left = os.listdir("/dev/shm")
+    assert not [n for n in left if n in killed["cleaned"] or any(r["run_id"] in n for r in runs)]
