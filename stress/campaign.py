@@ -452,10 +452,39 @@ def run_campaign(
                 ray.cancel(ref)
             raise
         finally:
-            campaign.write_summary()
+            signatures_plot(campaign.write_summary(), os.path.join(campaign.directory, "campaign.png"))
     finally:
         ray.shutdown()
     return campaign.summary()
+
+
+def signatures_plot(doc: dict, path: str) -> bool:
+    """campaign.png: signatures found against time, a correct policy's apart; False without
+    matplotlib (the bench extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for label, mutant in (("in mutants", True), ("in correct policies", False)):
+        times = sorted(s["first_seen_s"] for s in doc["signatures"] if s["mutant"] == mutant)
+        if times or mutant:
+            ax.step(
+                [0.0, *times, doc["seconds"]], [0, *range(1, len(times) + 1), len(times)], where="post", label=label
+            )
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("signatures")
+    ax.set_title(f"{doc['runs']} runs, {len(doc['signatures'])} signatures")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def summary_table(doc: dict) -> str:
@@ -568,6 +597,8 @@ def command(args) -> int:
             bar.close()
     print(summary_table(doc))
     print(f"campaign.json: {os.path.join(campaign.directory, 'campaign.json')}")
+    if os.path.exists(png := os.path.join(campaign.directory, "campaign.png")):
+        print(f"signatures over time: {png}")
     return EXIT_FINDINGS if doc["correct_policy_signatures"] else EXIT_OK
 
 

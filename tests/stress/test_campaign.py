@@ -137,6 +137,7 @@ def test_a_small_campaign_on_an_embedded_ray(tmp_path):
     with open(os.path.join(d, "campaign.json")) as f:
         assert json.load(f)["runs"] == 9
     assert len(_runs(d)) == 9
+    assert os.path.getsize(os.path.join(d, "campaign.png")) > 0  # signatures over time
     for s in sigs:
         assert os.path.exists(s["report"])
     left = os.listdir("/dev/shm")
