@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from stress.detection import REPRODUCE_S
 from stress.hunt import FREE_RUN_S, cpus_for, ops_for, plan
 from stress.report import EXIT_FINDINGS, EXIT_OK, write_json
 from stress.schedulers.free import DELAY_EVERY
@@ -73,6 +74,10 @@ class RunSpec:
         for m in self.policy_modules:
             args += ["--policy-module", m]
         return args + ["--progress", "off", "--quiet", "--json", report]
+
+    @property
+    def scheduler(self) -> str:
+        return plan(self.strategy, self.n)[1]
 
     @property
     def run_cpus(self) -> int:
@@ -213,6 +218,29 @@ def execute(spec: dict, directory: str) -> dict:
     return out
 
 
+def shrink_report(report: str, scheduler: str, policy_modules: Sequence[str] = ()) -> dict:
+    """A signature's reproducer, made in the background: the run's report shrunk (`mmtorture
+    shrink`), or for a free-running run made replayable first (`mmtorture reproduce`, which
+    shrinks too).  Its path and what the command printed (the program, the preemptions, the
+    finding), or the error."""
+    base = report.removesuffix(".json")
+    out = base + (".reproduced.json" if scheduler == "free" else ".shrunk.json")
+    cmd = [sys.executable, "-m", "stress"]
+    if scheduler == "free":
+        cmd += ["reproduce", report, "--json", out, "--seconds", str(REPRODUCE_S), "--quiet"]
+    else:
+        cmd += ["shrink", report, "--json", out, "--quiet"]
+    for m in policy_modules:
+        cmd += ["--policy-module", m]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"reproducer": None, "error": f"no reproducer within {RUN_TIMEOUT_S:.0f} s"}
+    if r.returncode != EXIT_FINDINGS or not os.path.exists(out):
+        return {"reproducer": None, "error": (r.stderr or r.stdout).strip().splitlines()[-1:]}
+    return {"reproducer": out, "text": r.stdout}
+
+
 # -- signatures -------------------------------------------------------------------------
 
 
@@ -241,6 +269,9 @@ class Signature:
     runs: list[str] = field(default_factory=list)
     report: str | None = None
     message: str = ""
+    reproducer: str | None = None  # the report shrunk: replay it (mmtorture replay)
+    reproducer_text: str = ""  # its program, preemptions and finding, as shrink prints them
+    reproducer_error: str | None = None
 
     @property
     def id(self) -> str:
@@ -418,6 +449,7 @@ def run_campaign(
         total = int(ray.cluster_resources().get("CPU", 1))
         node_max = max(int(n["Resources"].get("CPU", 1)) for n in ray.nodes() if n.get("Alive")) or 1
         task = ray.remote(max_retries=1)(execute)
+        shrinker = ray.remote(max_retries=1)(shrink_report)
         todo = campaign.pending()
         inflight: dict = {}
         reserved = 0
@@ -429,7 +461,7 @@ def run_campaign(
                         break
                     need = min(spec.run_cpus, node_max)
                     ref = task.options(num_cpus=need).remote(asdict(spec), campaign.directory)
-                    inflight[ref] = need
+                    inflight[ref] = (need, None)
                     reserved += need
                     if reserved >= total:
                         break
@@ -437,13 +469,25 @@ def run_campaign(
                     break
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    reserved -= inflight.pop(ref)
+                    need, shrunk = inflight.pop(ref)
+                    reserved -= need
                     result = ray.get(ref)
+                    if shrunk is not None:  # a reproducer came back
+                        shrunk.reproducer = result["reproducer"]
+                        shrunk.reproducer_text = result.get("text", "")
+                        shrunk.reproducer_error = None if shrunk.reproducer else str(result.get("error"))
+                        campaign.write_summary()
+                        continue
                     new = campaign.record(result)
+                    for s in new:
+                        say(f"new signature: {s.signature} (run {result['id']})")
+                        if s.report:  # shrunk in the background, as soon as it is first seen
+                            spec = RunSpec(**result["spec"])
+                            ref = shrinker.options(num_cpus=1).remote(s.report, spec.scheduler, spec.policy_modules)
+                            inflight[ref] = (1, s)
+                            reserved += 1
                     if new:
                         campaign.write_summary()
-                        for s in new:
-                            say(f"new signature: {s.signature} (run {result['id']})")
                     if on_result:
                         on_result(result, new)
         except KeyboardInterrupt:

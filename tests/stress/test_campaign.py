@@ -138,8 +138,12 @@ def test_a_small_campaign_on_an_embedded_ray(tmp_path):
         assert json.load(f)["runs"] == 9
     assert len(_runs(d)) == 9
     assert os.path.getsize(os.path.join(d, "campaign.png")) > 0  # signatures over time
-    for s in sigs:
-        assert os.path.exists(s["report"])
+    for s in sigs:  # each with its reproducer, shrunk in the background, which replays
+        assert os.path.exists(s["report"]) and s["reproducer"], s.get("reproducer_error")
+        assert "preempt" in s["reproducer_text"] or s["check"] in s["reproducer_text"]
+        replay = [sys.executable, "-m", "stress", "replay", s["reproducer"], "-q"]
+        r = subprocess.run(replay, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and f"first [{s['check']}]" in r.stdout, r.stdout + r.stderr
     left = os.listdir("/dev/shm")
     run_ids = [r["run_id"] for r in _runs(d)]
     assert all(run_ids) and not [n for n in left if any(i in n for i in run_ids)]  # the runs' segments
