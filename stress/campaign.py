@@ -296,6 +296,7 @@ class Campaign:
 
     @classmethod
     def create(cls, directory: str, plan: Plan) -> Campaign:
+        directory = os.path.abspath(directory)  # what Ray's workers write to, wherever they run
         if os.path.exists(os.path.join(directory, "plan.json")):
             raise CampaignError(f"{directory} already holds a campaign: --resume {directory} continues it")
         os.makedirs(directory, exist_ok=True)
@@ -304,6 +305,7 @@ class Campaign:
 
     @classmethod
     def resume(cls, directory: str) -> Campaign:
+        directory = os.path.abspath(directory)
         try:
             with open(os.path.join(directory, "plan.json")) as f:
                 doc = json.load(f)
