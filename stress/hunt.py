@@ -96,6 +96,18 @@ def ops_for(name: str, ops: int | None) -> int:
     return ops or (SWARM_OPS if name == "swarm" else OPS)
 
 
+def seed_knobs(strategy: str, n: int, ops: int | None = None, seconds: float = FREE_RUN_S) -> dict:
+    """The run knobs of the n-th seed of a hunt by `strategy` (a generated program): what hunt
+    runs, and what a campaign's run gives `mmtorture run`."""
+    name, scheduler, gen = plan(strategy, n)
+    knobs: dict = {"scheduler": scheduler, "programs": gen}
+    if scheduler == "free":
+        knobs.update(duration=seconds, ops=0, delay_every=DELAY_EVERY)
+    else:
+        knobs.update(ops=ops_for(name, ops))
+    return knobs
+
+
 def cpus_for(name: str, n: int, cpus: int) -> int:
     """CPUs of the n-th seed of a hunt: `cpus`, or for a swarm configuration one more on every
     other seed.  Swarm varies what a run is made of, and the number of threads is part of it:
@@ -180,11 +192,9 @@ def hunt_one(
         if name == "pmc":
             r = _pmc_seed(scenario, policy, seed, ncpus, policy_modules, accept)
         else:
-            knobs: dict = {"scheduler": scheduler, "programs": gen}
-            if scheduler == "free":
-                knobs.update(duration=min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)), ops=0, delay_every=DELAY_EVERY)
-            else:
-                knobs.update(ops=0 if program else ops_for(name, ops), pct_depth=depth, pct_steps=k)
+            knobs = seed_knobs(strategy, seed - first_seed, ops, min(FREE_RUN_S, max(0.5, left or FREE_RUN_S)))
+            if scheduler != "free":
+                knobs.update(ops=0 if program else knobs["ops"], pct_depth=depth, pct_steps=k)
             used_k = k
             r = stop_if_interrupted(
                 run(

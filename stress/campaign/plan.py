@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-from stress.hunt import FREE_RUN_S, cpus_for, ops_for, plan
-from stress.schedulers.free import DELAY_EVERY
+from stress.hunt import cpus_for, plan, seed_knobs
 
 CAMPAIGN_SCHEMA = "mmtorture-campaign/1"
 STRATEGIES = ("mix", "random", "swarm", "pct", "free")
@@ -36,13 +35,9 @@ class RunSpec:
 
     def args(self, report: str) -> list[str]:
         """The run's arguments after `python -m stress`, as hunt runs the same strategy."""
-        name, scheduler, gen = plan(self.strategy, self.n)
-        args = ["run", "-s", self.scenario, "-p", self.policy, "--seed", str(self.seed)]
-        args += ["--cpus", str(self.run_cpus), "--scheduler", scheduler, "--programs", gen]
-        if scheduler == "free":
-            args += ["--duration", str(FREE_RUN_S), "--ops", "0", "--delay-every", str(DELAY_EVERY)]
-        else:
-            args += ["--ops", str(ops_for(name, self.ops))]
+        args = ["run", "-s", self.scenario, "-p", self.policy, "--seed", str(self.seed), "--cpus", str(self.run_cpus)]
+        for k, v in seed_knobs(self.strategy, self.n, self.ops).items():
+            args += ["--" + k.replace("_", "-"), str(v)]
         for m in self.policy_modules:
             args += ["--policy-module", m]
         return args + ["--progress", "off", "--quiet", "--json", report]
