@@ -133,6 +133,11 @@ class Cpu:
         if self.sched.window(self, name):
             mem.store64(off + 8, mem.load64(off + 8) + 1)
 
+    def window_slot(self, name: str) -> int:
+        """The machine's slot of a window this CPU reached, from its own cache: no shared access,
+        so a scheduler may ask without becoming a step of the run."""
+        return (self._window_off[name] - self._wstat) // 16
+
     def __repr__(self) -> str:
         return f"<cpu {self.id}>"
 

@@ -57,6 +57,7 @@ EVENTS = (
     "switch",
     "ipi",
     "tlb-flush",
+    "window",
 )
 EV = {name: i for i, name in enumerate(EVENTS)}
 

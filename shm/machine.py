@@ -248,6 +248,9 @@ class Machine:
         self.window_names[i] = name.encode()[:WINDOW_NAME_BYTES]
         return i
 
+    def window_name(self, slot: int) -> str:
+        return OTHER_WINDOWS if slot == MAX_WINDOWS - 1 else bytes(self.window_names[slot]).decode(errors="replace")
+
     def window_stat_off(self, cpu: int) -> int:
         return self.seg.layout.offset("window_stat", cpu)
 
@@ -259,8 +262,7 @@ class Machine:
             hits, preempted = int(totals[i][0]), int(totals[i][1])
             if not hits:
                 continue
-            name = OTHER_WINDOWS if i == MAX_WINDOWS - 1 else bytes(self.window_names[i]).decode(errors="replace")
-            out[name] = {"hits": hits, "preempted": preempted}
+            out[self.window_name(i)] = {"hits": hits, "preempted": preempted}
         return dict(sorted(out.items()))
 
     # -- run control -----------------------------------------------------

@@ -166,13 +166,15 @@ def size(program: Program) -> int:
     return sum(len(p) for p in program)
 
 
+def call_text(op: Operation, args: Sequence[int]) -> str:
+    """One step of a program as a call: `replace(slot=0)`."""
+    return f"{op.name}(" + ", ".join(f"{a.name}={v}" for a, v in zip(op.args, args)) + ")"
+
+
 def describe(program: Program, ops: Sequence[Operation]) -> list[str]:
     """One line per CPU: `cpu0: get_put(slot=1) replace(slot=0)`."""
     lines = []
     for cpu, steps in enumerate(program):
-        calls = []
-        for k, args in steps:
-            op = ops[k]
-            calls.append(f"{op.name}(" + ", ".join(f"{a.name}={v}" for a, v in zip(op.args, args)) + ")")
+        calls = [call_text(ops[k], args) for k, args in steps]
         lines.append(f"cpu{cpu}: " + (" ".join(calls) if calls else "(nothing)"))
     return lines

@@ -19,6 +19,7 @@ from typing import Any
 from shm import KINDS, Machine
 from shm.events import EVENTS, decode, ordered
 from shm.rcu import callback_name
+from stress.schedulers.state import split_switch
 
 SCHEMA = "mmtorture-report/2"
 SUITE_SCHEMA = "mmtorture-suite/1"
@@ -89,29 +90,36 @@ def _show(v: Any) -> str:
     return str(v)
 
 
+def decode_event(machine: Machine, word: int, op_names: list[str]) -> tuple[int, str, str]:
+    """One trace word as (sequence number, event, what it names) a person reads."""
+    seq, ev, arg = decode(word)
+    name = EVENTS[ev] if ev < len(EVENTS) else f"ev{ev}"
+    if name in ("op-begin", "op-end"):
+        what = op_names[arg] if arg < len(op_names) else str(arg)
+    elif name in ("lock", "unlock", "read-lock", "read-unlock", "block", "wake"):
+        what = machine.describe(arg)
+    elif name in ("alloc", "free"):
+        what = f"object {arg & 0xFFFF} of a slab cache" if arg >> 30 else f"pfn {arg}"
+    elif name in ("call-rcu", "rcu-callback"):
+        what = callback_name(arg)
+    elif name == "finding":
+        what = KINDS[arg] if arg < len(KINDS) else str(arg)
+    elif name in ("gp-begin", "gp-end"):
+        what = f"gp {arg}"
+    elif name == "switch":
+        what = f"-> cpu {split_switch(arg)[1]}"
+    elif name == "window":
+        what = machine.window_name(arg)
+    else:
+        what = str(arg) if arg else ""
+    return seq, name, what
+
+
 def decode_trace(machine: Machine, words, op_names: list[str]) -> list[str]:
-    out = []
-    for w in ordered(words):
-        seq, ev, arg = decode(w)
-        name = EVENTS[ev] if ev < len(EVENTS) else f"ev{ev}"
-        if name in ("op-begin", "op-end"):
-            what = op_names[arg] if arg < len(op_names) else str(arg)
-        elif name in ("lock", "unlock", "read-lock", "read-unlock", "block", "wake"):
-            what = machine.describe(arg)
-        elif name in ("alloc", "free"):
-            what = f"object {arg & 0xFFFF} of a slab cache" if arg >> 30 else f"pfn {arg}"
-        elif name in ("call-rcu", "rcu-callback"):
-            what = callback_name(arg)
-        elif name == "finding":
-            what = KINDS[arg] if arg < len(KINDS) else str(arg)
-        elif name in ("gp-begin", "gp-end"):
-            what = f"gp {arg}"
-        elif name == "switch":
-            what = f"-> cpu {arg}"
-        else:
-            what = str(arg) if arg else ""
-        out.append(f"#{seq} {name} {what}".rstrip())
-    return out
+    return [
+        f"#{seq} {name} {what}".rstrip()
+        for seq, name, what in (decode_event(machine, w, op_names) for w in ordered(words))
+    ]
 
 
 def who(machine: Machine, cpu: int) -> str:
@@ -229,7 +237,28 @@ def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
         report["schedule"] = r._schedule()
         if r.divergence:
             report["diverged"] = r.divergence
+        report["interleaving"] = _interleaving(r, findings, per_cpu, report["schedule"]["deviations"])
     return findings, report
+
+
+def _interleaving(r, findings: list[Finding], per_cpu: list[int], deviations) -> dict:
+    """A controlled run's time line, for its race diagram (stress.race)."""
+    from stress.program import call_text
+    from stress.race import interleaving
+
+    m = r.machine
+    status = m.cpus["op"][: len(per_cpu)]
+    started = [n + int(int(s) >= 0) for n, s in zip(per_cpu, status)]
+    calls = [[call_text(r.ops[k], args) for k, args in p] for p in (r.program or [])]
+    first = None
+    if findings:
+        words = ordered(m.findings()[0]["trace"])
+        first = (findings[0].cpu, decode(words[-1])[0] if words else -1, findings[0].headline())
+    traces = [
+        [(*decode_event(m, w, r.op_names), decode(w)[2]) for w in ordered(m.traces[slot])]
+        for slot in [*range(len(per_cpu)), m.gp_cpu]
+    ]
+    return interleaving(traces, calls, started, deviations, first)
 
 
 def stat_line(

@@ -50,6 +50,7 @@ from stress.schedulers.state import (
     RUNNABLE,
     YIELDED,
     SchedState,
+    switch_arg,
 )
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ ACCESS, WINDOW, OTHER, BOUNDARY = "access", "window", "other", "boundary"
 LIVELOCK_DECISIONS = 200_000
 SPIN_TURN_LOOPS = 2000
 TURN_TIMEOUT_S = 1.0
-_EV_SWITCH = EV["switch"]
+_EV_SWITCH, _EV_WINDOW = EV["switch"], EV["window"]
 
 
 class Strategy(Protocol):
@@ -142,6 +143,7 @@ class ControlledScheduler(OsScheduler):
         self.base = self.synced = accesses()
         self.armed = False
         self.npoints = 0
+        self.window_name = ""
         table = self.replay.deviations[self.cpu_id] if self.replay else None
         self.table = table or None
         # looked up apart: an access point is reached only through the countdown, a window or a boundary never
@@ -179,6 +181,7 @@ class ControlledScheduler(OsScheduler):
         self._arm(self.base)
 
     def window(self, cpu: CpuLike, name: str) -> bool:
+        self.window_name = name
         return not self.free and self._point(RUNNABLE, WINDOW)
 
     def op_boundary(self, cpu: CpuLike) -> None:
@@ -355,7 +358,9 @@ class ControlledScheduler(OsScheduler):
                 self._resume(next_op, now)
             return False
         m.fetch_add64(st.switches_off, 1)
-        cpu.trace(_EV_SWITCH, choice)
+        if why is WINDOW:
+            cpu.trace(_EV_WINDOW, cpu.window_slot(self.window_name))
+        cpu.trace(_EV_SWITCH, switch_arg(step, choice, choice != default, state))
         m.store32(st.token_off, choice)
         m.fetch_add32(st.turn_off[choice], 1)
         if m.load32(st.sleeping_off[choice]):

@@ -86,6 +86,30 @@ def describe_point(op: int, point: int) -> str:
     return f"operation {op} before shared access {point}"
 
 
+def where_in_operation(point: int) -> str:
+    """A preemption's point within its operation, in the words of a race diagram's column."""
+    if point == AT_BOUNDARY:
+        return "between operations"
+    if point < AT_BOUNDARY:
+        return f"in window {AT_BOUNDARY - 1 - point}"
+    return f"before shared access {point}"
+
+
+SWITCH_STEP_BITS = 25  # the switch event's argument: step << 11 | state << 9 | deviated << 8 | target
+
+
+def switch_arg(step: int, target: int, deviated: bool, state: int) -> int:
+    """A `switch` trace event's argument: whom the token went to, whether the schedule records it
+    (a preemption) or the CPU could not go on (its state), and the decision's number, which orders
+    the turns of all CPUs into one time line (stress.race)."""
+    return ((step & ((1 << SWITCH_STEP_BITS) - 1)) << 11) | (state << 9) | (int(deviated) << 8) | (target & 0xFF)
+
+
+def split_switch(arg: int) -> tuple[int, int, bool, int]:
+    """switch_arg's (step, target, deviated, state)."""
+    return arg >> 11, arg & 0xFF, bool(arg >> 8 & 1), arg >> 9 & 3
+
+
 def splitmix64(x: int) -> int:
     """One step of splitmix64: a stateless hash of (seed, step), the same in every process."""
     z = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
