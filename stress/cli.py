@@ -442,28 +442,13 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
 
 def _print_shrunk(report: dict, res, out: str) -> int:
-    """A shrunk run as the seeds draw their races: each CPU's operations, the preemptions, the finding."""
-    from policies import get_scenario
-    from stress.program import describe, from_json
-    from stress.schedulers import describe_point
+    """A shrunk run as the seeds draw their races: one column per CPU, time downwards, the
+    finding at the bottom (stress.race)."""
+    from stress.race import columns
 
     print(res.summary())
-
-    sc = get_scenario(report["scenario"])
-    ops = sc.operations(sc.policy(report["policy"]))
-    for line in describe(from_json(res.after.program, ops), ops):
-        print(f"  {line}")
-    ncpus = len(res.after.program)
-
-    def name(i: int) -> str:
-        return "the gp kthread" if i == ncpus else f"cpu{i}"
-
-    for cpu, devs in enumerate(res.after.deviations):
-        for op, point, target in devs:
-            print(f"  preempt: {name(cpu)} at {describe_point(op, point)} -> {name(target)}")
-    f = res.final.findings[0] if res.final.findings else None
-    if f is not None:
-        print("  " + f.headline())
+    for line in columns(res.final.report):
+        print(f"  {line}".rstrip())
     print(f"written to {out}; replay with: {PROG} replay {out}")
     return res.final.exit_code
 
