@@ -32,6 +32,25 @@ def summary_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+SHOWN_REPRODUCERS = 10
+
+
+def reproducers(doc: dict, limit: int = SHOWN_REPRODUCERS) -> str:
+    """Each signature's shrunk race as shrink drew it (a correct policy's first), to paste into a
+    mail; the rest are in campaign.json."""
+    out = []
+    drawn = [s for s in doc["signatures"] if s.get("reproducer_text")]
+    for s in drawn[:limit]:
+        out.append(f"== {s['signature']}")
+        out += [line for line in s["reproducer_text"].rstrip().splitlines()]
+        if s.get("reproducer_image"):
+            out.append(f"drawn in {s['reproducer_image']}")
+        out.append("")
+    if len(drawn) > limit:
+        out.append(f"{len(drawn) - limit} more reproducers in campaign.json")
+    return "\n".join(out).rstrip()
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
@@ -122,6 +141,8 @@ def command(args) -> int:
         if bar is not None:
             bar.close()
     print(summary_table(doc))
+    if text := reproducers(doc):
+        print(text)
     print(f"campaign.json: {os.path.join(campaign.directory, 'campaign.json')}")
     if os.path.exists(png := os.path.join(campaign.directory, "campaign.png")):
         print(f"signatures over time: {png}")

@@ -77,6 +77,7 @@ def run_campaign(
                     if shrunk is not None:  # a reproducer came back
                         shrunk.reproducer = result["reproducer"]
                         shrunk.reproducer_text = result.get("text", "")
+                        shrunk.reproducer_image = result.get("image")
                         shrunk.reproducer_error = None if shrunk.reproducer else str(result.get("error"))
                         campaign.write_summary()
                         continue
@@ -85,7 +86,9 @@ def run_campaign(
                         say(f"new signature: {s.signature} (run {result['id']})")
                         if s.report:  # shrunk in the background, as soon as it is first seen
                             spec = RunSpec(**result["spec"])
-                            ref = shrinker.options(num_cpus=1).remote(s.report, spec.scheduler, spec.policy_modules)
+                            ref = shrinker.options(num_cpus=1).remote(
+                                s.report, spec.scheduler, spec.policy_modules, s.signature
+                            )
                             inflight[ref] = (1, s)
                             reserved += 1
                     if new:

@@ -41,7 +41,8 @@ class Signature:
     report: str | None = None
     message: str = ""
     reproducer: str | None = None  # the report shrunk: replay it (mmtorture replay)
-    reproducer_text: str = ""  # its program, preemptions and finding, as shrink prints them
+    reproducer_text: str = ""  # the race drawn in columns, one per CPU, as shrink prints it
+    reproducer_image: str | None = None  # the same drawing as a PNG
     reproducer_error: str | None = None
 
     @property

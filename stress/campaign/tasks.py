@@ -73,11 +73,11 @@ def execute(spec: dict, directory: str) -> dict:
     return out
 
 
-def shrink_report(report: str, scheduler: str, policy_modules: Sequence[str] = ()) -> dict:
+def shrink_report(report: str, scheduler: str, policy_modules: Sequence[str] = (), title: str = "") -> dict:
     """A signature's reproducer, made in the background: the run's report shrunk (`mmtorture
     shrink`), or for a free-running run made replayable first (`mmtorture reproduce`, which
-    shrinks too).  Its path and what the command printed (the program, the preemptions, the
-    finding), or the error."""
+    shrinks too).  Its path, what the command printed (the race drawn in columns, one per CPU)
+    and the drawing as an image beside it; or the error."""
     base = report.removesuffix(".json")
     out = base + (".reproduced.json" if scheduler == "free" else ".shrunk.json")
     cmd = [sys.executable, "-m", "stress"]
@@ -93,4 +93,12 @@ def shrink_report(report: str, scheduler: str, policy_modules: Sequence[str] = (
         return {"reproducer": None, "error": f"no reproducer within {RUN_TIMEOUT_S:.0f} s"}
     if r.returncode != EXIT_FINDINGS or not os.path.exists(out):
         return {"reproducer": None, "error": (r.stderr or r.stdout).strip().splitlines()[-1:]}
-    return {"reproducer": out, "text": r.stdout}
+    from stress.race import plot
+
+    image = out.removesuffix(".json") + ".png"
+    try:
+        with open(out) as f:
+            drawn = plot(json.load(f), image, title=title)
+    except (OSError, ValueError):
+        drawn = False
+    return {"reproducer": out, "text": r.stdout, "image": image if drawn else None}
