@@ -75,6 +75,9 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue the campaign in DIR: what finished is not run again")
     p.add_argument("--address", help="a Ray cluster (default RAY_ADDRESS, else an embedded Ray on this machine)")
     p.add_argument(
+        "--local-cpus", type=int, default=None, metavar="N", help="an embedded Ray's cores (default: all of them)"
+    )
+    p.add_argument(
         "--policy-module",
         action="append",
         default=[],
@@ -87,10 +90,10 @@ def add_arguments(p) -> None:
 def command(args) -> int:
     """`mmtorture campaign`: 0 when no correct policy has a signature, 1 when one has, 2 bad input,
     130/143 interrupted by SIGINT/SIGTERM (what finished is kept: --resume continues)."""
-    for name in ("seeds", "runs", "cpus", "ops"):
+    for name in ("seeds", "runs", "cpus", "ops", "local_cpus"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise CampaignError(f"--{name} must be a positive integer, not {v}")
+            raise CampaignError(f"--{name.replace('_', '-')} must be a positive integer, not {v}")
     if args.duration is not None and not args.duration > 0:
         raise CampaignError(f"--duration must be a positive number of seconds, not {args.duration}")
     if args.resume:
@@ -129,6 +132,7 @@ def command(args) -> int:
         doc = run_campaign(
             campaign,
             address=args.address,
+            local_cpus=args.local_cpus,
             say=(bar.write if bar is not None else say),
             on_result=(lambda r, new: _tick(bar, campaign)) if bar is not None else None,
         )

@@ -17,8 +17,9 @@ INSTALL_HINT = "Ray is not installed: pip install 'mmtorture[campaign]' (or pip 
 # -- the driver ---------------------------------------------------------------------------
 
 
-def ray_init(address: str | None):
-    """Ray, embedded on this machine unless an address (or RAY_ADDRESS) names a cluster."""
+def ray_init(address: str | None, local_cpus: int | None = None):
+    """Ray, embedded on this machine (on `local_cpus` of its cores, default all) unless an address
+    (or RAY_ADDRESS) names a cluster."""
     try:
         import ray
     except ImportError:
@@ -27,6 +28,8 @@ def ray_init(address: str | None):
     kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if address is None:
         kwargs["object_store_memory"] = OBJECT_STORE_BYTES
+        if local_cpus is not None:
+            kwargs["num_cpus"] = local_cpus
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -38,14 +41,16 @@ def run_campaign(
     campaign: Campaign,
     *,
     address: str | None = None,
+    local_cpus: int | None = None,
     say: Callable[[str], None] | None = None,
     on_result: Callable[[dict, list[Signature]], None] | None = None,
 ) -> dict:
     """Run what is left of the campaign on Ray; the summary (also in campaign.json).
 
-    At most as many runs are in flight as the cluster has CPUs for, so a
-    budget in seconds is not overshot by a queue of runs nobody waits for."""
-    ray = ray_init(address)
+    A run reserves the cores it keeps busy (RunSpec.cores), and at most as
+    many runs are in flight as the cluster has cores for, so a budget in
+    seconds is not overshot by a queue of runs nobody waits for."""
+    ray = ray_init(address, local_cpus)
     say = say or (lambda s: None)
     try:
         total = int(ray.cluster_resources().get("CPU", 1))
@@ -61,7 +66,7 @@ def run_campaign(
                     spec = next(todo, None)
                     if spec is None:
                         break
-                    need = min(spec.run_cpus, node_max)
+                    need = min(spec.cores, node_max)
                     ref = task.options(num_cpus=need).remote(asdict(spec), campaign.directory)
                     inflight[ref] = (need, None)
                     reserved += need

@@ -50,6 +50,12 @@ class RunSpec:
     def run_cpus(self) -> int:
         return cpus_for(plan(self.strategy, self.n)[0], self.n, self.cpus)
 
+    @property
+    def cores(self) -> int:
+        """The cores the run keeps busy, what it reserves: a free-running run's CPUs run at once,
+        one core each; a controlled run's take turns (one holds the token), one core in all."""
+        return self.run_cpus if self.scheduler == "free" else 1
+
 
 @dataclass
 class Plan:

@@ -51,8 +51,10 @@ def test_a_run_is_the_command_hunt_would_make():
     args = swarm.args("r.json")
     assert args[args.index("--programs") + 1] == "swarm" and args[args.index("--ops") + 1] == "600"
     assert swarm.run_cpus == 3  # swarm adds a CPU on odd seeds
-    free = RunSpec("rcu", "rcu", "free", 0, 0, 2).args("r.json")
-    assert free[free.index("--scheduler") + 1] == "free" and "--duration" in free
+    assert swarm.cores == 1  # a controlled run's CPUs take turns: it keeps one core busy
+    free_spec = RunSpec("rcu", "rcu", "free", 0, 0, 2)
+    free = free_spec.args("r.json")
+    assert free[free.index("--scheduler") + 1] == "free" and "--duration" in free and free_spec.cores == 2
     mix = [RunSpec("rcu", "rcu", "mix", n, n, 2).args("r.json") for n in range(3)]
     assert [a[a.index("--scheduler") + 1] for a in mix] == ["random", "random", "pct"]
 
