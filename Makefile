@@ -33,6 +33,8 @@ bench: install
 	cp bench/vma.png docs/bench-vma.png
 	$(BIN)/mmtorture bench detection --json bench/detection.json --plot bench/detection.png
 	cp bench/detection.png docs/bench-detection.png
+	$(BIN)/mmtorture bench campaign --json bench/campaign.json --plot bench/campaign.png
+	cp bench/campaign.png docs/bench-campaign.png
 	$(BIN)/python docs/figures.py bench
 
 lint: install

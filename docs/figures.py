@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DATA = os.path.join(HERE, "bench")
 README = os.path.join(ROOT, "README.md")
-FILES = ("primitives", "scheduler", "vma", "detection")
+FILES = ("primitives", "scheduler", "vma", "detection", "campaign")
 LABELS = {
     "fetch_add_ns": "fetch_add, one process",
     "fetch_add_contended_2proc_ns": "fetch_add, 2 processes on one word (per process)",
@@ -106,7 +106,14 @@ def detection(doc: dict) -> str:
     return detection_table(doc)
 
 
-RENDER = {"primitives": primitives, "scheduler": scheduler, "vma": vma, "detection": detection}
+def campaign(doc: dict) -> str:
+    sys.path.insert(0, ROOT)
+    from stress.campaign.bench import campaign_table
+
+    return campaign_table(doc)
+
+
+RENDER = {"primitives": primitives, "scheduler": scheduler, "vma": vma, "detection": detection, "campaign": campaign}
 
 
 def load(name: str, where: str = DATA) -> dict:

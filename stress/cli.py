@@ -166,9 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hp.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     bp = sub.add_parser("bench", help="benchmarks (JSON output)")
-    bp.add_argument("what", choices=["primitives", "scheduler", "vma", "detection"], help="which benchmark")
+    bp.add_argument("what", choices=["primitives", "scheduler", "vma", "detection", "campaign"], help="which benchmark")
     bp.add_argument("--json", metavar="PATH", help="write the results here")
-    bp.add_argument("--plot", metavar="PNG", help="vma, detection: write the chart here")
+    bp.add_argument("--plot", metavar="PNG", help="vma, detection, campaign: write the chart here")
     bp.add_argument("--scenario", "-s", help="detection: only this scenario's mutants")
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
     ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
@@ -376,8 +376,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_json_path(args.json)
     check_json_path(args.plot)
-    if args.plot and args.what not in ("vma", "detection"):
-        raise UsageError("--plot is for `bench vma` and `bench detection`")
+    if args.plot and args.what not in ("vma", "detection", "campaign"):
+        raise UsageError("--plot is for `bench vma`, `bench detection` and `bench campaign`")
     if args.scenario and args.what != "detection":
         raise UsageError("--scenario is for `bench detection`")
     if args.what == "detection":
@@ -386,6 +386,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.scenario:
             _scenario(args.scenario)
         bench_detection(args.json, quick=args.quick, plot=args.plot, scenario=args.scenario)
+    elif args.what == "campaign":
+        from stress.campaign.bench import bench_campaign
+
+        bench_campaign(args.json, quick=args.quick, plot=args.plot)
     elif args.what == "vma":
         bench_vma(args.json, quick=args.quick, plot=args.plot)
     else:

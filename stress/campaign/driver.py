@@ -42,6 +42,7 @@ def run_campaign(
     *,
     address: str | None = None,
     local_cpus: int | None = None,
+    shrink: bool = True,
     say: Callable[[str], None] | None = None,
     on_result: Callable[[dict, list[Signature]], None] | None = None,
 ) -> dict:
@@ -49,7 +50,8 @@ def run_campaign(
 
     A run reserves the cores it keeps busy (RunSpec.cores), and at most as
     many runs are in flight as the cluster has cores for, so a budget in
-    seconds is not overshot by a queue of runs nobody waits for."""
+    seconds is not overshot by a queue of runs nobody waits for.  Without
+    `shrink`, signatures get no reproducer (a benchmark's hunt)."""
     ray = ray_init(address, local_cpus)
     say = say or (lambda s: None)
     try:
@@ -89,7 +91,7 @@ def run_campaign(
                     new = campaign.record(result)
                     for s in new:
                         say(f"new signature: {s.signature} (run {result['id']})")
-                        if s.report:  # shrunk in the background, as soon as it is first seen
+                        if s.report and shrink:  # shrunk in the background, as soon as it is first seen
                             spec = RunSpec(**result["spec"])
                             ref = shrinker.options(num_cpus=1).remote(
                                 s.report, spec.scheduler, spec.policy_modules, s.signature

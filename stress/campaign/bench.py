@@ -1,0 +1,211 @@
+"""bench campaign: what the engine costs a user, and what a second core buys a blind hunt.
+
+- Throughput: the same run commands (every correct policy by the random
+  strategy, a few seeds each: short runs, where an engine's cost per run
+  shows most) through `xargs -P CORES` and as a campaign on an embedded Ray,
+  taking turns; runs per second end to end, Ray's start and stop included
+  (a user pays them), and Ray's start and stop alone.
+- First signature: `campaign --mutants` (mix) on every scenario for a fixed
+  time, on one core and on two (the campaign, Ray and every run confined to
+  them by CPU affinity, Ray told as many; no reproducers shrunk, so that
+  the cores only hunt): per mutant, the seconds until its first signature by
+  the check it names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from typing import TextIO
+
+from stress.campaign.driver import ray_init, run_campaign
+from stress.campaign.plan import build_plan
+from stress.campaign.state import Campaign
+
+TARGET_RATIO = 0.9  # campaign runs/s against xargs -P on the same machine
+
+
+def _throughput_plan(seeds: int):
+    return build_plan(strategies=["random"], all_correct=True, seeds=seeds)
+
+
+def _xargs(plan, cores: int, where: str) -> float:
+    """Seconds for `xargs -P cores` to run the plan's commands, one shell line each."""
+    os.makedirs(os.path.join(where, "reports"), exist_ok=True)
+    lines = [
+        shlex.join([sys.executable, "-m", "stress", *s.args(os.path.join(where, "reports", f"{s.id}.json"))])
+        for s in plan.specs()
+    ]
+    t0 = time.monotonic()
+    p = subprocess.run(
+        ["xargs", "-d", "\n", "-P", str(cores), "-I", "{}", "sh", "-c", "{}"],
+        input="\n".join(lines) + "\n",
+        text=True,
+        capture_output=True,
+    )
+    seconds = time.monotonic() - t0
+    if p.returncode not in (0, 123):  # 123: a run exited 1 (a finding), which a campaign counts too
+        raise RuntimeError(f"xargs failed ({p.returncode}): {p.stderr.strip()[-300:]}")
+    return seconds
+
+
+def _ray(plan, where: str) -> tuple[float, dict]:
+    t0 = time.monotonic()
+    doc = run_campaign(Campaign.create(where, plan))
+    return time.monotonic() - t0, doc
+
+
+def _ray_start_stop() -> float:
+    t0 = time.monotonic()
+    ray = ray_init(None)
+    ray.shutdown()
+    return time.monotonic() - t0
+
+
+def throughput(seeds: int, repeats: int, out: TextIO) -> dict:
+    cores = len(os.sched_getaffinity(0))
+    plan = _throughput_plan(seeds)
+    n = sum(1 for _ in plan.specs())
+    xs, rs, runs = [], [], []
+    with tempfile.TemporaryDirectory(prefix="mmtorture-bench-campaign-") as tmp:
+        for rep in range(repeats):  # taking turns: each sees the machine's slow and fast minutes
+            xs.append(_xargs(plan, cores, os.path.join(tmp, f"xargs{rep}")))
+            seconds, doc = _ray(plan, os.path.join(tmp, f"ray{rep}"))
+            rs.append(seconds)
+            runs.append(doc["runs"])
+            print(f"  throughput {rep + 1}/{repeats}: xargs {n / xs[-1]:.2f} runs/s, ray {n / rs[-1]:.2f}", file=out)
+        start_stop = min(_ray_start_stop() for _ in range(repeats))
+    xargs_rate, ray_rate = n / min(xs), n / min(rs)
+    return {
+        "runs": n,
+        "cores": cores,
+        "commands": f"every correct policy by the random strategy, seeds 0..{seeds - 1}",
+        "xargs_seconds": [round(x, 3) for x in xs],
+        "ray_seconds": [round(r, 3) for r in rs],
+        "ray_runs_done": runs,
+        "xargs_runs_per_s": round(xargs_rate, 3),
+        "ray_runs_per_s": round(ray_rate, 3),
+        "ratio": round(ray_rate / xargs_rate, 3),
+        "ray_start_stop_s": round(start_stop, 3),
+        "ray_runs_per_s_without_start_stop": round(n / max(min(rs) - start_stop, 1e-9), 3),
+    }
+
+
+def first_signatures(duration: float, cores: int, out: TextIO) -> dict:
+    """A blind campaign of every mutant on `cores` cores: when each mutant's check was first seen."""
+    plan = build_plan(strategies=["mix"], mutants=True, duration=duration)
+    mutants = [f"{sc}/{pol}" for sc, pol, _ in plan.cells]
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(before)[:cores])  # Ray and every run inherit it
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmtorture-bench-campaign-") as tmp:
+            doc = run_campaign(Campaign.create(os.path.join(tmp, "c"), plan), local_cpus=cores, shrink=False)
+    finally:
+        os.sched_setaffinity(0, before)
+    first: dict[str, float | None] = dict.fromkeys(mutants)
+    for s in doc["signatures"]:
+        key = f"{s['scenario']}/{s['policy']}"
+        if s["mutant"] and s["expected"] and key in first:
+            seen = first[key]
+            first[key] = s["first_seen_s"] if seen is None else min(seen, s["first_seen_s"])
+    times = sorted(t for t in first.values() if t is not None)
+    print(f"  {cores} core(s): {len(times)}/{len(mutants)} mutants in {doc['runs']} runs", file=out)
+    return {
+        "cores": cores,
+        "seconds": doc["seconds"],
+        "runs": doc["runs"],
+        "runs_per_s": doc["runs_per_s"],
+        "mutants": len(mutants),
+        "caught": len(times),
+        "median_s": round(times[len(times) // 2], 3) if times else None,
+        "first_seen_s": first,
+        "other_signatures": sum(not (s["mutant"] and s["expected"]) for s in doc["signatures"]),
+    }
+
+
+def bench_campaign(
+    json_path: str | None = None, quick: bool = False, out: TextIO | None = None, plot: str | None = None
+) -> dict:
+    out = out or sys.stdout
+    seeds, repeats, duration = (2, 1, 40.0) if quick else (12, 2, 300.0)
+    tp = throughput(seeds, repeats, out)
+    configs = [c for c in (1, 2) if c <= len(os.sched_getaffinity(0))]
+    hunts = {str(c): first_signatures(duration, c, out) for c in configs}
+    doc = {
+        "schema": "mmtorture-bench/1",
+        "bench": "campaign",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus_online": os.cpu_count(),
+        "throughput": tp,
+        "first_signature": {"duration_s": duration, "strategy": "mix", "by_cores": hunts},
+        "targets": {"ratio": TARGET_RATIO},
+        "met": {"ratio": tp["ratio"] >= TARGET_RATIO},
+    }
+    print(campaign_table(doc), file=out)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+    if plot and campaign_plot(doc, plot):
+        print(f"plot: {plot}", file=out)
+    return doc
+
+
+def campaign_table(doc: dict) -> str:
+    """The README's figures of `bench campaign`."""
+    tp, fs = doc["throughput"], doc["first_signature"]
+    met = "met" if doc["met"]["ratio"] else "MISSED"
+    rows = [
+        "| | runs per second |",
+        "|---|---:|",
+        f"| the same {tp['runs']} commands through `xargs -P {tp['cores']}` | {tp['xargs_runs_per_s']:.2f} |",
+        f"| `mmtorture campaign` on an embedded Ray, its start and stop included | {tp['ray_runs_per_s']:.2f} |",
+        f"| the same without Ray's start and stop ({tp['ray_start_stop_s']:.1f} s) "
+        f"| {tp['ray_runs_per_s_without_start_stop']:.2f} |",
+        "",
+        f"Campaign against xargs: {tp['ratio']:.2f}x (target >= {doc['targets']['ratio']}x: {met}); "
+        f"{tp['commands']}, best of {len(tp['ray_seconds'])} turns each.",
+        "",
+        "| blind hunt of every mutant (mix) | runs | runs per second | mutants caught by their check "
+        "| median seconds to the first |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for cores, h in fs["by_cores"].items():
+        median = "-" if h["median_s"] is None else f"{h['median_s']:.1f}"
+        rows.append(
+            f"| {cores} core{'s' if cores != '1' else ''}, {fs['duration_s']:.0f} s | {h['runs']} "
+            f"| {h['runs_per_s']:.2f} | {h['caught']} / {h['mutants']} | {median} |"
+        )
+    return "\n".join(rows)
+
+
+def campaign_plot(doc: dict, path: str) -> bool:
+    """Mutants caught by their check against seconds, one line per core count."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fs = doc["first_signature"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for cores, h in fs["by_cores"].items():
+        times = sorted(t for t in h["first_seen_s"].values() if t is not None)
+        ax.step([0.0, *times, fs["duration_s"]], [0, *range(1, len(times) + 1), len(times)], where="post")
+        ax.lines[-1].set_label(f"{cores} core{'s' if cores != '1' else ''}: {h['runs']} runs")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("mutants caught")
+    ax.set_title(f"campaign --mutants, every scenario ({next(iter(fs['by_cores'].values()))['mutants']} mutants)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
