@@ -170,5 +170,11 @@ def _progress(campaign: Campaign, quiet: bool):
 
 
 def _tick(bar, campaign: Campaign) -> None:
+    """One run done: tqdm counts it and its rate (and with a budget in runs, the ETA); the line adds
+    the signatures, and with a budget in seconds when the campaign ends."""
     bar.update(1)
-    bar.set_postfix(signatures=len(campaign.signatures), refresh=False)
+    post = {"signatures": len(campaign.signatures)}
+    if campaign.plan.duration is not None:
+        left = max(0.0, campaign.plan.duration - campaign.elapsed)
+        post["ends in"] = bar.format_interval(left)
+    bar.set_postfix(post, refresh=False)

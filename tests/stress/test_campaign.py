@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -187,3 +188,22 @@ def test_a_run_killed_by_sigkill_is_run_once_more_and_counted_once(tmp_path, mon
     assert killed["cleaned"], "the killed attempt's segments were not found dead and cleaned"
     left = os.listdir("/dev/shm")
     assert not [n for n in left if n in killed["cleaned"] or any(r["run_id"] in n for r in runs)]
+
+
+def test_the_live_line_counts_runs_and_signatures_and_says_when_it_ends(tmp_path):
+    from io import StringIO
+
+    from tqdm import tqdm
+
+    from stress.campaign.command import _tick
+
+    c = Campaign.create(str(tmp_path / "c"), build_plan(["rcu"], ["no_wait_gp"], ["random"], duration=600))
+    finding = {"check": "rcu.pipe-age", "op": "read", "site": ["rcu_torture_read"], "message": "freed"}
+    c.record({"id": "r0", "spec": {"scenario": "rcu", "policy": "no_wait_gp"}, "exit": 1, "findings": [finding]})
+    out = StringIO()
+    bar = tqdm(unit="run", file=out)
+    _tick(bar, c)
+    bar.refresh()
+    line = out.getvalue().strip().split("\r")[-1]
+    assert "1run" in line.replace(" ", "") and "run/s" in line and "signatures=1" in line, line
+    assert re.search(r"ends in=(09:5\d|10:00)", line), line
