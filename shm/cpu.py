@@ -142,6 +142,11 @@ class Cpu:
         return f"<cpu {self.id}>"
 
     # -- trace -----------------------------------------------------------
+    @property
+    def trace_seq(self) -> int:
+        """The sequence number the next trace event of this CPU gets."""
+        return self._tseq
+
     def trace(self, event: int, arg: int = 0) -> None:
         s = self._tseq
         self._tseq = s + 1

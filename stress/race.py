@@ -21,9 +21,16 @@ from typing import Any
 from shm.events import TRACE_LEN
 from stress.schedulers.state import BLOCKED, EXITED, SWITCH_STEP_BITS, YIELDED, split_switch, where_in_operation
 
-NOT_DRAWN = ("none", "op-end", "switch")
+NOT_DRAWN = ("none", "op-end")
 HANDED_OVER = {BLOCKED: "(waits)", YIELDED: "(spins)", EXITED: ""}
 WIDTH = 100
+INF = float("inf")
+
+
+def true_step(stamp: int, decisions: int) -> int:
+    """A switch's decision number from its SWITCH_STEP_BITS-wide stamp: the latest one congruent
+    to it among the run's `decisions` (a ring keeps the last events, far fewer than 2**25)."""
+    return decisions - 1 - ((decisions - 1 - stamp) % (1 << SWITCH_STEP_BITS))
 
 
 def interleaving(
@@ -32,25 +39,35 @@ def interleaving(
     started: Sequence[int],
     deviations: Sequence[Sequence[Sequence[int]]],
     finding: tuple[int, int, str] | None,
+    decisions: int,
+    free_at: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The run's time line from the participants' traces (the CPUs', then the grace-period
     kthread's; each event (sequence number, event, what it names, its argument), oldest first):
     rows [slot, kind, text], kind one of op, event, preempt, finding, lost; and the turns drawn,
     [slot, whom it handed the token to].  `calls[cpu][i]` is the i-th operation of the CPU as a
-    call, `started[cpu]` how many it began, `finding` the first finding's (slot, sequence, text)."""
+    call, `started[cpu]` how many it began, `finding` the first finding's (slot, sequence, text),
+    `decisions` how many the scheduler took.  What a participant did from sequence number
+    `free_at[slot]` on, once the run was no longer controlled, has no place in one time line: it
+    is counted, not drawn."""
     ncpus = len(started)
-    gp = ncpus
     turns: list[tuple[float, int, list[list], bool, int]] = []
-    holder, last_step = -1, -1
-    wrapped_first: list[float] = []
+    first_switch: dict[int, float] = {}  # a wrapped ring's oldest kept switch
+    holder, last = -1, -1
+    untimed = 0
     for slot, events in enumerate(traces):
         wrapped = bool(events) and events[0][0] != 0
         ops_left = sum(name == "op-begin" for _, name, _, _ in events)
+        devs = deviations[slot] if slot < len(deviations) else []
         devs_left = sum(name == "switch" and split_switch(a)[2] for _, name, _, a in events)
         rows: list[list] = [[slot, "lost", "..."]] if wrapped else []
-        first_key: float | None = None
+        partial = wrapped
         window = None
-        for seq, name, what, arg in events:
+        free = free_at[slot] if slot < len(free_at) and free_at[slot] >= 0 else INF
+        for k, (seq, name, what, arg) in enumerate(events):
+            if seq >= free:
+                untimed += sum(n not in NOT_DRAWN for _, n, _, _ in events[k:])
+                break
             if name == "op-begin":
                 i = started[slot] - ops_left if slot < ncpus else -1
                 ops_left -= 1
@@ -58,47 +75,50 @@ def interleaving(
                 rows.append([slot, "op", call])
             elif name == "finding" and finding is not None and (slot, seq) == finding[:2]:
                 rows.append([slot, "finding", finding[2]])
-            elif name == "switch":
-                step, target, deviated, state = split_switch(arg)
-                if deviated:
-                    j = len(deviations[slot]) - devs_left if slot < len(deviations) else -1
-                    devs_left -= 1
-                    point = deviations[slot][j][1] if 0 <= j < len(deviations[slot]) else None
-                    text = "(preempted " + (
-                        f"at {window}" if window else "" if point is None else where_in_operation(point)
-                    )
-                    text = text.rstrip() + ")"
-                else:
-                    text = HANDED_OVER.get(state, "(hands over)")
-                if text and any(r[1] != "lost" for r in rows):
-                    rows.append([slot, "preempt", text])
-                if step > last_step:
-                    holder, last_step = target, step
-                turns.append((step, slot, rows, wrapped and first_key is None, target))
-                window = None
-                first_key = first_key if first_key is not None else step
-                rows = []
             elif name == "window":
                 window = what
+            elif name == "switch":
+                stamp, target, deviated, state = split_switch(arg)
+                step = true_step(stamp, decisions)
+                point = None
+                if deviated:
+                    j = len(devs) - devs_left
+                    devs_left -= 1
+                    point = devs[j][1] if 0 <= j < len(devs) else None
+                if state in HANDED_OVER:  # it could not go on: blocked, spinning or done
+                    text = HANDED_OVER[state]
+                elif window:
+                    text = f"(preempted at {window})"
+                else:
+                    text = "(preempted" + ("" if point is None else " " + where_in_operation(point)) + ")"
+                if text and any(r[1] != "lost" for r in rows):
+                    rows.append([slot, "preempt", text])
+                if step > last:
+                    holder, last = target, step
+                if partial:
+                    first_switch[slot] = step
+                turns.append((step, slot, rows, partial, target))
+                rows, partial, window = [], False, None
             elif name not in NOT_DRAWN:
                 _add_event(rows, slot, name, what)
-        if rows and any(r[1] != "lost" for r in rows):
-            turns.append((float("inf"), slot, rows, wrapped and first_key is None, -1))
-        if wrapped:
-            wrapped_first.append(first_key if first_key is not None else float("inf"))
-    turns = _unwrap(turns)
-    start = max(wrapped_first, default=-1.0)
+        if any(r[1] != "lost" for r in rows):
+            turns.append((INF, slot, rows, partial, -1))
+        if wrapped and slot not in first_switch:
+            first_switch[slot] = INF
     turns.sort(key=lambda t: (t[0], t[1] != holder, t[1]))
+    end = next((t[0] for t in turns if any(r[1] == "finding" for r in t[2])), INF)
+    # drawn from the first turn that every ring holds, up to the finding; a ring whose oldest kept
+    # switch comes after the finding lost all it did before it
+    start = max((k for k in first_switch.values() if k <= end), default=-1.0)
+    overwritten = sorted(s for s, k in first_switch.items() if k > end)
     out: list[list] = []
-    not_drawn = 0
     handovers: list[list[int]] = []
+    not_drawn = 0
     for key, slot, rows, partial, target in turns:
         if key < start or (partial and key != start):
             not_drawn += any(r[1] not in ("lost", "preempt") for r in rows)
             continue
-        if not partial:
-            rows = [r for r in rows if r[1] != "lost"]
-        out += rows
+        out += rows if partial else [r for r in rows if r[1] != "lost"]
         handovers.append([slot, target])
         if any(r[1] == "finding" for r in rows):
             out = out[: next(i for i, r in enumerate(out) if r[1] == "finding") + 1]
@@ -107,8 +127,15 @@ def interleaving(
         if finding is not None:
             out.append([-1, "finding", finding[2]])
     shown = {r[0] for r in out if r[1] != "lost"}
-    names = [[s, "gp kthread" if s == gp else f"cpu{s}"] for s in range(len(traces)) if s in shown]
-    return {"names": names, "rows": out, "not_drawn": not_drawn, "turns": handovers}
+    who = lambda s: "gp kthread" if s == ncpus else f"cpu{s}"  # noqa: E731
+    return {
+        "names": [[s, who(s)] for s in range(len(traces)) if s in shown],
+        "rows": out,
+        "not_drawn": not_drawn,
+        "turns": handovers,
+        "untimed": 0 if end != INF else untimed,
+        "overwritten": [who(s) for s in overwritten],
+    }
 
 
 PAIRS = {"unlock": "lock", "read-unlock": "read-lock", "irq-on": "irq-off", "srcu-unlock": "srcu-lock"}
@@ -127,17 +154,6 @@ def _add_event(rows: list[list], slot: int, name: str, what: str) -> None:
     rows.append([slot, "event", f"{name} {what}".rstrip()])
 
 
-def _unwrap(turns: list) -> list:
-    """Decision stamps are SWITCH_STEP_BITS wide: a run long enough to wrap them wraps once
-    within what the rings hold."""
-    steps = [t[0] for t in turns if t[0] != float("inf")]
-    if steps and max(steps) - min(steps) > 1 << (SWITCH_STEP_BITS - 1):
-        turns = [
-            (t[0] + (1 << SWITCH_STEP_BITS) if t[0] < 1 << (SWITCH_STEP_BITS - 1) else t[0], *t[1:]) for t in turns
-        ]
-    return turns
-
-
 def columns(report: dict, width: int = WIDTH) -> list[str]:
     """The drawing as text to paste into a mail; [] for a run that has none (a free-running one)."""
     inter = report.get("interleaving")
@@ -150,12 +166,16 @@ def columns(report: dict, width: int = WIDTH) -> list[str]:
         lines.append(
             f"({inter['not_drawn']} earlier turns not drawn: each CPU's trace keeps its last {TRACE_LEN} events)"
         )
+    for who in inter.get("overwritten", []):
+        lines.append(f"({who}: what it did before the finding was overwritten in its trace by what it did after)")
     lines.append("".join(name.ljust(colw) for _, name in inter["names"]).rstrip())
     lines.append("".join(("=" * len(name)).ljust(colw) for _, name in inter["names"]).rstrip())
     lines.append("")
     for slot, kind, text in inter["rows"]:
         col = order.index(slot) if slot in order else 0
         pad = " " * (col * colw)
+        if kind == "finding" and slot < 0 and inter.get("untimed"):
+            lines.append(f"(then {inter['untimed']} events ran free of the scheduler: not drawn)")
         if kind == "finding":  # the whole width, at the bottom: its headline names the CPU
             lines += _wrap(text, width, "")
             continue

@@ -237,11 +237,11 @@ def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
         report["schedule"] = r._schedule()
         if r.divergence:
             report["diverged"] = r.divergence
-        report["interleaving"] = _interleaving(r, findings, per_cpu, report["schedule"]["deviations"])
+        report["interleaving"] = _interleaving(r, findings, per_cpu, report["schedule"])
     return findings, report
 
 
-def _interleaving(r, findings: list[Finding], per_cpu: list[int], deviations) -> dict:
+def _interleaving(r, findings: list[Finding], per_cpu: list[int], schedule: dict) -> dict:
     """A controlled run's time line, for its race diagram (stress.race)."""
     from stress.program import call_text
     from stress.race import interleaving
@@ -258,7 +258,8 @@ def _interleaving(r, findings: list[Finding], per_cpu: list[int], deviations) ->
         [(*decode_event(m, w, r.op_names), decode(w)[2]) for w in ordered(m.traces[slot])]
         for slot in [*range(len(per_cpu)), m.gp_cpu]
     ]
-    return interleaving(traces, calls, started, deviations, first)
+    free_at = r.sched.free_at()
+    return interleaving(traces, calls, started, schedule["deviations"], first, schedule["decisions"], free_at)
 
 
 def stat_line(

@@ -303,7 +303,7 @@ class ControlledScheduler(OsScheduler):
                 live_workers = True
         if not live_workers:
             st.dissolve()
-            self.free = True
+            self._go_free()
             set_countdown(0)
             self.armed = False
             return False
@@ -405,12 +405,18 @@ class ControlledScheduler(OsScheduler):
             seq = m.load32(turn)
             if m.load32(mode) != CONTROLLED:
                 m.store32(sleeping, 0)
-                self.free = True
+                self._go_free()
                 return
             if m.load32(token) == cpu_id:
                 m.store32(sleeping, 0)
                 return
             m.futex_wait(turn, seq, TURN_TIMEOUT_S)
+
+    def _go_free(self) -> None:
+        """The run is no longer controlled (over, or a participant died): this CPU runs as the OS
+        schedules it.  Where its trace stood is recorded: what follows has no single time line."""
+        self.free = True
+        self.mem.store64(self.st.free_at_off[self.cpu_id], self.cpu.trace_seq + 1)
 
     def _record(self, op: int, point: int, target: int) -> None:
         st, m, cpu_id = self.st, self.mem, self.cpu_id
@@ -487,4 +493,4 @@ class ControlledScheduler(OsScheduler):
         turn = st.turn_off[self.cpu_id]
         while m.load32(st.mode_off) == CONTROLLED:
             m.futex_wait(turn, m.load32(turn), TURN_TIMEOUT_S)
-        self.free = True
+        self._go_free()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from shm import Segment
+from shm.events import ARG_BITS
 from shm.layout import Layout, Region
 
 RUNNABLE, BLOCKED, YIELDED, EXITED = 0, 1, 2, 3
@@ -58,6 +59,7 @@ SLOT = np.dtype(
         ("nrec", "<i8"),
         ("sleeping", "<i4"),
         ("held_until", "<i8"),
+        ("free_at", "<i8"),  # 1 + the trace sequence number from which the participant ran free
     ],
     align=True,
 )
@@ -95,7 +97,7 @@ def where_in_operation(point: int) -> str:
     return f"before shared access {point}"
 
 
-SWITCH_STEP_BITS = 25  # the switch event's argument: step << 11 | state << 9 | deviated << 8 | target
+SWITCH_STEP_BITS = ARG_BITS - 11  # the switch event's argument: step << 11 | state << 9 | deviated << 8 | target
 
 
 def switch_arg(step: int, target: int, deviated: bool, state: int) -> int:
@@ -153,6 +155,7 @@ class SchedState:
         self.nrec_off = [s(i, "nrec") for i in n]
         self.sleeping_off = [s(i, "sleeping") for i in n]
         self.held_until_off = [s(i, "held_until") for i in n]
+        self.free_at_off = [s(i, "free_at") for i in n]
         self.spinners_off = c("spinners")
         self.dev_off = [lay.offset("dev", i * self.capacity) for i in n]
 
@@ -196,6 +199,11 @@ class SchedState:
             d = self.devs[i * self.capacity : i * self.capacity + n]
             out.append([[int(a), int(b), int(c)] for a, b, c in zip(d["op"], d["point"], d["target"])])
         return out
+
+    def free_at(self) -> list[int]:
+        """Per participant, the trace sequence number of its first event once the run was no
+        longer controlled (what follows has no single time line); -1 if it never ran free."""
+        return [int(v) - 1 for v in self.slots["free_at"]]
 
     def divergence(self) -> dict | None:
         c = self.control[0]

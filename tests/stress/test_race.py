@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import re
 
-from stress.race import columns, plot
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies import get_scenario
+from stress.program import call_text
+from stress.race import columns, interleaving, plot, true_step
+from stress.schedulers.state import EXITED, RUNNABLE, SWITCH_STEP_BITS, split_switch, switch_arg
 from stress.shrink import shrink
 
 
@@ -60,11 +66,81 @@ def test_turns_are_in_the_order_they_ran(mmtorture_run):
             if m := re.fullmatch(r"(alloc|free) (pfn \d+)", text):
                 assert held.get(m[2]) != m[1], f"{m[2]}: {m[1]} twice in a row in {rows}"
                 held[m[2]] = m[1]
+        assert len(held) >= 3, rows  # page frames were allocated and freed in the drawn time
         ends = [int(t.split()[-1]) for _, _, t in rows if t.startswith("gp-end")]
         assert ends == sorted(ends)
+        sc = get_scenario("vma_lookup")
+        ops = {op.name: op for op in sc.operations(sc.policy("per_vma_lock"))}
         for cpu, prog in enumerate(r.report["program"]):
-            calls = [f"{op[0]}(" for op in prog]
-            drawn = [t[: t.index("(") + 1] for t in _ops(rows, cpu)]
+            calls = [call_text(ops[op[0]], op[1:]) for op in prog]
+            drawn = _ops(rows, cpu)
             assert drawn == (calls[len(calls) - len(drawn) :] if wrapped else calls)  # the last ones, or all
         if not wrapped:
             assert sum(len(p) for p in r.report["program"]) == sum(len(_ops(rows, cpu)) for cpu in range(3))
+
+
+def test_a_finding_of_the_quiescent_checks_is_drawn_after_the_time_line(mmtorture_run):
+    """A leak found by the sweeps after every CPU stopped has no CPU's column: it is the last
+    line, below the turns, and what ran once the scheduler let go is counted, not drawn."""
+    r = mmtorture_run("context", "leak", cpus=2, ops=30, seed=0, scheduler="random")
+    assert r.findings and r.findings[0].where == "the quiescent checks", [f.headline() for f in r.findings]
+    inter = r.report["interleaving"]
+    assert inter["rows"][-1][:2] == [-1, "finding"] and inter["rows"][-1][2] == r.findings[0].headline()
+    assert [row for row in inter["rows"] if row[1] == "finding"] == inter["rows"][-1:]
+    assert columns(r.report)[-1].strip().endswith(r.findings[0].message.split()[-1])
+
+
+def test_a_switch_stamp_says_whom_why_and_when():
+    for step in (0, 5, (1 << SWITCH_STEP_BITS) - 1, (1 << SWITCH_STEP_BITS) + 7):
+        for target, deviated, state in ((0, True, RUNNABLE), (3, False, EXITED)):
+            stamp, t, d, s = split_switch(switch_arg(step, target, deviated, state))
+            assert (t, d, s) == (target, deviated, state)
+            decisions = step + 40
+            assert true_step(stamp, decisions) == step  # the latest decision with that stamp
+
+
+@st.composite
+def _schedules(draw):
+    """A controlled run as the rings record it: turns of CPUs (never two in a row of one CPU),
+    each a few marked events and a switch to the next, stamped with increasing decisions; the
+    rings keep their last `keep` events; one CPU may run on after the scheduler let go."""
+    ncpus = draw(st.integers(2, 3))
+    order = [draw(st.integers(0, ncpus - 1))]
+    for _ in range(draw(st.integers(1, 14))):
+        order.append(draw(st.sampled_from([c for c in range(ncpus) if c != order[-1]])))
+    step = draw(st.integers(0, 3 << SWITCH_STEP_BITS))
+    rings: list[list] = [[] for _ in range(ncpus + 1)]
+    truth = []
+    for t, cpu in enumerate(order):
+        for j in range(draw(st.integers(0, 3))):
+            rings[cpu].append(("mark", f"t{t}.{j}", 0))
+            truth.append((cpu, f"mark t{t}.{j}"))
+        if t + 1 < len(order):
+            step += draw(st.integers(1, 9))
+            rings[cpu].append(("switch", "", switch_arg(step, order[t + 1], True, RUNNABLE)))
+    free = draw(st.integers(0, ncpus))
+    free_at = [-1] * (ncpus + 1)
+    free_at[free] = len(rings[free])
+    rings[free] += [("mark", "after", 0)] * draw(st.integers(1, 50))
+    keep = draw(st.integers(1, 40))
+    traces = [[(seq, n, w, a) for seq, (n, w, a) in enumerate(ring)][-keep:] for ring in rings]
+    return ncpus, traces, truth, step + 1, free_at
+
+
+@settings(max_examples=300, deadline=None)
+@given(_schedules())
+def test_any_schedule_is_drawn_in_the_order_it_ran(schedule):
+    """Whatever the turns and however much the rings kept: the drawing is the run's own order,
+    from some turn on, with nothing left out after it and nothing from after the scheduler let go;
+    and when every ring kept everything, it is all of it."""
+    ncpus, traces, truth, decisions, free_at = schedule
+    devs = [[[0, -1, 0]] * sum(n == "switch" for _, n, _, _ in tr) for tr in traces]
+    inter = interleaving(traces, [[] for _ in range(ncpus)], [0] * ncpus, devs, None, decisions, free_at)
+    drawn = [(s, text) for s, kind, text in inter["rows"] if kind == "event"]
+    kept = {(slot, f"mark {w}") for slot, tr in enumerate(traces) for _, n, w, _ in tr if n == "mark"}
+    assert all(text != "mark after" for _, text in drawn)
+    if drawn:
+        first = truth.index(drawn[0])
+        assert drawn == [e for e in truth[first:] if e in kept]
+    if all(tr[0][0] == 0 for tr in traces if tr):
+        assert drawn == truth and inter["not_drawn"] == 0
