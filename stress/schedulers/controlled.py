@@ -158,7 +158,7 @@ class ControlledScheduler(OsScheduler):
         self.used: set[tuple[int, int]] = set()
         self.ndev = 0
         self.worker_slots = range(st.nparts - 1)
-        self.spin_slots = (os.cpu_count() or 1) - 1  # the running CPU has a core; spinners take the rest
+        self.spin_slots = len(os.sched_getaffinity(0)) - 1  # the running CPU has a core; spinners take the rest
         self.opstart = None
         if st.rec_cap:
             cpu_id = self.cpu_id
