@@ -442,16 +442,25 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     res = shrink(
         report, check=args.check, max_runs=args.max_runs, json_path=out, say=say, policy_modules=args.policy_module
     )
-    return _print_shrunk(report, res, out)
+    return _print_shrunk(res, out)
 
 
-def _print_shrunk(report: dict, res, out: str) -> int:
+def _print_shrunk(res, out: str) -> int:
     """A shrunk run as the seeds draw their races: one column per CPU, time downwards, the
-    finding at the bottom (stress.race)."""
+    finding at the bottom (stress.race); and the whole program when the drawing leaves some out."""
+    from policies import get_scenario
+    from stress.program import describe, from_json
     from stress.race import columns
 
     print(res.summary())
-    for line in columns(res.final.report):
+    report = res.final.report
+    drawn = columns(report)
+    if not drawn or report["interleaving"]["not_drawn"]:
+        sc = get_scenario(report["scenario"])
+        ops = sc.operations(sc.policy(report["policy"]))
+        for line in describe(from_json(res.after.program, ops), ops):
+            print(f"  {line}")
+    for line in drawn:
         print(f"  {line}".rstrip())
     print(f"written to {out}; replay with: {PROG} replay {out}")
     return res.final.exit_code
@@ -487,7 +496,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "runs": found.runs,
     }
     write_json(out, res.final.report)
-    return _print_shrunk(found.result.report, res, out)
+    return _print_shrunk(res, out)
 
 
 def cmd_hunt(args: argparse.Namespace) -> int:
