@@ -75,7 +75,11 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue the campaign in DIR: what finished is not run again")
     p.add_argument("--address", help="a Ray cluster (default RAY_ADDRESS, else an embedded Ray on this machine)")
     p.add_argument(
-        "--local-cpus", type=int, default=None, metavar="N", help="an embedded Ray's cores (default: all of them)"
+        "--local-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the cores an embedded Ray schedules runs on (default: all; pin with taskset to confine it)",
     )
     p.add_argument(
         "--policy-module",
@@ -96,6 +100,8 @@ def command(args) -> int:
             raise CampaignError(f"--{name.replace('_', '-')} must be a positive integer, not {v}")
     if args.duration is not None and not args.duration > 0:
         raise CampaignError(f"--duration must be a positive number of seconds, not {args.duration}")
+    if args.local_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
+        raise CampaignError("--local-cpus is for an embedded Ray: a cluster's nodes say their own cores")
     if args.resume:
         if args.scenario or args.policy or args.all or args.mutants:
             raise CampaignError("--resume takes the plan from the campaign's directory: no matrix options")
