@@ -57,7 +57,7 @@ CONTROL = np.dtype(
 
 CPU_STATUS = ("idle", "running", "done", "crashed", "killed")
 CPU_OFFLINE = CPU_STATUS.index("crashed")  # this and after: the CPU takes no IPI
-NSTATS = 96
+NSTATS = 128
 
 CPU_STATE = np.dtype(
     [
