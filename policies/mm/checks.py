@@ -12,7 +12,8 @@ maps though it was not unmapped, a load through a stale TLB entry or a PTE to a 
 page, page_remove_rmap of a page that is not mapped, swap-in from a freed
 swap slot, a swap slot freed more often than it was named.
 
-Quiescent (`sweep`): every present PTE lies in a live VMA of its mm; each
+Quiescent (`sweep`): every pgd and pmd entry names a live table; every
+present PTE lies in a live VMA of its mm; each
 mm's RSS, swap entries and pgtable_bytes equal what its tables map and hold
 (check_mm's "Bad rss-counter state"); each page's _mapcount and _refcount
 equal its mappings; each swap slot's count equals the entries that name it;
@@ -72,7 +73,9 @@ PIN_DIVERGED = define_check(
     "(70e806e4e645, a7f226604170, PageAnonExclusive)",
 )
 FREE_MAPPED_TABLE = define_check(
-    "mm.free-mapped-table", "invariant", "free_pgtables frees a page table that still maps a page"
+    "mm.free-mapped-table",
+    "invariant",
+    "a page table is freed while it still maps a page (free_pgtables, or a table reclaimed while refilled)",
 )
 COW_WRITE_SHARED = define_check(
     "mm.cow-write-shared", "invariant", "a CPU writes a page another mm still maps: copy-on-write broken"
@@ -89,6 +92,12 @@ ACCESS_FREED_PAGE = define_check(
     "a CPU's load or store goes through a present PTE to a page that was freed or reused",
 )
 RMAP_UNDERFLOW = define_check("mm.rmap-underflow", "refcount", "page_remove_rmap() of a page that is not mapped")
+MAPS_FREED_TABLE = define_check(
+    "mm.pmd-maps-freed-table",
+    "use-after-free",
+    "quiescent: a pgd or pmd entry names a page table that was freed or reused (a table freed and not "
+    "unhooked, or unhooked and hooked back)",
+)
 PTE_IN_NO_VMA = define_check("mm.pte-in-no-vma", "invariant", "quiescent: a present PTE lies in no VMA of its mm")
 BAD_RSS = define_check("mm.rss", "invariant", "quiescent: an mm's RSS counter differs from the pages its tables map")
 BAD_PGTABLE_BYTES = define_check(

@@ -46,7 +46,10 @@ class Fault(Migrate):
             if not table:
                 return VM_FAULT_OOM
             vmf.pmd = (pmd, pi)
-            pte = self.read_entry(cpu, table, vmf.vpn % self.geometry.pte, "handle_pte_fault")
+            got = self.pte_offset_map(cpu, vmf.pmd, vmf.vpn)
+            if got is None:
+                return VM_FAULT_OK  # the table went (reclaimed): the access faults again
+            pte = got
         if not pte:
             return self.do_anonymous_page(cpu, vmf)
         if not pte & PTE_PRESENT:

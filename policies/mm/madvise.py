@@ -21,25 +21,36 @@ class Madvise(Zap):
 
     def madvise_dontneed(self, cpu, mm: int, start: int, end: int) -> None:
         """madvise(MADV_DONTNEED) of [start, end) (madvise_dontneed_single_vma): each VMA's part
-        zapped, flushed and freed; when it returns, no CPU may hold a translation of those parts.
-        A hole is -ENOMEM and promises nothing: a munmap may be tearing it down right now."""
+        zapped, flushed and freed, and the tables it empties may go (zap_details.reclaim_pt);
+        when it returns, no CPU may hold a translation of those parts.  A hole is -ENOMEM and
+        promises nothing: a munmap may be tearing it down right now."""
+        self._zap_under_read_lock(cpu, mm, start, end, reclaim_pt=True)
+
+    def madvise_free(self, cpu, mm: int, start: int, end: int) -> None:
+        """A MADV_FREE-like zap of [start, end): the pages go, the tables stay (only MADV_DONTNEED
+        asks for reclaim_pt).  The kernel's MADV_FREE marks pages lazily freed and reclaim
+        takes them later; the model zaps at once, which is what the tables see."""
+        self._zap_under_read_lock(cpu, mm, start, end, reclaim_pt=False)
+
+    def _zap_under_read_lock(self, cpu, mm: int, start: int, end: int, reclaim_pt: bool) -> None:
         since = self.tlb_call_begin()
         lock = self.mmap_lock(mm)
         lock.down_read(cpu)
         done: list[tuple[int, int]] = []
         try:
             for s, e, _ in self.index_parts(mm, start, end):
-                self.zap_page_range_single(cpu, mm, s, e)
+                self.zap_page_range_single(cpu, mm, s, e, reclaim_pt=reclaim_pt)
                 done.append((s, e))
         finally:
             lock.up_read(cpu)
         for s, e in done:
             self.tlb_promise(cpu, mm, s, e, since=since)
 
-    def zap_page_range_single(self, cpu, mm: int, start: int, end: int) -> None:
-        """zap_page_range_single(): one VMA's range, with its own mmu_gather."""
+    def zap_page_range_single(self, cpu, mm: int, start: int, end: int, reclaim_pt: bool = False) -> None:
+        """zap_page_range_single(): one VMA's range, with its own mmu_gather; MADV_DONTNEED's
+        (reclaim_pt) may free the tables it empties (mm/pt_reclaim.c)."""
         tlb = self.tlb_gather_mmu(cpu, mm)
-        self.zap_page_range(cpu, tlb, start, end)
+        self.zap_page_range(cpu, tlb, start, end, reclaim_pt=reclaim_pt)
         self.tlb_finish_mmu(cpu, tlb)
 
     def madvise_pageout(self, cpu, mm: int, start: int, end: int) -> int:

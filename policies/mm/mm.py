@@ -28,6 +28,7 @@ from policies.mm.fork import Fork
 from policies.mm.geometry import Geometry
 from policies.mm.gup import FOLL_LONGTERM, FOLL_PIN, GUP_PIN, Gup
 from policies.mm.madvise import Madvise
+from policies.mm.pagewalk import PageWalk
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, describe_entry, is_migration_entry, swp_offset
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
 from policies.mm.swap import SWAP_SLOT
@@ -39,7 +40,7 @@ from shm.pool import PFN_MASK
 from shm.slab import KmemCache
 
 
-class MmModel(Fault, Madvise, Fork, Gup, Access):
+class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
     """The modelled mm in one process: mm_structs, VMAs, index, TLBs, page tables.
 
     A mechanism may run a variant of the model (a subclass overriding one of
@@ -78,6 +79,9 @@ class MmModel(Fault, Madvise, Fork, Gup, Access):
         "spf_no_table",
         "spf_ptl_busy",
         "spf_walk_unhooked",
+        "pte_map_failed",
+        "pte_map_retries",
+        "ptes_walked",
     )
 
     @staticmethod

@@ -201,6 +201,22 @@ class PageTables(MmBase):
         """page->pt_mm: the id (generation and slot) of the mm a page table was allocated for."""
         return self.page_mem.load64(self.pool.field_off(table & PFN_MASK, "private"))
 
+    def pte_offset_map(self, cpu, pmd: tuple[int, int], vpn: int) -> int | None:
+        """pte_offset_map() and ptep_get_lockless(): vpn's PTE, read in the rcu_read_lock section
+        in which the pmd entry was read (6.5, __pte_offset_map: mm/pgtable-generic.c); None if
+        the pmd holds no table now, and the caller retries.  A table freed by RCU (pt_reclaim's,
+        free_pgtables' with MMU_GATHER_RCU_TABLE_FREE) cannot go while it is being read."""
+        rcu = self.machine.rcu
+        rcu.read_lock(cpu)
+        try:
+            e = self.read_entry(cpu, pmd[0], pmd[1], "pte_offset_map")
+            if not e & _PRESENT:
+                self.count("pte_map_failed")
+                return None
+            return self.read_entry(cpu, e >> FLAG_BITS, vpn % self.geometry.pte, "pte_offset_map")
+        finally:
+            rcu.read_unlock(cpu)
+
     def pte_offset_map_lock(self, cpu, mm: int, vpn: int, pmd: tuple[int, int] | None = None) -> tuple[int, Any]:
         """pte_offset_map_lock(): the PTE table and its ptl, locked; (0, None) if there is none.
 
@@ -223,6 +239,7 @@ class PageTables(MmBase):
             e = self.read_entry(cpu, table, i, "pte_offset_map_lock")
             if not e & _PRESENT:
                 rcu.read_unlock(cpu)
+                self.count("pte_map_failed")
                 return 0, None
             ptl = self.pool.ptl((e >> FLAG_BITS) & PFN_MASK)
             ptl.lock(cpu)
@@ -231,9 +248,19 @@ class PageTables(MmBase):
                 self.pool._report_uaf(cpu, e >> FLAG_BITS, "pte_offset_map_lock: spin_lock(ptl)", WALK_FREED_TABLE)
                 ptl.unlock(cpu)
                 return 0, None
-            if self.page_mem.load64(off) == e:
+            if self.pmd_same(e, off):
                 return e >> FLAG_BITS, ptl
             ptl.unlock(cpu)
+            self.count("pte_map_retries")
+
+    def pmd_same(self, pmdval: int, off: int) -> bool:
+        """pmd_same(pmdval, pmdp_get_lockless(pmd)): under the ptl, the pmd at `off` still maps
+        the table read under RCU (not unhooked, not replaced)."""
+        return self.page_mem.load64(off) == pmdval
+
+    def sweep_tables(self, cpu, tables) -> None:
+        """At a quiescent point, every live PTE table (numpy rows: table, pmd table, pmd index, mm):
+        what a mechanism keeping state per table checks against the tables (the base keeps none)."""
 
     def free_pgd(self, cpu, mm: int) -> None:
         pgd = self.mm_mem.xchg64(self.mm_off(mm, "pgd"), 0)

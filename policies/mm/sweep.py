@@ -8,6 +8,7 @@ from policies.mm.checks import (
     BAD_PAGE_REFS,
     BAD_PGTABLE_BYTES,
     BAD_RSS,
+    MAPS_FREED_TABLE,
     PTE_IN_NO_VMA,
     STUCK_MIGRATION,
     SWAP_COUNT,
@@ -15,7 +16,7 @@ from policies.mm.checks import (
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, describe_entry, is_migration_entry, swp_offset
 from policies.mm.vma import RESERVED
 from shm.checks import POOL_LEAK, SLAB_LEAK
-from shm.pool import PFN_MASK
+from shm.pool import PAGE_ALLOCATED, PAGE_STATES, PFN_BITS, PFN_MASK
 from shm.slab import SLOT_MASK
 
 
@@ -24,8 +25,30 @@ def _entries(model, ref: int, n: int) -> np.ndarray:
     return words[ref & PFN_MASK, :n]
 
 
+def _live_table(model, cpu, mm: int, ref: int, where: str) -> bool:
+    """The table an upper-level entry names is allocated and the same generation; else a finding."""
+    pages, pfn = model.pool.pages, ref & PFN_MASK
+    if int(pages["state"][pfn]) == PAGE_ALLOCATED and int(pages["gen"][pfn]) == ref >> PFN_BITS:
+        return True
+    cpu.report(
+        MAPS_FREED_TABLE,
+        f"mm {mm}: {where} names page {pfn} gen {ref >> PFN_BITS}, which is "
+        f"{PAGE_STATES.get(int(pages['state'][pfn]), '?')} (now gen {int(pages['gen'][pfn])})",
+        mm=mm,
+        **model.pool.describe(pfn, expected_gen=ref >> PFN_BITS),
+    )
+    return False
+
+
+def table_occupancy(model, tables: np.ndarray) -> np.ndarray:
+    """Per PTE table (pool references), how many of its entries are not none: in one numpy pass."""
+    words = model.pool.data.view("<i8")
+    return np.count_nonzero(words[tables & PFN_MASK, : model.geometry.pte], axis=1)
+
+
 def sweep(model, cpu) -> None:
-    """Report every broken invariant of the quiescent model through cpu.report (first few of each)."""
+    """Report every broken invariant of the quiescent model through cpu.report (first few of each);
+    then the mechanism's checks of the live PTE tables (the model's sweep_tables)."""
     g = model.geometry
     pool = model.pool
     mapped: dict[int, int] = {}
@@ -36,6 +59,7 @@ def sweep(model, cpu) -> None:
         owned.add(model.zero_page & PFN_MASK)
     reported = 0
     slot_refs = np.zeros(model.swap_slots, dtype=np.int64)
+    live_tables: list[tuple[int, int, int, int]] = []  # (PTE table, pmd table, pmd index, mm)
     for mm in model.live_mms():
         entries = model.index_entries(mm)
         idx = int(model.mm_mem.load64(model.mm_off(mm, "index")))
@@ -55,13 +79,18 @@ def sweep(model, cpu) -> None:
             if not pe & PTE_PRESENT:
                 continue
             pmd = int(pe) >> FLAG_BITS
+            if not _live_table(model, cpu, mm, pmd, f"pgd entry {gi}"):
+                continue
             owned.add(pmd & PFN_MASK)
             tables += 1
             for mi, me in enumerate(_entries(model, pmd, g.pmd)):
                 if not me & PTE_PRESENT:
                     continue
                 table = int(me) >> FLAG_BITS
+                if not _live_table(model, cpu, mm, table, f"pmd entry {mi} of pgd entry {gi}"):
+                    continue
                 owned.add(table & PFN_MASK)
+                live_tables.append((table, pmd, mi, mm))
                 tables += 1
                 base = gi * g.pmd_span + mi * g.pte
                 for k, pte in enumerate(_entries(model, table, g.pte)):
@@ -121,6 +150,7 @@ def sweep(model, cpu) -> None:
                 mm=mm,
             )
     check_swap_map(model, cpu, slot_refs)
+    model.sweep_tables(cpu, np.array(live_tables, dtype=np.int64).reshape(-1, 4))
     pages = pool.pages
     for pfn, n in sorted(mapped.items()):
         owned.add(pfn)

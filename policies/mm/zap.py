@@ -31,13 +31,17 @@ from shm.pool import PAGE_STRIDE, PFN_MASK
 
 @dataclass
 class MmuGather:
-    """struct mmu_gather: one zap's cleared range and gathered pages, flushed and freed together."""
+    """struct mmu_gather: one zap's cleared range, gathered pages and page tables, flushed and
+    freed together."""
 
     mm: int
     fullmm: bool = False
     start: int = 1 << 62
     end: int = 0
     pages: list[int] = field(default_factory=list)
+    tables: list[tuple[int, int]] = field(default_factory=list)  # pte_free_tlb(): (table, first vpn)
+    freed_tables: bool = False  # the flush must drop the paging-structure caches too
+    force_break: int = -1  # zap_pte_range stopped here: the page batch is full, flush before going on
 
     def cleared(self, start: int, end: int) -> None:
         """tlb_remove_tlb_entry() of each PTE cleared in [start, end): the flush must cover them
@@ -74,38 +78,133 @@ class Zap(Swap):
             tlb.start, tlb.end = 0, self.geometry.pages
         return tlb
 
-    def zap_page_range(self, cpu, tlb: MmuGather, start: int, end: int, vmas: tuple[int, ...] | list[int] = ()) -> None:
+    gather_batch: int | None = None  # MAX_GATHER_BATCH: pages a gather holds before a zap must flush
+
+    def zap_page_range(
+        self,
+        cpu,
+        tlb: MmuGather,
+        start: int,
+        end: int,
+        vmas: tuple[int, ...] | list[int] = (),
+        reclaim_pt: bool = False,
+    ) -> None:
         """unmap_page_range() over [start, end): zap_pte_range() table by table, into `tlb`.
 
-        Nothing is flushed here: tlb_finish_mmu() flushes what was cleared and
-        then frees the pages, after every ptl was dropped; meanwhile a fault
-        may install a new page where another CPU still loads the old one
-        through its TLB, which the kernel allows until the call returns.
-        `vmas` are the VMAs going away: each table the zap has passed is
-        marked on them before its ptl is released (vma_mark_zapped)."""
+        Nothing is flushed here unless the gather's page batch fills:
+        tlb_finish_mmu() flushes what was cleared and then frees the pages,
+        after every ptl was dropped; meanwhile a fault may install a new page
+        where another CPU still loads the old one through its TLB, which the
+        kernel allows until the call returns.  `vmas` are the VMAs going
+        away: each table the zap has passed is marked on them before its ptl
+        is released (vma_mark_zapped).  `reclaim_pt`: MADV_DONTNEED's zap,
+        whose emptied tables pt_reclaim may free (zap_details.reclaim_pt)."""
         g = self.geometry
-        mm = tlb.mm
         vpn = start
         while vpn < end:
             stop = min(end, (vpn // g.pte + 1) * g.pte)
-            table, ptl = self.pte_offset_map_lock(cpu, mm, vpn)
-            if table:
-                self.zap_pte_range(cpu, tlb, table, vpn, stop)
-            for v in vmas:
-                self.vma_mark_zapped(v, start, stop)
-            if table:
-                ptl.unlock(cpu)
+            self.zap_table(cpu, tlb, vpn, stop, vmas, self.reclaim_pt_is_enabled(vpn, stop, reclaim_pt))
             vpn = stop
             if vpn < end:
                 cpu.window("zap_pte_range:next-table")
 
+    def zap_table(
+        self, cpu, tlb: MmuGather, start: int, end: int, vmas: tuple[int, ...] | list[int], can_reclaim_pt: bool
+    ) -> None:
+        """zap_pte_range()'s frame for [start, end) of one table: zap under the ptl; when the page
+        batch fills (force_flush, force_break), drop the ptl, flush and free the batch
+        (tlb_flush_mmu) and zap the rest under the ptl again.  With pt_reclaim, a table zapped
+        whole under one hold of the ptl is unhooked there if the pmd lock is free
+        (try_get_and_clear_pmd) and freed through the gather (free_pte); otherwise it is
+        checked for emptiness again under both locks (try_to_free_pte): after the ptl was
+        dropped midway, a fault may have refilled what was zapped before ("mm: pgtable: fix
+        incorrect reclaim of non-empty PTE pages", 2025)."""
+        mm = tlb.mm
+        addr, direct_reclaim, pmdval = start, True, 0
+        table, ptl = self.pte_offset_map_lock(cpu, mm, addr)
+        while table:
+            tlb.force_break = -1
+            self.zap_pte_range(cpu, tlb, table, addr, end)
+            if tlb.force_break < 0:
+                if can_reclaim_pt and direct_reclaim:
+                    pmdval = self.try_get_and_clear_pmd(cpu, mm, start, table)
+                    direct_reclaim = bool(pmdval)
+                break
+            direct_reclaim = self.can_direct_reclaim(ptl_dropped=True)
+            addr = tlb.force_break
+            ptl.unlock(cpu)
+            self.tlb_flush_mmu(cpu, tlb)
+            table, ptl = self.pte_offset_map_lock(cpu, mm, addr)
+        for v in vmas:
+            self.vma_mark_zapped(v, start, end)
+        if not table:
+            return  # no table, or it went while the ptl was dropped: nothing to reclaim
+        ptl.unlock(cpu)
+        if can_reclaim_pt:
+            if direct_reclaim:
+                self.free_pte(cpu, tlb, start, pmdval)
+            else:
+                self.try_to_free_pte(cpu, tlb, start)
+
+    def can_direct_reclaim(self, ptl_dropped: bool) -> bool:
+        """zap_pte_range's direct_reclaim: the fast path only for a table zapped under one hold
+        of its ptl; once the ptl was dropped midway, entries zapped before may have been
+        refilled (the 2025 fix; before it, the last hold's zap was enough)."""
+        return not ptl_dropped
+
+    # -- pt_reclaim's hooks: CONFIG_PT_RECLAIM off (include/linux/mm.h's stubs) ----------------
+    def reclaim_pt_is_enabled(self, start: int, end: int, reclaim_pt: bool) -> bool:
+        """mm/pt_reclaim.c reclaim_pt_is_enabled(): a MADV_DONTNEED zap of a whole table."""
+        return False
+
+    def try_get_and_clear_pmd(self, cpu, mm: int, vpn: int, table: int) -> int:
+        """Under the ptl: unhook the zapped table if the pmd lock is free; the pmd entry, or 0."""
+        return 0
+
+    def free_pte(self, cpu, tlb: MmuGather, vpn: int, pmdval: int) -> None:
+        """The unhooked table into the gather (pte_free_tlb) and out of the mm (mm_dec_nr_ptes)."""
+
+    def try_to_free_pte(self, cpu, tlb: MmuGather, vpn: int) -> None:
+        """Unhook and free vpn's table if it is empty under the pmd lock and its ptl."""
+
+    def pte_free_tlb(self, cpu, tlb: MmuGather, table: int, vpn: int) -> None:
+        """pte_free_tlb(): the table is freed after the gather's flush, which must then drop the
+        paging-structure caches too (freed_tables); with MMU_GATHER_RCU_TABLE_FREE (which
+        PT_RECLAIM selects), after a grace period as well (tlb_remove_table)."""
+        tlb.cleared(vpn - vpn % self.geometry.pte, vpn - vpn % self.geometry.pte + self.geometry.pte)
+        tlb.freed_tables = True
+        tlb.tables.append((table, vpn - vpn % self.geometry.pte))
+
+    def tlb_flush_mmu(self, cpu, tlb: MmuGather) -> None:
+        """tlb_flush_mmu(): flush what the gather cleared, then free its tables (tlb_table_flush:
+        after a grace period) and its pages; the gather goes on, empty."""
+        if tlb.end > tlb.start:
+            self.flush_tlb_mm_range(cpu, tlb.mm, tlb.start, tlb.end)
+        self.tlb_table_flush(cpu, tlb)
+        self.free_pages_and_swap_cache(cpu, tlb.pages)
+        tlb.pages = []
+        tlb.start, tlb.end = 1 << 62, 0
+
+    def tlb_table_flush(self, cpu, tlb: MmuGather) -> None:
+        """tlb_table_flush(): the gathered tables freed by RCU (tlb_remove_table_rcu): a walker
+        that read a pmd before the flush is an RCU reader, or has interrupts off, still."""
+        rcu = self.machine.rcu
+        for table, _ in tlb.tables:
+            rcu.call(cpu, tlb_remove_table_rcu, table << 1)
+            self.count("tables_rcu_freed")
+        tlb.tables = []
+        tlb.freed_tables = False
+
     def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
-        """zap_pte_range(): under the table's ptl, clear [start, end) and gather the pages; how many PTEs."""
+        """zap_pte_range()'s loop (do_zap_pte_range): under the table's ptl, clear [start, end) and
+        gather the pages; how many PTEs.  When the gather's batch is full it stops after that
+        entry and says where (tlb.force_break)."""
         zapped = rss = zero = 0
         first = last = -1
         page_mem, mm, pages = self.page_mem, tlb.mm, tlb.pages
         base = self.table_off(table, 0) - 8 * (start - start % self.geometry.pte)
         refcount0 = self.page0 + _REFCOUNT
+        batch = self.gather_batch
         for v in range(start, end):
             off = base + 8 * v
             pte = page_mem.load64(off)
@@ -129,6 +228,9 @@ class Zap(Swap):
             self.page_remove_rmap(cpu, ref)
             rss -= 1
             pages.append(ref)
+            if batch is not None and len(pages) >= batch and v + 1 < end:
+                tlb.force_break = v + 1
+                break
         if zapped:
             tlb.cleared(first, last + 1)
         self.add_mm_rss_vec(mm, rss)
@@ -171,6 +273,7 @@ class Zap(Swap):
             self.count("tlb_flush_nested")
         if tlb.end > tlb.start:
             self.flush_tlb_mm_range(cpu, mm, tlb.start, tlb.end)
+        self.tlb_table_flush(cpu, tlb)
         self.free_pages_and_swap_cache(cpu, tlb.pages)
         self.mm_mem.fetch_sub32(self.mm_off(mm, "tlb_flush_pending"), 1)
 
@@ -260,7 +363,7 @@ class Zap(Swap):
                 where = f"pmd entry {k}" if not pte_level else f"vpn {lo + k}" if lo is not None else f"entry {k}"
                 cpu.report(
                     FREE_MAPPED_TABLE,
-                    f"free_pgtables: freeing a table that still maps {where}: {describe_entry(e)}",
+                    f"freeing a page table that still maps {where}: {describe_entry(e)}",
                     mm=self.table_mm(table) & 0xFF,
                 )
                 break

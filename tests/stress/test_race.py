@@ -56,7 +56,7 @@ def test_turns_are_in_the_order_they_ran(mmtorture_run):
         assert r.findings == []
         inter = r.report["interleaving"]
         rows, turns = inter["rows"], inter["turns"]
-        assert len(turns) > 10
+        assert len(turns) > (2 if wrapped else 10)  # a long run is drawn from what every ring still holds
         for (_, target), (slot, _) in zip(turns, turns[1:]):
             assert target in (slot, -1), turns
         assert (inter["not_drawn"] > 0) == wrapped and (rows[0][1] == "lost") == wrapped
@@ -66,7 +66,7 @@ def test_turns_are_in_the_order_they_ran(mmtorture_run):
             if m := re.fullmatch(r"(alloc|free) (pfn \d+)", text):
                 assert held.get(m[2]) != m[1], f"{m[2]}: {m[1]} twice in a row in {rows}"
                 held[m[2]] = m[1]
-        assert len(held) >= 3, rows  # page frames were allocated and freed in the drawn time
+        assert len(held) >= (1 if wrapped else 3), rows  # frames allocated and freed in the drawn time
         ends = [int(t.split()[-1]) for _, _, t in rows if t.startswith("gp-end")]
         assert ends == sorted(ends)
         sc = get_scenario("vma_lookup")

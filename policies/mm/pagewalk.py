@@ -1,0 +1,50 @@
+"""mm/pagewalk.c: walk_page_range(), a walker that visits each PTE table of a range under
+mmap_lock for read and maps it with its ptl (the pte_ref seed's section 3, thread A:
+/proc/pid/smaps, mincore, MADV_COLD's pagewalk).
+
+It is where a table freed while mmap_lock is held only for read hurts: the
+walker's read of the pmd and its spin_lock on the ptl come after the check
+that a table is there.  Since 6.5 pte_offset_map_lock() reads the pmd under
+RCU and checks it again under the ptl, so a table that pt_reclaim frees
+(by RCU) cannot go before the walker has locked it and seen it unhooked;
+with the pte_ref seed, the walker holds a reference instead (pte_tryget_map_lock).
+"""
+
+from __future__ import annotations
+
+from policies.mm.tlb import Tlb
+
+
+class PageWalk(Tlb):
+    """walk_page_range() over the PTE tables of a range."""
+
+    def walk_page_range(self, cpu, mm: int, start: int, end: int) -> int:
+        """walk_page_range() under mmap_lock for read: each table's entries in [start, end) read
+        under its ptl (walk_pte_range); how many are not none."""
+        lock = self.mmap_lock(mm)
+        lock.down_read(cpu)
+        try:
+            g = self.geometry
+            found = 0
+            vpn = start
+            while vpn < end:
+                stop = min(end, (vpn // g.pte + 1) * g.pte)
+                found += self.walk_pte_range(cpu, mm, vpn, stop)
+                vpn = stop
+            return found
+        finally:
+            lock.up_read(cpu)
+
+    def walk_pte_range(self, cpu, mm: int, start: int, end: int) -> int:
+        """walk_pte_range(): one table's [start, end) under its ptl; the entries that are not none."""
+        table, ptl = self.pte_offset_map_lock(cpu, mm, start)
+        if not table:
+            return 0
+        cpu.window("walk_pte_range:locked")
+        found = 0
+        for v in range(start, end):
+            if self.read_entry(cpu, table, v % self.geometry.pte, "walk_pte_range"):
+                found += 1
+        ptl.unlock(cpu)
+        self.count("ptes_walked", end - start)
+        return found
