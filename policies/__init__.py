@@ -25,6 +25,7 @@ _BUILTIN = (
     "policies.primitives.percpu_ref",
     "policies.primitives.context",
     "policies.vma_lookup",
+    "policies.pte_ref",
 )
 _loaded = False
 

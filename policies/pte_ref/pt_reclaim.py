@@ -1,0 +1,164 @@
+"""pt_reclaim: what upstream merged instead of pte_ref (6375e95f381e "mm: pgtable: reclaim empty
+PTE page in madvise(MADV_DONTNEED)", 6.14; mm/pt_reclaim.c).
+
+No reference count: a MADV_DONTNEED zap that emptied a whole table frees it.
+Under the ptl, right after zapping the table whole, try_get_and_clear_pmd()
+takes the pmd lock by trylock (the lock order elsewhere is pmd lock, then
+ptl) and unhooks the table; if the pmd lock is busy, or the ptl was dropped
+midway (the gather's batch filled), try_to_free_pte() takes the pmd lock and
+then the ptl and unhooks the table only if every entry is still none.  The
+table goes through the mmu_gather (free_pte: pte_free_tlb), freed after the
+flush and an RCU grace period (PT_RECLAIM selects MMU_GATHER_RCU_TABLE_FREE).
+What makes that safe for everyone else holding mmap_lock for read: walkers
+and faults map a table with pte_offset_map_lock(), which reads the pmd under
+RCU and checks it again under the ptl (0d940a9b270b, 6.5); fast GUP walks
+with interrupts off, an RCU reader.
+
+Its mutants: the fast path after the ptl was dropped midway (before "mm:
+pgtable: fix incorrect reclaim of non-empty PTE pages", 2025), a fast path
+that leaves the pmd mapping the table it frees, and a pte_offset_map_lock
+without the pmd recheck under the ptl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from policies.mm import MmModel
+from policies.mm.checks import FREE_MAPPED_TABLE, MAPS_FREED_TABLE, WALK_FREED_TABLE
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT
+from policies.mm.zap import MmuGather
+from policies.scenario import mutant
+from policies.vma_lookup.mmap_lock import mmap_lock
+from shm.pool import PFN_MASK
+
+
+class PtReclaimModel(MmModel):
+    """The model with CONFIG_PT_RECLAIM: mm/pt_reclaim.c's functions, zap_pte_range's use of them.
+
+    The gather's page batch holds half a table (MAX_GATHER_BATCH against
+    PTRS_PER_PTE: in the kernel about 500 pages against 512 entries, so a
+    table mapped full fills it), so that a zap drops the ptl midway
+    through a full table, as force_flush makes the kernel's do."""
+
+    gather_batch = 4
+
+    def reclaim_pt_is_enabled(self, start: int, end: int, reclaim_pt: bool) -> bool:
+        """reclaim_pt_is_enabled(): MADV_DONTNEED's zap (details->reclaim_pt) of a whole table."""
+        return reclaim_pt and end - start >= self.geometry.pte
+
+    def try_get_and_clear_pmd(self, cpu, mm: int, vpn: int, table: int) -> int:
+        """try_get_and_clear_pmd(): under the table's ptl, take the pmd lock if it is free and
+        clear the pmd; the pmd entry (pmdval), or 0 if the lock was busy."""
+        pmd, i = self.walk_pmd(cpu, mm, vpn, "try_get_and_clear_pmd")
+        pml = self.page_table_lock(mm)
+        if not pml.trylock(cpu):
+            self.count("reclaim_pml_busy")
+            return 0
+        off = self.table_off(pmd, i)
+        pmdval = self.page_mem.load64(off)
+        self.page_mem.store64(off, 0)
+        pml.unlock(cpu)
+        return pmdval
+
+    def try_to_free_pte(self, cpu, tlb: MmuGather, vpn: int) -> None:
+        """try_to_free_pte(): the pmd lock, then the table's ptl (pte_offset_map_rw_nolock: no
+        recheck needed with the pmd lock held); every entry must still be none; then the pmd
+        is cleared and the table freed through the gather."""
+        mm = tlb.mm
+        pmd, i = self.walk_pmd(cpu, mm, vpn, "try_to_free_pte")
+        if not pmd:
+            return
+        pml = self.page_table_lock(mm)
+        pml.lock(cpu)
+        off = self.table_off(pmd, i)
+        pmdval = self.page_mem.load64(off)
+        if not pmdval & PTE_PRESENT:
+            pml.unlock(cpu)
+            return
+        table = pmdval >> FLAG_BITS
+        ptl = self.pool.ptl(table & PFN_MASK)
+        ptl.lock(cpu)
+        full = any(self.read_entry(cpu, table, k, "try_to_free_pte") for k in range(self.geometry.pte))
+        if not full:
+            self.page_mem.store64(off, 0)
+        ptl.unlock(cpu)
+        pml.unlock(cpu)
+        if full:
+            self.count("reclaim_refilled")
+            return
+        self.count("reclaim_slow")
+        self.free_pte(cpu, tlb, vpn, pmdval)
+
+    def free_pte(self, cpu, tlb: MmuGather, vpn: int, pmdval: int) -> None:
+        """free_pte(): the unhooked table into the gather (pte_free_tlb), out of the mm."""
+        self.pte_free_tlb(cpu, tlb, pmdval >> FLAG_BITS, vpn)
+        self.mm_dec_nr_ptes(tlb.mm)
+        self.count("tables_reclaimed")
+
+
+pt_reclaim = replace(
+    mmap_lock,
+    name="pt_reclaim",
+    doc="MADV_DONTNEED frees the tables it empties: pmd unhooked under the pmd lock and ptl, freed by RCU",
+    model=PtReclaimModel,
+)
+
+
+class ReclaimsRefilledTable(PtReclaimModel):
+    """DELIBERATELY BROKEN: the fast path after the ptl was dropped midway (6375e95f381e as merged):
+    the last hold of the ptl zapped only the table's tail, and what was zapped before may
+    have been refilled by a fault in between; the table is unhooked and freed with it."""
+
+    def can_direct_reclaim(self, ptl_dropped: bool) -> bool:
+        return True
+
+
+class ReclaimWithoutPmdClear(PtReclaimModel):
+    """DELIBERATELY BROKEN: try_get_and_clear_pmd() takes the pmd entry but leaves it in place: the
+    table is freed after the grace period while the pmd still maps it."""
+
+    def try_get_and_clear_pmd(self, cpu, mm: int, vpn: int, table: int) -> int:
+        pmd, i = self.walk_pmd(cpu, mm, vpn, "try_get_and_clear_pmd")
+        return self.page_mem.load64(self.table_off(pmd, i))
+
+
+class MapLockWithoutRecheck(PtReclaimModel):
+    """DELIBERATELY BROKEN: pte_offset_map_lock() as before 6.5, trusting the pmd it read before
+    taking the ptl: a table pt_reclaim unhooked in between is locked and written to."""
+
+    def pmd_same(self, pmdval: int, off: int) -> bool:
+        return True
+
+
+MUTANTS = (
+    mutant(
+        pt_reclaim,
+        "reclaim_refilled_table",
+        FREE_MAPPED_TABLE,
+        "mm: pgtable: fix incorrect reclaim of non-empty PTE pages (Qi Zheng, 2025-02-11): 'if the pte "
+        "lock was released midway, the pte entries may be refilled with physical pages by another thread'",
+        "zap_pte_range's fast path after the ptl was dropped midway through the table",
+        "reclaim_refilled",
+        model=ReclaimsRefilledTable,
+    ),
+    mutant(
+        pt_reclaim,
+        "reclaim_without_pmd_clear",
+        (MAPS_FREED_TABLE, WALK_FREED_TABLE),
+        "mm/pt_reclaim.c try_get_and_clear_pmd(): '*pmdval = pmdp_get_lockless(pmd); pmd_clear(pmd);'",
+        "the fast path frees the table without clearing the pmd that maps it",
+        "tables_reclaimed",
+        model=ReclaimWithoutPmdClear,
+    ),
+    mutant(
+        pt_reclaim,
+        "map_lock_without_recheck",
+        FREE_MAPPED_TABLE,
+        "mm/pgtable-generic.c __pte_offset_map_lock(): 'if (likely(pmd_same(pmdval, pmdp_get_lockless(pmd))))' "
+        "(0d940a9b270b, 6.5)",
+        "pte_offset_map_lock without the pmd recheck under the ptl",
+        "pte_map_retries",
+        model=MapLockWithoutRecheck,
+    ),
+)
