@@ -113,6 +113,38 @@ def campaign(doc: dict) -> str:
     return campaign_table(doc)
 
 
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def pte_ref_sizes() -> str:
+    """The pte_ref seed's table, computed by the model's geometry code (not typed in)."""
+    sys.path.insert(0, ROOT)
+    from policies.mm.geometry import PMD_LEVEL, PTE_LEVEL, Geometry, max_table_bytes
+
+    machines = (
+        ("32-bit: 3 GiB of user space, 4 KiB pages, 4-byte entries", 3 << 30, 4),
+        ("64-bit: 48-bit addresses, 4 KiB pages, 8-byte entries", 1 << 48, 8),
+    )
+    rows = [
+        "| the most one process's tables can take | " + " | ".join(m for m, _, _ in machines) + " |",
+        "|---|---:|---:|",
+    ]
+    for name, level in (("PTE tables", PTE_LEVEL), ("PMD tables", PMD_LEVEL)):
+        rows.append(
+            f"| {name} | " + " | ".join(_size(max_table_bytes(b, 4096, e, level)) for _, b, e in machines) + " |"
+        )
+    g = Geometry()
+    return "\n".join(rows) + (
+        f"\n\nThe model's default geometry maps {g.pages} pages with {g.pte}-entry PTE tables: at most "
+        f"{g.pages // g.pte} PTE tables per mm, so that CPUs meet on them."
+    )
+
+
+COMPUTED = {"pte_ref_sizes": pte_ref_sizes}
 RENDER = {"primitives": primitives, "scheduler": scheduler, "vma": vma, "detection": detection, "campaign": campaign}
 
 
@@ -132,7 +164,8 @@ def sections(text: str) -> dict[str, tuple[int, int]]:
 def render_readme(text: str, where: str = DATA) -> str:
     """Every section replaced by its rendering, the last first (so earlier offsets hold)."""
     for name, (start, end) in sorted(sections(text).items(), key=lambda kv: -kv[1][0]):
-        text = text[:start] + RENDER[name](load(name, where)) + "\n" + text[end:]
+        body = COMPUTED[name]() if name in COMPUTED else RENDER[name](load(name, where))
+        text = text[:start] + body + "\n" + text[end:]
     return text
 
 

@@ -1,4 +1,5 @@
-"""The shape of the modelled address space: entries per table at each level."""
+"""The shape of the modelled address space: entries per table at each level; and how much
+memory page tables can take, the pte_ref seed's question."""
 
 from __future__ import annotations
 
@@ -28,3 +29,15 @@ class Geometry:
 
     def page_size_needed(self) -> int:
         return 8 * max(self.pgd, self.pmd, self.pte, 4)
+
+
+PTE_LEVEL, PMD_LEVEL = 0, 1
+
+
+def max_table_bytes(user_bytes: int, page_bytes: int, entry_bytes: int, level: int) -> int:
+    """The most memory one process's page tables at `level` (PTE_LEVEL, PMD_LEVEL) can take: one
+    entry for each stretch of the address space an entry of that level maps (a page, a PTE
+    table's reach), whole tables of them (the pte_ref seed's preface: 3 MiB and 3 KiB for 3 GiB
+    of 32-bit user space, 512 GiB and 1 GiB for 48 bits; folded levels count their entries)."""
+    entries_per_table = page_bytes // entry_bytes
+    return user_bytes // (page_bytes * entries_per_table**level) * entry_bytes

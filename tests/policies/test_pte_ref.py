@@ -47,3 +47,13 @@ def test_pt_reclaim_beside_walkers_and_faults_goes_through_its_races(mmtorture_r
     assert seen["tables_reclaimed"] > 0 and seen["walks"] == 36 and seen["ptes_walked"] > 0
     assert seen["pte_map_failed"] + seen["pte_map_retries"] > 0, seen
     assert seen["reclaim_refilled"] > 0, seen
+
+
+def test_the_seeds_size_table_follows_from_the_geometry():
+    """The preface's table: 3 GiB of 32-bit user space and 48-bit addresses, 4 KiB pages."""
+    from policies.mm.geometry import PMD_LEVEL, PTE_LEVEL, max_table_bytes
+
+    assert max_table_bytes(3 << 30, 4096, 4, PTE_LEVEL) == 3 << 20
+    assert max_table_bytes(3 << 30, 4096, 4, PMD_LEVEL) == 3 << 10
+    assert max_table_bytes(1 << 48, 4096, 8, PTE_LEVEL) == 512 << 30
+    assert max_table_bytes(1 << 48, 4096, 8, PMD_LEVEL) == 1 << 30
