@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import multiprocess
+import numpy as np
 
 from policies import Policy, Scenario, World, env_modules, get_scenario, load_module, module_spec, scenario_module
 from shm import MAX_CPUS, Cpu, Machine, Segment, new_run_id
@@ -184,6 +185,7 @@ class Runner:
         self.quiet = quiet
         self.label = f"{self.scenario.name}/{self.policy.name}"
         self.machine: Machine | None = None
+        self.world: World | None = None  # the boot CPU's: setup, sweep, teardown
         self.procs: list = []
         self.gp: Any = None
         self.signum = 0
@@ -375,9 +377,13 @@ class Runner:
         return int(beats.sum()), [int(x) for x in beats]
 
     def _counters(self) -> dict[str, int]:
-        stats = self.m.cpus["stats"][: self.knobs["cpus"]]
+        """Every participant's counts: the CPUs', the grace-period kthread's (what the callbacks
+        it ran counted) and this process's (the setup, the callbacks rcu_barrier ran, the
+        sweep and the teardown)."""
         n = len(self.scenario.counters)
-        sums = stats[:, STAT_COUNTERS : STAT_COUNTERS + n].sum(axis=0)
+        sums = self.m.cpus["stats"][:, STAT_COUNTERS : STAT_COUNTERS + n].sum(axis=0)
+        if self.world is not None:
+            sums = sums + np.asarray(self.world.counts[:n], dtype=np.int64)
         return {name: int(sums[i]) for i, name in enumerate(self.scenario.counters)}
 
     def _stat(self) -> str:

@@ -128,6 +128,8 @@ def _process(spec: ProcessSpec, cpu_id: int, what: str, controlled: bool, run: C
         mem.store32(machine.cpu_off(cpu_id, "pid"), os.getpid())
         _set_status(machine, cpu_id, "running")
         run(w)
+        stats = machine.cpus["stats"][cpu_id]  # what its callbacks counted (a worker's loop flushes its own)
+        stats[STAT_COUNTERS : STAT_COUNTERS + len(w.counts)] = w.counts
         w.cpu.sched.exit(w.cpu)
         _set_status(machine, cpu_id, "done")
         mem.futex_wake(machine.stop_off, -1)  # the runner watches this word: it sees the end at once
