@@ -79,7 +79,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
         "spf_no_table",
         "spf_ptl_busy",
         "spf_walk_unhooked",
-        "pte_map_failed",
+        "fault_pmd_gone",
         "pte_map_retries",
         "ptes_walked",
     )

@@ -19,19 +19,14 @@ class PageWalk(Tlb):
     """walk_page_range() over the PTE tables of a range."""
 
     def walk_page_range(self, cpu, mm: int, start: int, end: int) -> int:
-        """walk_page_range() under mmap_lock for read: each table's entries in [start, end) read
-        under its ptl (walk_pte_range); how many are not none."""
+        """walk_page_range() under mmap_lock for read: in each VMA's part of [start, end), each
+        table's entries read under its ptl (walk_pte_range); how many are not none.  Only VMAs:
+        a range munmap detached is torn down under mmap_lock for read too (downgraded), and its
+        tables are freed without waiting for a walker that holds only a ptl."""
         lock = self.mmap_lock(mm)
         lock.down_read(cpu)
         try:
-            g = self.geometry
-            found = 0
-            vpn = start
-            while vpn < end:
-                stop = min(end, (vpn // g.pte + 1) * g.pte)
-                found += self.walk_pte_range(cpu, mm, vpn, stop)
-                vpn = stop
-            return found
+            return sum(self.walk_pte_range(cpu, mm, s, e) for s, e, _ in self.index_parts(mm, start, end, True))
         finally:
             lock.up_read(cpu)
 

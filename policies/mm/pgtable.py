@@ -211,7 +211,7 @@ class PageTables(MmBase):
         try:
             e = self.read_entry(cpu, pmd[0], pmd[1], "pte_offset_map")
             if not e & _PRESENT:
-                self.count("pte_map_failed")
+                self.count("fault_pmd_gone")
                 return None
             return self.read_entry(cpu, e >> FLAG_BITS, vpn % self.geometry.pte, "pte_offset_map")
         finally:
@@ -239,7 +239,6 @@ class PageTables(MmBase):
             e = self.read_entry(cpu, table, i, "pte_offset_map_lock")
             if not e & _PRESENT:
                 rcu.read_unlock(cpu)
-                self.count("pte_map_failed")
                 return 0, None
             ptl = self.pool.ptl((e >> FLAG_BITS) & PFN_MASK)
             ptl.lock(cpu)

@@ -40,12 +40,6 @@ def _live_table(model, cpu, mm: int, ref: int, where: str) -> bool:
     return False
 
 
-def table_occupancy(model, tables: np.ndarray) -> np.ndarray:
-    """Per PTE table (pool references), how many of its entries are not none: in one numpy pass."""
-    words = model.pool.data.view("<i8")
-    return np.count_nonzero(words[tables & PFN_MASK, : model.geometry.pte], axis=1)
-
-
 def sweep(model, cpu) -> None:
     """Report every broken invariant of the quiescent model through cpu.report (first few of each);
     then the mechanism's checks of the live PTE tables (the model's sweep_tables)."""

@@ -29,7 +29,7 @@ from policies.mm.checks import FREE_MAPPED_TABLE, MAPS_FREED_TABLE, WALK_FREED_T
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT
 from policies.mm.zap import MmuGather
 from policies.scenario import mutant
-from policies.vma_lookup.mmap_lock import mmap_lock
+from policies.vma_lookup.mmap_lock import mmap_lock, tlb_remove_table
 from shm.pool import PFN_MASK
 
 
@@ -102,6 +102,7 @@ pt_reclaim = replace(
     name="pt_reclaim",
     doc="MADV_DONTNEED frees the tables it empties: pmd unhooked under the pmd lock and ptl, freed by RCU",
     model=PtReclaimModel,
+    remove_tables=tlb_remove_table,  # PT_RECLAIM selects MMU_GATHER_RCU_TABLE_FREE: free_pgtables' too
 )
 
 
@@ -115,17 +116,24 @@ class ReclaimsRefilledTable(PtReclaimModel):
 
 
 class ReclaimWithoutPmdClear(PtReclaimModel):
-    """DELIBERATELY BROKEN: try_get_and_clear_pmd() takes the pmd entry but leaves it in place: the
-    table is freed after the grace period while the pmd still maps it."""
+    """DELIBERATELY BROKEN (made up, not an upstream bug): try_get_and_clear_pmd() takes the pmd
+    entry but leaves it in place: the table is freed after the grace period while the pmd still
+    maps it.  What proves the sweep's look at every pmd entry."""
 
     def try_get_and_clear_pmd(self, cpu, mm: int, vpn: int, table: int) -> int:
         pmd, i = self.walk_pmd(cpu, mm, vpn, "try_get_and_clear_pmd")
-        return self.page_mem.load64(self.table_off(pmd, i))
+        pml = self.page_table_lock(mm)
+        if not pml.trylock(cpu):
+            return 0
+        pmdval = self.page_mem.load64(self.table_off(pmd, i))
+        pml.unlock(cpu)
+        return pmdval
 
 
 class MapLockWithoutRecheck(PtReclaimModel):
-    """DELIBERATELY BROKEN: pte_offset_map_lock() as before 6.5, trusting the pmd it read before
-    taking the ptl: a table pt_reclaim unhooked in between is locked and written to."""
+    """DELIBERATELY BROKEN: pte_offset_map_lock() without its pmd_same() under the ptl (6.5's,
+    RCU section and all, less the recheck): a table pt_reclaim unhooked between the pmd read
+    and the spin_lock is locked and written to."""
 
     def pmd_same(self, pmdval: int, off: int) -> bool:
         return True
