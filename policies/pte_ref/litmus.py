@@ -21,6 +21,11 @@ LITMUS = {
     # A few pages, so the zap holds the ptl throughout and takes the fast path; the table is
     # emptied and reclaimed last: nothing walks it again before the sweep looks.
     "reclaim_without_pmd_clear": [[*_FILL[:2], ["madvise", 0, 0, 7]], [["access", 1, 40, 1]]],
+    # The walker reads the pmd under RCU; the table is unhooked and freed before it takes the ptl.
+    "tables_freed_after_ipi": [
+        _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
+        _repeat([["walk", 1, 0, 7], ["access", 1, 2, 0]], 6),
+    ],
     # A fault reads the pmd, MADV_DONTNEED unhooks the table, the fault locks it and installs.
     "map_lock_without_recheck": [
         _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),

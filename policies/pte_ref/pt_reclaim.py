@@ -16,8 +16,9 @@ with interrupts off, an RCU reader.
 
 Its mutants: the fast path after the ptl was dropped midway (before "mm:
 pgtable: fix incorrect reclaim of non-empty PTE pages", 2025), a fast path
-that leaves the pmd mapping the table it frees, and a pte_offset_map_lock
-without the pmd recheck under the ptl.
+that leaves the pmd mapping the table it frees, tables freed after the
+flush IPI instead of a grace period, and a pte_offset_map_lock without the
+pmd recheck under the ptl.
 """
 
 from __future__ import annotations
@@ -130,6 +131,18 @@ class ReclaimWithoutPmdClear(PtReclaimModel):
         return pmdval
 
 
+class TablesFreedAfterIpi(PtReclaimModel):
+    """DELIBERATELY BROKEN: the gathered tables freed after the flush IPI, not a grace period (x86's
+    "semi RCU" before the pt_reclaim series: tlb_remove_table_sync_one, then free).  The IPI
+    waits for CPUs with interrupts off, not for pte_offset_map_lock's RCU reader, who read the
+    pmd before the unhook and now takes the ptl of a freed table."""
+
+    def tlb_table_flush(self, cpu, tlb: MmuGather) -> None:
+        self.pte_free(cpu, tlb.mm, tlb.tables)  # the flush just before was the IPI
+        tlb.tables = []
+        tlb.freed_tables = False
+
+
 class MapLockWithoutRecheck(PtReclaimModel):
     """DELIBERATELY BROKEN: pte_offset_map_lock() without its pmd_same() under the ptl (6.5's,
     RCU section and all, less the recheck): a table pt_reclaim unhooked between the pmd read
@@ -158,6 +171,16 @@ MUTANTS = (
         "the fast path frees the table without clearing the pmd that maps it",
         "tables_reclaimed",
         model=ReclaimWithoutPmdClear,
+    ),
+    mutant(
+        pt_reclaim,
+        "tables_freed_after_ipi",
+        WALK_FREED_TABLE,
+        "x86: mm: free page table pages by RCU instead of semi RCU (Qi Zheng, the pt_reclaim series, "
+        "2024): walkers that map a table under rcu_read_lock take the IPI and go on",
+        "the reclaimed tables freed after the flush IPI, with no grace period",
+        "tables_reclaimed",
+        model=TablesFreedAfterIpi,
     ),
     mutant(
         pt_reclaim,
