@@ -1,6 +1,7 @@
 """The pte_ref scenario: vma_lookup's process, its faults, munmap, GUP, fork and exit, with the
-seed's workload weighted up (MADV_DONTNEED and a MADV_FREE-like zap under mmap_lock for read)
-and the seed's page-table walker (section 3's thread A)."""
+seed's workload (an allocator that faults extents in, MADV_POPULATE_WRITE, and gives them back
+with MADV_DONTNEED or a MADV_FREE-like zap, under mmap_lock for read) and the seed's
+page-table walker (section 3's thread A)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from policies.mm import Geometry
 from policies.pte_ref.litmus import LITMUS
 from policies.scenario import Arg, Operation, Policy
 from policies.vma_lookup.common import MAX_LEN, TASK_MM, VmaPolicy, clamp_range
-from policies.vma_lookup.scenario import VmaLookup, as_task
+from policies.vma_lookup.scenario import VmaLookup, as_task, user_access
 
 MADVISE_WEIGHT = 8  # jemalloc gives memory back far more often than it maps or unmaps
 
@@ -20,6 +21,7 @@ class PteRef(VmaLookup):
     counters = (
         *VmaLookup.counters,
         "walks",
+        "populates",
         "madv_frees",
         "tables_reclaimed",
         "reclaim_slow",
@@ -33,6 +35,7 @@ class PteRef(VmaLookup):
     def operations(self, policy: VmaPolicy) -> tuple[Operation, ...]:
         ops = [replace(op, weight=MADVISE_WEIGHT) if op.name == "madvise" else op for op in super().operations(policy)]
         task, vpn = Arg("task", len(TASK_MM)), Arg("vpn", self.geometry.pages, address=True)
+        ops.append(Operation("populate", 4, op_populate, (task, vpn, Arg("len", MAX_LEN))))
         ops.append(Operation("madv_free", 3, op_madv_free, (task, vpn, Arg("len", MAX_LEN))))
         ops.append(Operation("walk", 4, op_walk, (task, vpn, Arg("len", MAX_LEN))))
         return tuple(ops)
@@ -43,6 +46,16 @@ class PteRef(VmaLookup):
     def stat_text(self, counters: dict[str, int]) -> str:
         keys = ("faults", "madvises", "walks", "tables_reclaimed", "reclaim_slow", "tables_freed")
         return " ".join(f"{k}: {counters.get(k, 0)}" for k in keys)
+
+
+@as_task
+def op_populate(w, mm: int, vpn: int, length: int) -> None:
+    """madvise(MADV_POPULATE_WRITE), as an allocator faults in an extent it hands out: a write to
+    each page of the range, faulting what is not mapped (the seed's workload fills tables
+    before it empties them)."""
+    w.count("populates")
+    for v in range(*clamp_range(w, vpn, length)):
+        user_access(w, mm, v, 1)
 
 
 @as_task

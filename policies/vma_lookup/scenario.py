@@ -151,9 +151,9 @@ def as_task(body: Callable[..., None]) -> Callable[..., None]:
     return op
 
 
-@as_task
-def access(w: World, mm: int, vpn: int, write: int) -> None:
-    """A user load or store, and the faults it takes until it succeeds (FAULT_TRIES at most)."""
+def user_access(w: World, mm: int, vpn: int, write: int) -> None:
+    """A user load or store by a thread of mm, and the faults it takes until it succeeds
+    (FAULT_TRIES at most)."""
     m, cpu, policy = w.mm, w.cpu, w.policy
     write = bool(write)
     for _ in range(FAULT_TRIES):
@@ -171,6 +171,9 @@ def access(w: World, mm: int, vpn: int, write: int) -> None:
             w.count("faults")
         else:
             w.count("retries")
+
+
+access = as_task(user_access)
 
 
 @as_task
