@@ -40,7 +40,6 @@ class MmuGather:
     end: int = 0
     pages: list[int] = field(default_factory=list)
     tables: list[tuple[int, int]] = field(default_factory=list)  # pte_free_tlb(): (table, first vpn)
-    freed_tables: bool = False  # the flush must drop the paging-structure caches too
     force_break: int = -1  # zap_pte_range stopped here: the page batch is full, flush before going on
 
     def cleared(self, start: int, end: int) -> None:
@@ -168,12 +167,13 @@ class Zap(Swap):
         """Unhook and free vpn's table if it is empty under the pmd lock and its ptl."""
 
     def pte_free_tlb(self, cpu, tlb: MmuGather, table: int, vpn: int) -> None:
-        """pte_free_tlb(): the table is freed after the gather's flush, which must then drop the
-        paging-structure caches too (freed_tables); with MMU_GATHER_RCU_TABLE_FREE (which
-        PT_RECLAIM selects), after a grace period as well (tlb_remove_table)."""
-        tlb.cleared(vpn - vpn % self.geometry.pte, vpn - vpn % self.geometry.pte + self.geometry.pte)
-        tlb.freed_tables = True
-        tlb.tables.append((table, vpn - vpn % self.geometry.pte))
+        """pte_free_tlb(): the table is freed after the gather's flush of its range; with
+        MMU_GATHER_RCU_TABLE_FREE (which PT_RECLAIM selects), after a grace period as well
+        (tlb_remove_table).  The model's TLB caches leaf entries only, so the kernel's
+        freed_tables (drop the paging-structure caches too) has nothing to act on yet."""
+        lo = vpn - vpn % self.geometry.pte
+        tlb.cleared(lo, lo + self.geometry.pte)
+        tlb.tables.append((table, lo))
 
     def tlb_flush_mmu(self, cpu, tlb: MmuGather) -> None:
         """tlb_flush_mmu(): flush what the gather cleared, then free its tables (tlb_table_flush:
@@ -193,7 +193,6 @@ class Zap(Swap):
             rcu.call(cpu, tlb_remove_table_rcu, table << 1)
             self.count("tables_rcu_freed")
         tlb.tables = []
-        tlb.freed_tables = False
 
     def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
         """zap_pte_range()'s loop (do_zap_pte_range): under the table's ptl, clear [start, end) and

@@ -140,7 +140,6 @@ class TablesFreedAfterIpi(PtReclaimModel):
     def tlb_table_flush(self, cpu, tlb: MmuGather) -> None:
         self.pte_free(cpu, tlb.mm, tlb.tables)  # the flush just before was the IPI
         tlb.tables = []
-        tlb.freed_tables = False
 
 
 class MapLockWithoutRecheck(PtReclaimModel):
