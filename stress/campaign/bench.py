@@ -28,7 +28,7 @@ from typing import TextIO
 
 from stress.campaign.driver import ray_init, run_campaign
 from stress.campaign.plan import build_plan
-from stress.campaign.state import Campaign
+from stress.campaign.state import Campaign, found_over_time
 
 TARGET_RATIO = 0.9  # campaign runs/s against xargs -P on the same machine
 
@@ -205,24 +205,14 @@ def campaign_table(doc: dict) -> str:
 
 def campaign_plot(doc: dict, path: str) -> bool:
     """Mutants caught by their check against seconds, one line per core count."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fs = doc["first_signature"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for cores, h in fs["by_cores"].items():
-        times = sorted(t for t in h["first_seen_s"].values() if t is not None)
-        ax.step([0.0, *times, fs["duration_s"]], [0, *range(1, len(times) + 1), len(times)], where="post")
-        ax.lines[-1].set_label(f"{cores} core{'s' if cores != '1' else ''}: {h['runs']} runs")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("mutants caught")
-    ax.set_title(f"campaign --mutants, every scenario ({next(iter(fs['by_cores'].values()))['mutants']} mutants)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    series = [
+        (
+            f"{cores} core{'s' if cores != '1' else ''}: {h['runs']} runs",
+            [t for t in h["first_seen_s"].values() if t is not None],
+        )
+        for cores, h in fs["by_cores"].items()
+    ]
+    mutants = next(iter(fs["by_cores"].values()))["mutants"]
+    title = f"campaign --mutants, every scenario ({mutants} mutants)"
+    return found_over_time(path, series, fs["duration_s"], "mutants caught", title)

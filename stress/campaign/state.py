@@ -186,9 +186,9 @@ class Campaign:
         return doc
 
 
-def signatures_plot(doc: dict, path: str) -> bool:
-    """campaign.png: signatures found against time, a correct policy's apart; False without
-    matplotlib (the bench extra)."""
+def found_over_time(path: str, series: list[tuple[str, list[float]]], end: float, ylabel: str, title: str) -> bool:
+    """A step chart of how many things were found by each second (one line per series, each a
+    list of the seconds at which one was first found); False without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -198,18 +198,25 @@ def signatures_plot(doc: dict, path: str) -> bool:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for label, mutant in (("in mutants", True), ("in correct policies", False)):
-        times = sorted(s["first_seen_s"] for s in doc["signatures"] if s["mutant"] == mutant)
-        if times or mutant:
-            ax.step(
-                [0.0, *times, doc["seconds"]], [0, *range(1, len(times) + 1), len(times)], where="post", label=label
-            )
+    for label, found in series:
+        times = sorted(found)
+        ax.step([0.0, *times, end], [0, *range(1, len(times) + 1), len(times)], where="post", label=label)
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("seconds")
-    ax.set_ylabel("signatures")
-    ax.set_title(f"{doc['runs']} runs, {len(doc['signatures'])} signatures")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def signatures_plot(doc: dict, path: str) -> bool:
+    """campaign.png: signatures found against time, a correct policy's apart."""
+    series = [("in mutants", [s["first_seen_s"] for s in doc["signatures"] if s["mutant"]])]
+    correct = [s["first_seen_s"] for s in doc["signatures"] if not s["mutant"]]
+    if correct:
+        series.append(("in correct policies", correct))
+    title = f"{doc['runs']} runs, {len(doc['signatures'])} signatures"
+    return found_over_time(path, series, doc["seconds"], "signatures", title)
