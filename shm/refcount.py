@@ -76,7 +76,11 @@ class Refcount(Handle):
 
     def inc(self, cpu: Cpu) -> None:
         """refcount_inc(): the caller already holds a reference, so the count cannot be 0."""
-        old = self.mem.fetch_add32(self.off, 1)
+        self.add(cpu, 1)
+
+    def add(self, cpu: Cpu, n: int) -> None:
+        """refcount_add(): n more references; the caller holds one, so the count cannot be 0."""
+        old = self.mem.fetch_add32(self.off, n)
         if old <= 0:
             self._saturate(cpu, REFCOUNT_INC_ON_ZERO, "addition on 0; use-after-free", old)
 
@@ -98,6 +102,15 @@ class Refcount(Handle):
         if old == 1:
             return True
         if old <= 0:
+            self.underflowed(cpu, old)
+        return False
+
+    def sub_and_test(self, cpu: Cpu, n: int) -> bool:
+        """refcount_sub_and_test(): drop n references; True if they were the last."""
+        old = self.mem.fetch_sub32(self.off, n)
+        if old == n:
+            return True
+        if old < n:
             self.underflowed(cpu, old)
         return False
 
