@@ -12,7 +12,15 @@ from __future__ import annotations
 from policies.mm.migrate import Migrate
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, is_migration_entry, mk_pte, swp_offset
 from policies.mm.rmap import ANON_SITE, LAST_WRITER
-from policies.mm.vmf import FAULT_FLAG_SPECULATIVE, FAULT_FLAG_UNSHARE, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_RETRY, Vmf
+from policies.mm.vmf import (
+    FAULT_FLAG_PTE_GET,
+    FAULT_FLAG_SPECULATIVE,
+    FAULT_FLAG_UNSHARE,
+    VM_FAULT_OK,
+    VM_FAULT_OOM,
+    VM_FAULT_RETRY,
+    Vmf,
+)
 from shm import GFP_KERNEL, GFP_NOWAIT
 from shm.pool import PAGE_STRIDE, PFN_MASK
 
@@ -41,15 +49,22 @@ class Fault(Migrate):
             pte = self.spf_walk(cpu, vmf)
             if pte < 0:
                 return VM_FAULT_RETRY
-        else:
-            pmd, pi, table = self.pmd_pte_alloc(cpu, vmf.mm, vmf.vpn)
-            if not table:
-                return VM_FAULT_OOM
+            return self.handle_pte_fault(cpu, vmf, pte)
+        pmd, pi, table = self.pte_alloc_get(cpu, vmf.mm, vmf.vpn)
+        if not table:
+            return VM_FAULT_OOM
+        vmf.flags |= FAULT_FLAG_PTE_GET
+        try:
             vmf.pmd = (pmd, pi)
             got = self.pte_offset_map(cpu, vmf.pmd, vmf.vpn)
             if got is None:
                 return VM_FAULT_OK  # the table went (reclaimed): the access faults again
-            pte = got
+            return self.handle_pte_fault(cpu, vmf, got)
+        finally:
+            self.pte_put_vmf(cpu, vmf)
+
+    def handle_pte_fault(self, cpu, vmf: Vmf, pte: int) -> int:
+        """handle_pte_fault(): what the PTE read without the ptl asks for."""
         if not pte:
             return self.do_anonymous_page(cpu, vmf)
         if not pte & PTE_PRESENT:
@@ -85,6 +100,7 @@ class Fault(Migrate):
             self.page_add_anon_rmap(page, anon, vmf.vpn, exclusive=True)
             self.mm_mem.fetch_add64(self.mm0 + vmf.mm * self.mm_stride + self.rss_field, 1)
             self.page_mem.store64(off, page << FLAG_BITS | PTE_PRESENT | PTE_WRITE)
+        self.pte_get(cpu, table)
         ptl.unlock(cpu)
         return VM_FAULT_OK
 

@@ -93,16 +93,19 @@ class Fork(Swap):
                 stop = min(end, (vpn // g.pte + 1) * g.pte)
                 src = 0
                 if self.walk_pte_table(cpu, src_mm, vpn, "copy_pte_range"):
-                    dst = self.pte_alloc(cpu, dst_mm, vpn)  # pte_alloc_map_lock first, as copy_pte_range does
+                    dst = self.pte_alloc_get(cpu, dst_mm, vpn)[2]  # pte_alloc_map_lock first, as copy_pte_range does
                     if not dst:
                         return False
                     src, sptl = self.pte_offset_map_lock(cpu, src_mm, vpn)
+                    if not src:
+                        self.pte_put(cpu, dst_mm, dst, vpn)
                 if src:
                     dptl = self.pool.ptl(dst & PFN_MASK)
                     dptl.lock(cpu)
                     at, prealloc = self.copy_pte_range(cpu, dst_mm, dst, src, dst_anon, vpn, stop, prealloc)
                     dptl.unlock(cpu)
                     sptl.unlock(cpu)
+                    self.pte_put(cpu, dst_mm, dst, vpn)
                     if at < stop:
                         prealloc = self.pool.alloc_page(cpu, GFP_KERNEL, ANON_SITE)
                         if prealloc is None:
@@ -123,7 +126,7 @@ class Fork(Swap):
         """copy_pte_range() under both ptls: where it stopped (`stop`, or a vpn whose page must be
         copied and no page is at hand), and the preallocated page it did not use."""
         g = self.geometry
-        rss = 0
+        rss = copied = 0
         try:
             for v in range(start, stop):
                 soff = self.table_off(src, v % g.pte)
@@ -131,6 +134,7 @@ class Fork(Swap):
                 pte = self.page_mem.load64(soff)
                 if not pte:
                     continue
+                copied += 1
                 if not pte & PTE_PRESENT:
                     self.page_mem.store64(doff, self.copy_nonpresent_pte(cpu, dst_mm, soff, pte))
                     continue
@@ -140,6 +144,7 @@ class Fork(Swap):
                         self.report_no_anon_vma(cpu, dst_mm, ref, v)
                     if not self.folio_try_dup_anon_rmap(cpu, ref):
                         if prealloc is None:
+                            copied -= 1
                             return v, None
                         self.copy_present_page(cpu, doff, pte, ref, prealloc, dst_anon, v)
                         prealloc = None
@@ -153,6 +158,7 @@ class Fork(Swap):
             return stop, prealloc
         finally:
             self.add_mm_rss_vec(dst_mm, rss)
+            self.pte_get_many(cpu, dst, copied)
 
     def report_no_anon_vma(self, cpu, dst_mm: int, ref: int, vpn: int) -> None:
         cpu.report(

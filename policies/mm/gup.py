@@ -126,7 +126,7 @@ class Gup(Rmap):
     def follow_page_pte(self, cpu, vmf: Vmf, gup_flags: int = FOLL_GET) -> int:
         """follow_page_pte(): under the ptl, take a reference to the mapped page; 0 if none (a
         fault must map it), GUP_MUST_UNSHARE if a R/O pin must first unshare it."""
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
+        table, ptl = self.pte_tryget_map_lock(cpu, vmf.mm, vmf.vpn, vmf.pmd)
         if not table:
             return 0
         pte = self.page_mem.load64(self.table_off(table, vmf.vpn % self.geometry.pte))
@@ -138,6 +138,7 @@ class Gup(Rmap):
             elif page and self.try_grab_page(cpu, page, gup_flags):
                 ref = page
         ptl.unlock(cpu)
+        self.pte_put(cpu, vmf.mm, table, vmf.vpn)
         return ref
 
     def use_pinned_page(self, cpu, mm: int, ref: int, what: str) -> None:

@@ -67,7 +67,7 @@ class Madvise(Zap):
         return out
 
     def _pageout_table(self, cpu, mm: int, start: int, end: int) -> int:
-        table, ptl = self.pte_offset_map_lock(cpu, mm, start)
+        table, ptl = self.pte_tryget_map_lock(cpu, mm, start)
         if not table:
             return 0
         out = 0
@@ -87,6 +87,7 @@ class Madvise(Zap):
                 continue
             out += 1
         ptl.unlock(cpu)
+        self.pte_put(cpu, mm, table, start)
         return out
 
     def try_to_unmap_one(self, cpu, mm: int, vpn: int, off: int, ref: int, slot: int) -> bool:

@@ -49,9 +49,15 @@ class Migrate(VmFault):
     def remove_migration_pte(self, cpu, vmf: Vmf, entry: int, dst: int) -> bool:
         """remove_migration_pte(): under the ptl, the migration entry replaced by a PTE to `dst`
         (the new page, or the old one if it could not move); False if it was zapped meanwhile."""
-        table, ptl = self.pte_offset_map_lock(cpu, vmf.mm, vmf.vpn)
+        table, ptl = self.pte_tryget_map_lock(cpu, vmf.mm, vmf.vpn)
         if not table:
             return False
+        try:
+            return self._remove_migration_pte(cpu, vmf, entry, dst, table, ptl)
+        finally:
+            self.pte_put(cpu, vmf.mm, table, vmf.vpn)
+
+    def _remove_migration_pte(self, cpu, vmf: Vmf, entry: int, dst: int, table: int, ptl) -> bool:
         off = self.table_off(table, vmf.vpn % self.geometry.pte)
         if self.page_mem.load64(off) != entry:
             ptl.unlock(cpu)
@@ -110,7 +116,7 @@ class Migrate(VmFault):
         entry; then the range is flushed, before the ptl is dropped (60bae7370896,
         "mm/migrate_device.c: flush TLB while holding PTL": a zap could otherwise clear the
         entry and return before the flush).  (vpn, page, entry) of each."""
-        table, ptl = self.pte_offset_map_lock(cpu, mm, start)
+        table, ptl = self.pte_tryget_map_lock(cpu, mm, start)
         if not table:
             return []
         collected = []
@@ -133,6 +139,7 @@ class Migrate(VmFault):
             self.migrate_vma_flush(cpu, mm, start, end)
             self.tlb_promise(cpu, mm, start, end, upto)
         ptl.unlock(cpu)
+        self.pte_put(cpu, mm, table, start)
         return collected
 
     def migrate_vma_flush(self, cpu, mm: int, start: int, end: int) -> None:

@@ -82,6 +82,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
         "fault_pmd_gone",
         "pte_map_retries",
         "ptes_walked",
+        "walker_freed_table",
     )
 
     @staticmethod
@@ -286,11 +287,12 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
             vma = self.vma_lookup(cpu, mm, vpn)
             if not vma or self.vma_field(cpu, vma, "vm_flags", "check_pin") & VM_BABY:
                 return  # unmapped, or being torn down without mmap_lock: its tables may be going
-            table, ptl = self.pte_offset_map_lock(cpu, mm, vpn)
+            table, ptl = self.pte_tryget_map_lock(cpu, mm, vpn)
             pte = 0
             if table:
                 pte = self.page_mem.load64(self.table_off(table, vpn % self.geometry.pte))
                 ptl.unlock(cpu)
+                self.pte_put(cpu, mm, table, vpn)
             unmapped = self.pinned_unmaps(mm, vpn) != unmaps
         finally:
             lock.up_read(cpu)

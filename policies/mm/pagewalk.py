@@ -31,15 +31,24 @@ class PageWalk(Tlb):
             lock.up_read(cpu)
 
     def walk_pte_range(self, cpu, mm: int, start: int, end: int) -> int:
-        """walk_pte_range(): one table's [start, end) under its ptl; the entries that are not none."""
-        table, ptl = self.pte_offset_map_lock(cpu, mm, start)
+        """walk_pte_range(): one table's [start, end) under its ptl, holding a reference on it
+        (pte_tryget_map_lock); the entries that are not none.  The walker's put may be the
+        table's last (the seed's fixed walker: "A ... pte_put() --> pte_refcount=0, free")."""
+        table, ptl = self.pte_tryget_map_lock(cpu, mm, start)
         if not table:
             return 0
+        found = self.walk_locked_table(cpu, table, start, end)
+        ptl.unlock(cpu)
+        if self.pte_put(cpu, mm, table, start):
+            self.count("walker_freed_table")
+        return found
+
+    def walk_locked_table(self, cpu, table: int, start: int, end: int) -> int:
+        """The walk itself, under the table's ptl: how many entries are not none."""
         cpu.window("walk_pte_range:locked")
         found = 0
         for v in range(start, end):
             if self.read_entry(cpu, table, v % self.geometry.pte, "walk_pte_range"):
                 found += 1
-        ptl.unlock(cpu)
         self.count("ptes_walked", end - start)
         return found

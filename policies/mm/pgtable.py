@@ -163,39 +163,53 @@ class PageTables(MmBase):
 
         A new table is allocated before the lock (it may sleep) and freed
         again if another CPU installed one first, as mm/memory.c does."""
-        g = self.geometry
-        pgd = self.mm_mem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
-        e = self.read_entry(cpu, pgd, vpn // g.pmd_span, "pmd_alloc: walk")
-        pmd = e >> FLAG_BITS if e & _PRESENT else self._alloc_level(cpu, mm, pgd, vpn // g.pmd_span, PMD_SITE)
+        pmd = self.pmd_alloc(cpu, mm, vpn)
         if not pmd:
             return 0, 0, 0
-        i = vpn // g.pte % g.pmd
+        i = vpn // self.geometry.pte % self.geometry.pmd
         e = self.read_entry(cpu, pmd, i, "pte_alloc: walk")
         table = e >> FLAG_BITS if e & _PRESENT else self._alloc_level(cpu, mm, pmd, i, PTE_SITE)
         return pmd, i, table
+
+    def pmd_alloc(self, cpu, mm: int, vpn: int) -> int:
+        """pmd_alloc(): the pmd table for vpn, allocated if missing; 0 on OOM."""
+        g = self.geometry
+        pgd = self.mm_mem.load64(self.mm0 + mm * self.mm_stride + self.pgd_field)
+        e = self.read_entry(cpu, pgd, vpn // g.pmd_span, "pmd_alloc: walk")
+        return e >> FLAG_BITS if e & _PRESENT else self._alloc_level(cpu, mm, pgd, vpn // g.pmd_span, PMD_SITE)
 
     def _alloc_level(self, cpu, mm: int, table: int, index: int, site: int) -> int:
         e = self.read_entry(cpu, table, index, "pte_alloc: walk")
         if e & _PRESENT:
             return e >> FLAG_BITS
-        new = self.pool.alloc_page(cpu, GFP_KERNEL, site)
+        new = self.pte_alloc_one(cpu, mm, site)
         if new is None:
             return 0
-        self._zero_table(new)
-        self.pool.mem.store64(self.pool.field_off(new & PFN_MASK, "private"), self.mm_id(mm))
         cpu.window("__pte_alloc:before-pmd_lock")
         ptl = self.page_table_lock(mm)
         ptl.lock(cpu)
         off = self.table_off(table, index)
         e = self.page_mem.load64(off)
         if not e & _PRESENT:
-            self.page_mem.store64(off, mk_pte(new, _PRESENT))
-            self.mm_mem.fetch_add64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
+            self.pmd_populate(mm, off, new)
             ptl.unlock(cpu)
             return new
         ptl.unlock(cpu)
         self.pool.free_page(cpu, new, site)
         return e >> FLAG_BITS
+
+    def pte_alloc_one(self, cpu, mm: int, site: int = PTE_SITE) -> int | None:
+        """pte_alloc_one(): a zeroed table page for mm (page->pt_mm set), or None; it may sleep."""
+        new = self.pool.alloc_page(cpu, GFP_KERNEL, site)
+        if new is not None:
+            self._zero_table(new)
+            self.pool.mem.store64(self.pool.field_off(new & PFN_MASK, "private"), self.mm_id(mm))
+        return new
+
+    def pmd_populate(self, mm: int, off: int, new: int) -> None:
+        """pmd_populate() and mm_inc_nr_ptes(), under the pmd lock: the entry at `off` maps `new`."""
+        self.page_mem.store64(off, mk_pte(new, _PRESENT))
+        self.mm_mem.fetch_add64(self.mm_off(mm, "pgtable_bytes"), self.page_size)
 
     def table_mm(self, table: int) -> int:
         """page->pt_mm: the id (generation and slot) of the mm a page table was allocated for."""
@@ -256,6 +270,36 @@ class PageTables(MmBase):
         """pmd_same(pmdval, pmdp_get_lockless(pmd)): under the ptl, the pmd at `off` still maps
         the table read under RCU (not unhooked, not replaced)."""
         return self.page_mem.load64(off) == pmdval
+
+    # -- the pte_ref seed's helpers with CONFIG_FREE_USER_PTE off: a PTE table lives until
+    # free_pgtables (or pt_reclaim) frees it, and nobody counts who uses it
+    # (Qi Zheng, "[PATCH v3 14/15] Documentation: add document for pte_ref", section 4).
+    def pte_alloc_get(self, cpu, mm: int, vpn: int) -> tuple[int, int, int]:
+        """pte_alloc_get(): the fault's PTE table, allocated if missing, and a reference on it."""
+        return self.pmd_pte_alloc(cpu, mm, vpn)
+
+    def pte_tryget_map_lock(self, cpu, mm: int, vpn: int, pmd: tuple[int, int] | None = None) -> tuple[int, Any]:
+        """pte_tryget_map_lock(): a walker's reference on the table (pte_try_get), then
+        pte_offset_map_lock(); (0, None) if there is no table to walk."""
+        return self.pte_offset_map_lock(cpu, mm, vpn, pmd)
+
+    def pte_get(self, cpu, table: int) -> None:
+        """pte_get(): an entry of `table` went from none to not none (under its ptl)."""
+
+    def pte_get_many(self, cpu, table: int, nr: int) -> None:
+        """pte_get_many(): `nr` entries of `table` went from none to not none."""
+
+    def pte_put(self, cpu, mm: int, table: int, vpn: int) -> bool:
+        """pte_put(): a visitor is done with `table`, after its ptl was dropped; True if that
+        freed the table."""
+        return self.pte_put_many(cpu, mm, table, vpn, 1)
+
+    def pte_put_many(self, cpu, mm: int, table: int, vpn: int, nr: int) -> bool:
+        """pte_put_many(): `nr` entries cleared (or visitors gone); True if the table was freed."""
+        return False
+
+    def pte_put_vmf(self, cpu, vmf) -> None:
+        """pte_put_vmf(): the fault drops the reference pte_alloc_get took (FAULT_FLAG_PTE_GET)."""
 
     def sweep_tables(self, cpu, tables) -> None:
         """At a quiescent point, every live PTE table (numpy rows: table, pmd table, pmd index, mm):

@@ -43,6 +43,7 @@ FAULT_RESULTS = ("ok", "retry", "sigsegv", "oom")
 
 FAULT_FLAG_SPECULATIVE = 0x1
 FAULT_FLAG_UNSHARE = 0x2
+FAULT_FLAG_PTE_GET = 0x4
 
 
 class Vmf:
@@ -53,7 +54,9 @@ class Vmf:
     interrupts off and takes the ptl by trylock (spf_walk, pte_map_lock).
     FAULT_FLAG_UNSHARE (c89357e27f20, "mm: support GUP-triggered unsharing
     of anonymous pages") is GUP asking for an exclusive page where a R/O pin
-    would otherwise pin one that fork shares: do_wp_page without the write."""
+    would otherwise pin one that fork shares: do_wp_page without the write.
+    FAULT_FLAG_PTE_GET (the pte_ref seed): the fault holds a reference on its
+    PTE table, which pte_put_vmf drops."""
 
     __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags")
 

@@ -120,10 +120,11 @@ class Zap(Swap):
         incorrect reclaim of non-empty PTE pages", 2025)."""
         mm = tlb.mm
         addr, direct_reclaim, pmdval = start, True, 0
-        table, ptl = self.pte_offset_map_lock(cpu, mm, addr)
+        held, ptl = self.pte_tryget_map_lock(cpu, mm, addr)  # zap_pmd_range's pte_try_get, with pte_ref
+        table = held
         while table:
             tlb.force_break = -1
-            self.zap_pte_range(cpu, tlb, table, addr, end)
+            cleared = self.zap_pte_range(cpu, tlb, table, addr, end)
             if tlb.force_break < 0:
                 if can_reclaim_pt and direct_reclaim:
                     pmdval = self.try_get_and_clear_pmd(cpu, mm, start, table)
@@ -132,18 +133,22 @@ class Zap(Swap):
             direct_reclaim = self.can_direct_reclaim(ptl_dropped=True)
             addr = tlb.force_break
             ptl.unlock(cpu)
+            self.pte_put_many(cpu, mm, table, addr, cleared)
             self.tlb_flush_mmu(cpu, tlb)
             table, ptl = self.pte_offset_map_lock(cpu, mm, addr)
         for v in vmas:
             self.vma_mark_zapped(v, start, end)
-        if not table:
-            return  # no table, or it went while the ptl was dropped: nothing to reclaim
-        ptl.unlock(cpu)
-        if can_reclaim_pt:
-            if direct_reclaim:
-                self.free_pte(cpu, tlb, start, pmdval)
-            else:
-                self.try_to_free_pte(cpu, tlb, start)
+        if table:
+            ptl.unlock(cpu)
+            self.pte_put_many(cpu, mm, table, addr, cleared)
+            if can_reclaim_pt:
+                if direct_reclaim:
+                    self.free_pte(cpu, tlb, start, pmdval)
+                else:
+                    self.try_to_free_pte(cpu, tlb, start)
+        # else no table, or it went while the ptl was dropped: nothing to reclaim
+        if held:
+            self.pte_put(cpu, mm, held, start)
 
     def can_direct_reclaim(self, ptl_dropped: bool) -> bool:
         """zap_pte_range's direct_reclaim: the fast path only for a table zapped under one hold
@@ -196,9 +201,10 @@ class Zap(Swap):
 
     def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
         """zap_pte_range()'s loop (do_zap_pte_range): under the table's ptl, clear [start, end) and
-        gather the pages; how many PTEs.  When the gather's batch is full it stops after that
-        entry and says where (tlb.force_break)."""
-        zapped = rss = zero = 0
+        gather the pages; how many entries it cleared, present or not (the pte_ref seed's
+        nr_put).  When the gather's batch is full it stops after that entry and says where
+        (tlb.force_break)."""
+        zapped = rss = zero = swapped = 0
         first = last = -1
         page_mem, mm, pages = self.page_mem, tlb.mm, tlb.pages
         base = self.table_off(table, 0) - 8 * (start - start % self.geometry.pte)
@@ -211,6 +217,7 @@ class Zap(Swap):
                 continue
             if not pte & PTE_PRESENT:
                 rss -= self.zap_nonpresent_pte(cpu, mm, v, off, pte)
+                swapped += 1
                 continue
             self.tlb_retire(mm, v)
             page_mem.store64(off, 0)
@@ -236,7 +243,7 @@ class Zap(Swap):
         self.count("ptes_zapped", zapped)
         if zero:
             self.count("zero_pages_zapped", zero)
-        return zapped
+        return zapped + swapped
 
     def zap_nonpresent_pte(self, cpu, mm: int, vpn: int, off: int, pte: int) -> int:
         """zap_nonpresent_ptes(): clear a swap or migration entry (no TLB holds it); the RSS it
