@@ -10,7 +10,7 @@ from dataclasses import replace
 from policies.mm import Geometry
 from policies.pte_ref.litmus import LITMUS
 from policies.scenario import Arg, Operation, Policy
-from policies.vma_lookup.common import MAX_LEN, TASK_MM, VmaPolicy, clamp_range
+from policies.vma_lookup.common import TASK_MM, VmaPolicy, clamp_range
 from policies.vma_lookup.scenario import VmaLookup, as_task, user_access
 
 MADVISE_WEIGHT = 8  # jemalloc gives memory back far more often than it maps or unmaps
@@ -35,9 +35,9 @@ class PteRef(VmaLookup):
     def operations(self, policy: VmaPolicy) -> tuple[Operation, ...]:
         ops = [replace(op, weight=MADVISE_WEIGHT) if op.name == "madvise" else op for op in super().operations(policy)]
         task, vpn = Arg("task", len(TASK_MM)), Arg("vpn", self.geometry.pages, address=True)
-        ops.append(Operation("populate", 4, op_populate, (task, vpn, Arg("len", MAX_LEN))))
-        ops.append(Operation("madv_free", 3, op_madv_free, (task, vpn, Arg("len", MAX_LEN))))
-        ops.append(Operation("walk", 4, op_walk, (task, vpn, Arg("len", MAX_LEN))))
+        ops.append(Operation("populate", 4, op_populate, (task, vpn, Arg("len", self.max_len))))
+        ops.append(Operation("madv_free", 3, op_madv_free, (task, vpn, Arg("len", self.max_len))))
+        ops.append(Operation("walk", 4, op_walk, (task, vpn, Arg("len", self.max_len))))
         return tuple(ops)
 
     def litmus(self, policy: Policy) -> list | None:

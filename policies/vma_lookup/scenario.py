@@ -74,12 +74,14 @@ class VmaLookup(MmScenario):
     ):
         """`geometry` sizes the page tables (a user registers another instance under another
         name for a larger address space); the setup, the litmus programs and the benchmark
-        place their VMAs in the first 128 pages."""
+        place their VMAs in the first 128 pages.  A range argument spans up to two PTE
+        tables (16 pages with the default 8-entry tables)."""
         super().__init__(geometry, srcu_domains=1)
         if self.geometry.pages < 128:
             raise ValueError(f"{name}: the geometry must map at least 128 pages, not {self.geometry.pages}")
         self.name = name
         self.policies = policies
+        self.max_len = max(MAX_LEN, 2 * self.geometry.pte)
 
     def setup(self, w: World) -> None:
         super().setup(w)
@@ -93,11 +95,11 @@ class VmaLookup(MmScenario):
         mm_a, vpn_a = Arg("task", len(TASK_MM)), Arg("vpn", pages, address=True)
         return (
             Operation("access", 40, access, (mm_a, vpn_a, Arg("write", 2))),
-            Operation("mmap", 3, op_mmap, (mm_a, vpn_a, Arg("len", MAX_LEN), Arg("fixed", 2))),
-            Operation("munmap", 3, op_munmap, (mm_a, vpn_a, Arg("len", MAX_LEN))),
-            Operation("madvise", 2, op_madvise, (mm_a, vpn_a, Arg("len", MAX_LEN))),
-            Operation("pageout", 1, op_pageout, (mm_a, vpn_a, Arg("len", MAX_LEN))),
-            Operation("migrate", 1, op_migrate, (mm_a, vpn_a, Arg("len", MAX_LEN))),
+            Operation("mmap", 3, op_mmap, (mm_a, vpn_a, Arg("len", self.max_len), Arg("fixed", 2))),
+            Operation("munmap", 3, op_munmap, (mm_a, vpn_a, Arg("len", self.max_len))),
+            Operation("madvise", 2, op_madvise, (mm_a, vpn_a, Arg("len", self.max_len))),
+            Operation("pageout", 1, op_pageout, (mm_a, vpn_a, Arg("len", self.max_len))),
+            Operation("migrate", 1, op_migrate, (mm_a, vpn_a, Arg("len", self.max_len))),
             Operation("gup", 4, op_gup, (mm_a, vpn_a, Arg("fast", 2))),
             Operation("pin", 2, op_pin, (mm_a, vpn_a, Arg("how", len(PIN_HOW)), Arg("fast", 2))),
             Operation("unpin", 2, op_unpin, ()),
