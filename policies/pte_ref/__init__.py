@@ -10,6 +10,9 @@ read, and how does a walker keep it":
 
   never_free   today's kernel: tables are freed only by free_pgtables, under
                mmap_lock for write (munmap) or at exit.
+  pte_ref      the seed: every entry that is not none and every visitor (fault,
+               zap, walker, slow GUP) holds the table's pte_refcount; at 0 the
+               table is unhooked under the pmd lock, flushed by IPI and freed.
   pt_reclaim   6.14: a MADV_DONTNEED zap that emptied a whole table under one
                hold of its ptl unhooks it there if the pmd lock is free
                (try_get_and_clear_pmd), else checks it empty again under both
@@ -25,9 +28,19 @@ policy with its broken twins right below it, and litmus.py.
 from __future__ import annotations
 
 from policies import register
-from policies.pte_ref import never_free, pt_reclaim
+from policies.pte_ref import never_free, pt_reclaim, pte_ref
 from policies.pte_ref.scenario import PteRef
 
-register(PteRef(policies=(never_free.never_free, pt_reclaim.pt_reclaim, *pt_reclaim.MUTANTS)))
+register(
+    PteRef(
+        policies=(
+            never_free.never_free,
+            pte_ref.pte_ref,
+            *pte_ref.MUTANTS,
+            pt_reclaim.pt_reclaim,
+            *pt_reclaim.MUTANTS,
+        )
+    )
+)
 
 __all__ = ["PteRef"]

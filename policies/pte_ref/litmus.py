@@ -12,6 +12,28 @@ def _repeat(ops: list, n: int) -> list:
 # [0, 8): filled by writes, then emptied whole by MADV_DONTNEED, which pt_reclaim frees.
 _FILL = [["access", 0, v, 1] for v in range(8)]
 LITMUS = {
+    # pte_ref.  The walker reads the pmd and maps the table while the zap drops its last reference.
+    "walker_without_tryget": [
+        _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
+        _repeat([["walk", 1, 0, 7]], 6),
+    ],
+    # A visitor takes the pmd lock between the zap's put to 0 and free_user_pte_table's unhook.
+    "get_not_unless_zero": [
+        _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
+        _repeat([["walk", 1, 0, 7], ["access", 1, 3, 1]], 6),
+    ],
+    # Fast GUP walks the table with interrupts off while the zap's last put frees it.
+    "freed_before_flush": [
+        _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
+        _repeat([["gup", 1, 1, 1], ["access", 1, 1, 1]], 6),
+    ],
+    # Filled, emptied: the table keeps the references of the entries the zap cleared.
+    "zap_without_pte_put": [[*_FILL[:2], ["madvise", 0, 0, 7]], [["access", 1, 40, 1]]],
+    # Table 1 (vpn [8, 16)) is entry 1 of its pmd table: emptied, it unhooks entry 0's.
+    "backpointer_without_index": [
+        [["access", 0, 9, 1], ["access", 0, 1, 1], ["madvise", 0, 8, 7]],
+        [["access", 1, 40, 1]],
+    ],
     # The zap drops the ptl midway (the batch holds half a table); the other thread refills the
     # half it zapped first before the zap's last hold takes the fast path.
     "reclaim_refilled_table": [

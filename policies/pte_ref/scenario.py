@@ -27,6 +27,9 @@ class PteRef(VmaLookup):
         "reclaim_slow",
         "reclaim_refilled",
         "reclaim_pml_busy",
+        "user_pte_tables_freed",
+        "pte_tryget_zero",
+        "pte_alloc_dying",
     )
 
     def __init__(self, geometry: Geometry | None = None, policies: tuple[VmaPolicy, ...] = (), name: str = "pte_ref"):
@@ -44,7 +47,15 @@ class PteRef(VmaLookup):
         return LITMUS.get(policy.name)
 
     def stat_text(self, counters: dict[str, int]) -> str:
-        keys = ("faults", "madvises", "walks", "tables_reclaimed", "reclaim_slow", "tables_freed")
+        keys = (
+            "faults",
+            "madvises",
+            "walks",
+            "user_pte_tables_freed",
+            "tables_reclaimed",
+            "reclaim_slow",
+            "tables_freed",
+        )
         return " ".join(f"{k}: {counters.get(k, 0)}" for k in keys)
 
 
