@@ -54,6 +54,38 @@ def test_pt_reclaim_beside_walkers_and_faults_goes_through_its_races(mmtorture_r
     assert seen["pte_map_retries"] > 0 and seen["reclaim_refilled"] > 0, seen
 
 
+def test_pte_ref_frees_a_table_when_its_last_user_goes(mmtorture_run):
+    """The seed's count: each entry and each visitor holds the table.  A zap that empties it
+    drops the count to 0 and frees it whole or not (no batch, no ptl dropped midway); a walk,
+    a slow GUP or a fault that finds nothing leaves it as it was; every write after a zap
+    faults a new table in."""
+    c = _run(mmtorture_run, "pte_ref", [(FILL + [["madvise", 0, 0, 7]]) * 3])
+    assert c["user_pte_tables_freed"] == 3 and c["tables_freed"] == 4 and c["faults"] == 24
+    keep = FILL[:2] + [["madvise", 0, 1, 7], ["walk", 0, 0, 7], ["gup", 0, 0, 0], ["access", 0, 0, 1]]
+    c = _run(mmtorture_run, "pte_ref", [keep])
+    assert c["faults"] == 2  # vpn 0 still maps a page: the walker's and GUP's puts left the table
+    assert c["user_pte_tables_freed"] == 1  # at exit
+    c = _run(mmtorture_run, "pte_ref", [[["access", 0, 3, 0], ["madvise", 0, 3, 0], ["walk", 0, 0, 7]]])
+    assert c["user_pte_tables_freed"] == 1 and c["walks"] == 1 and c["ptes_walked"] == 0
+
+
+def test_pte_ref_beside_walkers_and_faults_goes_through_its_races(mmtorture_run):
+    """Section 3 with the fix: a walker that holds a reference while a MADV_DONTNEED empties the
+    table frees it with its own put; a visitor that comes while the count is 0 and the table
+    not yet unhooked fails pte_get_unless_zero, and a fault waits for the unhook and installs
+    a new table.  None of it is a finding."""
+    program = [
+        ([*FILL[:2], ["madvise", 0, 0, 7]]) * 6,
+        ([["walk", 1, 0, 7], ["access", 1, 3, 1]]) * 6,
+    ]
+    seen: dict[str, int] = {}
+    for seed in range(24):
+        for k, v in _run(mmtorture_run, "pte_ref", program, seed).items():
+            seen[k] = seen.get(k, 0) + v
+    assert seen["walker_freed_table"] > 0 and seen["pte_tryget_zero"] > 0, seen
+    assert seen["user_pte_tables_freed"] > seen["walker_freed_table"]
+
+
 def test_the_seeds_size_table_follows_from_the_geometry():
     """The preface's table: 3 GiB of 32-bit user space and 48-bit addresses, 4 KiB pages."""
     from policies.mm.geometry import PMD_LEVEL, PTE_LEVEL, max_table_bytes
