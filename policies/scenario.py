@@ -171,6 +171,12 @@ class Scenario:
         """Extra text for the periodic stat line."""
         return ""
 
+    def gauges(self, w: World) -> dict[str, int]:
+        """Quantities the runner samples while the CPUs run (`--gauge-interval`) and once more at
+        the quiescent point (page-table bytes, tables held): read from the outside with plain
+        loads, taking no lock and no part in any schedule, so a sample may be torn."""
+        return {}
+
     def litmus(self, policy: Policy) -> list | None:
         """A small program (per CPU, [operation, arg...]) in which `policy`'s bug is reachable.
 

@@ -186,6 +186,14 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("window_delay", _nonneg_float, 50.0, "longest injected delay at a window", unit="us", metavar="US"),
     Knob("stat_interval", _positive_float, 5.0, "seconds between stat lines", unit="s", metavar="S"),
+    Knob(
+        "gauge_interval",
+        _nonneg_float,
+        0.0,
+        "seconds between samples of the scenario's gauges (page-table bytes...); 0: only at the quiescent point",
+        unit="s",
+        metavar="S",
+    ),
     Knob("stall_timeout", _positive_float, 10.0, "a CPU without progress this long is stuck", unit="s", metavar="S"),
     Knob(
         "nowait_fail_rate",

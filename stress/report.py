@@ -223,6 +223,10 @@ def build_report(r, report: dict[str, Any]) -> tuple[list[Finding], dict]:
         windows=m.windows(),
         traces={who(m, i): decode_trace(m, m.traces[i], r.op_names)[-16:] for i in range(m.nslots)},
     )
+    report["gauges"] = {
+        "samples": [{"t_s": t, **g} for t, g in r.gauge_samples],
+        "quiescent": r.gauges_quiescent,
+    }
     report["evidence"] = evidence(report)
     if pol.mutant:
         first = findings[0].check if findings else None

@@ -186,6 +186,8 @@ class Runner:
         self.label = f"{self.scenario.name}/{self.policy.name}"
         self.machine: Machine | None = None
         self.world: World | None = None  # the boot CPU's: setup, sweep, teardown
+        self.gauge_samples: list[tuple[float, dict[str, int]]] = []  # (seconds into the run, gauges)
+        self.gauges_quiescent: dict[str, int] | None = None
         self.procs: list = []
         self.gp: Any = None
         self.signum = 0
@@ -430,6 +432,11 @@ class Runner:
         watchdog = self.watchdog = Watchdog(m, k["stall_timeout"], self.op_names, progress)
         self.bar = self._make_bar()
         next_stat = start + k["stat_interval"]
+        every = k["gauge_interval"]
+        next_gauge = start if every else float("inf")
+        if every and self.world is not None:  # the first as the CPUs start, however short the run
+            self.gauge_samples.append((0.0, self.scenario.gauges(self.world)))
+            next_gauge += every
         duration = k["duration"]
         try:
             while True:
@@ -453,6 +460,9 @@ class Runner:
                 if now >= next_stat:
                     self.say(self._stat())
                     next_stat += k["stat_interval"]
+                if now >= next_gauge and self.world is not None:
+                    self.gauge_samples.append((round(now - start, 4), self.scenario.gauges(self.world)))
+                    next_gauge += every
                 if self.bar is not None:
                     done = self._ops_done()[0] if k["ops"] else int(now - start)
                     self.bar.update(done - self.bar.n)
@@ -561,6 +571,7 @@ class Runner:
             )
         self._check_dead()
         self.boot_sched.deadline = time.monotonic() + limit
+        self.gauges_quiescent = self.scenario.gauges(self.world)
         phase = "sweep"
         try:
             self.scenario.sweep(self.world)

@@ -13,7 +13,7 @@ import numpy as np
 
 from policies.mm.geometry import Geometry
 from policies.mm.mm import MmModel
-from policies.mm.sweep import check_swap_map, sweep
+from policies.mm.sweep import census, check_swap_map, sweep
 from policies.scenario import Needs, Region, Scenario, World
 from shm.checks import SLAB_LEAK
 
@@ -47,6 +47,10 @@ class MmScenario(Scenario):
     def setup(self, w: World) -> None:
         """Boot: the caches, the zero page, mm 0 with a thread per CPU."""
         w.mm.setup(w.cpu, w.ncpus)
+
+    def gauges(self, w: World) -> dict[str, int]:
+        """Page-table bytes, PTE tables and the empty ones among them, over the live mms."""
+        return census(w.mm)
 
     def sweep(self, w: World) -> None:
         """The drivers release the pins they kept, then the sweep."""

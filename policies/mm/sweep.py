@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.mm.base import MM_EXITED, MM_LIVE
 from policies.mm.checks import (
     BAD_PAGE_REFS,
     BAD_PGTABLE_BYTES,
@@ -170,6 +171,34 @@ def sweep(model, cpu) -> None:
             cpu.report(
                 SLAB_LEAK, f"{len(stray)} {cache.name} object(s) allocated that no live mm refers to", slots=stray[:16]
             )
+
+
+def census(model) -> dict[str, int]:
+    """What the live mms' page tables hold, read with numpy from outside the run (no lock, no
+    scheduling point): pgtable_bytes as the mms count it, the PTE tables their pmds map, and
+    how many of those map nothing (the pte_ref seed's cost: tables MADV_DONTNEED emptied).
+    Read while CPUs run, an entry may name a table freed meanwhile; it is counted as read."""
+    g, pool = model.geometry, model.pool
+    words = pool.data.view("<i8")
+    mms = model.mms
+    live = np.flatnonzero((mms["state"] == MM_LIVE) | (mms["state"] == MM_EXITED))
+    pgds = mms["pgd"][live]
+    pgds = pgds[pgds != 0] & PFN_MASK
+    pmds = _tables_named(words[pgds, : g.pgd], pool.npages)
+    ptes = _tables_named(words[pmds, : g.pmd], pool.npages)
+    empty = int(np.count_nonzero(~words[ptes, : g.pte].any(axis=1))) if len(ptes) else 0
+    return {
+        "pgtable_bytes": int(mms["pgtable_bytes"][live].sum()),
+        "pte_tables": len(ptes),
+        "empty_pte_tables": empty,
+    }
+
+
+def _tables_named(entries: np.ndarray, npages: int) -> np.ndarray:
+    """The pfns the present entries of a block of upper-level entries name."""
+    e = entries[(entries & PTE_PRESENT) != 0]
+    pfns = (e >> FLAG_BITS) & PFN_MASK
+    return pfns[pfns < npages]
 
 
 def check_swap_map(model, cpu, slot_refs: np.ndarray) -> None:

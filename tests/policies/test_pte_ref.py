@@ -86,6 +86,24 @@ def test_pte_ref_beside_walkers_and_faults_goes_through_its_races(mmtorture_run)
     assert seen["user_pte_tables_freed"] > seen["walker_freed_table"]
 
 
+def test_the_gauges_count_the_tables_madvise_emptied(mmtorture_run):
+    """The runner's last sample, at the quiescent point: never_free keeps the table the
+    MADV_DONTNEED emptied, pte_ref and pt_reclaim do not; page-table bytes follow (the pmd
+    table and one PTE table or none: mm_pgtables_bytes does not count the pgd).  Sampled at an interval, the run's samples come
+    first."""
+    program = [[*FILL[:2], ["madvise", 0, 0, 7]]]
+    want = {"never_free": (1, 1), "pte_ref": (0, 0), "pt_reclaim": (0, 0)}
+    for policy, (tables, empty) in want.items():
+        r = mmtorture_run("pte_ref", policy, cpus=1, seed=0, scheduler="random", program=program, gauge_interval=0.01)
+        g = r.report["gauges"]
+        assert g["quiescent"] == {
+            "pgtable_bytes": (1 + tables) * 64,
+            "pte_tables": tables,
+            "empty_pte_tables": empty,
+        }, policy
+        assert g["samples"] and g["samples"][0]["t_s"] >= 0 and set(g["samples"][0]) == {"t_s", *g["quiescent"]}
+
+
 def test_the_seeds_size_table_follows_from_the_geometry():
     """The preface's table: 3 GiB of 32-bit user space and 48-bit addresses, 4 KiB pages."""
     from policies.mm.geometry import PMD_LEVEL, PTE_LEVEL, max_table_bytes
