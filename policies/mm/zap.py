@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from policies.mm.checks import FREE_MAPPED_TABLE
 from policies.mm.pgtable import (
     FLAG_BITS,
@@ -363,16 +365,16 @@ class Zap(Swap):
     def free_table(self, cpu, table: int, lo: int | None) -> None:
         """Free one unhooked table: a PTE table if lo (its first vpn; None if not known), else a pmd."""
         pte_level = lo is None or lo >= 0
-        for k in range(self.geometry.pte if pte_level else self.geometry.pmd):
-            e = self.page_mem.load64(self.table_off(table, k))
-            if e:
-                where = f"pmd entry {k}" if not pte_level else f"vpn {lo + k}" if lo is not None else f"entry {k}"
-                cpu.report(
-                    FREE_MAPPED_TABLE,
-                    f"freeing a page table that still maps {where}: {describe_entry(e)}",
-                    mm=self.table_mm(table) & 0xFF,
-                )
-                break
+        entries = self.pool.data.view("<i8")[table & PFN_MASK, : self.geometry.pte if pte_level else self.geometry.pmd]
+        mapped = np.flatnonzero(entries)  # pte_free_debug's look at every entry, in one read
+        if len(mapped):
+            k = int(mapped[0])
+            where = f"pmd entry {k}" if not pte_level else f"vpn {lo + k}" if lo is not None else f"entry {k}"
+            cpu.report(
+                FREE_MAPPED_TABLE,
+                f"freeing a page table that still maps {where}: {describe_entry(int(entries[k]))}",
+                mm=self.table_mm(table) & 0xFF,
+            )
         self.count("tables_freed")
         self.pool.free_page(cpu, table, PTE_SITE if pte_level else PMD_SITE)
 
