@@ -31,6 +31,8 @@ bench: install
 	$(BIN)/mmtorture bench scheduler --json bench/scheduler.json
 	$(BIN)/mmtorture bench vma --json bench/vma.json --plot bench/vma.png
 	cp bench/vma.png docs/bench-vma.png
+	$(BIN)/mmtorture bench pte_ref --json bench/pte_ref.json --plot bench/pte_ref.png
+	cp bench/pte_ref.png docs/bench-pte_ref.png
 	$(BIN)/mmtorture bench detection --json bench/detection.json --plot bench/detection.png
 	cp bench/detection.png docs/bench-detection.png
 	$(BIN)/mmtorture bench campaign --json bench/campaign.json --plot bench/campaign.png

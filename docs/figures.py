@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DATA = os.path.join(HERE, "bench")
 README = os.path.join(ROOT, "README.md")
-FILES = ("primitives", "scheduler", "vma", "detection", "campaign")
+FILES = ("primitives", "scheduler", "vma", "pte_ref", "detection", "campaign")
 LABELS = {
     "fetch_add_ns": "fetch_add, one process",
     "fetch_add_contended_2proc_ns": "fetch_add, 2 processes on one word (per process)",
@@ -99,6 +99,13 @@ def vma(doc: dict) -> str:
     return vma_table(doc)
 
 
+def pte_ref(doc: dict) -> str:
+    sys.path.insert(0, ROOT)
+    from stress.bench_pte_ref import pte_ref_table
+
+    return pte_ref_table(doc)
+
+
 def detection(doc: dict) -> str:
     sys.path.insert(0, ROOT)
     from stress.detection import detection_table
@@ -145,7 +152,14 @@ def pte_ref_sizes() -> str:
 
 
 COMPUTED = {"pte_ref_sizes": pte_ref_sizes}
-RENDER = {"primitives": primitives, "scheduler": scheduler, "vma": vma, "detection": detection, "campaign": campaign}
+RENDER = {
+    "primitives": primitives,
+    "scheduler": scheduler,
+    "vma": vma,
+    "pte_ref": pte_ref,
+    "detection": detection,
+    "campaign": campaign,
+}
 
 
 def load(name: str, where: str = DATA) -> dict:

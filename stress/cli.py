@@ -166,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hp.add_argument("--policy-module", action="append", default=[], metavar="MOD", help=MODULE_HELP)
     bp = sub.add_parser("bench", help="benchmarks (JSON output)")
-    bp.add_argument("what", choices=["primitives", "scheduler", "vma", "detection", "campaign"], help="which benchmark")
+    bp.add_argument(
+        "what", choices=["primitives", "scheduler", "vma", "pte_ref", "detection", "campaign"], help="which benchmark"
+    )
     bp.add_argument("--json", metavar="PATH", help="write the results here")
-    bp.add_argument("--plot", metavar="PNG", help="vma, detection, campaign: write the chart here")
+    bp.add_argument("--plot", metavar="PNG", help="vma, pte_ref, detection, campaign: write the chart here")
     bp.add_argument("--scenario", "-s", help="detection: only this scenario's mutants")
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
     ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
@@ -376,8 +378,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_json_path(args.json)
     check_json_path(args.plot)
-    if args.plot and args.what not in ("vma", "detection", "campaign"):
-        raise UsageError("--plot is for `bench vma`, `bench detection` and `bench campaign`")
+    if args.plot and args.what not in ("vma", "pte_ref", "detection", "campaign"):
+        raise UsageError("--plot is for `bench vma`, `bench pte_ref`, `bench detection` and `bench campaign`")
     if args.scenario and args.what != "detection":
         raise UsageError("--scenario is for `bench detection`")
     if args.what == "detection":
@@ -392,6 +394,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_campaign(args.json, quick=args.quick, plot=args.plot)
     elif args.what == "vma":
         bench_vma(args.json, quick=args.quick, plot=args.plot)
+    elif args.what == "pte_ref":
+        from stress.bench_pte_ref import bench_pte_ref
+
+        bench_pte_ref(args.json, quick=args.quick, plot=args.plot)
     else:
         (bench_primitives if args.what == "primitives" else bench_scheduler)(args.json, quick=args.quick)
     return EXIT_OK
