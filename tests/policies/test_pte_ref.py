@@ -89,8 +89,8 @@ def test_pte_ref_beside_walkers_and_faults_goes_through_its_races(mmtorture_run)
 def test_the_gauges_count_the_tables_madvise_emptied(mmtorture_run):
     """The runner's last sample, at the quiescent point: never_free keeps the table the
     MADV_DONTNEED emptied, pte_ref and pt_reclaim do not; page-table bytes follow (the pmd
-    table and one PTE table or none: mm_pgtables_bytes does not count the pgd).  Sampled at an interval, the run's samples come
-    first."""
+    table and one PTE table or none: mm_pgtables_bytes does not count the pgd).  Sampled at
+    an interval, the run's samples come first, one as the CPUs start."""
     program = [[*FILL[:2], ["madvise", 0, 0, 7]]]
     want = {"never_free": (1, 1), "pte_ref": (0, 0), "pt_reclaim": (0, 0)}
     for policy, (tables, empty) in want.items():
