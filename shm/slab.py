@@ -141,6 +141,10 @@ class KmemCache:
         return True
 
     # -- checks ----------------------------------------------------------------
+    def alive(self, ref: int) -> bool:
+        """The object `ref` names is allocated and still that generation (no finding if not)."""
+        return self.mem.load64(self.hdr0 + (ref & SLOT_MASK) * 32) == (ref >> SLOT_BITS) << 32 | OBJ_ALLOCATED
+
     def check(self, cpu: Cpu, ref: int, what: str) -> bool:
         """The object is still the one `ref` names (or, typesafe, not free outside RCU)."""
         mem, slot = self.mem, ref & SLOT_MASK
