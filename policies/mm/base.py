@@ -98,6 +98,7 @@ class MmBase:
     mms: np.ndarray
     vma_cache: KmemCache
     index_cache: KmemCache
+    ptlock_cache: KmemCache  # split ptls allocated beside their tables (ptlock.py), if the model does
     zero_page: int
     _vma_free: Callable[[Any, int], None] | None  # the mechanism's hooks (MmPolicy)
     _remove_tables: Callable[..., None] | None

@@ -100,7 +100,7 @@ class Fork(Swap):
                     if not src:
                         self.pte_put(cpu, dst_mm, dst, vpn)
                 if src:
-                    dptl = self.pool.ptl(dst & PFN_MASK)
+                    dptl = self.pte_lockptr(cpu, dst)
                     dptl.lock(cpu)
                     at, prealloc = self.copy_pte_range(cpu, dst_mm, dst, src, dst_anon, vpn, stop, prealloc)
                     dptl.unlock(cpu)

@@ -30,6 +30,7 @@ from policies.mm.gup import FOLL_LONGTERM, FOLL_PIN, GUP_PIN, Gup
 from policies.mm.madvise import Madvise
 from policies.mm.pagewalk import PageWalk
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, describe_entry, is_migration_entry, swp_offset
+from policies.mm.ptlock import PTLOCK
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
 from policies.mm.swap import SWAP_SLOT
 from policies.mm.tlb import TLB_ENTRY, TLB_PROMISE, TLB_SIZE
@@ -99,6 +100,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
             Region("pin_unmaps", np.dtype("<i8"), max_mms * geometry.pages),
             *KmemCache.regions("vma", VMA, vma_slots),
             *KmemCache.regions("vma_index", VMA_INDEX, index_slots),
+            *KmemCache.regions("ptlock", PTLOCK, max_mms * geometry.pages // geometry.pte * 4 + 64),
         ]
 
     def __init__(
@@ -151,6 +153,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
         self._mmap_locks = [None] * self.max_mms
         self.vma_cache = KmemCache(machine, w.seg_index, "vma", typesafe_by_rcu=typesafe_vmas)
         self.index_cache = KmemCache(machine, w.seg_index, "vma_index")
+        self.ptlock_cache = KmemCache(machine, w.seg_index, "ptlock")
         self.zero_page = 0
 
     def attach(self) -> None:
@@ -161,6 +164,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
         """The caches, the zero page and mm 0 with `threads` threads (the boot CPU)."""
         self.vma_cache.init()
         self.index_cache.init()
+        self.ptlock_cache.init()
         zero = self.pool.alloc_page(cpu, GFP_KERNEL, ZERO_SITE)
         if zero is None:
             raise RuntimeError("no page for the zero page: the pool is empty at setup")

@@ -20,7 +20,7 @@ from typing import Any
 
 from policies.mm.base import MmBase
 from policies.mm.checks import WALK_FREED_TABLE
-from shm import GFP_KERNEL, alloc_site
+from shm import GFP_KERNEL, Spinlock, alloc_site
 from shm.pool import PFN_MASK
 
 _PRESENT, _WRITE, _DIRTY, _SPECIAL, _HUGE, _SWAP, _COW_SHARED = 1, 2, 4, 8, 16, 32, 64
@@ -195,16 +195,38 @@ class PageTables(MmBase):
             ptl.unlock(cpu)
             return new
         ptl.unlock(cpu)
-        self.pool.free_page(cpu, new, site)
+        self.pte_free_one(cpu, new, site)
         return e >> FLAG_BITS
 
     def pte_alloc_one(self, cpu, mm: int, site: int = PTE_SITE) -> int | None:
         """pte_alloc_one(): a zeroed table page for mm (page->pt_mm set), or None; it may sleep."""
         new = self.pool.alloc_page(cpu, GFP_KERNEL, site)
-        if new is not None:
-            self._zero_table(new)
-            self.pool.mem.store64(self.pool.field_off(new & PFN_MASK, "private"), self.mm_id(mm))
+        if new is None:
+            return None
+        self._zero_table(new)
+        self.pool.mem.store64(self.pool.field_off(new & PFN_MASK, "private"), self.mm_id(mm))
+        if site == PTE_SITE and not self.ptlock_alloc(cpu, new):  # pagetable_pte_ctor()
+            self.pool.free_page(cpu, new, site)
+            return None
         return new
+
+    def pte_free_one(self, cpu, table: int, site: int = PTE_SITE) -> None:
+        """pte_free(): pagetable_dtor() (the ptl goes with the table) and the page freed."""
+        if site == PTE_SITE:
+            self.ptlock_free(cpu, table)
+        self.pool.free_page(cpu, table, site)
+
+    def pte_lockptr(self, cpu, table: int) -> Spinlock:
+        """pte_lockptr(): the table's split ptl, here in its struct page (spinlock_t fits:
+        ALLOC_SPLIT_PTLOCKS off); policies/mm/ptlock.py allocates it beside the table."""
+        return self.pool.ptl(table & PFN_MASK)
+
+    def ptlock_alloc(self, cpu, table: int) -> bool:
+        """ptlock_alloc(): nothing to allocate when the ptl is in struct page."""
+        return True
+
+    def ptlock_free(self, cpu, table: int) -> None:
+        """ptlock_free(): nothing to free when the ptl is in struct page."""
 
     def pmd_populate(self, mm: int, off: int, new: int) -> None:
         """pmd_populate() and mm_inc_nr_ptes(), under the pmd lock: the entry at `off` maps `new`."""
@@ -254,7 +276,7 @@ class PageTables(MmBase):
             if not e & _PRESENT:
                 rcu.read_unlock(cpu)
                 return 0, None
-            ptl = self.pool.ptl((e >> FLAG_BITS) & PFN_MASK)
+            ptl = self.pte_lockptr(cpu, e >> FLAG_BITS)
             ptl.lock(cpu)
             rcu.read_unlock(cpu)
             if not self.pool.alive(e >> FLAG_BITS):

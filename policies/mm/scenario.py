@@ -72,7 +72,7 @@ class MmScenario(Scenario):
         w.rcu.barrier(w.cpu)
         m.free_zero_page(w.cpu)
         check_swap_map(m, w.cpu, np.zeros(m.swap_slots, dtype=np.int64))
-        for cache in (m.vma_cache, m.index_cache):
+        for cache in (m.vma_cache, m.index_cache, m.ptlock_cache):
             left = cache.allocated()
             if len(left):
                 w.cpu.report(

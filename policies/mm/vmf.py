@@ -159,7 +159,7 @@ class VmFault(Swap):
             pmd, mi = vmf.pmd
             if self.read_entry(cpu, pmd, mi, "pte_map_lock") != vmf.orig_pmd:
                 return 0, None
-            ptl = self.pool.ptl((vmf.orig_pmd >> FLAG_BITS) & PFN_MASK)
+            ptl = self.pte_lockptr(cpu, vmf.orig_pmd >> FLAG_BITS)
             if not ptl.trylock(cpu):
                 self.count("spf_ptl_busy")
                 return 0, None

@@ -376,7 +376,7 @@ class Zap(Swap):
                 mm=self.table_mm(table) & 0xFF,
             )
         self.count("tables_freed")
-        self.pool.free_page(cpu, table, PTE_SITE if pte_level else PMD_SITE)
+        self.pte_free_one(cpu, table, PTE_SITE if pte_level else PMD_SITE)
 
     def mm_dec_nr_ptes(self, mm: int) -> None:
         """mm_dec_nr_ptes(): the mm holds one table less (pgtable_bytes, which check_mm verifies)."""
