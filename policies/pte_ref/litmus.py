@@ -48,6 +48,11 @@ LITMUS = {
         _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
         _repeat([["walk", 1, 0, 7], ["access", 1, 2, 0]], 6),
     ],
+    # The walker reads the pmd under RCU; the table is unhooked and its ptl freed before it locks.
+    "ptlock_freed_with_table": [
+        _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
+        _repeat([["walk", 1, 0, 7], ["access", 1, 2, 0]], 6),
+    ],
     # A fault reads the pmd, MADV_DONTNEED unhooks the table, the fault locks it and installs.
     "map_lock_without_recheck": [
         _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),

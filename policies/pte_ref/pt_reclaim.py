@@ -17,8 +17,9 @@ with interrupts off, an RCU reader.
 Its mutants: the fast path after the ptl was dropped midway (before "mm:
 pgtable: fix incorrect reclaim of non-empty PTE pages", 2025), a fast path
 that leaves the pmd mapping the table it frees, tables freed after the
-flush IPI instead of a grace period, and a pte_offset_map_lock without the
-pmd recheck under the ptl.
+flush IPI instead of a grace period, a pte_offset_map_lock without the
+pmd recheck under the ptl, and the ptl freed at the unhook instead of with
+the table.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from dataclasses import replace
 from policies.mm import MmModel
 from policies.mm.checks import FREE_MAPPED_TABLE, MAPS_FREED_TABLE, WALK_FREED_TABLE
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT
+from policies.mm.ptlock import SplitPtlocks
 from policies.mm.zap import MmuGather
 from policies.scenario import mutant
 from policies.vma_lookup.mmap_lock import mmap_lock, tlb_remove_table
-from shm.pool import PFN_MASK
+from shm.checks import SLAB_UAF
 
 
-class PtReclaimModel(MmModel):
-    """The model with CONFIG_PT_RECLAIM: mm/pt_reclaim.c's functions, zap_pte_range's use of them.
+class PtReclaimModel(SplitPtlocks, MmModel):
+    """The model with CONFIG_PT_RECLAIM: mm/pt_reclaim.c's functions, zap_pte_range's use of them;
+    its ptls allocated beside the tables (ALLOC_SPLIT_PTLOCKS, a lockdep kernel's), freed with
+    the table after the grace period.
 
     The gather's page batch holds half a table (MAX_GATHER_BATCH against
     PTRS_PER_PTE: in the kernel about 500 pages against 512 entries, so a
@@ -78,7 +82,7 @@ class PtReclaimModel(MmModel):
             pml.unlock(cpu)
             return
         table = pmdval >> FLAG_BITS
-        ptl = self.pool.ptl(table & PFN_MASK)
+        ptl = self.pte_lockptr(cpu, table)
         ptl.lock(cpu)
         full = any(self.read_entry(cpu, table, k, "try_to_free_pte") for k in range(self.geometry.pte))
         if not full:
@@ -151,6 +155,22 @@ class MapLockWithoutRecheck(PtReclaimModel):
         return True
 
 
+class PtlockFreedWithTable(PtReclaimModel):
+    """DELIBERATELY BROKEN: the ptl freed when the table is unhooked (pagetable_pte_dtor in
+    ___pte_free_tlb), not with the table after the grace period: a walker that read the pmd
+    under RCU before the unhook takes a freed lock (syzbot's report; fixed by "mm: pgtable:
+    make ptlock be freed by RCU")."""
+
+    def pte_free_tlb(self, cpu, tlb: MmuGather, table: int, vpn: int) -> None:
+        super().ptlock_free(cpu, table)
+        super().pte_free_tlb(cpu, tlb, table, vpn)
+
+    def ptlock_free(self, cpu, table: int) -> None:
+        ref = self.page_mem.load64(self._ptl_off(table))
+        if self.ptlock_cache.alive(ref):  # not freed at the unhook already (free_pgtables' tables)
+            super().ptlock_free(cpu, table)
+
+
 MUTANTS = (
     mutant(
         pt_reclaim,
@@ -190,5 +210,16 @@ MUTANTS = (
         "pte_offset_map_lock without the pmd recheck under the ptl",
         "pte_map_retries",
         model=MapLockWithoutRecheck,
+    ),
+    mutant(
+        pt_reclaim,
+        "ptlock_freed_with_table",
+        SLAB_UAF,
+        "mm: pgtable: make ptlock be freed by RCU (Qi Zheng, the pt_reclaim series, 2024): a walker that "
+        "read the pmd under rcu_read_lock takes the ptl of a table just unhooked; the ptl must outlive "
+        "the grace period with it",
+        "the split ptl freed when the table is unhooked, before the grace period",
+        "pte_map_retries",
+        model=PtlockFreedWithTable,
     ),
 )

@@ -31,7 +31,7 @@ import numpy as np
 
 from policies.mm import MmModel
 from policies.mm.checks import WALK_FREED_TABLE
-from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SITE
+from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT
 from policies.mm.vmf import FAULT_FLAG_PTE_GET
 from policies.mm.zap import MmuGather
 from policies.scenario import mutant
@@ -190,7 +190,7 @@ class PteRefModel(MmModel):
             return new
         got = self.pte_get_unless_zero(cpu, e >> FLAG_BITS)
         pml.unlock(cpu)
-        self.pool.free_page(cpu, new, PTE_SITE)
+        self.pte_free_one(cpu, new)
         return e >> FLAG_BITS if got else 0
 
     def free_user_pte_table(self, cpu, mm: int, table: int, vpn: int) -> None:
