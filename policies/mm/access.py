@@ -10,7 +10,7 @@ from __future__ import annotations
 from policies.mm.checks import ACCESS_FREED_PAGE, COW_WRITE_SHARED, STALE_TLB
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, describe_entry
 from policies.mm.rmap import _MAPCOUNT, LAST_WRITER, ZERO_STAMP
-from policies.mm.tlb import TLB_SIZE, TLB_STRIDE, Tlb
+from policies.mm.tlb import PWC_SIZE, PWC_STRIDE, TLB_SIZE, TLB_STRIDE, Tlb
 from shm.pool import PAGE_ALLOCATED, PAGE_STRIDE, PFN_BITS, PFN_MASK
 
 
@@ -32,7 +32,7 @@ class Access(Tlb):
         if via_tlb:
             epoch = mm_mem.load64(off + 16)
         else:
-            pte = self.walk(cpu, mm, vpn, "MMU page walk")
+            pte = self.mmu_walk(cpu, mm, mmid, vpn)
             if not pte & PTE_PRESENT or write and not pte & PTE_WRITE:
                 cpu.insn_end()
                 return False
@@ -43,6 +43,24 @@ class Access(Tlb):
         self._load_store(cpu, mm, mmid, vpn, pte, write, epoch if via_tlb else -1)
         cpu.insn_end()
         return True
+
+    def mmu_walk(self, cpu, mm: int, mmid: int, vpn: int) -> int:
+        """The MMU's walk to vpn's PTE on a TLB miss: through this CPU's cached pmd entry if it has
+        one (the paging-structure cache), else from the pgd, caching the pmd entry it passed."""
+        g = self.geometry
+        slot = vpn // g.pte
+        poff = self.pwc0 + (cpu.id * PWC_SIZE + (slot & (PWC_SIZE - 1))) * PWC_STRIDE
+        mm_mem = self.mm_mem
+        tag = (mmid << 16 | slot) + 1
+        if mm_mem.load64(poff) == tag:
+            table = mm_mem.load64(poff + 8)
+            return self.read_entry(cpu, table, vpn % g.pte, "MMU page walk from a cached pmd entry")
+        e = self.walk(cpu, mm, vpn, "MMU page walk", 2)
+        if not e & PTE_PRESENT:
+            return 0
+        mm_mem.store64(poff + 8, e >> FLAG_BITS)
+        mm_mem.store64(poff, tag)
+        return self.read_entry(cpu, e >> FLAG_BITS, vpn % g.pte, "MMU page walk")
 
     def _unflushed_fork_write(self, cpu, mm: int, vpn: int, ref: int) -> bool:
         """A write to a page fork is sharing, by the mm that is forking, through a translation

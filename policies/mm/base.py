@@ -89,6 +89,7 @@ class MmBase:
     pgd_field: int
     rss_field: int
     tlb0: int
+    pwc0: int  # the CPUs' paging-structure caches (tlb.py)
     tlb_epoch_off: int
     flush_upto: int  # the TLB epoch this CPU's last tlb_finish_mmu flushed up to
     promise0: int

@@ -33,7 +33,7 @@ from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, describe_entry, is_migra
 from policies.mm.ptlock import PTLOCK
 from policies.mm.rmap import ZERO_SITE, ZERO_STAMP
 from policies.mm.swap import SWAP_SLOT
-from policies.mm.tlb import TLB_ENTRY, TLB_PROMISE, TLB_SIZE
+from policies.mm.tlb import PWC_ENTRY, PWC_SIZE, TLB_ENTRY, TLB_PROMISE, TLB_SIZE
 from policies.mm.vma import RESERVED, VM_BABY, VM_DETACHED, VMA, VMA_INDEX
 from shm import GFP_KERNEL, Refcount, Region
 from shm.layout import field_offsets
@@ -84,6 +84,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
         "pte_map_retries",
         "ptes_walked",
         "walker_freed_table",
+        "pwc_flushed",
     )
 
     @staticmethod
@@ -94,6 +95,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
             Region("mm", MM_STRUCT, max_mms),
             Region("mm_global", MM_GLOBAL),
             Region("tlb", TLB_ENTRY, (ncpus + 2) * TLB_SIZE),
+            Region("pwc", PWC_ENTRY, (ncpus + 2) * PWC_SIZE),
             Region("tlb_promise", TLB_PROMISE, max_mms * geometry.pages),
             Region("swap_map", SWAP_SLOT, geometry.pages),
             Region("gup_pins", GUP_PIN, ncpus + 2),
@@ -140,6 +142,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
         self.walker = self.pool.walker(FLAG_BITS, PTE_PRESENT)
         self._global = {f: lay.offset("mm_global", 0, f) for f in field_offsets(MM_GLOBAL)}
         self.tlb0 = lay.offset("tlb")
+        self.pwc0 = lay.offset("pwc")
         self.tlb_epoch_off = self._global["tlb_epoch"]
         self.promise0 = lay.offset("tlb_promise")
         self.flush_upto = 0

@@ -12,6 +12,15 @@ A model with `broadcast_tlbi` flushes as arm64 does (TLBI ...IS): no IPI,
 the flush waits only for accesses in flight, so a CPU walking with
 interrupts off (fast GUP) is not held off by it.
 
+Beside its TLB each CPU has a paging-structure cache (x86's PDE cache,
+arm64's walk cache): the pmd entries its MMU walked through, so that a miss
+in the TLB reads the PTE table straight from the cached pointer.  A flush
+drops those entries only when told that page tables were freed
+(mmu_gather's freed_tables: x86 flush_tlb_mm_range(..., freed_tables),
+arm64's tlb_flush() choosing TLBI VAE1IS over the last-level VALE1IS); a
+flush that leaves them lets the MMU walk a freed table (c2ff4764e03e,
+"arm64: tlb: Flush walk cache when unsharing PMD tables").
+
 When is a stale translation a bug?  The kernel batches flushes: a zap
 clears PTEs under each ptl and flushes once in tlb_finish_mmu, so until
 MADV_DONTNEED or munmap returns, another CPU may still load the old page
@@ -39,6 +48,9 @@ from shm.events import EV
 TLB_SIZE = 16
 TLB_ENTRY = np.dtype([("tag", "<i8"), ("pte", "<i8"), ("epoch", "<i8")])
 TLB_STRIDE = TLB_ENTRY.itemsize
+PWC_SIZE = 4
+PWC_ENTRY = np.dtype([("tag", "<i8"), ("table", "<i8")])  # a pmd entry the MMU cached: its PTE table
+PWC_STRIDE = PWC_ENTRY.itemsize
 TLB_PROMISE = np.dtype([("retired", "<i8"), ("promised", "<i8")])
 _EV_FLUSH = EV["tlb-flush"]
 
@@ -100,10 +112,22 @@ class Tlb(VmaTree):
         promised = self.mm_mem.load64(self.promise0 + (mm * self.geometry.pages + vpn) * TLB_PROMISE.itemsize + 8)
         return promised if epoch < promised else 0
 
-    def _flush_handler(self, target: int, arg: tuple[int, int, int]) -> None:
-        """The IPI handler, run for `target`: drop its entries of (mm, [start, end))."""
-        mmid, start, end = arg
+    def pwc_entry_off(self, cpu_id: int, slot: int) -> int:
+        """Where CPU `cpu_id` caches the pmd entry of PTE-table slot `slot` (vpn // entries)."""
+        return self.pwc0 + (cpu_id * PWC_SIZE + (slot & (PWC_SIZE - 1))) * PWC_STRIDE
+
+    def _flush_handler(self, target: int, arg: tuple[int, int, int, bool]) -> None:
+        """The IPI handler, run for `target`: drop its entries of (mm, [start, end)), and with
+        `freed_tables` its cached pmd entries of that range too."""
+        mmid, start, end, freed_tables = arg
         mem = self.mm_mem
+        if freed_tables:
+            first, last = start // self.geometry.pte, (end - 1) // self.geometry.pte
+            for slot in range(first, min(last, first + PWC_SIZE - 1) + 1):
+                off = self.pwc_entry_off(target, slot)
+                if first <= mem.load64(off) - 1 - (mmid << 16) <= last:
+                    mem.store64(off, 0)
+                    self.count("pwc_flushed")
         if end - start >= TLB_SIZE:
             vpns = range(start, start + TLB_SIZE)
         else:
@@ -114,11 +138,12 @@ class Tlb(VmaTree):
             if lo <= mem.load64(off) < hi:
                 mem.store64(off, 0)
 
-    def flush_tlb_mm_range(self, cpu, mm: int, start: int, end: int) -> None:
-        """flush_tlb_mm_range(): on return no CPU holds a translation of mm in [start, end)."""
+    def flush_tlb_mm_range(self, cpu, mm: int, start: int, end: int, freed_tables: bool = False) -> None:
+        """flush_tlb_mm_range(): on return no CPU holds a translation of mm in [start, end), nor,
+        when page tables of the range were freed, a cached pmd entry of it."""
         cpu.trace(_EV_FLUSH, start)
         flush = cpu.tlbi_broadcast if self.broadcast_tlbi else cpu.smp_call_function_many
-        flush(range(self.ncpus), self._flush_handler, (self.mm_id(mm), start, end))
+        flush(range(self.ncpus), self._flush_handler, (self.mm_id(mm), start, end, freed_tables))
 
     def flush_tlb_mm(self, cpu, mm: int) -> None:
-        self.flush_tlb_mm_range(cpu, mm, 0, self.geometry.pages)
+        self.flush_tlb_mm_range(cpu, mm, 0, self.geometry.pages, freed_tables=True)

@@ -42,6 +42,7 @@ class MmuGather:
     end: int = 0
     pages: list[int] = field(default_factory=list)
     tables: list[tuple[int, int]] = field(default_factory=list)  # pte_free_tlb(): (table, first vpn)
+    freed_tables: bool = False  # the flush must drop the paging-structure caches of the range too
     force_break: int = -1  # zap_pte_range stopped here: the page batch is full, flush before going on
 
     def cleared(self, start: int, end: int) -> None:
@@ -176,21 +177,28 @@ class Zap(Swap):
     def pte_free_tlb(self, cpu, tlb: MmuGather, table: int, vpn: int) -> None:
         """pte_free_tlb(): the table is freed after the gather's flush of its range; with
         MMU_GATHER_RCU_TABLE_FREE (which PT_RECLAIM selects), after a grace period as well
-        (tlb_remove_table).  The model's TLB caches leaf entries only, so the kernel's
-        freed_tables (drop the paging-structure caches too) has nothing to act on yet."""
+        (tlb_remove_table).  The flush drops the CPUs' cached pmd entries of its range as well
+        (freed_tables)."""
         lo = vpn - vpn % self.geometry.pte
         tlb.cleared(lo, lo + self.geometry.pte)
+        tlb.freed_tables = True
         tlb.tables.append((table, lo))
+
+    def tlb_flush(self, cpu, tlb: MmuGather) -> None:
+        """tlb_flush(): the architecture's flush of what the gather cleared; of the paging-structure
+        caches too if it freed page tables (x86: flush_tlb_mm_range's freed_tables; arm64:
+        last_level = !tlb->freed_tables)."""
+        self.flush_tlb_mm_range(cpu, tlb.mm, tlb.start, tlb.end, tlb.freed_tables)
 
     def tlb_flush_mmu(self, cpu, tlb: MmuGather) -> None:
         """tlb_flush_mmu(): flush what the gather cleared, then free its tables (tlb_table_flush:
         after a grace period) and its pages; the gather goes on, empty."""
         if tlb.end > tlb.start:
-            self.flush_tlb_mm_range(cpu, tlb.mm, tlb.start, tlb.end)
+            self.tlb_flush(cpu, tlb)
         self.tlb_table_flush(cpu, tlb)
         self.free_pages_and_swap_cache(cpu, tlb.pages)
         tlb.pages = []
-        tlb.start, tlb.end = 1 << 62, 0
+        tlb.start, tlb.end, tlb.freed_tables = 1 << 62, 0, False
 
     def tlb_table_flush(self, cpu, tlb: MmuGather) -> None:
         """tlb_table_flush(): the gathered tables freed by RCU (tlb_remove_table_rcu): a walker
@@ -277,10 +285,10 @@ class Zap(Swap):
         mm = tlb.mm
         self.flush_upto = self.tlb_epoch()
         if self.mm_tlb_flush_nested(mm):
-            tlb.start, tlb.end = 0, self.geometry.pages
+            tlb.start, tlb.end, tlb.freed_tables = 0, self.geometry.pages, True  # another zap may free tables
             self.count("tlb_flush_nested")
         if tlb.end > tlb.start:
-            self.flush_tlb_mm_range(cpu, mm, tlb.start, tlb.end)
+            self.tlb_flush(cpu, tlb)
         self.tlb_table_flush(cpu, tlb)
         self.free_pages_and_swap_cache(cpu, tlb.pages)
         self.mm_mem.fetch_sub32(self.mm_off(mm, "tlb_flush_pending"), 1)
@@ -341,7 +349,7 @@ class Zap(Swap):
         Where the flush is itself an IPI (x86 without a hypervisor) it already
         waited for the CPUs walking with interrupts off; after a broadcast
         TLBI, tlb_remove_table_sync_one() sends the IPI that does."""
-        self.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+        self.flush_tlb_mm_range(cpu, mm, floor, ceiling, freed_tables=True)
         if self.broadcast_tlbi:
             cpu.smp_call_function_many(range(self.ncpus), _tlb_remove_table_smp_sync)
         self.pte_free(cpu, mm, tables)
@@ -352,7 +360,7 @@ class Zap(Swap):
 
         A CPU walking with interrupts off is an RCU reader, so the grace period
         waits for fast GUP even where the flush does not interrupt anyone."""
-        self.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+        self.flush_tlb_mm_range(cpu, mm, floor, ceiling, freed_tables=True)
         rcu = self.machine.rcu
         for table, lo in tables:
             rcu.call(cpu, tlb_remove_table_rcu, table << 1 | (lo < 0))

@@ -200,7 +200,7 @@ class PteRefModel(MmModel):
         lo = vpn - vpn % self.geometry.pte
         if not self.unhook_user_pte_table(cpu, mm, table):
             return
-        self.flush_tlb_mm_range(cpu, mm, lo, lo + self.geometry.pte)
+        self.flush_tlb_mm_range(cpu, mm, lo, lo + self.geometry.pte, freed_tables=True)
         self.pte_free(cpu, mm, [(table, lo)])
 
     def unhook_user_pte_table(self, cpu, mm: int, table: int) -> bool:
@@ -299,7 +299,7 @@ class FreedBeforeFlush(PteRefModel):
         lo = vpn - vpn % self.geometry.pte
         if self.unhook_user_pte_table(cpu, mm, table):
             self.pte_free(cpu, mm, [(table, lo)])
-            self.flush_tlb_mm_range(cpu, mm, lo, lo + self.geometry.pte)
+            self.flush_tlb_mm_range(cpu, mm, lo, lo + self.geometry.pte, freed_tables=True)
 
 
 class ZapWithoutPtePut(PteRefModel):

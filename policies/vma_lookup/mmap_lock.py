@@ -207,7 +207,7 @@ def pte_free_without_ipi(cpu, mm: int, floor: int, ceiling: int, tables) -> None
     model = cpu.ctx.mm
     model.pte_free(cpu, mm, tables)
     cpu.window("pte_free:before-the-flush")
-    model.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+    model.flush_tlb_mm_range(cpu, mm, floor, ceiling, freed_tables=True)
 
 
 mmap_lock = VmaPolicy(
@@ -246,7 +246,7 @@ def pte_free_after_tlbi(cpu, mm: int, floor: int, ceiling: int, tables) -> None:
     in the table (mm/mmu_gather.c: hence tlb_remove_table_sync_one's IPI, or
     the RCU grace period).  Must produce a use-after-free."""
     model = cpu.ctx.mm
-    model.flush_tlb_mm_range(cpu, mm, floor, ceiling)
+    model.flush_tlb_mm_range(cpu, mm, floor, ceiling, freed_tables=True)
     cpu.window("pte_free:after-the-tlbi")
     model.pte_free(cpu, mm, tables)
 
