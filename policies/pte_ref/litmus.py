@@ -53,6 +53,12 @@ LITMUS = {
         _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
         _repeat([["walk", 1, 0, 7], ["access", 1, 2, 0]], 6),
     ],
+    # The other thread's MMU caches table 0's pmd entry; MADV_DONTNEED frees the table; a TLB miss
+    # in the same table walks from the cached entry.
+    "flush_leaf_only": [
+        _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
+        _repeat([["access", 1, 2, 0], ["access", 1, 5, 0], ["access", 1, 40, 0]], 6),
+    ],
     # A fault reads the pmd, MADV_DONTNEED unhooks the table, the fault locks it and installs.
     "map_lock_without_recheck": [
         _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),

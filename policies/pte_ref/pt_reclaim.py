@@ -18,8 +18,8 @@ Its mutants: the fast path after the ptl was dropped midway (before "mm:
 pgtable: fix incorrect reclaim of non-empty PTE pages", 2025), a fast path
 that leaves the pmd mapping the table it frees, tables freed after the
 flush IPI instead of a grace period, a pte_offset_map_lock without the
-pmd recheck under the ptl, and the ptl freed at the unhook instead of with
-the table.
+pmd recheck under the ptl, the ptl freed at the unhook instead of with
+the table, and a flush that leaves the MMUs' cached pmd entries.
 """
 
 from __future__ import annotations
@@ -171,6 +171,16 @@ class PtlockFreedWithTable(PtReclaimModel):
             super().ptlock_free(cpu, table)
 
 
+class FlushLeafOnly(PtReclaimModel):
+    """DELIBERATELY BROKEN: the gather's flush invalidates leaf entries only (arm64's TLBI VALE1IS,
+    last_level set whatever freed_tables says), so a CPU's cached pmd entry outlives the table
+    pt_reclaim freed, and its MMU walks the freed table: the shape of c2ff4764e03e ("arm64: tlb:
+    Flush walk cache when unsharing PMD tables"), where unshared_tables was left out of the test."""
+
+    def tlb_flush(self, cpu, tlb: MmuGather) -> None:
+        self.flush_tlb_mm_range(cpu, tlb.mm, tlb.start, tlb.end)
+
+
 MUTANTS = (
     mutant(
         pt_reclaim,
@@ -221,5 +231,15 @@ MUTANTS = (
         "the split ptl freed when the table is unhooked, before the grace period",
         "pte_map_retries",
         model=PtlockFreedWithTable,
+    ),
+    mutant(
+        pt_reclaim,
+        "flush_leaf_only",
+        WALK_FREED_TABLE,
+        "c2ff4764e03e, arm64: tlb: Flush walk cache when unsharing PMD tables: 'last_level = "
+        "!(tlb->freed_tables || tlb->unshared_tables)'; include/asm-generic/tlb.h: freed_tables",
+        "the flush after pt_reclaim freed a table drops the leaf entries but not the walk cache",
+        "pwc_flushed",
+        model=FlushLeafOnly,
     ),
 )
