@@ -128,9 +128,9 @@ def test_madvise_dontneed_flushes_once_and_frees_after_the_flush(world, monkeypa
     flushes = []
     flush = w.mm.flush_tlb_mm_range
 
-    def counting(cpu, mm, start, end):
+    def counting(cpu, mm, start, end, freed_tables=False):
         flushes.append((start, end, w.pool.nr_free()))
-        flush(cpu, mm, start, end)
+        flush(cpu, mm, start, end, freed_tables)
 
     monkeypatch.setattr(w.mm, "flush_tlb_mm_range", counting)
     w.mm.madvise_dontneed(w.cpu, 0, 0, 16)
