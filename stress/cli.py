@@ -171,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bp.add_argument("--json", metavar="PATH", help="write the results here")
     bp.add_argument("--plot", metavar="PNG", help="vma, pte_ref, detection, campaign: write the chart here")
-    bp.add_argument("--scenario", "-s", help="detection: only this scenario's mutants")
+    bp.add_argument(
+        "--scenario",
+        "-s",
+        help="detection: only this scenario's mutants (an existing --json measured alike keeps the others' rows)",
+    )
     bp.add_argument("--quick", action="store_true", help="fewer iterations")
     ip = sub.add_parser("inspect", help="the CPUs and findings of a live run's machine segment")
     ip.add_argument("segment", help="a machine segment name (see /dev/shm/mmtorture-*-0)")

@@ -72,6 +72,8 @@ def bench_detection(
             )
         raise
     doc = _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0)
+    if scenario is not None and json_path and os.path.exists(json_path):
+        doc = merged(json_path, doc, scenario, out)
     print(detection_table(doc), file=out)
     if json_path:
         write_json(json_path, doc)
@@ -79,6 +81,27 @@ def bench_detection(
         detection_plot(doc, plot)
         print(f"plot: {plot}", file=out)
     return doc
+
+
+def merged(path: str, doc: dict, scenario: str, out: TextIO) -> dict:
+    """`doc` (one scenario hunted again) in place of that scenario's rows of the bench at `path`,
+    if that was measured the same way (strategies, first seeds, budgets); else `doc` alone."""
+    import json
+
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return doc
+    same = ("strategies", "first_seeds", "max_seeds", "max_seconds")
+    if old.get("bench") != "detection" or any(old.get(k) != doc[k] for k in same):
+        print(f"{path} was measured otherwise: it is replaced by {scenario}'s rows alone", file=out)
+        return doc
+    rows = [r for r in old["rows"] if r["scenario"] != scenario] + doc["rows"]
+    merged_doc = _summary(rows, doc["strategies"], doc["first_seeds"], doc["max_seconds"], 0.0)
+    merged_doc["seconds"] = round(old["seconds"] + doc["seconds"], 1)
+    merged_doc["remeasured"] = sorted({*old.get("remeasured", []), scenario})
+    return merged_doc
 
 
 def _hunted(scenario: str, p, strategies, first_seeds, max_seconds: float) -> dict:
@@ -211,6 +234,11 @@ def detection_table(doc: dict) -> str:
         f"{doc['max_seconds_best']:.1f} s (target < {doc['max_seconds']:g} s: "
         f"{'met' if met['max_seconds_best'] else 'MISSED'}); every mutant caught: "
         f"{'met' if met['caught_by_best'] else 'MISSED'}."
+        + (
+            f" Hunted again since, against the model as it is now: {', '.join(doc['remeasured'])}."
+            if doc.get("remeasured")
+            else ""
+        )
     )
     slow = sorted(
         (r for r in doc["rows"] if r["strategies"][r["best"]]["median_seconds"] >= SLOW_S),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -160,6 +161,28 @@ def test_the_detection_table_names_the_slow_mutants_and_the_slowest():
     assert "the slowest: 60.0 s (target < 60 s: MISSED)" in table and "every mutant caught: MISSED" in table
     slow = [line for line in table.splitlines() if line.startswith("| sc/")]
     assert slow == ["| sc/missed | 0/2, 60.0 s | random |", "| sc/slow | 2/2, 12.5 s | random |"]
+
+
+def test_a_scenario_hunted_again_replaces_its_rows_in_a_bench_measured_alike(tmp_path):
+    from stress.detection import _summary, detection_table, merged
+
+    def row(scenario: str, name: str, seconds: float) -> dict:
+        s = {"caught": 2, "hunts": 2, "median_seconds": seconds}
+        return {"scenario": scenario, "mutant": name, "strategies": {"random": s}, "best": "random"}
+
+    old = _summary([row("a", "x", 0.1), row("b", "y", 30.0)], ["random"], [0, 1], 60.0, 100.0)
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(old))
+    new = _summary([row("b", "y", 2.0), row("b", "z", 0.5)], ["random"], [0, 1], 60.0, 10.0)
+    doc = merged(str(path), new, "b", io.StringIO())
+    assert [(r["scenario"], r["mutant"]) for r in doc["rows"]] == [("a", "x"), ("b", "y"), ("b", "z")]
+    assert doc["mutants"] == 3 and doc["seconds"] == 110.0 and doc["remeasured"] == ["b"]
+    assert doc["max_seconds_best"] == 2.0 and "Hunted again since, against the model as it is now: b." in (
+        detection_table(doc)
+    )
+    other = _summary([row("b", "y", 2.0)], ["random"], [0, 1, 2], 60.0, 10.0)
+    said = io.StringIO()
+    assert merged(str(path), other, "b", said) is other and "measured otherwise" in said.getvalue()
 
 
 def test_bench_detection_hunts_every_mutant_blind_by_each_strategy(tmp_path, capsys):
