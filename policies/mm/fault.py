@@ -54,6 +54,7 @@ class Fault(Migrate):
         if not table:
             return VM_FAULT_OOM
         vmf.flags |= FAULT_FLAG_PTE_GET
+        vmf.table = table
         try:
             vmf.pmd = (pmd, pi)
             got = self.pte_offset_map(cpu, vmf.pmd, vmf.vpn)

@@ -96,6 +96,7 @@ class Fork(Swap):
                     dst = self.pte_alloc_get(cpu, dst_mm, vpn)[2]  # pte_alloc_map_lock first, as copy_pte_range does
                     if not dst:
                         return False
+                    # no reference on the source table: dup_mmap holds its mmap_lock for write
                     src, sptl = self.pte_offset_map_lock(cpu, src_mm, vpn)
                     if not src:
                         self.pte_put(cpu, dst_mm, dst, vpn)

@@ -58,7 +58,7 @@ class Vmf:
     FAULT_FLAG_PTE_GET (the pte_ref seed): the fault holds a reference on its
     PTE table, which pte_put_vmf drops."""
 
-    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags")
+    __slots__ = ("mm", "vma", "vpn", "write", "validate", "how", "token", "pmd", "orig_pmd", "flags", "table")
 
     def __init__(
         self, mm: int, vma: int, vpn: int, write: bool, how: str = "", token=None, validate=None, flags: int = 0
@@ -67,6 +67,7 @@ class Vmf:
         self.how, self.token, self.validate, self.flags = how, token, validate, flags
         self.pmd: tuple[int, int] | None = None
         self.orig_pmd = 0
+        self.table = 0  # the PTE table the fault holds a reference on (FAULT_FLAG_PTE_GET)
 
 
 class VmFault(Swap):

@@ -10,10 +10,16 @@ is unhooked under the pmd lock, the TLB is flushed, and the table is freed
 interrupts off (fast GUP) does not take until its walk is done (section 3's
 last diagram).
 
-pte_try_get takes the pmd lock, as the series' v2 did: the table a pmd maps
-under that lock is not freed yet, because the free unhooks it under the same
-lock first.  v3 took rcu_read_lock instead, which is only safe if tables are
-freed by RCU, and section 3's last diagram frees them after the IPI.
+The seed is v3's documentation (14/15); the code follows the series where
+the document draws it, and v2 where v3 relies on what the document does not
+draw.  pte_try_get takes the pmd lock, as v2 did: the table a pmd maps under
+that lock is not freed yet, because the free unhooks it under the same lock
+first (v3 took rcu_read_lock, safe only with tables freed by RCU, which 15/15
+brought through the mmu_gather).  free_user_pte_table frees each table as
+section 3's last diagram does, unhooked, flushed and freed at once, and as v2
+flushes after dropping the pmd lock.  pte_refcount is the series' atomic_t
+modelled as a refcount_t, so that an increment from 0 is seen where the
+atomic_t would go on silently into a use-after-free.
 
 Its broken twins, each named after the passage it breaks:
 - the "/* broken!! */" walker that maps a table without pte_try_get;
@@ -83,13 +89,14 @@ class PteRefModel(MmModel):
         self.pte_refcount(table).set(count)
 
     def pte_to_pmd(self, table: int) -> tuple[int, int]:
-        """pte_to_pmd(): the pmd entry (pmd table, index) that maps `table`."""
+        """pte_to_pmd(): the pmd entry (pmd table, index) that maps `table`: where it is, as the
+        kernel's pmd_t pointer says, the table's pfn without its generation."""
         word = self.page_mem.load64(self._pmd_word(table))
-        return word >> 8, word & 0xFF
+        return word >> 16, word & 0xFFFF
 
     def pte_update_pmd(self, table: int, pmd: tuple[int, int]) -> None:
         """pte_update_pmd(): `table` is now mapped by `pmd` (installed, or moved by mremap)."""
-        self.page_mem.store64(self._pmd_word(table), pmd[0] << 8 | pmd[1])
+        self.page_mem.store64(self._pmd_word(table), (pmd[0] & PFN_MASK) << 16 | pmd[1])
 
     def pte_get(self, cpu, table: int) -> None:
         """pte_get(): one more user; the caller holds one already (a visitor, under the ptl)."""
@@ -131,9 +138,13 @@ class PteRefModel(MmModel):
             pmd = self.walk_pmd(cpu, mm, vpn, "pte_try_get")
             if not pmd[0]:
                 return 0, None
-        if not self.pte_tryget_map(cpu, mm, pmd):
+        table = self.pte_tryget_map(cpu, mm, pmd)
+        if not table:
             return 0, None
-        return self.pte_offset_map_lock(cpu, mm, vpn, pmd)
+        got = self.pte_offset_map_lock(cpu, mm, vpn, pmd)
+        if not got[0]:  # cannot happen with a reference held: nothing else unhooks a used table
+            self.pte_put(cpu, mm, table, vpn)
+        return got
 
     def pte_put_many(self, cpu, mm: int, table: int, vpn: int, nr: int) -> bool:
         """pte_put_many(): `nr` users fewer; the last one frees the table."""
@@ -146,8 +157,7 @@ class PteRefModel(MmModel):
         """pte_put_vmf(): the fault's reference, dropped inside its mmap_lock section."""
         if vmf.flags & FAULT_FLAG_PTE_GET:
             vmf.flags &= ~FAULT_FLAG_PTE_GET
-            table = self.page_mem.load64(self.table_off(*vmf.pmd)) >> FLAG_BITS
-            self.pte_put(cpu, vmf.mm, table, vmf.vpn)
+            self.pte_put(cpu, vmf.mm, vmf.table, vmf.vpn)
 
     def pte_alloc_get(self, cpu, mm: int, vpn: int) -> tuple[int, int, int]:
         """pte_alloc_get(): the fault's table with a reference: the one the pmd maps if it is not
@@ -244,11 +254,11 @@ class PteRefModel(MmModel):
                 f"{int(entries[k])} entries that are not none ({len(bad)} table(s) wrong)",
                 mm=int(tables[k, 3]),
             )
-        want = tables[:, 1] << 8 | tables[:, 2]
+        want = (tables[:, 1] & PFN_MASK) << 16 | tables[:, 2]
         bad = np.flatnonzero(private[:, _PMD_WORD] != want)
         if len(bad):
             k = int(bad[0])
-            pmd, i = int(private[k, _PMD_WORD]) >> 8, int(private[k, _PMD_WORD]) & 0xFF
+            pmd, i = int(private[k, _PMD_WORD]) >> 16, int(private[k, _PMD_WORD]) & 0xFFFF
             cpu.report(
                 PMD_BACKPOINTER,
                 f"mm {int(tables[k, 3])}: PTE table {int(pfns[k])} is mapped by entry {int(tables[k, 2])} of pmd "
