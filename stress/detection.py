@@ -100,7 +100,15 @@ def merged(path: str, doc: dict, scenario: str, out: TextIO) -> dict:
     rows = [r for r in old["rows"] if r["scenario"] != scenario] + doc["rows"]
     merged_doc = _summary(rows, doc["strategies"], doc["first_seeds"], doc["max_seconds"], 0.0)
     merged_doc["seconds"] = round(old["seconds"] + doc["seconds"], 1)
-    merged_doc["remeasured"] = sorted({*old.get("remeasured", []), scenario})
+    earlier = old.get("remeasured")
+    merged_doc["remeasured"] = sorted({*(earlier if isinstance(earlier, list) else []), scenario})
+    notes = list(old.get("notes", []))
+    if isinstance(old.get("merged"), str):  # what an earlier hand-made merge said of itself
+        notes.append(old["merged"])
+    if isinstance(earlier, dict):
+        notes.append(f"hunted again: {', '.join(earlier.get('mutants', []))} ({earlier.get('why', '')})")
+    if notes:
+        merged_doc["notes"] = notes
     return merged_doc
 
 

@@ -171,12 +171,14 @@ def test_a_scenario_hunted_again_replaces_its_rows_in_a_bench_measured_alike(tmp
         return {"scenario": scenario, "mutant": name, "strategies": {"random": s}, "best": "random"}
 
     old = _summary([row("a", "x", 0.1), row("b", "y", 30.0)], ["random"], [0, 1], 60.0, 100.0)
+    old["merged"] = "an earlier merge by hand"  # its note is kept
     path = tmp_path / "d.json"
     path.write_text(json.dumps(old))
     new = _summary([row("b", "y", 2.0), row("b", "z", 0.5)], ["random"], [0, 1], 60.0, 10.0)
     doc = merged(str(path), new, "b", io.StringIO())
     assert [(r["scenario"], r["mutant"]) for r in doc["rows"]] == [("a", "x"), ("b", "y"), ("b", "z")]
     assert doc["mutants"] == 3 and doc["seconds"] == 110.0 and doc["remeasured"] == ["b"]
+    assert doc["notes"] == ["an earlier merge by hand"]
     assert doc["max_seconds_best"] == 2.0 and "Hunted again since, against the model as it is now: b." in (
         detection_table(doc)
     )
