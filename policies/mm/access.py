@@ -7,7 +7,7 @@ writes a page another mm still shares (a broken COW).
 
 from __future__ import annotations
 
-from policies.mm.checks import ACCESS_FREED_PAGE, COW_WRITE_SHARED, STALE_TLB
+from policies.mm.checks import ACCESS_FREED_PAGE, COW_WRITE_SHARED, STALE_TLB, WALK_FREED_TABLE
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT, PTE_SPECIAL, PTE_WRITE, describe_entry
 from policies.mm.rmap import _MAPCOUNT, LAST_WRITER, ZERO_STAMP
 from policies.mm.tlb import PWC_SIZE, PWC_STRIDE, TLB_SIZE, TLB_STRIDE, Tlb
@@ -54,13 +54,20 @@ class Access(Tlb):
         tag = (mmid << 16 | slot) + 1
         if mm_mem.load64(poff) == tag:
             table = mm_mem.load64(poff + 8)
-            return self.read_entry(cpu, table, vpn % g.pte, "MMU page walk from a cached pmd entry")
-        e = self.walk(cpu, mm, vpn, "MMU page walk", 2)
-        if not e & PTE_PRESENT:
-            return 0
-        mm_mem.store64(poff + 8, e >> FLAG_BITS)
-        mm_mem.store64(poff, tag)
-        return self.read_entry(cpu, e >> FLAG_BITS, vpn % g.pte, "MMU page walk")
+            what = "MMU page walk from a cached pmd entry"
+        else:
+            e = self.walk(cpu, mm, vpn, "MMU page walk", 2)
+            if not e & PTE_PRESENT:
+                return 0
+            table = e >> FLAG_BITS
+            mm_mem.store64(poff + 8, table)
+            mm_mem.store64(poff, tag)
+            what = "MMU page walk"
+        walker = self.walker  # read_entry, inlined: on every TLB miss
+        pte = walker.load(table, vpn % g.pte)
+        if walker.stale:
+            self.pool._report_uaf(cpu, table, what, WALK_FREED_TABLE)
+        return pte
 
     def _unflushed_fork_write(self, cpu, mm: int, vpn: int, ref: int) -> bool:
         """A write to a page fork is sharing, by the mm that is forking, through a translation
