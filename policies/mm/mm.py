@@ -85,6 +85,7 @@ class MmModel(Fault, Madvise, Fork, Gup, Access, PageWalk):
         "ptes_walked",
         "walker_freed_table",
         "pwc_flushed",
+        "table_batch_failed",
     )
 
     @staticmethod

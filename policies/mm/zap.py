@@ -27,8 +27,10 @@ from policies.mm.pgtable import (
 )
 from policies.mm.rmap import _REFCOUNT, ANON_SITE, GUP_PIN_COUNTING_BIAS
 from policies.mm.swap import Swap
-from shm import rcu_callback
+from shm import GFP_NOWAIT, alloc_site, rcu_callback
 from shm.pool import PAGE_STRIDE, PFN_MASK
+
+TABLE_BATCH_SITE = alloc_site("mm: mmu_gather table batch")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class MmuGather:
     pages: list[int] = field(default_factory=list)
     tables: list[tuple[int, int]] = field(default_factory=list)  # pte_free_tlb(): (table, first vpn)
     freed_tables: bool = False  # the flush must drop the paging-structure caches of the range too
+    batch: int = 0  # the page tlb_remove_table() keeps the tables' pointers in (GFP_NOWAIT), 0 if none
     force_break: int = -1  # zap_pte_range stopped here: the page batch is full, flush before going on
 
     def cleared(self, start: int, end: int) -> None:
@@ -178,11 +181,27 @@ class Zap(Swap):
         """pte_free_tlb(): the table is freed after the gather's flush of its range; with
         MMU_GATHER_RCU_TABLE_FREE (which PT_RECLAIM selects), after a grace period as well
         (tlb_remove_table).  The flush drops the CPUs' cached pmd entries of its range as well
-        (freed_tables)."""
+        (freed_tables).  The tables wait in a batch page allocated GFP_NOWAIT; when there is
+        none, the table is flushed and freed on its own (tlb_remove_table_one)."""
         lo = vpn - vpn % self.geometry.pte
         tlb.cleared(lo, lo + self.geometry.pte)
         tlb.freed_tables = True
+        if not tlb.batch:
+            batch = self.pool.alloc_page(cpu, GFP_NOWAIT, TABLE_BATCH_SITE)
+            if batch is None:
+                self.count("table_batch_failed")
+                self.tlb_flush(cpu, tlb)  # tlb_table_invalidate()
+                self.tlb_remove_table_one(cpu, tlb.mm, table, lo)
+                return
+            tlb.batch = batch
         tlb.tables.append((table, lo))
+
+    def tlb_remove_table_one(self, cpu, mm: int, table: int, lo: int) -> None:
+        """__tlb_remove_table_one(), no batch page: tlb_remove_table_sync_one()'s IPI, then the
+        table freed at once ("semi RCU"); a CPU walking with interrupts off holds the IPI."""
+        if self.broadcast_tlbi:
+            cpu.smp_call_function_many(range(self.ncpus), _tlb_remove_table_smp_sync)
+        self.free_table(cpu, table, lo)
 
     def tlb_flush(self, cpu, tlb: MmuGather) -> None:
         """tlb_flush(): the architecture's flush of what the gather cleared; of the paging-structure
@@ -201,13 +220,21 @@ class Zap(Swap):
         tlb.start, tlb.end, tlb.freed_tables = 1 << 62, 0, False
 
     def tlb_table_flush(self, cpu, tlb: MmuGather) -> None:
-        """tlb_table_flush(): the gathered tables freed by RCU (tlb_remove_table_rcu): a walker
+        """tlb_table_flush(): the gathered tables and their batch page go; the gather goes on."""
+        if tlb.tables:
+            self.tlb_remove_table_free(cpu, tlb)
+            tlb.tables = []
+        if tlb.batch:  # the kernel frees it with its tables after the grace period; nothing reads it here
+            self.pool.free_page(cpu, tlb.batch, TABLE_BATCH_SITE)
+            tlb.batch = 0
+
+    def tlb_remove_table_free(self, cpu, tlb: MmuGather) -> None:
+        """tlb_remove_table_free(): the batch's tables freed by RCU (tlb_remove_table_rcu): a walker
         that read a pmd before the flush is an RCU reader, or has interrupts off, still."""
         rcu = self.machine.rcu
         for table, _ in tlb.tables:
             rcu.call(cpu, tlb_remove_table_rcu, table << 1)
             self.count("tables_rcu_freed")
-        tlb.tables = []
 
     def zap_pte_range(self, cpu, tlb: MmuGather, table: int, start: int, end: int) -> int:
         """zap_pte_range()'s loop (do_zap_pte_range): under the table's ptl, clear [start, end) and
