@@ -48,6 +48,12 @@ LITMUS = {
         _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),
         _repeat([["walk", 1, 0, 7], ["access", 1, 2, 0]], 6),
     ],
+    # As tables_freed_after_ipi, on the path taken when the gather gets no batch page (a
+    # GFP_NOWAIT failure, which the scenario injects at its rate): many rounds.
+    "fallback_freed_after_ipi": [
+        _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 24),
+        _repeat([["walk", 1, 0, 7], ["access", 1, 2, 0]], 24),
+    ],
     # The walker reads the pmd under RCU; the table is unhooked and its ptl freed before it locks.
     "ptlock_freed_with_table": [
         _repeat([*_FILL[:2], ["madvise", 0, 0, 7]], 6),

@@ -17,7 +17,8 @@ with interrupts off, an RCU reader.
 Its mutants: the fast path after the ptl was dropped midway (before "mm:
 pgtable: fix incorrect reclaim of non-empty PTE pages", 2025), a fast path
 that leaves the pmd mapping the table it frees, tables freed after the
-flush IPI instead of a grace period, a pte_offset_map_lock without the
+flush IPI instead of a grace period (all of them, or only those freed
+one at a time when the gather has no batch page), a pte_offset_map_lock without the
 pmd recheck under the ptl, the ptl freed at the unhook instead of with
 the table, and a flush that leaves the MMUs' cached pmd entries.
 """
@@ -30,7 +31,7 @@ from policies.mm import MmModel
 from policies.mm.checks import FREE_MAPPED_TABLE, MAPS_FREED_TABLE, WALK_FREED_TABLE
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT
 from policies.mm.ptlock import SplitPtlocks
-from policies.mm.zap import MmuGather
+from policies.mm.zap import MmuGather, Zap, tlb_remove_table_rcu
 from policies.scenario import mutant
 from policies.vma_lookup.mmap_lock import mmap_lock, tlb_remove_table
 from shm.checks import SLAB_UAF
@@ -95,6 +96,13 @@ class PtReclaimModel(SplitPtlocks, MmModel):
         self.count("reclaim_slow")
         self.free_pte(cpu, tlb, vpn, pmdval)
 
+    def tlb_remove_table_one(self, cpu, mm: int, table: int, lo: int) -> None:
+        """__tlb_remove_table_one() with PT_RECLAIM (arch/x86/include/asm/tlb.h,
+        __tlb_remove_table_one_rcu): with no batch page, the one table still waits for a grace
+        period, since pte_offset_map_lock's walkers are RCU readers with interrupts on."""
+        self.machine.rcu.call(cpu, tlb_remove_table_rcu, table << 1)
+        self.count("tables_rcu_freed")
+
     def free_pte(self, cpu, tlb: MmuGather, vpn: int, pmdval: int) -> None:
         """free_pte(): the unhooked table into the gather (pte_free_tlb), out of the mm."""
         self.pte_free_tlb(cpu, tlb, pmdval >> FLAG_BITS, vpn)
@@ -139,11 +147,21 @@ class TablesFreedAfterIpi(PtReclaimModel):
     """DELIBERATELY BROKEN: the gathered tables freed after the flush IPI, not a grace period (x86's
     "semi RCU" before the pt_reclaim series: tlb_remove_table_sync_one, then free).  The IPI
     waits for CPUs with interrupts off, not for pte_offset_map_lock's RCU reader, who read the
-    pmd before the unhook and now takes the ptl of a freed table."""
+    pmd before the unhook and now takes the ptl of a freed table: the table is freed under it
+    (mm.walk-freed-table), or first the ptl beside it (slab.uaf)."""
 
-    def tlb_table_flush(self, cpu, tlb: MmuGather) -> None:
+    def tlb_remove_table_free(self, cpu, tlb: MmuGather) -> None:
         self.pte_free(cpu, tlb.mm, tlb.tables)  # the flush just before was the IPI
-        tlb.tables = []
+
+
+class FallbackFreedAfterIpi(PtReclaimModel):
+    """DELIBERATELY BROKEN: when the gather gets no batch page (GFP_NOWAIT failed), the table is
+    freed after tlb_remove_table_sync_one's IPI, the generic __tlb_remove_table_one, not by RCU
+    as x86 does with PT_RECLAIM: the walker that read the pmd under RCU takes the IPI and finds
+    the table (or its ptl) freed.  Reached only when an allocation fails."""
+
+    def tlb_remove_table_one(self, cpu, mm: int, table: int, lo: int) -> None:
+        Zap.tlb_remove_table_one(self, cpu, mm, table, lo)
 
 
 class MapLockWithoutRecheck(PtReclaimModel):
@@ -204,12 +222,23 @@ MUTANTS = (
     mutant(
         pt_reclaim,
         "tables_freed_after_ipi",
-        WALK_FREED_TABLE,
+        (WALK_FREED_TABLE, SLAB_UAF),
         "x86: mm: free page table pages by RCU instead of semi RCU (Qi Zheng, the pt_reclaim series, "
         "2024): walkers that map a table under rcu_read_lock take the IPI and go on",
         "the reclaimed tables freed after the flush IPI, with no grace period",
         "tables_reclaimed",
         model=TablesFreedAfterIpi,
+    ),
+    mutant(
+        pt_reclaim,
+        "fallback_freed_after_ipi",
+        (WALK_FREED_TABLE, SLAB_UAF),
+        "arch/x86/include/asm/tlb.h: '#ifdef CONFIG_PT_RECLAIM ... __tlb_remove_table_one_rcu' (x86: mm: free "
+        "page table pages by RCU instead of semi RCU): mm/mmu_gather.c tlb_remove_table()'s fallback when the "
+        "batch page cannot be allocated",
+        "with no batch page, the reclaimed table is freed after the IPI instead of a grace period",
+        "table_batch_failed",
+        model=FallbackFreedAfterIpi,
     ),
     mutant(
         pt_reclaim,
