@@ -5,7 +5,8 @@ this base (mm_struct and the handles of its locks), page tables
 (pgtable.py), VMAs and their index (vma.py), TLBs (tlb.py), struct page and
 rmap (rmap.py), swap slots and the page lock (swap.py); on those, side by
 side, the fault handler (fault.py) with page migration on it (migrate.py),
-zap and free_pgtables (zap.py) with madvise on it (madvise.py), fork's copy
+the mmu_gather (mmu_gather.py) with zap and free_pgtables on it
+(zap.py) and madvise on that (madvise.py), fork's copy
 (fork.py), GUP (gup.py) and the
 CPU's own accesses (access.py); and the mm lifecycle that puts them
 together (mm.py: `MmModel`).  Each layer may call the ones below it.

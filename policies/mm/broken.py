@@ -10,8 +10,8 @@ races.  Any mechanism built on the model can run them.
 from __future__ import annotations
 
 from policies.mm.mm import BroadcastTlbiModel, MmModel
+from policies.mm.mmu_gather import MmuGather
 from policies.mm.pgtable import FLAG_BITS
-from policies.mm.zap import MmuGather
 
 
 class IgnoresSpecialPtes(MmModel):

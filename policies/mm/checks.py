@@ -1,7 +1,7 @@
 """The mm model's checks: what each one means (reported where they happen, and in sweep.py).
 
 Online (the model's WARN_ONs, reported where they happen: pgtable.py,
-rmap.py, fault.py, zap.py, fork.py, gup.py, access.py): a walk that reaches
+rmap.py, fault.py, mmu_gather.py, fork.py, gup.py, access.py): a walk that reaches
 a freed table (or takes a freed table's ptl), a PTE installed for a VMA
 munmap zapped or outside its VMA, anon_vma_prepare without mmap_lock, a
 write that lands in a page after copy-on-write copied it, fork copying an

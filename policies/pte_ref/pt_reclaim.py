@@ -29,9 +29,9 @@ from dataclasses import replace
 
 from policies.mm import MmModel
 from policies.mm.checks import FREE_MAPPED_TABLE, MAPS_FREED_TABLE, WALK_FREED_TABLE
+from policies.mm.mmu_gather import Gather, MmuGather, tlb_remove_table_rcu
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT
 from policies.mm.ptlock import SplitPtlocks
-from policies.mm.zap import MmuGather, Zap, tlb_remove_table_rcu
 from policies.scenario import mutant
 from policies.vma_lookup.mmap_lock import mmap_lock, tlb_remove_table
 from shm.checks import SLAB_UAF
@@ -161,7 +161,7 @@ class FallbackFreedAfterIpi(PtReclaimModel):
     the table (or its ptl) freed.  Reached only when an allocation fails."""
 
     def tlb_remove_table_one(self, cpu, mm: int, table: int, lo: int) -> None:
-        Zap.tlb_remove_table_one(self, cpu, mm, table, lo)
+        Gather.tlb_remove_table_one(self, cpu, mm, table, lo)
 
 
 class MapLockWithoutRecheck(PtReclaimModel):

@@ -37,9 +37,9 @@ import numpy as np
 
 from policies.mm import MmModel
 from policies.mm.checks import WALK_FREED_TABLE
+from policies.mm.mmu_gather import MmuGather
 from policies.mm.pgtable import FLAG_BITS, PTE_PRESENT
 from policies.mm.vmf import FAULT_FLAG_PTE_GET
-from policies.mm.zap import MmuGather
 from policies.scenario import mutant
 from policies.vma_lookup.mmap_lock import mmap_lock
 from shm import Refcount
