@@ -11,7 +11,6 @@ stress.detection.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,7 @@ from typing import TextIO
 import multiprocess
 
 from shm import Cpu, Machine, new_run_id
+from stress.report import write_json
 
 TARGETS = {
     "fetch_add_ns": 150.0,
@@ -179,9 +179,7 @@ def bench_primitives(json_path: str | None = None, quick: bool = False, out: Tex
         tt = "" if t is None else (f">= {t:g}x" if k.startswith("speedup") else f"< {t:g} ns")
         print(f"{k:<32} {v if v is not None else '-':>10}  {tt} {verdict.get(k, '')}", file=out)
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
+        write_json(json_path, doc)
     return doc
 
 
@@ -359,6 +357,5 @@ def bench_scheduler(json_path: str | None = None, quick: bool = False, out: Text
         file=out,
     )
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(doc, fh, indent=1)
+        write_json(json_path, doc)
     return doc

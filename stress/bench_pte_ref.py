@@ -12,11 +12,12 @@ fault throughput; refuted above 20%.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
 from typing import TextIO
+
+from stress.report import publish
 
 PTE_REF_POLICIES = ("never_free", "pte_ref", "pt_reclaim")
 SCENARIO, MODULE = "pte_ref_wide", "policies.pte_ref.wide"
@@ -144,15 +145,7 @@ def bench_pte_ref(
         "targets": {"confirm_cost": CONFIRM_COST, "refute_cost": REFUTE_COST},
         "verdict": verdicts(results, cpus * K),
     }
-    print(pte_ref_table(doc), file=out)
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-    if plot:
-        pte_ref_plot(doc, plot)
-        print(f"plot: {plot}", file=out)
-    return doc
+    return publish(doc, pte_ref_table(doc), json_path, out, plot, pte_ref_plot)
 
 
 def verdicts(results: dict, kept: int) -> dict:

@@ -7,11 +7,12 @@ while the other keeps faulting.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
 from typing import TextIO
+
+from stress.report import publish
 
 VMA_TARGET_BASELINE_FAULTS = 50_000.0
 VMA_TARGET_CHURN_RATIO = 1.7
@@ -142,15 +143,7 @@ def bench_vma(
             **{f"churn_ratio_2cpu:{p}": ratios[p] >= VMA_TARGET_CHURN_RATIO for p in VMA_POLICIES if p != "mmap_lock"},
         },
     }
-    print(vma_table(doc), file=out)
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-    if plot:
-        vma_plot(doc, plot)
-        print(f"plot: {plot}", file=out)
-    return doc
+    return publish(doc, vma_table(doc), json_path, out, plot, vma_plot)
 
 
 def _gps(v: float | None) -> str:

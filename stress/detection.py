@@ -27,7 +27,7 @@ from typing import TextIO
 from policies import scenarios
 from stress.hunt import hunt_one
 from stress.replay import mismatch, replay
-from stress.report import write_json
+from stress.report import publish, write_json
 from stress.reproduce import reproduce
 from stress.runner import stop_if_interrupted
 
@@ -74,13 +74,7 @@ def bench_detection(
     doc = _summary(rows, strategies, first_seeds, max_seconds, time.monotonic() - t0)
     if scenario is not None and json_path and os.path.exists(json_path):
         doc = merged(json_path, doc, scenario, out)
-    print(detection_table(doc), file=out)
-    if json_path:
-        write_json(json_path, doc)
-    if plot:
-        detection_plot(doc, plot)
-        print(f"plot: {plot}", file=out)
-    return doc
+    return publish(doc, detection_table(doc), json_path, out, plot, detection_plot)
 
 
 def merged(path: str, doc: dict, scenario: str, out: TextIO) -> dict:

@@ -14,7 +14,7 @@ import os
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from shm import KINDS, Machine
 from shm.events import EVENTS, decode, ordered
@@ -279,6 +279,17 @@ def stat_line(
     parts += [f"{k}: {v}" for k, v in extra.items()]
     line = " ".join(parts) + (f" {tail}" if tail else "")
     return ("!!! " if errors else "") + line
+
+
+def publish(doc: dict, table: str, json_path: str | None, out: TextIO, plot: str | None = None, draw=None) -> dict:
+    """A benchmark's end: its table on `out`, its JSON at `json_path`, its chart at `plot` (drawn
+    by `draw(doc, plot)`, which may return False when it could not draw)."""
+    print(table, file=out)
+    if json_path:
+        write_json(json_path, doc)
+    if plot and draw is not None and draw(doc, plot) is not False:
+        print(f"plot: {plot}", file=out)
+    return doc
 
 
 def write_json(path: str, data: dict) -> None:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -29,6 +28,7 @@ from typing import TextIO
 from stress.campaign.driver import ray_init, run_campaign
 from stress.campaign.plan import build_plan
 from stress.campaign.state import Campaign, found_over_time
+from stress.report import publish
 
 TARGET_RATIO = 0.9  # campaign runs/s against xargs -P on the same machine
 
@@ -165,14 +165,7 @@ def bench_campaign(
         "targets": {"ratio": TARGET_RATIO},
         "met": {"ratio": tp["ratio"] >= TARGET_RATIO},
     }
-    print(campaign_table(doc), file=out)
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-    if plot and campaign_plot(doc, plot):
-        print(f"plot: {plot}", file=out)
-    return doc
+    return publish(doc, campaign_table(doc), json_path, out, plot, campaign_plot)
 
 
 def campaign_table(doc: dict) -> str:
